@@ -1,0 +1,127 @@
+"""Pydantic specs: what a cluster, an env and a service are, as plain data that round-trips through JSON."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ServiceSpec", "parse_bytes", "validate_name"]
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
+          "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4}
+
+
+def parse_bytes(value: int | str | None) -> int | None:
+    """``"256MB"`` / ``"1GB"`` / ``1048576`` → bytes (binary units)."""
+    if value is None or isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(value))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. '256MB', '4GB')")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """Daemon-side names: letters, digits, ``_ . -``; at most 128 characters."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"invalid {what} {name!r}: use letters, digits, '_', '.', '-' (start with a letter or digit, max 128)"
+        )
+    return name
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class EnvSpec(_Spec):
+    """Where a service's worker process runs: its env vars, working dir, requirements and memory limit."""
+
+    name: str = Field("default", description="env name; one worker process per env")
+    reqs: list[str] = Field(default_factory=list, description="pip requirements installed into the env's own venv")
+    env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the worker")
+    working_dir: str | None = Field(None, description="working directory of the worker (default: the code root)")
+    python: str | None = Field(None, description="python executable of an existing venv to run the worker with")
+    memory_limit: int | None = Field(None, description="worker memory limit in bytes (accepts '256MB')")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_name(v, "env name")
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _mem(cls, v: Any) -> int | None:
+        return parse_bytes(v)
+
+
+class ClusterSpec(_Spec):
+    """A cluster: the embedded local daemon, static SSH hosts, or a SkyPilot cluster on a cloud."""
+
+    name: str = Field("local", description="cluster name, unique per user")
+    backend: Literal["local", "ssh", "sky"] | None = Field(None, description="derived from the other fields if None")
+    instance_type: str | None = Field(None, description="'A10G:1', 'CPU:4+', 'g5.xlarge' or 'local:256MB'")
+    provider: str | list[str] | None = Field(None, description="'cheapest', a cloud name, or an ordered list")
+    host: list[str] | None = Field(None, description="static hosts for the ssh backend")
+    ssh_creds: dict[str, str] | None = Field(None, description="{'user':..., 'key':..., 'port':...}")
+    autostop_mins: int | None = Field(None, description="stop after this many idle minutes (None: never)")
+    memory: str | None = Field(None, description="host memory request, e.g. '32+' (GiB)")
+    gpu_memory: str | None = Field(None, description="GPU memory request, e.g. '40+' (GiB)")
+    regions: list[str] | None = Field(None, description="allowed regions")
+    exclude_regions: list[str] | None = Field(None, description="denied regions")
+    use_spot: bool = Field(False, description="use spot instances")
+    server_port: int | None = Field(None, description="daemon port (default: a free port for local, 32300 remote)")
+    server_connection_type: Literal["none", "tls", "ssh"] = Field("none", description="how the client reaches it")
+    auth: bool = Field(True, description="require a bearer token")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_name(v, "cluster name")
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _hosts(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _derive_backend(self) -> ClusterSpec:
+        if self.backend is None:
+            if self.host:
+                self.backend = "ssh"
+            elif self.instance_type is None or self.instance_type.startswith("local"):
+                self.backend = "local"
+            else:
+                self.backend = "sky"
+        return self
+
+
+class CodeRef(_Spec):
+    """How the daemon finds the code: an import path under a synced root, or the object pickled by value."""
+
+    root: str | None = Field(None, description="code root on the cluster, put on sys.path")
+    import_path: str | None = Field(None, description="dotted module path")
+    qualname: str | None = Field(None, description="attribute path inside the module")
+    code_hash: str | None = Field(None, description="fingerprint of the synced tree; a change re-imports")
+    pickled_b64: str | None = Field(None, description="cloudpickled object when it has no import path")
+
+
+class ServiceSpec(_Spec):
+    """A deployment: a named function, class or class instance living in an env's worker."""
+
+    name: str
+    kind: Literal["function", "module", "instance"] = "function"
+    env: EnvSpec = Field(default_factory=EnvSpec)
+    code: CodeRef
+    init_pickled_b64: str | None = Field(None, description="instance: cloudpickled (args, kwargs) for __init__")
+    of: str | None = Field(None, description="instance: the module service it was made from")
+    version: int | None = Field(None, description="registry version, when saved")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return validate_name(v, "service name")
