@@ -1,0 +1,101 @@
+"""tether: turn any function or class into a named service on compute you own, and call it from anywhere.
+
+    import tether
+    c = tether.cluster().up_if_not()            # the embedded local daemon
+    radd = tether.function(add).to(c)           # deployed by import path
+    radd(1, 2)                                  # runs remotely
+
+Names are imported lazily so ``import tether`` stays cheap in worker processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tether._version import __version__
+from tether.errors import (
+    AuthError,
+    CallCancelled,
+    CallTimeout,
+    CapacityError,
+    ClusterUnavailable,
+    ConfigError,
+    NotFound,
+    OutOfMemory,
+    PayloadTooLarge,
+    QuotaError,
+    RemoteError,
+    SerializationError,
+    TetherError,
+    WorkerDied,
+)
+
+if TYPE_CHECKING:
+    from tether import registry
+    from tether.calls import CallHandle, call
+    from tether.clusters import Cluster, cluster
+    from tether.envs import Env, env
+    from tether.escalation import Escalation
+    from tether.resources import load
+    from tether.services import Function, Module, RemoteClass, RemoteInstance, function, module
+
+__all__ = [
+    "AuthError",
+    "CallCancelled",
+    "CallHandle",
+    "CallTimeout",
+    "CapacityError",
+    "Cluster",
+    "ClusterUnavailable",
+    "ConfigError",
+    "Env",
+    "Escalation",
+    "Function",
+    "Module",
+    "NotFound",
+    "OutOfMemory",
+    "PayloadTooLarge",
+    "QuotaError",
+    "RemoteClass",
+    "RemoteError",
+    "RemoteInstance",
+    "SerializationError",
+    "TetherError",
+    "WorkerDied",
+    "__version__",
+    "call",
+    "cluster",
+    "env",
+    "function",
+    "here",
+    "load",
+    "module",
+    "registry",
+]
+
+_LAZY = {
+    "CallHandle": "tether.calls", "call": "tether.calls",
+    "Cluster": "tether.clusters", "cluster": "tether.clusters",
+    "Env": "tether.envs", "env": "tether.envs",
+    "Escalation": "tether.escalation",
+    "Function": "tether.services", "Module": "tether.services", "RemoteClass": "tether.services",
+    "RemoteInstance": "tether.services", "function": "tether.services", "module": "tether.services",
+    "load": "tether.resources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name == "registry":
+        return importlib.import_module("tether.registry")
+    if name == "here":
+        from tether.clusters import cluster
+
+        value = cluster()
+        globals()["here"] = value
+        return value
+    raise AttributeError(f"module 'tether' has no attribute {name!r}")

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ServiceSpec", "parse_bytes", "validate_name"]
+__all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ServiceSpec", "build", "parse_bytes", "validate_name"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def build(model: type[M], data: dict[str, Any]) -> M:
+    """Validate ``data`` into ``model``; a failure is a ``tether.ConfigError`` naming each bad field."""
+    from pydantic import ValidationError
+    from tether.errors import ConfigError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
+        fields = [".".join(str(x) for x in e["loc"]) for e in exc.errors()]
+        raise ConfigError(f"invalid {model.__name__}: {problems}", details={"fields": fields}) from None
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
@@ -67,7 +82,7 @@ class ClusterSpec(_Spec):
     provider: str | list[str] | None = Field(None, description="'cheapest', a cloud name, or an ordered list")
     host: list[str] | None = Field(None, description="static hosts for the ssh backend")
     ssh_creds: dict[str, str] | None = Field(None, description="{'user':..., 'key':..., 'port':...}")
-    autostop_mins: int | None = Field(None, description="stop after this many idle minutes (None: never)")
+    autostop_mins: float | None = Field(None, description="stop after this many idle minutes (None: never)")
     memory: str | None = Field(None, description="host memory request, e.g. '32+' (GiB)")
     gpu_memory: str | None = Field(None, description="GPU memory request, e.g. '40+' (GiB)")
     regions: list[str] | None = Field(None, description="allowed regions")

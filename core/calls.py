@@ -1,0 +1,83 @@
+"""Call handles: a call started with ``.spawn()``, or re-attached from anywhere with ``tether.call(call_id)``."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from typing import TYPE_CHECKING, Any
+
+from tether.client import AsyncClient, LogSink, default_log_sink
+from tether.errors import CallTimeout, NotFound
+from tether.loop import background_loop, run_sync
+
+if TYPE_CHECKING:
+    from tether.clusters import Cluster
+
+__all__ = ["CallHandle", "call"]
+
+
+class CallHandle:
+    """A running or finished remote call: ``.result(timeout)``, ``.cancel()``, ``.logs()``, ``.call_id``."""
+
+    def __init__(self, client: AsyncClient, call_id: str, future: concurrent.futures.Future[Any] | None = None,
+                 on_log: LogSink | None = default_log_sink) -> None:
+        self.client = client
+        self.call_id = call_id
+        self._future = future
+        self._on_log = on_log
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result (raises the remote error, or ``CallTimeout`` after ``timeout`` seconds)."""
+        if self._future is None:
+            coro = self.client.call("", None, (), {}, call_id=self.call_id, on_log=self._on_log, attach=True)
+            self._future = asyncio.run_coroutine_threadsafe(coro, background_loop())
+        try:
+            return self._future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise CallTimeout(f"call {self.call_id} not finished after {timeout}s",
+                              hint="it keeps running; wait again or cancel()", details={"call_id": self.call_id}
+                              ) from None
+
+    async def result_async(self) -> Any:
+        return await self.client.call("", None, (), {}, call_id=self.call_id, on_log=self._on_log, attach=True)
+
+    def status(self) -> dict[str, Any]:
+        """``{"state": "running" | "succeeded" | "failed" | "cancelled", ...}``."""
+        return dict(run_sync(self.client.request("GET", f"/calls/{self.call_id}", params={"wait": "0"})))
+
+    def done(self) -> bool:
+        return self.status()["state"] != "running"
+
+    def cancel(self) -> None:
+        """Cancel the remote call (a no-op when it already finished)."""
+        run_sync(self.client.request("POST", f"/calls/{self.call_id}/cancel"))
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The call's log events so far."""
+        return list(run_sync(self.client.request("GET", f"/calls/{self.call_id}/logs"))["logs"])
+
+    def wait_started(self, timeout: float = 10.0) -> CallHandle:
+        """Block until the daemon knows the call (so cancel and re-attach work from anywhere)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._future is not None and self._future.done():
+                return self
+            try:
+                self.status()
+                return self
+            except NotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+
+    def __repr__(self) -> str:
+        return f"CallHandle({self.call_id!r})"
+
+
+def call(call_id: str, cluster: Cluster | None = None, *, on_log: LogSink | None = default_log_sink) -> CallHandle:
+    """Re-attach to a call by id, from any process (default cluster: the local one)."""
+    from tether.clusters import cluster as make_cluster
+
+    c = (cluster or make_cluster()).connected()
+    return CallHandle(c.client, call_id, on_log=on_log)

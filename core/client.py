@@ -1,0 +1,275 @@
+"""HTTP client of a daemon: async core (aiohttp, pooled connections), used by the sync facade via ``tether.loop``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import weakref
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import cloudpickle
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tether.daemon import protocol as p
+from tether.errors import (
+    ClusterUnavailable,
+    SerializationError,
+    TetherError,
+    error_from_wire,
+)
+
+__all__ = ["AsyncClient", "LogSink", "close_all", "default_log_sink"]
+
+PICKLE = "application/x-tether-pickle"
+LogSink = Callable[[dict[str, Any]], None]
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
+
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0  # the daemon sends a heartbeat frame at least every 10 s while a call runs
+
+
+def default_log_sink(event: dict[str, Any]) -> None:
+    """Re-emit a remote log event locally: printed text to stdout/stderr, log records to the same logger."""
+    if "text" in event:
+        stream = sys.stderr if event.get("stream") == "stderr" else sys.stdout
+        stream.write(event["text"])
+        stream.flush()
+    else:
+        logging.getLogger(event.get("name") or "tether.remote").log(int(event.get("level", 20)), event.get("msg", ""))
+
+
+def _session() -> aiohttp.ClientSession:
+    """The connection pool of the running loop (one per loop; closed when ``asyncio.run`` shuts the loop down)."""
+    loop = asyncio.get_running_loop()
+    session = _sessions.get(loop)
+    if session is None or session.closed:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
+        session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        _sessions[loop] = session
+        closer = _close_at_loop_shutdown(session)
+        loop.create_task(closer.__anext__())  # started, so loop.shutdown_asyncgens() will close it
+        _closers[loop] = closer
+    return session
+
+
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+async def _close_at_loop_shutdown(session: aiohttp.ClientSession) -> AsyncIterator[None]:
+    try:
+        while True:
+            yield
+    finally:
+        await session.close()
+
+
+async def close_all() -> None:
+    """Close the session of the running loop."""
+    session = _sessions.pop(asyncio.get_running_loop(), None)
+    if session is not None:
+        await session.close()
+
+
+def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    try:
+        return cloudpickle.dumps((args, kwargs), protocol=5)
+    except Exception as exc:
+        raise SerializationError(
+            f"could not pickle the call's arguments: {type(exc).__name__}: {exc}",
+            hint="pass picklable values (no open files, sockets, locks or live connections)",
+        ) from exc
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return cloudpickle.loads(body)
+    except Exception as exc:
+        raise SerializationError(
+            f"could not unpickle the remote result: {type(exc).__name__}: {exc}",
+            hint="the result's type must be importable here with the same code as on the cluster",
+        ) from exc
+
+
+def raise_remote(payload: bytes) -> None:
+    """Raise the error an E frame carries, with the remote traceback attached as a note."""
+    body = json.loads(payload)
+    exc = error_from_wire(body)
+    tb = body.get("error", {}).get("details", {}).get("traceback")
+    if tb and not isinstance(exc, TetherError):
+        exc.add_note(f"--- remote traceback ---\n{tb.rstrip()}")
+    raise exc
+
+
+@dataclass
+class AsyncClient:
+    """Talks to one daemon. Safe to share; connections are pooled per event loop."""
+
+    endpoint: str
+    token: str | None = None
+    tls_fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        self.endpoint = self.endpoint.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self._ssl: Any = None
+        if self.tls_fingerprint:
+            self._ssl = aiohttp.Fingerprint(bytes.fromhex(self.tls_fingerprint.replace(":", "")))
+
+    # -- plain JSON routes -----------------------------------------------------------------------------------------
+    async def request(self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
+                      params: dict[str, str] | None = None, content_type: str | None = None,
+                      timeout: float | None = 60.0) -> Any:
+        """One request; returns parsed JSON (or raw bytes for pickle bodies); raises a typed tether error."""
+        headers = dict(self._headers)
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            async with _session().request(method, self.endpoint + path, json=json_body, data=data, params=params,
+                                          headers=headers, ssl=self._ssl,
+                                          timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT)
+                                          ) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise _http_error(resp.status, body)
+                if resp.content_type == PICKLE:
+                    return body
+                return json.loads(body) if body else None
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise ClusterUnavailable(f"cannot reach the daemon at {self.endpoint}: {type(exc).__name__}: {exc}",
+                                     hint="is the cluster up? try cluster.up_if_not()") from exc
+
+    # -- calls ---------------------------------------------------------------------------------------------------
+    async def frames(self, name: str, method: str | None, body: bytes, *, call_id: str,
+                     caller: str | None = None, attach: bool = False) -> AsyncIterator[tuple[int, bytes]]:
+        """Send a call (or re-attach to ``call_id``) and yield its frames as they arrive.
+
+        A dropped connection is retried with the same call id: the daemon runs the call once and re-sends
+        its frames from the start, so frames already seen are skipped.
+        """
+        seen = 0
+        try:  # fast path: no retry machinery unless the connection drops
+            async for frame in self._frames_once(name, method, body, call_id, caller, attach):
+                seen += 1
+                yield frame
+            return
+        except _Dropped:
+            pass  # the same call id again: the daemon attaches to the call if it got it, else starts it
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(4), wait=wait_exponential(multiplier=0.1, max=2),
+            retry=retry_if_exception_type(_Dropped), reraise=True,
+        ):
+            with attempt:
+                index = 0
+                async for frame in self._frames_once(name, method, body, call_id, caller, attach):
+                    index += 1
+                    if index > seen:
+                        seen = index
+                        yield frame
+
+    async def _frames_once(self, name: str, method: str | None, body: bytes, call_id: str, caller: str | None,
+                           attach: bool) -> AsyncIterator[tuple[int, bytes]]:
+        headers = {**self._headers, "X-Tether-Call-Id": call_id, "Content-Type": PICKLE}
+        if caller:
+            headers["X-Tether-Caller"] = caller
+        if attach:
+            url, verb, data = f"{self.endpoint}/calls/{call_id}", "GET", None
+        else:
+            path = f"/{name}/{method}/call" if method else f"/{name}/call"
+            url, verb, data = self.endpoint + path, "POST", body
+        try:
+            async with _session().request(verb, url, data=data, headers=headers, ssl=self._ssl) as resp:
+                if resp.status >= 400:
+                    raise _http_error(resp.status, await resp.read())
+                if resp.content_length is not None:
+                    raw = await resp.read()
+                    for frame in _split(raw):
+                        yield frame
+                    return
+                reader = resp.content
+                while True:
+                    try:
+                        head = await reader.readexactly(p.CLIENT_HDR_SIZE)
+                    except asyncio.IncompleteReadError as exc:
+                        if not exc.partial:
+                            return
+                        raise
+                    kind, length = p.parse_client_header(head)
+                    payload = await reader.readexactly(length) if length else b""
+                    if kind != p.HEARTBEAT:
+                        yield kind, payload
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
+            raise _Dropped(f"connection to {self.endpoint} dropped: {exc}") from exc
+        except TimeoutError as exc:
+            raise _Dropped(f"no answer from {self.endpoint} in {READ_TIMEOUT}s") from exc
+
+    async def call(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                   call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None,
+                   attach: bool = False) -> Any:
+        """Run a call to completion; logs go to ``on_log``; returns the result or raises the remote error."""
+        body = b"" if attach else dumps_args(args, kwargs)
+        items: list[Any] | None = None
+        try:
+            async for kind, payload in self.frames(name, method, body, call_id=call_id, caller=caller, attach=attach):
+                if kind == p.RESULT:
+                    return items if items is not None else _loads(payload)
+                if kind == p.LOG:
+                    if on_log is not None:
+                        on_log(json.loads(payload))
+                elif kind == p.ITEM:
+                    items = items if items is not None else []
+                    items.append(_loads(payload))
+                elif kind == p.ERROR:
+                    raise_remote(payload)
+        except _Dropped as exc:
+            raise ClusterUnavailable(str(exc), hint="the daemon may be down; re-attach with tether.call(call_id)",
+                                     details={"call_id": call_id}) from exc
+        raise ClusterUnavailable(f"the stream of call {call_id} ended without a result", details={"call_id": call_id})
+
+    async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                     call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None
+                     ) -> AsyncIterator[Any]:
+        """Yield a remote generator's items as they are produced."""
+        body = dumps_args(args, kwargs)
+        try:
+            async for kind, payload in self.frames(name, method, body, call_id=call_id, caller=caller):
+                if kind == p.ITEM:
+                    yield _loads(payload)
+                elif kind == p.LOG:
+                    if on_log is not None:
+                        on_log(json.loads(payload))
+                elif kind == p.ERROR:
+                    raise_remote(payload)
+                elif kind == p.RESULT:
+                    return
+        except _Dropped as exc:
+            raise ClusterUnavailable(str(exc), details={"call_id": call_id}) from exc
+
+
+class _Dropped(Exception):
+    """The connection broke mid-call; retried with the same call id."""
+
+
+def _split(raw: bytes) -> list[tuple[int, bytes]]:
+    out = []
+    view = memoryview(raw)
+    i = 0
+    while i < len(raw):
+        kind, length = p.parse_client_header(bytes(view[i : i + p.CLIENT_HDR_SIZE]))
+        i += p.CLIENT_HDR_SIZE
+        if kind != p.HEARTBEAT:
+            out.append((kind, raw[i : i + length] if length != len(raw) - i else raw[i:]))
+        i += length
+    return out
+
+
+def _http_error(status: int, body: bytes) -> BaseException:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {"error": {"type": "TetherError", "message": f"HTTP {status}: {body[:200]!r}"}}
+    return error_from_wire(data, status=status)

@@ -1,0 +1,192 @@
+"""``tether.cluster``: a spec plus a compute backend; the object store and lifecycle of a running daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from tether.client import AsyncClient
+from tether.compute import ClusterHandle, get_backend
+from tether.errors import ClusterUnavailable, ConfigError, NotFound
+from tether.loop import run_sync
+from tether.specs import ClusterSpec, build
+
+__all__ = ["Cluster", "cluster"]
+
+
+class Cluster:
+    """A cluster: where services run. ``up_if_not()`` brings it up; the rest talks to its daemon."""
+
+    def __init__(self, spec: ClusterSpec) -> None:
+        self.spec = spec
+        self._handle: ClusterHandle | None = None
+        self._synced: dict[str, str] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def backend(self) -> Any:
+        assert self.spec.backend is not None
+        return get_backend(self.spec.backend)
+
+    def up(self) -> Cluster:
+        """Bring the cluster up (idempotent) and connect to its daemon."""
+        self._handle = self.backend.up(self.spec)
+        self._client = None
+        return self
+
+    def up_if_not(self) -> Cluster:
+        """Bring the cluster up unless it already is; returns self."""
+        if self._handle is None or not self.is_up():
+            self.up()
+        return self
+
+    def is_up(self) -> bool:
+        return self.status() == "up"
+
+    def status(self) -> str:
+        """``"up"``, ``"stopped"`` or ``"down"``."""
+        return self.backend.status(self.spec)
+
+    def stop(self) -> None:
+        """Stop the cluster's daemon; its services come back on the next ``up``."""
+        self.backend.stop(self.spec)
+        self._handle = None
+
+    def teardown(self) -> None:
+        """Bring the cluster down and delete what it held."""
+        self.backend.down(self.spec)
+        self._handle = None
+
+    down = teardown
+
+    def plan(self) -> Any:
+        """The ranked candidates this cluster's spec would launch on, with reasons (launches nothing)."""
+        from tether.routing import plan
+
+        return plan(self.spec)
+
+    @property
+    def handle(self) -> ClusterHandle:
+        if self._handle is None:
+            raise ClusterUnavailable(f"cluster {self.name!r} is not up", hint="call cluster.up_if_not() first")
+        return self._handle
+
+    @property
+    def endpoint(self) -> str:
+        """Base URL of the daemon, for callers that speak plain HTTP."""
+        return self.handle.endpoint
+
+    @property
+    def token(self) -> str | None:
+        """Bearer token of the daemon (None when auth is off)."""
+        return self.handle.token
+
+    @property
+    def client(self) -> AsyncClient:
+        client = getattr(self, "_client", None)
+        if client is None or client.endpoint != self.handle.endpoint.rstrip("/"):
+            h = self.handle
+            client = self._client = AsyncClient(h.endpoint, h.token, h.tls_fingerprint)
+        return client
+
+    def connected(self) -> Cluster:
+        """Connect to an already-running cluster without launching it."""
+        if self._handle is None:
+            handle = getattr(self.backend, "handle", lambda spec: None)(self.spec)
+            if handle is None:
+                raise ClusterUnavailable(f"cluster {self.name!r} is not running", hint="call up_if_not()")
+            self._handle = handle
+        return self
+
+    def sync(self, root: Path) -> str:
+        """Copy a code tree to the cluster (cached per root for this process); returns its path there."""
+        key = str(root)
+        if key not in self._synced or self.spec.backend != "local":
+            self._synced[key] = self.backend.sync_code(self.spec, self.handle, root)
+        return self._synced[key]
+
+    # -- object store ---------------------------------------------------------------------------------------------
+    def _req(self, method: str, path: str, **kw: Any) -> Any:
+        return run_sync(self.client.request(method, path, **kw))
+
+    def put(self, key: str, obj: Any, env: str = "default") -> None:
+        """Store ``obj`` under ``key`` in the env's worker."""
+        self._req("PUT", f"/objects/{key}", data=cloudpickle.dumps(obj, protocol=5), params={"env": env},
+                  content_type="application/x-tether-pickle")
+
+    def get(self, key: str, default: Any = ...) -> Any:
+        """The object stored (or service held) under ``key``."""
+        try:
+            return cloudpickle.loads(self._req("GET", f"/objects/{key}"))
+        except NotFound:
+            if default is ...:
+                raise
+            return default
+
+    def keys(self) -> list[str]:
+        """Names of all services and objects on the cluster."""
+        return list(self._req("GET", "/objects")["keys"])
+
+    def delete(self, name: str) -> None:
+        """Delete a service or object; an env's name deletes the env's worker and everything in it."""
+        try:
+            self._req("DELETE", f"/objects/{name}")
+        except NotFound:
+            self._req("DELETE", f"/envs/{name}")
+
+    def rename(self, old: str, new: str) -> None:
+        self._req("POST", f"/objects/{old}/rename", json_body={"to": new})
+
+    def ls(self) -> list[dict[str, Any]]:
+        """Services and objects with their kind and env."""
+        return list(self._req("GET", "/status")["services"])
+
+    def daemon_status(self) -> dict[str, Any]:
+        return dict(self._req("GET", "/status"))
+
+    def keep_warm(self) -> None:
+        """Never autostop this cluster."""
+        self._req("POST", "/autostop", json_body={"mins": None})
+
+    def pause_autostop(self, paused: bool = True) -> None:
+        self._req("POST", "/autostop", json_body={"paused": paused})
+
+    # -- config ---------------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {"kind": "cluster", **self.spec.model_dump(mode="json")}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Cluster:
+        data = {k: v for k, v in config.items() if k != "kind"}
+        if config.get("kind", "cluster") != "cluster":
+            raise ConfigError(f"not a cluster config (kind={config.get('kind')!r})")
+        return cls(build(ClusterSpec, data))
+
+    def save(self, name: str | None = None) -> Any:
+        from tether.resources import save_resource
+
+        return save_resource(name or self.name, self.config())
+
+    def __repr__(self) -> str:
+        return f"Cluster({self.name!r}, backend={self.spec.backend!r})"
+
+
+def cluster(name: str | None = None, *, instance_type: str | None = None, provider: str | list[str] | None = None,
+            host: str | list[str] | None = None, ssh_creds: dict[str, str] | None = None,
+            autostop_mins: float | None = None, **kwargs: Any) -> Cluster:
+    """Describe a cluster. No arguments: the embedded local daemon. ``tether.cluster(name="lab")`` alone loads a
+    saved cluster of that name when one exists."""
+    if name and instance_type is None and host is None and provider is None and not kwargs:
+        from tether.resources import try_load
+
+        saved = try_load(name, "cluster")
+        if saved is not None:
+            return saved
+    spec = build(ClusterSpec, dict(name=name or "local", instance_type=instance_type, provider=provider, host=host,
+                                   ssh_creds=ssh_creds, autostop_mins=autostop_mins, **kwargs))
+    return Cluster(spec)

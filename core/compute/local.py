@@ -1,0 +1,167 @@
+"""The embedded default backend: a daemon subprocess on 127.0.0.1, no cloud, no credentials.
+
+``instance_type="local:256MB"`` runs the daemon's workers under that memory limit (the local OOM ladder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import ClassVar
+
+from tether.compute.base import ClusterHandle, ClusterStatus
+from tether.daemon.auth import new_token
+from tether.errors import ClusterUnavailable
+from tether.home import clusters_dir, file_lock
+from tether.specs import ClusterSpec
+
+START_TIMEOUT = 60.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as dead
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return True
+
+
+def _healthy(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(endpoint + "/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class LocalBackend:
+    """Runs the daemon as a local subprocess; its state lives in ``$TETHER_HOME/clusters/<name>/``."""
+
+    name: ClassVar[str] = "local"
+
+    def _paths(self, spec: ClusterSpec) -> tuple[Path, Path]:
+        base = clusters_dir()
+        return base / f"{spec.name}.json", base / spec.name
+
+    def _read(self, spec: ClusterSpec) -> dict | None:
+        state_file, _ = self._paths(spec)
+        try:
+            return json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
+        """The running daemon's handle, or None."""
+        state = self._read(spec)
+        if not state or not state.get("pid") or not _alive(state["pid"]):
+            return None
+        endpoint = f"http://127.0.0.1:{state['port']}"
+        return ClusterHandle(endpoint=endpoint, token=state.get("token"), hosts=["127.0.0.1"],
+                             instance_type=spec.instance_type or "local", cloud="local", price_per_hour=0.0,
+                             pid=state["pid"])
+
+    def up(self, spec: ClusterSpec) -> ClusterHandle:
+        state_file, state_dir = self._paths(spec)
+        with file_lock(state_file.with_suffix(".lock")):
+            handle = self.handle(spec)
+            if handle is not None and _healthy(handle.endpoint):
+                return handle
+            if handle is not None:  # alive but not answering: replace it
+                self._kill(handle.pid)
+            return self._start(spec, state_file, state_dir)
+
+    def _start(self, spec: ClusterSpec, state_file: Path, state_dir: Path) -> ClusterHandle:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        token = new_token() if spec.auth else None
+        ready = state_dir / "ready.json"
+        ready.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "tether.daemon", "--host", "127.0.0.1", "--port", str(spec.server_port or 0),
+               "--state-dir", str(state_dir), "--ready-file", str(ready)]
+        if token:
+            token_file = state_dir / "token"
+            token_file.write_text(token)
+            token_file.chmod(0o600)
+            cmd += ["--token-file", str(token_file)]
+        if spec.autostop_mins is not None:
+            cmd += ["--autostop-mins", str(spec.autostop_mins)]
+        if spec.instance_type and ":" in spec.instance_type:
+            cmd += ["--memory-limit", spec.instance_type.split(":", 1)[1]]
+        log = open(state_dir / "daemon.log", "ab")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                tail = (state_dir / "daemon.log").read_text(errors="replace")[-2000:]
+                raise ClusterUnavailable(f"the local daemon for cluster {spec.name!r} did not start: {tail}",
+                                         hint=f"see {state_dir / 'daemon.log'}")
+            time.sleep(0.02)
+        info = json.loads(ready.read_text())
+        state = {"pid": info["pid"], "port": info["port"], "token": token, "state_dir": str(state_dir),
+                 "spec": spec.model_dump(mode="json")}
+        tmp = state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.chmod(0o600)
+        os.replace(tmp, state_file)
+        handle = self.handle(spec)
+        assert handle is not None
+        return handle
+
+    def status(self, spec: ClusterSpec) -> ClusterStatus:
+        if self.handle(spec) is not None:
+            return "up"
+        _, state_dir = self._paths(spec)
+        return "stopped" if (state_dir / "manifest.json").exists() else "down"
+
+    def _kill(self, pid: int | None, timeout: float = 10.0) -> None:
+        if not pid:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+    def stop(self, spec: ClusterSpec) -> None:
+        """Stop the daemon but keep its manifest, so the next ``up`` restores its services."""
+        state_file, _ = self._paths(spec)
+        with file_lock(state_file.with_suffix(".lock")):
+            state = self._read(spec)
+            if state:
+                self._kill(state.get("pid"))
+                state["pid"] = None
+                state_file.write_text(json.dumps(state))
+
+    def down(self, spec: ClusterSpec) -> None:
+        """Stop the daemon and delete everything it held."""
+        state_file, state_dir = self._paths(spec)
+        with file_lock(state_file.with_suffix(".lock")):
+            state = self._read(spec)
+            if state:
+                self._kill(state.get("pid"))
+            state_file.unlink(missing_ok=True)
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+    def sync_code(self, spec: ClusterSpec, handle: ClusterHandle, root: Path) -> str:
+        return str(root)  # same filesystem: nothing to copy

@@ -1,0 +1,184 @@
+"""The ``ssh`` backend: static hosts you already have, reached with the system ssh.
+
+``up`` bootstraps every host (idempotent: see :mod:`tether.compute.bootstrap`), then tunnels to the head's
+daemon (the first host). State lives in ``$TETHER_HOME/clusters/<name>.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shlex
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tether.compute.base import ClusterHandle, ClusterStatus
+from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
+from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
+from tether.errors import ClusterUnavailable, ConfigError, TetherError
+from tether.specs import ClusterSpec
+
+__all__ = ["SSHBackend", "state_path", "tether_home"]
+
+_SYNC_EXCLUDES = (".git", "__pycache__", "*.pyc", ".venv*", ".mypy_cache", ".pytest_cache", ".ruff_cache",
+                  "node_modules", "*.egg-info")  # fmt: skip
+
+
+def tether_home() -> Path:
+    """``$TETHER_HOME`` or ``~/.tether``."""
+    return Path(os.environ.get("TETHER_HOME") or "~/.tether").expanduser()
+
+
+def state_path(name: str) -> Path:
+    return tether_home() / "clusters" / f"{name}.json"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(state_path(name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _save(name: str, state: dict[str, Any]) -> None:
+    p = state_path(name)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, p)
+
+
+def _health(endpoint: str, token: str | None, timeout: float = 5) -> bool:
+    req = urllib.request.Request(f"{endpoint}/health")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return bool(r.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+class SSHBackend:
+    """Static SSH hosts: one daemon per host, the first host is the head the client talks to."""
+
+    name: ClassVar[str] = "ssh"
+
+    def __init__(self, *, show_progress: bool | None = None) -> None:
+        self.show_progress = (os.environ.get("TETHER_PROGRESS", "1") != "0") if show_progress is None \
+            else show_progress  # fmt: skip
+
+    # -- helpers ------------------------------------------------------------------------------------------
+
+    def targets(self, spec: ClusterSpec) -> list[SSHTarget]:
+        if not spec.host:
+            raise ConfigError(f"cluster {spec.name!r} has no hosts", hint="pass host=['10.0.0.5', ...]")
+        known = tether_home() / "ssh" / "known_hosts"
+        known.parent.mkdir(parents=True, exist_ok=True)
+        return [SSHTarget.from_creds(h, spec.ssh_creds, known) for h in spec.host]
+
+    def _handle(self, spec: ClusterSpec, st: dict[str, Any]) -> ClusterHandle:
+        return ClusterHandle(endpoint=f"http://127.0.0.1:{st['local_port']}", token=st.get("token"),
+                             hosts=list(st["hosts"]), instance_type=spec.instance_type, cloud="ssh",
+                             region=None, price_per_hour=None)  # fmt: skip
+
+    # -- Backend protocol ---------------------------------------------------------------------------------
+
+    def up(self, spec: ClusterSpec) -> ClusterHandle:
+        """Bootstrap the hosts that need it, (re)open the tunnel to the head, check the daemon's health."""
+        targets = self.targets(spec)
+        st = _load(spec.name) or {}
+        if st.get("hosts") != list(spec.host or []):
+            st = {}
+        if st and tunnel_alive(st.get("tunnel_pid"), st.get("local_port")):
+            handle = self._handle(spec, st)
+            if _health(handle.endpoint, handle.token):
+                return handle
+        close_tunnel(st.get("tunnel_pid"))
+        token = st.get("token") or (secrets.token_urlsafe(32) if spec.auth else None)
+        port = spec.server_port or DEFAULT_PORT
+        infos = bootstrap_hosts(targets, port=port, token=token, autostop_mins=spec.autostop_mins,
+                                show_progress=self.show_progress)  # fmt: skip
+        log = tether_home() / "clusters" / f"{spec.name}.tunnel.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        tunnel = open_tunnel(targets[0], infos[0].port, log=log)
+        st = {"backend": "ssh", "hosts": list(spec.host or []), "token": token, "tunnel_pid": tunnel.pid,
+              "local_port": tunnel.local_port, "remote_port": infos[0].port,
+              "remote_dirs": {i.host: i.remote_dir for i in infos}, "homes": {i.host: i.home for i in infos}}  # fmt: skip
+        _save(spec.name, st)
+        handle = self._handle(spec, st)
+        if not _health(handle.endpoint, token, timeout=30):
+            raise ClusterUnavailable(f"daemon on {targets[0].host} does not answer /health through the tunnel",
+                                     details={"step": "health", "host": targets[0].host})  # fmt: skip
+        return handle
+
+    def status(self, spec: ClusterSpec) -> ClusterStatus:
+        """``up`` when the head's daemon runs, ``stopped`` when the hosts are there without it, else ``down``."""
+        st = _load(spec.name)
+        if not st:
+            return "down"
+        if tunnel_alive(st.get("tunnel_pid"), st.get("local_port")) and _health(
+            f"http://127.0.0.1:{st['local_port']}", st.get("token")
+        ):
+            return "up"
+        head = self.targets(spec)[0]
+        rdir = st.get("remote_dirs", {}).get(head.host, f"~/{REMOTE_DIR}")
+        out = head.run(f"kill -0 $(cat {rdir}/supervisor.pid 2>/dev/null) 2>/dev/null && echo up || echo stopped",
+                       step="status")  # fmt: skip
+        return "up" if out.strip() == "up" else "stopped"
+
+    def stop(self, spec: ClusterSpec) -> None:
+        """Stop the daemons (installs stay) and close the tunnel."""
+        st = _load(spec.name) or {}
+        close_tunnel(st.get("tunnel_pid"))
+        errors = self._each_host(spec, st, lambda t, rdir: stop_daemon(t, rdir))
+        if st:
+            st["tunnel_pid"], st["local_port"] = None, None
+            _save(spec.name, st)
+        if errors:
+            raise errors[0]
+
+    def down(self, spec: ClusterSpec) -> None:
+        """Stop the daemons, remove their state and synced code on the hosts, forget the cluster locally."""
+        st = _load(spec.name) or {}
+        close_tunnel(st.get("tunnel_pid"))
+
+        def clean(t: SSHTarget, rdir: str) -> None:
+            stop_daemon(t, rdir, step="down")
+            t.run(f"rm -rf {rdir}/state {rdir}/token {rdir}/daemon.key {rdir}/daemon.log {rdir}/code", step="down")
+
+        errors = self._each_host(spec, st, clean)
+        state_path(spec.name).unlink(missing_ok=True)
+        if errors:
+            raise errors[0]
+
+    def sync_code(self, spec: ClusterSpec, handle: ClusterHandle, root: Path) -> str:
+        """rsync ``root`` to every host (unchanged files are skipped); return its path on the head."""
+        st = _load(spec.name) or {}
+        root = Path(root).resolve()
+        sub = f"code/{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
+        excludes = [f"--exclude={e}" for e in _SYNC_EXCLUDES]
+        paths = []
+        for t in self.targets(spec):
+            rdir = st.get("remote_dirs", {}).get(t.host)
+            if rdir is None:
+                home = t.run("echo $HOME", step="sync code").strip()
+                rdir = f"{home}/{REMOTE_DIR}"
+            t.rsync([f"{root}/"], f"{rdir}/{sub}/", step="sync code", extra=["--delete", *excludes])
+            paths.append(f"{rdir}/{sub}")
+        return paths[0]
+
+    def _each_host(self, spec: ClusterSpec, st: dict[str, Any], fn: Any) -> list[TetherError]:
+        errors: list[TetherError] = []
+        for t in self.targets(spec):
+            rdir = st.get("remote_dirs", {}).get(t.host) or f"$HOME/{REMOTE_DIR}"
+            try:
+                fn(t, shlex.quote(rdir) if not rdir.startswith("$HOME") else rdir)
+            except TetherError as exc:
+                errors.append(exc)
+        return errors

@@ -1,0 +1,52 @@
+"""``tether.env``: where a service's worker runs (env vars, working dir, requirements, memory limit)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether.specs import EnvSpec, build
+
+__all__ = ["Env", "env"]
+
+
+class Env:
+    """A named worker environment on a cluster; one worker process per env."""
+
+    def __init__(self, spec: EnvSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "env", **self.spec.model_dump(mode="json")}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Env:
+        data = {k: v for k, v in config.items() if k != "kind"}
+        return cls(build(EnvSpec, data))
+
+    def save(self, name: str | None = None) -> Any:
+        from tether.resources import save_resource
+
+        return save_resource(name or self.name, self.config())
+
+    def __repr__(self) -> str:
+        return f"Env({self.spec.name!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Env) and other.spec == self.spec
+
+
+def env(
+    name: str = "default",
+    reqs: list[str] | None = None,
+    env_vars: dict[str, str] | None = None,
+    working_dir: str | None = None,
+    python: str | None = None,
+    memory_limit: int | str | None = None,
+) -> Env:
+    """Describe a worker environment: ``tether.env(name="train", reqs=["numpy"], env_vars={"X": "1"})``."""
+    return Env(build(EnvSpec, dict(name=name, reqs=reqs or [], env_vars=env_vars or {}, working_dir=working_dir,
+                                   python=python, memory_limit=memory_limit)))

@@ -1,0 +1,441 @@
+"""Out-of-memory: recognise it (exceptions and dead workers) and impose memory limits on worker processes.
+
+``classify_exception`` turns host and GPU allocation failures into :class:`tether.OutOfMemory` without
+importing torch/jax/tensorflow; ``classify_exit`` decides whether a dead worker was killed for memory;
+``apply_memory_limit`` puts a worker under a cgroup v1 memory limit (the kernel OOM-kills it like a real box),
+or under ``RLIMIT_AS`` (allocations fail with ``MemoryError``) where cgroups cannot be written.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import os
+import re
+import resource
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from tether.errors import ConfigError, OutOfMemory, RemoteError, WorkerDied
+from tether.specs import parse_bytes
+
+__all__ = [
+    "MemoryLimit",
+    "apply_memory_limit",
+    "baseline_evidence",
+    "classify_exception",
+    "classify_exit",
+    "exit_evidence",
+    "matches_oom_text",
+]
+
+_HINT = (
+    "run it on an instance with more memory, or pass on_oom=tether.Escalation(...) to escalate automatically"
+)
+_MAX_MESSAGE = 2000
+
+# --- exceptions ------------------------------------------------------------------------------------------
+
+# (pattern name, memory kind, certainty, regex). Searched in the exception text; first match wins.
+_TEXT_PATTERNS: list[tuple[str, str, str, re.Pattern[str]]] = [
+    (name, kind, certainty, re.compile(rx, re.IGNORECASE | re.DOTALL))
+    for name, kind, certainty, rx in [
+        ("torch_cuda_oom", "gpu", "certain", r"CUDA out of memory"),
+        ("torch_hip_oom", "gpu", "certain", r"HIP out of memory"),
+        ("torch_mps_oom", "gpu", "certain", r"MPS backend out of memory"),
+        ("torch_xpu_oom", "gpu", "certain", r"XPU out of memory"),
+        ("nccl_oom", "gpu", "certain", r"nccl\w*Error.{0,400}?(out of memory|Failed to CUDA [cm]alloc)|NCCL.{0,200}?Cuda failure.{0,40}?out of memory"),
+        ("cuda_error_oom", "gpu", "certain", r"CUDA error: out of memory|cudaErrorMemoryAllocation|CUDA_ERROR_OUT_OF_MEMORY"),
+        ("cublas_alloc_failed", "gpu", "certain", r"CUBLAS_STATUS_ALLOC_FAILED"),
+        ("cudnn_alloc_failed", "gpu", "certain", r"CUDNN_STATUS_ALLOC_FAILED"),
+        ("cusolver_alloc_failed", "gpu", "certain", r"CUSOLVER_STATUS_ALLOC_FAILED|CUSPARSE_STATUS_ALLOC_FAILED|CUFFT_ALLOC_FAILED"),
+        # cuDNN/cuBLAS fail to create their handle when the GPU is already full; the usual cause in training.
+        ("cudnn_not_initialized", "gpu", "probable", r"CUDNN_STATUS_NOT_INITIALIZED|CUBLAS_STATUS_NOT_INITIALIZED"),
+        ("xla_resource_exhausted", "gpu", "certain", r"RESOURCE_EXHAUSTED:.{0,80}?(out of memory|\bOOM\b|ran out of memory)"),
+        ("tensorflow_oom", "gpu", "certain", r"\bOOM when allocating tensor"),
+        ("cupy_oom", "gpu", "certain", r"Out of memory allocating [\d,]+ bytes"),
+        ("std_bad_alloc", "host", "certain", r"std::bad_alloc"),
+        ("enomem", "host", "certain", r"\[Errno 12\] Cannot allocate memory|\bENOMEM\b"),
+    ]
+]  # fmt: skip
+
+# Exception types recognised by (module prefix, class name), without importing the library.
+_TYPE_NAMES: list[tuple[str, str, str]] = [
+    ("torch", "OutOfMemoryError", "gpu"),
+    ("cupy", "OutOfMemoryError", "gpu"),
+    ("tensorflow", "ResourceExhaustedError", "gpu"),
+    ("numba", "CudaAPIError", "gpu"),  # only with CUDA_ERROR_OUT_OF_MEMORY in its text (checked below)
+]
+
+_SIZE = r"([\d.,]+)\s*([KMGTP]i?B|bytes)"
+_UNIT = {"B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "PB": 10**15,
+         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50}  # fmt: skip
+
+
+def classify_exception(exc: BaseException) -> OutOfMemory | None:
+    """The :class:`OutOfMemory` that ``exc`` (or an exception it wraps) amounts to, or None if it is not one.
+
+    Looks at the exception's type (by name, so torch need not be importable), its text, a ``RemoteError``'s
+    remote type, the chain of ``__cause__``/``__context__`` and exception groups.
+    """
+    seen: set[int] = set()
+    todo: list[tuple[BaseException, str]] = [(exc, "")]
+    while todo and len(seen) < 32:
+        current, via = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        found = _classify_one(current)
+        if found is not None:
+            if via:
+                found.details["via"] = via
+            return found
+        for attr in ("__cause__", "__context__"):
+            nxt = getattr(current, attr, None)
+            if isinstance(nxt, BaseException):
+                todo.append((nxt, (via + "." if via else "") + attr.strip("_")))
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend((e, (via + "." if via else "") + "group") for e in current.exceptions)
+    return None
+
+
+def matches_oom_text(text: str) -> tuple[str, str, str] | None:
+    """``(pattern, kind, certainty)`` when ``text`` reads like an allocation failure, else None."""
+    for name, kind, certainty, rx in _TEXT_PATTERNS:
+        if rx.search(text):
+            return name, kind, certainty
+    return None
+
+
+def _classify_one(exc: BaseException) -> OutOfMemory | None:
+    if isinstance(exc, OutOfMemory):
+        return exc
+    if isinstance(exc, WorkerDied) and "returncode" in exc.details:
+        died = classify_exit(  # re-judge what the daemon saw; gather nothing new here
+            int(exc.details["returncode"]),
+            memory_limit=exc.details.get("memory_limit"),
+            evidence={"oom_kill": 0, **(exc.details.get("evidence") or {})},
+        )
+        return died if isinstance(died, OutOfMemory) else None
+    type_path = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    text = _text_of(exc)
+    if isinstance(exc, RemoteError) and exc.remote_type:
+        type_path = exc.remote_type
+        text = f"{text}\n{_last_line(exc.remote_traceback)}"
+    details: dict[str, Any] = {"exception_type": type_path, "message": text[:_MAX_MESSAGE]}
+    if isinstance(exc, MemoryError) or type_path.rsplit(".", 1)[-1] in ("MemoryError", "_ArrayMemoryError"):
+        return _oom("host", "MemoryError", "certain", details, text)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOMEM:
+        return _oom("host", "enomem", "certain", details, text)
+    match = matches_oom_text(text)
+    for prefix, name, kind in _TYPE_NAMES:
+        if _type_matches(exc, type_path, prefix, name) and (prefix != "numba" or match):
+            return _oom(kind, f"{prefix}.{name}", "certain", details, text)
+    if match is not None:
+        return _oom(match[1], match[0], match[2], details, text)
+    return None
+
+
+def _type_matches(exc: BaseException, type_path: str, prefix: str, name: str) -> bool:
+    if type_path.split(".")[0] == prefix and type_path.rsplit(".", 1)[-1] == name:
+        return True
+    return any(k.__name__ == name and k.__module__.split(".")[0] == prefix for k in type(exc).__mro__)
+
+
+def _text_of(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the classification
+        text = ""
+    if isinstance(exc, RemoteError | OutOfMemory | WorkerDied):
+        return text
+    return text or " ".join(str(a) for a in getattr(exc, "args", ()))
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _oom(kind: str, pattern: str, certainty: str, details: dict[str, Any], text: str) -> OutOfMemory:
+    details.update({"kind": kind, "pattern": pattern, "certainty": certainty})
+    details.update(_sizes(text))
+    where = "GPU" if kind == "gpu" else "host"
+    if "gpu" in details:
+        where = f"GPU {details['gpu']}"
+    want = (
+        f", tried to allocate {_human(details['tried_to_allocate'])}"
+        if "tried_to_allocate" in details
+        else ""
+    )
+    short = details["exception_type"].rsplit(".", 1)[-1]
+    return OutOfMemory(f"out of {where} memory{want} ({short})", hint=_HINT, details=details)
+
+
+def _sizes(text: str) -> dict[str, Any]:
+    """Numbers a framework put in its OOM message: requested bytes, GPU index, total capacity."""
+    out: dict[str, Any] = {}
+    m = re.search(r"(?:tried|trying) to allocate\s*" + _SIZE, text, re.IGNORECASE) or re.search(
+        r"(?:unable to allocate|out of memory allocating)\s*" + _SIZE, text, re.IGNORECASE
+    )
+    if m:
+        out["tried_to_allocate"] = _to_bytes(m.group(1), m.group(2))
+    m = re.search(r"total capacity of\s*" + _SIZE, text, re.IGNORECASE) or re.search(
+        _SIZE + r"\s*total capacity", text, re.IGNORECASE
+    )
+    if m:
+        out["total_capacity"] = _to_bytes(m.group(1), m.group(2))
+    m = re.search(r"\bGPU\s*(\d+)", text)
+    if m:
+        out["gpu"] = int(m.group(1))
+    return out
+
+
+def _to_bytes(number: str, unit: str) -> int:
+    return int(float(number.replace(",", "")) * _UNIT.get(unit.upper(), 1))
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+# --- dead workers ----------------------------------------------------------------------------------------
+
+_MEMORY_SIGNALS = {signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS}
+
+
+def classify_exit(
+    returncode: int, *, memory_limit: int | str | None = None, evidence: Mapping[str, Any] | None = None
+) -> OutOfMemory | WorkerDied:
+    """Why a worker died: :class:`OutOfMemory` when there is memory-pressure evidence, else :class:`WorkerDied`.
+
+    ``evidence`` may hold ``pid`` (its memory cgroup is then read), ``oom_kill`` (kills counted by its cgroup),
+    ``vmstat_oom_kill`` (``/proc/vmstat`` oom_kill before the worker started), ``peak_rss`` (bytes) and
+    ``stderr`` (the worker's last output). Without any, dead tether cgroups of this process's workers are read.
+    """
+    limit = parse_bytes(memory_limit) if memory_limit is not None else None
+    ev: dict[str, Any] = dict(evidence or {})
+    if "oom_kill" not in ev:
+        gathered = exit_evidence(ev.get("pid"))
+        ev = {**gathered, **ev}
+    sig = _signal_of(returncode)
+    details: dict[str, Any] = {"returncode": returncode, "memory_limit": limit, "evidence": ev}
+    if sig is not None:
+        details["signal"] = signal.Signals(sig).name
+    reasons: list[str] = []
+    if int(ev.get("oom_kill") or 0) > 0:
+        reasons.append(f"its memory cgroup counted {ev['oom_kill']} OOM kill(s)")
+    if sig in _MEMORY_SIGNALS:
+        if "vmstat_oom_kill" in ev and _vmstat_oom_kills() > int(ev["vmstat_oom_kill"]):
+            reasons.append("the kernel OOM killer ran while it was alive (/proc/vmstat oom_kill)")
+        peak = ev.get("peak_rss") or ev.get("max_usage")
+        if limit and peak and int(peak) >= 0.9 * limit:
+            reasons.append(f"its peak memory {_human(int(peak))} reached the {_human(limit)} limit")
+    stderr = str(ev.get("stderr") or "")
+    if stderr and (re.search(r"\bMemoryError\b", stderr) or matches_oom_text(stderr)):
+        reasons.append("its last output reports an allocation failure")
+    if reasons:
+        details.update(
+            {"kind": "host", "pattern": "worker_killed", "certainty": "certain", "reasons": reasons}
+        )
+        cap = f" (limit {_human(limit)})" if limit else ""
+        return OutOfMemory(
+            f"the worker ran out of memory{cap} and was killed: {'; '.join(reasons)}",
+            hint=_HINT,
+            details=details,
+        )
+    how = f"signal {details['signal']}" if sig is not None else f"exit code {returncode}"
+    return WorkerDied(
+        f"the worker died ({how})",
+        hint="it restarts on the next call; services deployed to it are restored",
+        details=details,
+    )
+
+
+def _signal_of(returncode: int) -> int | None:
+    if returncode < 0:
+        return -returncode
+    if 128 < returncode < 128 + 65:  # shells report death by signal N as 128 + N
+        return returncode - 128
+    return None
+
+
+def _vmstat_oom_kills() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    return 0
+
+
+def exit_evidence(pid: int | None = None) -> dict[str, Any]:
+    """Read (and remove) the memory cgroup a dead worker ran in: OOM kills, failures, peak usage, limit.
+
+    With ``pid`` None, the dead worker cgroups of this process's children are read (the one with an OOM kill
+    wins). Returns ``{}`` when nothing is found, e.g. when workers ran under the rlimit fallback.
+    """
+    root = _memory_cgroup_dir()
+    found: dict[str, Any] = {}
+    if root is None:
+        return found
+    pattern = f"tether-*-{pid}" if pid is not None else f"tether-{os.getpid()}-*"
+    for group in sorted(root.glob(pattern)):
+        if _tasks(group):
+            continue  # still has live processes: not (yet) a dead worker's
+        stats = {**_cgroup_stats(group), "cgroup": str(group)}
+        _remove_cgroup(group)
+        if not found or stats.get("oom_kill"):
+            found = stats
+    return found
+
+
+def baseline_evidence() -> dict[str, Any]:
+    """Taken when a worker starts and passed back as ``evidence`` at its death: the host's OOM-kill count."""
+    return {"vmstat_oom_kill": _vmstat_oom_kills()}
+
+
+# --- limits ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """How a worker's memory is limited: ``cgroup`` (kernel OOM kill) or ``rlimit`` (MemoryError)."""
+
+    mode: Literal["cgroup", "rlimit"]
+    nbytes: int
+    cgroup: str | None = None
+    address_space: int | None = None
+
+
+def apply_memory_limit(nbytes: int | str, *, mode: str | None = None) -> MemoryLimit:
+    """Limit this process (and its children) to ``nbytes`` more memory than it uses now; call at worker start.
+
+    ``mode`` (default ``$TETHER_MEMORY_LIMIT_MODE`` or ``auto``): ``cgroup`` creates a cgroup v1 memory cgroup
+    ``tether-<ppid>-<pid>`` under this process's own and moves into it; ``rlimit`` sets ``RLIMIT_AS`` to the
+    address space in use plus ``nbytes``; ``auto`` tries the cgroup and falls back to the rlimit.
+    """
+    limit = parse_bytes(nbytes)
+    if not limit or limit <= 0:
+        raise ConfigError(f"memory limit must be positive, got {nbytes!r}")
+    chosen = (mode or os.environ.get("TETHER_MEMORY_LIMIT_MODE") or "auto").lower()
+    if chosen not in ("auto", "cgroup", "rlimit"):
+        raise ConfigError(f"unknown memory limit mode {chosen!r}", hint="use 'auto', 'cgroup' or 'rlimit'")
+    if chosen in ("auto", "cgroup"):
+        try:
+            return _join_cgroup(limit)
+        except OSError as exc:
+            if chosen == "cgroup":
+                raise ConfigError(
+                    f"could not put the worker in a memory cgroup: {exc}",
+                    hint="cgroup v1 memory controller writable by this user is needed; or use mode 'rlimit'",
+                ) from exc
+    return _set_rlimit(limit)
+
+
+def _set_rlimit(limit: int) -> MemoryLimit:
+    in_use = _vm_size()
+    cap = in_use + limit
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    return MemoryLimit(mode="rlimit", nbytes=limit, address_space=cap)
+
+
+def _vm_size() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _memory_cgroup_dir() -> Path | None:
+    """This process's own cgroup v1 memory directory, or None when there is no v1 memory controller."""
+    mount = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            fields, extra = left.split(), right.split()
+            if len(extra) >= 3 and extra[0] == "cgroup" and "memory" in extra[2].split(","):
+                mount = (fields[3], Path(fields[4]))
+                break
+    if mount is None:
+        return None
+    mount_root, mount_point = mount
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                rel = os.path.relpath(path, mount_root) if path.startswith(mount_root) else path
+                directory = (mount_point / rel.lstrip("/")).resolve()
+                return directory if directory.is_dir() else None
+    return None
+
+
+def _join_cgroup(limit: int) -> MemoryLimit:
+    parent = _memory_cgroup_dir()
+    if parent is None:
+        raise OSError(errno.ENOENT, "no cgroup v1 memory controller is mounted")
+    _remove_stale(parent)
+    group = parent / f"tether-{os.getppid()}-{os.getpid()}"
+    group.mkdir(exist_ok=True)
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(limit))
+        if (group / "memory.memsw.limit_in_bytes").exists():  # no swapping past the limit either
+            with contextlib.suppress(OSError):
+                (group / "memory.memsw.limit_in_bytes").write_text(str(limit))
+        (group / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        _remove_cgroup(group)
+        raise
+    atexit.register(_leave_cgroup, parent, group)
+    return MemoryLimit(mode="cgroup", nbytes=limit, cgroup=str(group))
+
+
+def _leave_cgroup(parent: Path, group: Path) -> None:
+    """On a clean exit: move back to the parent so the (then empty) cgroup can be removed."""
+    with contextlib.suppress(OSError):
+        (parent / "cgroup.procs").write_text(str(os.getpid()))
+        if not _tasks(group):
+            group.rmdir()
+
+
+def _tasks(group: Path) -> list[int]:
+    with contextlib.suppress(OSError, ValueError):
+        return [int(x) for x in (group / "cgroup.procs").read_text().split()]
+    return []
+
+
+def _cgroup_stats(group: Path) -> dict[str, Any]:
+    stats: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for line in (group / "memory.oom_control").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in ("oom_kill", "under_oom"):
+                stats[key] = int(value)
+    for name, key in (("memory.failcnt", "failcnt"), ("memory.max_usage_in_bytes", "max_usage"),
+                      ("memory.limit_in_bytes", "limit")):  # fmt: skip
+        with contextlib.suppress(OSError, ValueError):
+            stats[key] = int((group / name).read_text().strip())
+    return stats
+
+
+def _remove_cgroup(group: Path) -> None:
+    with contextlib.suppress(OSError):
+        group.rmdir()
+
+
+def _remove_stale(parent: Path) -> None:
+    """Remove empty ``tether-*`` cgroups whose worker and daemon are both gone (nobody will read them)."""
+    for group in parent.glob("tether-*-*"):
+        ids = group.name.split("-")[1:]
+        if all(i.isdigit() and not Path(f"/proc/{i}").exists() for i in ids) and not _tasks(group):
+            _remove_cgroup(group)

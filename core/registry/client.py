@@ -1,0 +1,123 @@
+"""``Registry``: the one API over the local store (a SQLite file) or the team server (HTTP), by name strings."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from tether.registry import configs
+from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
+from tether.registry.names import Ref, current_namespace, current_user, parse_ref
+from tether.registry.usage import CallWriter
+
+__all__ = ["Backend", "Registry"]
+
+
+class Backend(Protocol):
+    """What a registry needs from storage: :class:`~tether.registry.store.Store` or the HTTP client."""
+
+    def save(self, ref: Ref, config: dict[str, Any], *, by: str, code_hash: str | None = None) -> Version: ...
+    def get(self, ref: Ref) -> Version: ...
+    def history(self, ref: Ref) -> list[Version]: ...
+    def rollback(self, ref: Ref, version: int, *, by: str) -> Version: ...
+    def tag(self, ref: Ref, version: int, tag: str, *, by: str) -> Version: ...
+    def share(self, ref: Ref, to: str, level: str, *, by: str) -> Grant: ...
+    def grants(self, ref: Ref) -> list[Grant]: ...
+    def record_calls(self, records: list[CallRecord]) -> int: ...
+    def usage(self, ref: Ref) -> list[UsageRow]: ...
+    def calls(self, ref: Ref, *, limit: int = 100) -> list[CallRecord]: ...
+    def list(self, namespace: str | None = None) -> list[ServiceEntry]: ...
+    def close(self) -> None: ...
+
+
+class Registry:
+    """Names → versioned configs, with tags, rollback, sharing and call records.
+
+    ``where`` says what it talks to (a database URL or a server URL). Bare names live in ``namespace``
+    (``TETHER_NAMESPACE``, else the user's own); ``team/embed`` names another namespace.
+    """
+
+    def __init__(
+        self, backend: Backend, *, where: str, user: str | None = None, namespace: str | None = None
+    ):
+        self.backend = backend
+        self.where = where
+        self.user = user or current_user()
+        self.namespace = namespace or current_namespace()
+        self._writer = CallWriter(self.backend.record_calls)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.where!r}, user={self.user!r}, namespace={self.namespace!r})"
+
+    def ref(self, name: str, *, allow_selector: bool = True) -> Ref:
+        """Parse ``name`` in this registry's namespace."""
+        return parse_ref(name, namespace=self.namespace, allow_selector=allow_selector)
+
+    def save(self, name: str, config: dict[str, Any], *, code_hash: str | None = None) -> Version:
+        """Record a new immutable version of ``name``; a corrupt or foreign config raises ConfigError, saves nothing."""
+        configs.check_config(config)  # client-side too: registered validators run here, not on the server
+        return self.backend.save(
+            self.ref(name, allow_selector=False), config, by=self.user, code_hash=code_hash
+        )
+
+    def get(self, name: str) -> Version:
+        """``"embed"`` (latest), ``"embed@2"``, ``"embed@prod"``, ``"team/embed"``; NotFound lists close matches."""
+        return self.backend.get(self.ref(name))
+
+    def history(self, name: str) -> list[Version]:
+        """Every version of ``name``, oldest first."""
+        return self.backend.history(self.ref(name, allow_selector=False))
+
+    def rollback(self, name: str, version: int) -> Version:
+        """Make ``version`` the latest again: records a new version copying it (``copied_from`` says which)."""
+        return self.backend.rollback(self.ref(name, allow_selector=False), int(version), by=self.user)
+
+    def tag(self, name: str, version: int, tag: str) -> Version:
+        """Point ``tag`` at ``version``; ``name@tag`` then loads it."""
+        return self.backend.tag(self.ref(name, allow_selector=False), int(version), tag, by=self.user)
+
+    def share(self, name: str, principal: str, access_level: str = "read") -> Grant:
+        """Give a user or team access: read = call/load, write = save/redeploy/tag/rollback, owner = share.
+
+        ``name`` may be ``"team/*"`` to share a whole namespace.
+        """
+        if name.endswith("/*") or name == "*":
+            ns = name[:-2] if name.endswith("/*") else self.namespace
+            ref = Ref(parse_ref(f"{ns}/x").namespace, "*")
+        else:
+            ref = self.ref(name, allow_selector=False)
+        return self.backend.share(ref, principal, access_level, by=self.user)
+
+    def grants(self, name: str) -> list[Grant]:
+        """Who has access to ``name`` (and to its namespace)."""
+        return self.backend.grants(self.ref(name, allow_selector=False))
+
+    def record_call(self, record: CallRecord) -> None:
+        """Queue a call record for the background writer; returns at once and never raises for storage trouble."""
+        try:
+            full = self.ref(record.name).full
+        except Exception:  # noqa: BLE001 - a bad name on a record must not break the call it describes
+            return
+        self._writer.put(record.model_copy(update={"name": full, "caller": record.caller or self.user}))
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until queued call records are written; False on timeout."""
+        return self._writer.flush(timeout)
+
+    def usage(self, name: str) -> list[UsageRow]:
+        """Calls of ``name`` per caller and version: counts, errors, total/mean/max seconds. Flushes first."""
+        self.flush()
+        return self.backend.usage(self.ref(name, allow_selector=False))
+
+    def calls(self, name: str, *, limit: int = 100) -> list[CallRecord]:
+        """The latest call records of ``name``, newest first. Flushes first."""
+        self.flush()
+        return self.backend.calls(self.ref(name, allow_selector=False), limit=limit)
+
+    def list(self, namespace: str | None = None) -> list[ServiceEntry]:
+        """Every name you can read (optionally in one namespace), with latest version and tags."""
+        return self.backend.list(namespace)
+
+    def close(self) -> None:
+        """Flush call records and release connections."""
+        self._writer.close()
+        self.backend.close()

@@ -1,0 +1,120 @@
+"""Registry records as pydantic models: saved versions, call records, usage rows, access grants."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ACCESS_LEVELS",
+    "KINDS",
+    "AccessLevel",
+    "CallRecord",
+    "Grant",
+    "ServiceEntry",
+    "UsageRow",
+    "Version",
+    "level_at_least",
+]
+
+#: resource kinds the registry stores; a config's "kind" must be one of these.
+KINDS: tuple[str, ...] = ("function", "module", "instance", "cluster", "env")
+
+AccessLevel = Literal["read", "write", "owner"]
+#: read = call and load, write = save / redeploy / tag / rollback, owner = share.
+ACCESS_LEVELS: tuple[str, ...] = ("read", "write", "owner")
+
+
+def level_at_least(have: str | None, need: str) -> bool:
+    """True when access level ``have`` includes ``need`` (owner ⊃ write ⊃ read)."""
+    return have is not None and ACCESS_LEVELS.index(have) >= ACCESS_LEVELS.index(need)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Version(_Model):
+    """One immutable saved version of a named resource."""
+
+    name: str = Field(description="full name 'namespace/name'")
+    version: int = Field(ge=1, description="1, 2, 3 … per name, never reused")
+    kind: str = Field(description="function | module | instance | cluster | env")
+    config: dict[str, Any] = Field(
+        description="the resource's config(), with 'kind'; env/cluster specs inside"
+    )
+    code_hash: str | None = Field(None, description="content hash of the synced code tree")
+    import_path: str | None = Field(None, description="'pkg.mod:qualname' of the code, when it has one")
+    saved_by: str = Field(description="who saved it (user or token principal)")
+    saved_at: datetime = Field(default_factory=_now)
+    tags: list[str] = Field(default_factory=list, description="tags pointing at this version, e.g. 'prod'")
+    copied_from: int | None = Field(None, description="set by rollback: the version this one copies")
+
+    @property
+    def namespace(self) -> str:
+        return self.name.split("/", 1)[0]
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split("/", 1)[1]
+
+    @property
+    def ref(self) -> str:
+        """A reference that always resolves to exactly this version: 'ns/name@N'."""
+        return f"{self.name}@{self.version}"
+
+
+class ServiceEntry(_Model):
+    """One row of ``list()``: a name, its kind and its latest version."""
+
+    name: str
+    kind: str
+    latest: int
+    tags: dict[str, int] = Field(default_factory=dict)
+    updated_at: datetime
+    updated_by: str
+
+
+class CallRecord(_Model):
+    """One call of a saved service, as recorded for lineage and usage."""
+
+    name: str = Field(description="service reference as called ('embed', 'team/embed'); resolved on write")
+    version: int | None = Field(None, description="the version that served the call")
+    call_id: str
+    caller: str | None = Field(None, description="user who called; filled from the identity when None")
+    run_id: str | None = Field(None, description="orchestrator run id (Airflow/Prefect/Dagster) when present")
+    duration_s: float = Field(0.0, ge=0)
+    outcome: Literal["ok", "error", "cancelled", "oom", "timeout"] = "ok"
+    error_type: str | None = Field(None, description="exception type name when outcome is not ok")
+    instance_type: str | None = None
+    started_at: datetime = Field(default_factory=_now)
+
+
+class UsageRow(_Model):
+    """Calls of one service by one caller at one version, aggregated."""
+
+    caller: str
+    version: int | None
+    calls: int
+    errors: int
+    total_s: float
+    mean_s: float
+    max_s: float
+    last_at: datetime | None = None
+    run_ids: int = Field(0, description="distinct orchestrator runs among these calls")
+
+
+class Grant(_Model):
+    """An access grant: ``principal`` (user or team) has ``access_level`` on ``name`` ('ns/name' or 'ns/*')."""
+
+    name: str
+    principal: str
+    access_level: AccessLevel
+    granted_by: str
+    granted_at: datetime = Field(default_factory=_now)

@@ -1,0 +1,127 @@
+"""Call records are written off the caller's path: a background thread batches them into the store or server."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from tenacity import Retrying, stop_after_attempt, wait_random_exponential
+from tether.registry.models import CallRecord
+
+__all__ = ["CallWriter"]
+
+log = structlog.get_logger("tether.registry.usage")
+_WRITERS: weakref.WeakSet[CallWriter] = weakref.WeakSet()
+
+
+class CallWriter:
+    """``put`` appends to an in-memory queue and returns at once; a thread writes batches to ``sink``.
+
+    A full queue drops the record (counted in ``dropped``) rather than slow a call down; a batch the sink keeps
+    refusing after retries is counted in ``failed``. ``flush`` waits until everything queued so far is written.
+    """
+
+    def __init__(
+        self,
+        sink: Callable[[list[CallRecord]], Any],
+        *,
+        batch_size: int = 200,
+        interval: float = 0.2,
+        max_queue: int = 100_000,
+    ) -> None:
+        self._sink = sink
+        self._batch_size = batch_size
+        self._interval = interval
+        self._max_queue = max_queue
+        self._queue: deque[CallRecord] = deque()
+        self._cond = threading.Condition()
+        self._pending = 0  # queued + in flight
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._closed = False
+        self.written = 0
+        self.dropped = 0
+        self.failed = 0
+        _WRITERS.add(self)
+
+    def put(self, record: CallRecord) -> None:
+        """Queue one record; never blocks on I/O and never raises for a full queue."""
+        with self._cond:
+            if os.getpid() != self._pid:  # forked (Airflow, multiprocessing): the parent's thread is not here
+                self._queue.clear()
+                self._pending, self._thread, self._pid = 0, None, os.getpid()
+            if self._closed or len(self._queue) >= self._max_queue:
+                self.dropped += 1
+                return
+            self._queue.append(record)
+            self._pending += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tether-call-writer", daemon=True)
+                self._thread.start()
+            if len(self._queue) >= self._batch_size:
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until every record queued before this call is written (or given up); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify_all()
+            while self._pending and (self._thread is not None and self._thread.is_alive()):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.05 if left is None else min(left, 0.05))
+            return self._pending == 0
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Flush and stop taking records."""
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _take(self) -> list[CallRecord]:
+        with self._cond:
+            if not self._queue and not self._closed:
+                self._cond.wait(self._interval)
+            batch = []
+            while self._queue and len(batch) < self._batch_size:
+                batch.append(self._queue.popleft())
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                if self._closed:
+                    return
+                continue
+            try:
+                for attempt in Retrying(
+                    stop=stop_after_attempt(5),
+                    wait=wait_random_exponential(multiplier=0.05, max=1),
+                    reraise=True,
+                ):
+                    with attempt:
+                        self._sink(batch)
+                self.written += len(batch)
+            except Exception as exc:  # noqa: BLE001 - a lost usage record must never break a call
+                self.failed += len(batch)
+                log.warning("call_records_lost", count=len(batch), error=repr(exc))
+            finally:
+                with self._cond:
+                    self._pending -= len(batch)
+                    self._cond.notify_all()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for writer in list(_WRITERS):
+        writer.flush(timeout=5.0)

@@ -1,0 +1,126 @@
+"""What orchestrator providers share: deterministic call ids, one way to run a remote call, cancellation.
+
+Providers (Airflow, Prefect, Dagster) map their idioms onto these and nothing else, so no behaviour is written
+twice across them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tether.clusters import Cluster
+from tether.errors import ConfigError, TetherError
+
+__all__ = ["RunResult", "call_id_for", "cancel", "is_retryable", "resolve_target", "run_remote"]
+
+
+def call_id_for(*parts: Any) -> str:
+    """A deterministic call id from e.g. (dag_id, task_id, run_id, map_index): a retry re-attaches to it."""
+    raw = "\x1f".join("" if p is None else str(p) for p in parts)
+    return "run-" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether trying again can help (a tether error marked retryable)."""
+    return isinstance(exc, TetherError) and exc.retryable
+
+
+@dataclass
+class RunResult:
+    """The outcome of a provider's remote call, with what to show in the orchestrator's UI."""
+
+    value: Any
+    call_id: str
+    service: str
+    version: int | None
+    instance_type: str | None
+    seconds: float
+    attempts: list[Any] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"service": self.service, "version": self.version, "call_id": self.call_id,
+                "instance_type": self.instance_type, "seconds": round(self.seconds, 3),
+                "attempts": [a.model_dump(mode="json") if hasattr(a, "model_dump") else a for a in self.attempts]}
+
+
+def resolve_target(target: Any, cluster: Cluster | dict | str | None = None, *, env: Any = None) -> Any:
+    """A deployed service from a saved name, a ``Function``, a callable, or an import path ``"pkg.mod:fn"``."""
+    from tether.services import Function, _Service, function
+
+    if isinstance(target, _Service):
+        return target if target.spec is not None else target.to(_cluster(cluster), env=env)
+    if isinstance(target, str) and ":" in target:
+        module, _, attr = target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot import {target!r}: {exc}", hint="use 'package.module:function'") from exc
+        return Function(obj).to(_cluster(cluster), env=env)
+    if isinstance(target, str):
+        return function(name=target)
+    if callable(target):
+        return Function(target).to(_cluster(cluster), env=env)
+    raise ConfigError(f"cannot call {target!r}", hint="pass a saved name, a Function, a callable or 'pkg.mod:fn'")
+
+
+def _cluster(cluster: Cluster | dict | str | None) -> Cluster:
+    from tether.clusters import cluster as make_cluster
+
+    if isinstance(cluster, Cluster):
+        return cluster
+    if isinstance(cluster, dict):
+        return Cluster.from_config({"kind": "cluster", **cluster})
+    if isinstance(cluster, str):
+        return make_cluster(cluster)
+    return make_cluster()
+
+
+def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None, *, call_id: str,
+               log: Callable[[str], None] | None = None, escalation: Any = None,
+               cluster: Cluster | dict | str | None = None, env: Any = None, run_id: str | None = None) -> RunResult:
+    """Run ``target`` remotely under ``call_id`` (same id again re-attaches); remote logs go to ``log``."""
+    svc = resolve_target(target, cluster, env=env)
+    svc.caller = run_id
+    sink = _line_sink(log) if log is not None else None
+    started = time.perf_counter()
+    if escalation is not None:
+        from tether.escalation import run_with_escalation
+
+        value = run_with_escalation(svc, tuple(args), dict(kwargs or {}), escalation, base_cluster=svc.cluster,
+                                    call_id=call_id, on_log=sink)
+    else:
+        value = svc.call(tuple(args), dict(kwargs or {}), call_id=call_id, on_log=sink)
+    handle = svc.cluster._handle if svc.cluster is not None else None
+    return RunResult(value=value, call_id=call_id, service=svc.name or "", version=svc.spec.version if svc.spec else None,
+                     instance_type=getattr(handle, "instance_type", None), seconds=time.perf_counter() - started,
+                     attempts=list(svc.attempts))
+
+
+def _line_sink(log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
+    def sink(event: dict[str, Any]) -> None:
+        text = event.get("text")
+        if text is None:
+            text = f"{event.get('name', 'remote')}: {event.get('msg', '')}"
+        for line in str(text).rstrip("\n").splitlines():
+            log(line)
+
+    return sink
+
+
+def cancel(call_id: str, cluster: Cluster | dict | str | None = None) -> None:
+    """Cancel a remote call by id (no error if it already finished)."""
+    from tether.calls import CallHandle
+    from tether.errors import NotFound
+
+    c = _cluster(cluster).connected()
+    try:
+        CallHandle(c.client, call_id).cancel()
+    except NotFound:
+        pass

@@ -1,0 +1,78 @@
+"""``python -m tether.daemon``: run the daemon until SIGTERM or autostop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from aiohttp import web
+from tether.daemon.auth import hash_token, is_loopback
+from tether.daemon.server import Daemon, make_app
+from tether.logging import configure_logging
+from tether.specs import parse_bytes
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tether.daemon", description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    ap.add_argument("--state-dir", required=True, type=Path)
+    ap.add_argument("--token-file", type=Path, help="file holding the bearer token (read once, kept hashed)")
+    ap.add_argument("--tls-cert", type=Path)
+    ap.add_argument("--tls-key", type=Path)
+    ap.add_argument("--autostop-mins", type=float)
+    ap.add_argument("--memory-limit", help="memory limit of every worker, e.g. 256MB")
+    ap.add_argument("--max-body", default="2GB", help="largest request body")
+    ap.add_argument("--ready-file", type=Path, help="written with {port, pid} once serving")
+    return ap.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    token_hash = hash_token(args.token_file.read_text().strip()) if args.token_file else None
+    if token_hash is None and not is_loopback(args.host):
+        raise SystemExit(f"refusing to bind {args.host} without auth: pass --token-file (or bind 127.0.0.1)")
+    daemon = Daemon(args.state_dir, token_hash=token_hash, memory_limit=parse_bytes(args.memory_limit),
+                    autostop_mins=args.autostop_mins, max_body=parse_bytes(args.max_body) or 2 * 1024**3)
+    ssl_ctx = None
+    if args.tls_cert:
+        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, backlog=1024)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop_event.set)
+    # services restored lazily per env; start the default env's worker now when it has services
+    if daemon.manifest.names():
+        for env in {s.env.name for s in daemon.manifest.services.values()} | set(daemon.manifest.objects.values()):
+            asyncio.ensure_future(daemon.worker_for(next(n for n in daemon.manifest.names()
+                                                         if daemon.manifest.env_of(n) == env)))
+    if args.ready_file:
+        tmp = args.ready_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "host": args.host}))
+        os.replace(tmp, args.ready_file)
+    print(f"tether daemon serving on {args.host}:{port}", file=sys.stderr, flush=True)
+    watcher = asyncio.ensure_future(daemon.idle_watch())
+    await daemon.stop_event.wait()
+    watcher.cancel()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _args(argv)
+    configure_logging()
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

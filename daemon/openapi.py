@@ -1,0 +1,83 @@
+"""The daemon's OpenAPI document, built from the same pydantic models the routes validate with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tether import __version__
+from tether.specs import ServiceSpec
+
+_ERROR = {"description": "a tether error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+_JSON_OK = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
+
+
+def _op(summary: str, *, params: list[str] = (), body: dict[str, Any] | None = None,
+        ok: dict[str, Any] | None = None, codes: tuple[int, ...] = (400, 401, 404, 422)) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {"200": ok or _JSON_OK, **{str(c): _ERROR for c in codes}}}
+    if params:
+        op["parameters"] = [
+            {"name": n, "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"}
+             if n != "call_id" else {"type": "string", "maxLength": 200}}
+            for n in params
+        ]
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": body}
+    return op
+
+
+_CALL_BODY = {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "args": {"type": "array", "items": {}}, "kwargs": {"type": "object"}}}},
+    "application/x-tether-pickle": {"schema": {"type": "string", "format": "binary"}},
+}
+_KEY_BODY = {"application/x-tether-pickle": {"schema": {"type": "string", "format": "binary"}}}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.0 description of every daemon route."""
+    service_schema = ServiceSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = service_schema.pop("$defs", {})
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "tether daemon", "version": __version__},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "ServiceSpec": service_schema, **defs,
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                    "type": "object", "required": ["type", "message"],
+                    "properties": {"type": {"type": "string"}, "message": {"type": "string"},
+                                   "hint": {"type": "string", "nullable": True},
+                                   "retryable": {"type": "boolean"}, "details": {"type": "object"}}}}},
+            },
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/health": {"get": {**_op("liveness", codes=()), "security": []}},
+            "/status": {"get": _op("services, workers, running calls, autostop", codes=(401,))},
+            "/deploy": {"post": _op("deploy a function, class or instance", body={
+                "application/json": {"schema": {"$ref": "#/components/schemas/ServiceSpec"}}})},
+            "/autostop": {"post": _op("set autostop minutes or pause it", body={"application/json": {"schema": {
+                "type": "object", "properties": {"mins": {"type": "number", "nullable": True},
+                                                 "paused": {"type": "boolean"}}}}})},
+            "/{name}/call": {"post": _op("call a function service", params=["name"], body=_CALL_BODY)},
+            "/{name}/{method}/call": {"post": _op("call a method of an instance", params=["name", "method"],
+                                                  body=_CALL_BODY)},
+            "/calls/{call_id}": {"get": _op("re-attach to a call (frames) or its state with ?wait=0",
+                                            params=["call_id"])},
+            "/calls/{call_id}/logs": {"get": _op("a call's logs so far", params=["call_id"])},
+            "/calls/{call_id}/cancel": {"post": _op("cancel a running call", params=["call_id"])},
+            "/objects": {"get": _op("names of services and objects", codes=(401,))},
+            "/objects/{key}": {
+                "get": _op("an object, cloudpickled", params=["key"]),
+                "put": _op("store an object", params=["key"], body=_KEY_BODY),
+                "delete": _op("delete an object or service", params=["key"]),
+            },
+            "/objects/{key}/rename": {"post": _op("rename an object or service", params=["key"], body={
+                "application/json": {"schema": {"type": "object", "required": ["to"],
+                                                "properties": {"to": {"type": "string"}}}}})},
+            "/services/{key}": {"delete": _op("delete a service", params=["key"])},
+            "/envs/{env}": {"delete": _op("delete an env, its worker and its services", params=["env"])},
+        },
+    }

@@ -1,0 +1,446 @@
+"""The tether daemon: an aiohttp "Python object server" holding named objects in per-env worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+from tether import __version__
+from tether.daemon import protocol as p
+from tether.daemon.auth import TokenCheck
+from tether.daemon.calls import Call, CallTable
+from tether.daemon.store import Manifest
+from tether.daemon.workers import WorkerPool, WorkerProcess
+from tether.errors import (
+    AuthError,
+    CallCancelled,
+    ConfigError,
+    NotFound,
+    PayloadTooLarge,
+    SerializationError,
+    TetherError,
+)
+from tether.specs import EnvSpec, ServiceSpec, validate_name
+
+log = structlog.get_logger("tether.daemon")
+
+PICKLE = "application/x-tether-pickle"
+FRAMES = "application/x-tether-frames"
+HEARTBEAT_SECONDS = 10.0
+
+
+def _close_matches(name: str, names: list[str]) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+
+
+def error_response(exc: TetherError) -> web.Response:
+    return web.json_response(exc.to_wire(), status=exc.status if exc.status >= 400 else 500)
+
+
+class Daemon:
+    """State of one daemon: manifest, workers, calls, activity."""
+
+    def __init__(self, state_dir: Path, *, token_hash: str | None = None, memory_limit: int | None = None,
+                 autostop_mins: float | None = None, max_body: int = 2 * 1024**3) -> None:
+        self.state_dir = state_dir
+        self.manifest = Manifest(state_dir)
+        self.auth = TokenCheck(token_hash)
+        self.pool = WorkerPool(state_dir, memory_limit, self._restore)
+        self.calls = CallTable()
+        self.autostop_mins = autostop_mins
+        self.autostop_paused = False
+        self.max_body = max_body
+        self.started = time.time()
+        self.last_activity = time.time()
+        self.stop_event = asyncio.Event()
+
+    # -- workers -------------------------------------------------------------------------------------------------
+    async def _restore(self, worker: WorkerProcess) -> None:
+        """Redeploy what the manifest holds for a (re)started worker's env."""
+        services, objects = self.manifest.in_env(worker.env.name)
+        for spec in services:
+            try:
+                await self._ask(worker, p.DEPLOY, {"spec": spec.model_dump(mode="json")})
+            except TetherError as exc:
+                log.warning("restore_failed", service=spec.name, error=str(exc))
+        for key in objects:
+            path = self.manifest.object_path(key)
+            if path.exists():
+                await self._ask(worker, p.OBJECT, {"op": "put", "key": key}, path.read_bytes())
+
+    async def _ask(self, worker: WorkerProcess, kind: int, meta: dict[str, Any], body: bytes = b"") -> tuple[
+            dict[str, Any], bytes]:
+        _, queue = worker.request(kind, meta, body)
+        await worker.drain()
+        rkind, rmeta, rbody = await queue.get()
+        if rkind == p.ERROR:
+            raise _as_error(rmeta)
+        return rmeta, rbody
+
+    async def worker_for(self, name: str) -> WorkerProcess:
+        env = self.manifest.env_of(name)
+        if env is None:
+            raise NotFound(f"no service or object named {name!r} on this cluster",
+                           hint=_hint(name, self.manifest.names()),
+                           details={"close_matches": _close_matches(name, self.manifest.names())})
+        spec_env = next((s.env for s in self.manifest.services.values() if s.env.name == env), None)
+        return await self.pool.get(spec_env, name=env)
+
+    # -- operations ----------------------------------------------------------------------------------------------
+    async def deploy(self, spec: ServiceSpec) -> dict[str, Any]:
+        worker = await self.pool.get(spec.env)
+        meta, _ = await self._ask(worker, p.DEPLOY, {"spec": spec.model_dump(mode="json")})
+        self.manifest.services[spec.name] = spec
+        self.manifest.methods[spec.name] = meta.get("methods", {})
+        self.manifest.objects.pop(spec.name, None)
+        self.manifest.save()
+        log.info("deployed", service=spec.name, kind=spec.kind, env=spec.env.name)
+        return {"name": spec.name, "env": spec.env.name, "methods": meta.get("methods", {}), "pid": worker.pid}
+
+    async def start_call(self, call_id: str, name: str, method: str | None, body: bytes, json_mode: bool) -> Call:
+        worker = await self.worker_for(name)
+        call = Call(call_id, name, method, json_mode)
+        self.calls.add(call)
+        tag, queue = worker.request(p.CALL, {"name": name, "method": method, "mode": "json" if json_mode else "pickle"},
+                                    body)
+        call.worker, call.worker_tag = worker, tag
+        await worker.drain()
+        asyncio.ensure_future(self._pump(call, queue))
+        return call
+
+    async def _pump(self, call: Call, queue: asyncio.Queue) -> None:
+        while True:
+            kind, meta, body = await queue.get()
+            call.add(kind, meta, body)
+            if kind in (p.RESULT, p.ERROR):
+                self.last_activity = time.time()
+                return
+
+    def cancel(self, call_id: str) -> Call:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise NotFound(f"no call {call_id!r}", hint="calls are kept for an hour after they finish")
+        if not call.done and call.worker is not None and call.worker_tag is not None:
+            call.worker.cancel(call.worker_tag)
+        return call
+
+    async def object_op(self, op: str, key: str, body: bytes = b"", env: str = "default", to: str | None = None
+                        ) -> tuple[dict[str, Any], bytes]:
+        if op == "put":
+            worker = await self.pool.get(name=env)
+            await self._ask(worker, p.OBJECT, {"op": "put", "key": key}, body)
+            self.manifest.put_object(key, env, body)
+            return {}, b""
+        worker = await self.worker_for(key)
+        meta = {"op": op, "key": key, **({"to": to} if to else {})}
+        out = await self._ask(worker, p.OBJECT, meta)
+        if op == "delete":
+            self.manifest.forget(key)
+        elif op == "rename" and to:
+            self.manifest.rename(key, to)
+        return out
+
+    async def idle_watch(self) -> None:
+        while not self.stop_event.is_set():
+            await asyncio.sleep(1.0)
+            if self.autostop_mins is None or self.autostop_paused or self.calls.running():
+                continue
+            if time.time() - self.last_activity > self.autostop_mins * 60:
+                log.info("autostop", idle_minutes=self.autostop_mins)
+                self.stop_event.set()
+
+
+def _hint(name: str, names: list[str]) -> str:
+    close = _close_matches(name, names)
+    return f"did you mean {', '.join(close)}?" if close else "deploy it with .to(cluster) first, or check `tether ls`"
+
+
+def _as_error(meta: dict[str, Any]) -> TetherError:
+    from tether.errors import error_from_wire
+
+    exc = error_from_wire(meta)
+    return exc if isinstance(exc, TetherError) else TetherError(str(exc))
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------------------
+DAEMON = web.AppKey("daemon", Daemon)
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    daemon = request.app[DAEMON]
+    daemon.last_activity = time.time()
+    if request.path not in ("/health", "/openapi.json") and not daemon.auth.ok(request.headers.get("Authorization")):
+        return error_response(AuthError("missing or wrong bearer token",
+                                        hint="pass the cluster's token (cluster.token) as 'Authorization: Bearer …'"))
+    try:
+        return await handler(request)
+    except TetherError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge(f"request body over the daemon's limit of {daemon.max_body} bytes",
+                                              details={"limit": daemon.max_body}))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            err = TetherError(exc.reason or "HTTP error")
+            return web.json_response(err.to_wire(), status=exc.status)
+        raise
+    except ValidationError as exc:
+        return error_response(ConfigError(f"invalid request: {exc.errors(include_url=False)}"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return error_response(ConfigError(f"the body is not valid JSON: {exc}"))
+    except Exception as exc:  # noqa: BLE001 - the daemon keeps serving, the caller gets a JSON error
+        log.exception("handler_failed", path=request.path)
+        return web.json_response(TetherError(f"internal error: {type(exc).__name__}: {exc}").to_wire(), status=500)
+
+
+def _name(request: web.Request, key: str = "name") -> str:
+    try:
+        return validate_name(request.match_info[key])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
+
+
+async def status(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    workers = [{"env": n, "pid": w.pid, "alive": w.alive} for n, w in d.pool.workers.items()]
+    return web.json_response({
+        "version": __version__, "pid": os.getpid(), "uptime": time.time() - d.started,
+        "idle_seconds": time.time() - d.last_activity, "autostop_mins": d.autostop_mins,
+        "autostop_paused": d.autostop_paused, "services": d.manifest.status(), "workers": workers,
+        "running_calls": [c.summary() for c in d.calls.running()],
+    })
+
+
+async def deploy(request: web.Request) -> web.Response:
+    spec = ServiceSpec.model_validate(await request.json())
+    return web.json_response(await request.app[DAEMON].deploy(spec))
+
+
+async def call(request: web.Request) -> web.StreamResponse:
+    d = request.app[DAEMON]
+    name = _name(request)
+    method = request.match_info.get("method")
+    if method is not None and (not method.isidentifier() or (method.startswith("_") and method != "__getattr__")):
+        raise ConfigError(f"invalid method name {method!r}")
+    json_mode = request.content_type != PICKLE
+    call_id = request.headers.get("X-Tether-Call-Id") or uuid.uuid4().hex
+    if len(call_id) > 200:
+        raise ConfigError("X-Tether-Call-Id is longer than 200 characters")
+    existing = d.calls.get(call_id)
+    if existing is not None:
+        if existing.service != name or existing.method != method:
+            raise ConfigError(f"call id {call_id!r} belongs to {existing.service}.{existing.method or '__call__'}",
+                              hint="use a new call id for a different service")
+        return await respond(request, existing)
+    body = await request.read()
+    if json_mode and body:
+        try:
+            json.loads(body)
+        except ValueError as exc:
+            raise SerializationError(f"the body is neither cloudpickle ({PICKLE}) nor JSON: {exc}") from None
+    return await respond(request, await d.start_call(call_id, name, method, body, json_mode))
+
+
+async def respond(request: web.Request, call: Call) -> web.StreamResponse:
+    """Answer with the call's frames: one plain response if it ends fast, else a live stream."""
+    headers = {"X-Tether-Call-Id": call.call_id}
+    if call.json_mode:
+        return await _respond_json(call, headers)
+    stream: web.StreamResponse | None = None
+    async for frame in call.follow(timeout=HEARTBEAT_SECONDS):
+        if frame is None:
+            payload = p.client_frame(p.HEARTBEAT, b"")
+        else:
+            kind, meta, body = frame
+            payload = _client_payload(kind, meta, body)
+            if stream is None and kind in (p.RESULT, p.ERROR):
+                return web.Response(body=payload, content_type=FRAMES, headers=headers)
+        if stream is None:
+            stream = web.StreamResponse(headers=headers)
+            stream.content_type = FRAMES
+            await stream.prepare(request)
+        if isinstance(payload, tuple):
+            await stream.write(payload[0])
+            await stream.write(payload[1])
+        else:
+            await stream.write(payload)
+    assert stream is not None
+    await stream.write_eof()
+    return stream
+
+
+def _client_payload(kind: int, meta: dict[str, Any], body: bytes) -> bytes | tuple[bytes, bytes]:
+    if kind == p.ERROR:
+        wire = dict(meta.get("error", {}))
+        if body:
+            wire["exc"] = base64.b64encode(body).decode()
+        return p.client_frame(p.ERROR, json.dumps({"error": wire}).encode())
+    if kind == p.LOG:
+        return p.client_frame(p.LOG, body)
+    if len(body) > 1024 * 1024:
+        return p.client_header(kind, len(body)), body
+    return p.client_frame(kind, body)
+
+
+async def _respond_json(call: Call, headers: dict[str, str]) -> web.Response:
+    items: list[Any] = []
+    logs: list[Any] = []
+    async for frame in call.follow(timeout=None):
+        assert frame is not None
+        kind, meta, body = frame
+        if kind == p.LOG:
+            logs.append(json.loads(body))
+        elif kind == p.ITEM:
+            items.append(json.loads(body))
+        elif kind == p.ERROR:
+            err = _as_error(meta)
+            return web.json_response(err.to_wire(), status=err.status if err.status >= 400 else 500, headers=headers)
+        elif kind == p.RESULT:
+            out: dict[str, Any] = {"call_id": call.call_id, "logs": logs}
+            if items:
+                out["items"] = items
+            else:
+                out["result"] = json.loads(body)
+            return web.json_response(out, headers=headers)
+    raise TetherError("the call ended without a result")
+
+
+async def get_call(request: web.Request) -> web.StreamResponse:
+    d = request.app[DAEMON]
+    call = d.calls.get(request.match_info["call_id"])
+    if call is None:
+        raise NotFound(f"no call {request.match_info['call_id']!r}",
+                       hint="calls are kept for an hour after they finish")
+    if request.query.get("wait") == "0":
+        return web.json_response(call.summary())
+    return await respond(request, call)
+
+
+async def call_logs(request: web.Request) -> web.Response:
+    call = request.app[DAEMON].calls.get(request.match_info["call_id"])
+    if call is None:
+        raise NotFound(f"no call {request.match_info['call_id']!r}")
+    return web.json_response({"call_id": call.call_id, "state": call.state, "logs": call.logs()})
+
+
+async def cancel_call(request: web.Request) -> web.Response:
+    call = request.app[DAEMON].cancel(request.match_info["call_id"])
+    return web.json_response(call.summary())
+
+
+async def list_objects(request: web.Request) -> web.Response:
+    return web.json_response({"keys": request.app[DAEMON].manifest.names()})
+
+
+async def get_object(request: web.Request) -> web.Response:
+    _, body = await request.app[DAEMON].object_op("get", _name(request, "key"))
+    return web.Response(body=body, content_type=PICKLE)
+
+
+async def put_object(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    key = _name(request, "key")
+    if key in d.manifest.services:
+        raise ConfigError(f"{key!r} is a deployed service", hint="delete it first or use another key")
+    env = validate_name(request.query.get("env", "default"))
+    await d.object_op("put", key, await request.read(), env=env)
+    return web.json_response({"key": key, "env": env})
+
+
+async def delete_object(request: web.Request) -> web.Response:
+    key = _name(request, "key")
+    await request.app[DAEMON].object_op("delete", key)
+    return web.json_response({"deleted": key})
+
+
+async def rename_object(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    key = _name(request, "key")
+    data = await request.json()
+    to = validate_name(data.get("to", "") if isinstance(data, dict) else "")
+    if to in d.manifest.names():
+        raise ConfigError(f"{to!r} already exists", hint="delete it first")
+    await d.object_op("rename", key, to=to)
+    return web.json_response({"renamed": key, "to": to})
+
+
+async def delete_env(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    env = _name(request, "env")
+    services, objects = d.manifest.in_env(env)
+    for name in [s.name for s in services] + objects:
+        d.manifest.forget(name)
+    if not await d.pool.remove(env) and not services and not objects:
+        raise NotFound(f"no env {env!r} on this cluster")
+    return web.json_response({"deleted_env": env, "services": [s.name for s in services] + objects})
+
+
+async def autostop(request: web.Request) -> web.Response:
+    d = request.app[DAEMON]
+    data = await request.json()
+    if not isinstance(data, dict):
+        raise ConfigError("expected a JSON object")
+    if "mins" in data:
+        d.autostop_mins = None if data["mins"] is None else float(data["mins"])
+    if "paused" in data:
+        d.autostop_paused = bool(data["paused"])
+    return web.json_response({"autostop_mins": d.autostop_mins, "paused": d.autostop_paused})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from tether.daemon.openapi import document
+
+    return web.json_response(document())
+
+
+async def shutdown(request: web.Request) -> web.Response:
+    request.app[DAEMON].stop_event.set()
+    return web.json_response({"stopping": True})
+
+
+def make_app(daemon: Daemon) -> web.Application:
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=daemon.max_body)
+    app[DAEMON] = daemon
+    app.router.add_get("/health", health)
+    app.router.add_get("/status", status)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/deploy", deploy)
+    app.router.add_post("/shutdown", shutdown)
+    app.router.add_post("/autostop", autostop)
+    app.router.add_get("/objects", list_objects)
+    app.router.add_get("/objects/{key}", get_object)
+    app.router.add_put("/objects/{key}", put_object)
+    app.router.add_delete("/objects/{key}", delete_object)
+    app.router.add_post("/objects/{key}/rename", rename_object)
+    app.router.add_delete("/services/{key}", delete_object)
+    app.router.add_delete("/envs/{env}", delete_env)
+    app.router.add_get("/calls/{call_id}", get_call)
+    app.router.add_get("/calls/{call_id}/logs", call_logs)
+    app.router.add_post("/calls/{call_id}/cancel", cancel_call)
+    app.router.add_post("/{name}/call", call)
+    app.router.add_post("/{name}/{method}/call", call)
+
+    async def on_cleanup(app: web.Application) -> None:
+        await daemon.pool.close()
+
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+__all__ = ["Daemon", "EnvSpec", "make_app", "CallCancelled"]

@@ -1,0 +1,380 @@
+"""A worker process: holds the objects of one env and runs calls on them.
+
+Started by the daemon as ``python -m tether.daemon.worker FD``; speaks the frame protocol over the inherited
+socket. Sync code runs in threads (so calls overlap and can be cancelled); async code on the worker's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextvars
+import ctypes
+import importlib
+import inspect
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+from tether.daemon import protocol as p
+from tether.errors import CallCancelled, NotFound, SerializationError, TetherError
+
+_current: contextvars.ContextVar[_CallCtx | None] = contextvars.ContextVar("tether_call", default=None)
+
+
+@dataclass
+class _CallCtx:
+    tag: int
+    worker: Worker
+    buffers: dict[str, str] = field(default_factory=dict)
+    thread_id: int | None = None
+
+    def emit(self, payload: dict[str, Any]) -> None:
+        self.worker.send_threadsafe(p.LOG, self.tag, None, json.dumps(payload).encode())
+
+    def write(self, stream: str, text: str) -> None:
+        buf = self.buffers.get(stream, "") + text
+        if "\n" in buf:
+            head, _, buf = buf.rpartition("\n")
+            self.emit({"stream": stream, "text": head + "\n"})
+        self.buffers[stream] = buf
+
+    def flush(self) -> None:
+        for stream, buf in self.buffers.items():
+            if buf:
+                self.emit({"stream": stream, "text": buf})
+        self.buffers.clear()
+
+
+class _Router:
+    """Replaces sys.stdout/err: text written during a call goes to that call's caller, the rest to the log."""
+
+    def __init__(self, original: Any, stream: str) -> None:
+        self._original = original
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        ctx = _current.get()
+        if ctx is None:
+            return self._original.write(text)
+        ctx.write(self._stream, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._original.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
+
+
+class _LogForwarder(logging.Handler):
+    """Sends log records emitted during a call to its caller."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = _current.get()
+        if ctx is None:
+            return
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001
+            msg = str(record.msg)
+        ctx.emit({"level": record.levelno, "name": record.name, "msg": msg})
+
+
+class _ThreadCancelled(BaseException):
+    """Raised asynchronously inside a thread running a cancelled sync call."""
+
+
+class Worker:
+    """The object store of one env and the loop that serves the daemon's frames."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.objects: dict[str, Any] = {}
+        self.specs: dict[str, dict[str, Any]] = {}
+        self.root_hashes: dict[str, str] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.ctxs: dict[int, _CallCtx] = {}
+        self._loop_thread = threading.get_ident()
+
+    def send(self, kind: int, tag: int, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
+        p.write_frame(self.writer, kind, tag, meta, body)
+
+    def send_threadsafe(self, kind: int, tag: int, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
+        if threading.get_ident() == self._loop_thread:
+            self.send(kind, tag, meta, body)
+        else:
+            self.loop.call_soon_threadsafe(self.send, kind, tag, meta, body)
+
+    async def serve(self) -> None:
+        self.send(p.READY, 0, {"pid": os.getpid()})
+        while True:
+            try:
+                kind, tag, meta, body = await p.read_frame(self.reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            if kind == p.CALL:
+                self.tasks[tag] = asyncio.ensure_future(self._call(tag, meta, body))
+            elif kind == p.CANCEL:
+                self._cancel(tag)
+            elif kind == p.DEPLOY:
+                self._reply(tag, self._deploy, meta, body)
+            elif kind == p.OBJECT:
+                self._reply(tag, self._object_op, meta, body)
+            if self.writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
+                await self.writer.drain()
+
+    def _reply(self, tag: int, fn: Any, meta: dict[str, Any], body: bytes) -> None:
+        try:
+            out_meta, out_body = fn(meta, body)
+            self.send(p.RESULT, tag, out_meta, out_body)
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+            self.send(p.ERROR, tag, *_error_payload(exc))
+
+    # -- deploy and object store -------------------------------------------------------------------------------
+    def _deploy(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        spec = meta["spec"]
+        code = spec["code"]
+        if code.get("pickled_b64"):
+            obj = cloudpickle.loads(base64.b64decode(code["pickled_b64"]))
+        else:
+            obj = self._import(code)
+        if spec["kind"] == "instance":
+            args, kwargs = cloudpickle.loads(base64.b64decode(spec["init_pickled_b64"])) if spec.get(
+                "init_pickled_b64") else ((), {})
+            cls = self.objects.get(spec.get("of") or "", obj)
+            obj = cls(*args, **kwargs)
+        self.objects[spec["name"]] = obj
+        self.specs[spec["name"]] = spec
+        return {"name": spec["name"], "methods": _describe(obj)}, b""
+
+    def _import(self, code: dict[str, Any]) -> Any:
+        root = code.get("root")
+        if root:
+            if root not in sys.path:
+                sys.path.insert(0, root)
+            new_hash = code.get("code_hash") or ""
+            old_hash = self.root_hashes.get(root)
+            if old_hash is not None and old_hash != new_hash:
+                _purge_modules_under(root)
+            self.root_hashes[root] = new_hash
+        module = importlib.import_module(code["import_path"])
+        obj: Any = module
+        for part in (code.get("qualname") or "").split("."):
+            if part:
+                obj = getattr(obj, part)
+        return obj
+
+    def _object_op(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        op, key = meta["op"], meta.get("key", "")
+        if op == "put":
+            self.objects[key] = cloudpickle.loads(body)
+            return {}, b""
+        if op == "keys":
+            return {"keys": sorted(self.objects)}, b""
+        if key not in self.objects:
+            raise NotFound(f"no object {key!r} in this env")
+        if op == "get":
+            return {}, cloudpickle.dumps(self.objects[key], protocol=5)
+        if op == "delete":
+            del self.objects[key]
+            self.specs.pop(key, None)
+            return {}, b""
+        if op == "rename":
+            self.objects[meta["to"]] = self.objects.pop(key)
+            return {}, b""
+        raise ValueError(f"unknown object op {op!r}")
+
+    # -- calls -------------------------------------------------------------------------------------------------
+    def _cancel(self, tag: int) -> None:
+        ctx = self.ctxs.get(tag)
+        if ctx is not None and ctx.thread_id is not None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ctx.thread_id), ctypes.py_object(_ThreadCancelled))
+        task = self.tasks.get(tag)
+        if task is not None:
+            task.cancel()
+
+    async def _call(self, tag: int, meta: dict[str, Any], body: bytes) -> None:
+        ctx = _CallCtx(tag, self)
+        self.ctxs[tag] = ctx
+        _current.set(ctx)
+        json_mode = meta.get("mode") == "json"
+        try:
+            args, kwargs = _decode_args(body, json_mode)
+            name, method = meta["name"], meta.get("method")
+            if name not in self.objects:
+                raise NotFound(f"no service {name!r} in this worker")
+            obj = self.objects[name]
+            if method == "__getattr__":
+                result = getattr(obj, args[0])
+            else:
+                target = getattr(obj, method) if method else obj
+                result = await self._invoke(ctx, target, args, kwargs, json_mode)
+            ctx.flush()
+            self.send(p.RESULT, tag, None, _encode_result(result, json_mode))
+        except (asyncio.CancelledError, _ThreadCancelled):
+            ctx.flush()
+            self.send(p.ERROR, tag, *_error_payload(CallCancelled("the call was cancelled")))
+        except BaseException as exc:  # noqa: BLE001
+            ctx.flush()
+            self.send(p.ERROR, tag, *_error_payload(exc))
+        finally:
+            self.tasks.pop(tag, None)
+            self.ctxs.pop(tag, None)
+
+    async def _invoke(self, ctx: _CallCtx, target: Any, args: list, kwargs: dict, json_mode: bool) -> Any:
+        if inspect.iscoroutinefunction(target):
+            return await target(*args, **kwargs)
+        if inspect.isasyncgenfunction(target):
+            async for item in target(*args, **kwargs):
+                self.send(p.ITEM, ctx.tag, None, _encode_result(item, json_mode))
+            return None
+
+        def run() -> Any:
+            ctx.thread_id = threading.get_ident()
+            try:
+                out = target(*args, **kwargs)
+                if inspect.isgenerator(out):
+                    for item in out:
+                        self.send_threadsafe(p.ITEM, ctx.tag, None, _encode_result(item, json_mode))
+                    return None
+                return out
+            finally:
+                ctx.thread_id = None
+
+        result = await asyncio.to_thread(run)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+
+def _describe(obj: Any) -> dict[str, str]:
+    """Kinds of the callables an object offers: sync, async, gen, agen."""
+
+    def kind(fn: Any) -> str:
+        if inspect.isasyncgenfunction(fn):
+            return "agen"
+        if inspect.iscoroutinefunction(fn):
+            return "async"
+        if inspect.isgeneratorfunction(fn):
+            return "gen"
+        return "sync"
+
+    if inspect.isroutine(obj):
+        return {"__call__": kind(obj)}
+    target = obj if inspect.isclass(obj) else type(obj)
+    out = {}
+    for name, member in inspect.getmembers(target):
+        if callable(member) and not name.startswith("_"):
+            out[name] = kind(member)
+    return out
+
+
+def _purge_modules_under(root: str) -> None:
+    prefix = str(Path(root).resolve()) + os.sep
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if file and str(Path(file).resolve()).startswith(prefix):
+            del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def _decode_args(body: bytes, json_mode: bool) -> tuple[list, dict]:
+    try:
+        if json_mode:
+            data = json.loads(body) if body else {}
+            if not isinstance(data, dict):
+                raise ValueError("the JSON body must be an object")
+            args, kwargs = data.get("args", []), data.get("kwargs", {})
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise ValueError("'args' must be a list and 'kwargs' an object")
+            return args, kwargs
+        if not body:
+            return [], {}
+        args, kwargs = cloudpickle.loads(body)
+        return list(args), dict(kwargs)
+    except Exception as exc:
+        raise SerializationError(
+            f"could not decode the call's arguments: {exc}", hint="send cloudpickled (args, kwargs) or JSON"
+        ) from exc
+
+
+def _encode_result(value: Any, json_mode: bool) -> bytes:
+    try:
+        if json_mode:
+            return json.dumps(value).encode()
+        return cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:
+        raise SerializationError(
+            f"the result of type {type(value).__name__} could not be serialized: {exc}",
+            hint="return picklable values (or JSON values when calling with JSON)",
+        ) from exc
+
+
+def _classify(exc: BaseException) -> BaseException:
+    try:
+        from tether.oom import classify_exception
+    except ImportError:
+        return exc
+    oom = classify_exception(exc)
+    return oom if oom is not None else exc
+
+
+def _error_payload(exc: BaseException) -> tuple[dict[str, Any], bytes]:
+    """JSON wire error (with the remote traceback) and, when possible, the pickled exception."""
+    tb = "".join(traceback.format_exception(exc))
+    classified = _classify(exc)
+    if isinstance(classified, TetherError):
+        wire = classified.to_wire()
+        wire["error"]["details"].setdefault("traceback", tb)
+        wire["error"]["details"].setdefault("remote_type", type(exc).__name__)
+        return wire, b""
+    wire = {
+        "error": {
+            "type": "RemoteError",
+            "message": f"{type(exc).__name__}: {exc}",
+            "hint": "the remote code raised; see the remote traceback",
+            "retryable": False,
+            "details": {"remote_type": f"{type(exc).__module__}.{type(exc).__qualname__}", "traceback": tb},
+        }
+    }
+    try:
+        body = cloudpickle.dumps(exc, protocol=5)
+    except Exception:  # noqa: BLE001 - the type cannot travel; the client raises RemoteError
+        body = b""
+    return wire, body
+
+
+async def _main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=2**20)
+    await Worker(reader, writer).serve()
+
+
+def main() -> None:
+    limit = os.environ.get("TETHER_MEMORY_LIMIT")
+    if limit:
+        from tether.oom import apply_memory_limit
+
+        apply_memory_limit(int(limit))
+    sys.stdout = _Router(sys.stdout, "stdout")  # type: ignore[assignment]
+    sys.stderr = _Router(sys.stderr, "stderr")  # type: ignore[assignment]
+    root = logging.getLogger()
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(_LogForwarder())
+    asyncio.run(_main(int(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,198 @@
+"""The daemon's side of worker processes: one per env, started on demand, restarted after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tether.daemon import protocol as p
+from tether.errors import ConfigError, WorkerDied
+from tether.specs import EnvSpec
+
+log = structlog.get_logger("tether.daemon.workers")
+
+Frame = tuple[int, dict[str, Any], bytes]
+
+
+class WorkerProcess:
+    """One running worker: its process, its socket and the requests waiting on it."""
+
+    def __init__(self, env: EnvSpec, memory_limit: int | None) -> None:
+        self.env = env
+        self.memory_limit = env.memory_limit or memory_limit
+        self.proc: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Queue[Frame]] = {}
+        self.alive = False
+        self.death: BaseException | None = None
+        self._tags = itertools.count(1)
+        self._reader_task: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    async def start(self, python: str, cwd: str | None) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env.update(self.env.env_vars)
+        env["TETHER_ENV"] = self.env.name
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.memory_limit:
+            env["TETHER_MEMORY_LIMIT"] = str(self.memory_limit)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                python, "-m", "tether.daemon.worker", str(child.fileno()),
+                pass_fds=[child.fileno()], env=env, cwd=cwd or None, stdin=subprocess.DEVNULL,
+            )
+        except (OSError, ValueError) as exc:
+            parent.close()
+            raise ConfigError(f"could not start a worker for env {self.env.name!r}: {exc}") from exc
+        finally:
+            child.close()
+        reader, self.writer = await asyncio.open_unix_connection(sock=parent, limit=2**20)
+        try:
+            kind, _, _, _ = await asyncio.wait_for(p.read_frame(reader), timeout=60)
+        except (asyncio.IncompleteReadError, TimeoutError) as exc:
+            rc = await self.proc.wait()
+            raise WorkerDied(f"worker for env {self.env.name!r} exited at start (code {rc})",
+                             hint="check the env's requirements and the daemon log") from exc
+        if kind != p.READY:
+            raise WorkerDied(f"worker for env {self.env.name!r} sent no READY frame")
+        self.alive = True
+        self._reader_task = asyncio.ensure_future(self._read_loop(reader))
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, tag, meta, body = await p.read_frame(reader)
+                queue = self.pending.get(tag)
+                if queue is None:
+                    continue
+                queue.put_nowait((kind, meta, body))
+                if kind in (p.RESULT, p.ERROR):
+                    self.pending.pop(tag, None)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        self.alive = False
+        assert self.proc is not None
+        rc = await self.proc.wait()
+        self.death = _death_error(self.env.name, rc, self.memory_limit)
+        log.warning("worker_died", env=self.env.name, pid=self.proc.pid, returncode=rc,
+                    error=type(self.death).__name__)
+        wire = self.death.to_wire() if hasattr(self.death, "to_wire") else {"error": {"message": str(self.death)}}
+        for queue in self.pending.values():
+            queue.put_nowait((p.ERROR, wire, b""))
+        self.pending.clear()
+
+    def request(self, kind: int, meta: dict[str, Any], body: bytes = b"") -> tuple[int, asyncio.Queue[Frame]]:
+        """Send a frame; the returned queue yields the worker's answers for it, ending with RESULT or ERROR."""
+        if not self.alive or self.writer is None:
+            raise self.death or WorkerDied(f"worker for env {self.env.name!r} is not running")
+        tag = next(self._tags)
+        queue: asyncio.Queue[Frame] = asyncio.Queue()
+        self.pending[tag] = queue
+        p.write_frame(self.writer, kind, tag, meta, body)
+        return tag, queue
+
+    def cancel(self, tag: int) -> None:
+        if self.alive and self.writer is not None:
+            p.write_frame(self.writer, p.CANCEL, tag)
+
+    async def drain(self) -> None:
+        if self.writer is not None and self.writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
+            await self.writer.drain()
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout=5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        if self._reader_task:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._reader_task, timeout=5)
+        self.alive = False
+
+
+def _death_error(env: str, returncode: int, memory_limit: int | None) -> BaseException:
+    try:
+        from tether.oom import classify_exit
+
+        return classify_exit(returncode, memory_limit=memory_limit, evidence=None)
+    except ImportError:
+        return WorkerDied(
+            f"the worker of env {env!r} died (exit code {returncode})",
+            hint="it restarts on the next call; services deployed to it are restored",
+        )
+
+
+class WorkerPool:
+    """Workers by env name; starts them on demand and calls ``on_start`` to restore their services."""
+
+    def __init__(self, state_dir: Path, memory_limit: int | None,
+                 on_start: Callable[[WorkerProcess], Any]) -> None:
+        self.state_dir = state_dir
+        self.memory_limit = memory_limit
+        self.on_start = on_start
+        self.workers: dict[str, WorkerProcess] = {}
+        self.envs: dict[str, EnvSpec] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, env: EnvSpec | None = None, name: str | None = None) -> WorkerProcess:
+        """The live worker of ``env`` (or of env ``name``), starting or restarting it as needed."""
+        if env is None:
+            env = self.envs.get(name or "default") or EnvSpec(name=name or "default")
+        worker = self.workers.get(env.name)
+        if worker is not None and worker.alive and self.envs.get(env.name) == env:
+            return worker
+        lock = self._locks.setdefault(env.name, asyncio.Lock())
+        async with lock:
+            worker = self.workers.get(env.name)
+            if worker is not None and worker.alive and self.envs.get(env.name) == env:
+                return worker
+            if worker is not None:
+                await worker.stop()
+            self.envs[env.name] = env
+            python = await self._python_for(env)
+            worker = WorkerProcess(env, self.memory_limit)
+            await worker.start(python, env.working_dir)
+            self.workers[env.name] = worker
+            log.info("worker_started", env=env.name, pid=worker.pid)
+            await self.on_start(worker)
+            return worker
+
+    async def _python_for(self, env: EnvSpec) -> str:
+        if env.python:
+            return env.python
+        if not env.reqs:
+            return sys.executable
+        from tether.daemon.venvs import ensure_venv
+
+        return await ensure_venv(self.state_dir / "envs" / env.name, env.reqs)
+
+    async def remove(self, name: str) -> bool:
+        worker = self.workers.pop(name, None)
+        self.envs.pop(name, None)
+        if worker is None:
+            return False
+        await worker.stop()
+        return True
+
+    async def close(self) -> None:
+        await asyncio.gather(*(w.stop() for w in self.workers.values()), return_exceptions=True)
+        self.workers.clear()

@@ -1,0 +1,51 @@
+"""Cluster lifecycle on the local backend: up_if_not, stop/restore, teardown, autostop."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import tether
+
+from tests.core import services as svc
+
+
+def test_up_if_not_is_idempotent_and_teardown_removes_all(tether_home):
+    c = tether.cluster(name="life").up_if_not()
+    pid = c.handle.pid
+    assert tether.cluster(name="life").up_if_not().handle.pid == pid
+    assert c.status() == "up"
+    c.teardown()
+    assert c.status() == "down"
+    with pytest.raises(tether.ClusterUnavailable):
+        _ = c.endpoint
+
+
+def test_stopped_daemon_restores_services_on_up(tether_home):
+    c = tether.cluster(name="restore").up_if_not()
+    f = tether.function(svc.add).to(c)
+    c.put("kept", [1, 2, 3])
+    c.stop()
+    assert c.status() == "stopped"
+    c.up_if_not()
+    assert f(20, 22) == 42  # restored from the daemon's manifest, not redeployed by the client
+    assert c.get("kept") == [1, 2, 3]
+    c.teardown()
+
+
+def test_autostop_stops_an_idle_daemon(tether_home):
+    c = tether.cluster(name="sleepy", autostop_mins=0.02).up_if_not()
+    deadline = time.time() + 30
+    while c.status() == "up" and time.time() < deadline:
+        time.sleep(0.2)
+    assert c.status() != "up"
+    c.teardown()
+
+
+def test_keep_warm_disables_autostop(tether_home):
+    c = tether.cluster(name="warm", autostop_mins=0.02).up_if_not()
+    c.keep_warm()
+    time.sleep(3)
+    assert c.status() == "up"
+    assert c.daemon_status()["autostop_mins"] is None
+    c.teardown()
