@@ -131,4 +131,6 @@ def not_found(what: str, wanted: str, candidates: Iterable[str]) -> NotFound:
     close = suggest(wanted, candidates)
     hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `tether registry ls`"
     listed = f" (close matches: {', '.join(close)})" if close else ""
-    return NotFound(f"no {what} {wanted!r}{listed}", hint=hint, details={"name": wanted, "suggestions": close})
+    return NotFound(
+        f"no {what} {wanted!r}{listed}", hint=hint, details={"name": wanted, "suggestions": close}
+    )

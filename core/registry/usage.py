@@ -13,12 +13,18 @@ from typing import Any
 
 import structlog
 from tenacity import Retrying, stop_after_attempt, wait_random_exponential
+from tether.errors import TetherError
 from tether.registry.models import CallRecord
 
 __all__ = ["CallWriter"]
 
 log = structlog.get_logger("tether.registry.usage")
 _WRITERS: weakref.WeakSet[CallWriter] = weakref.WeakSet()
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    """Storage hiccups are retried; a refusal (no access, bad record) will not change on retry."""
+    return not isinstance(exc, TetherError) or exc.retryable
 
 
 class CallWriter:

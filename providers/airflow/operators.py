@@ -1,0 +1,181 @@
+"""``RunhouseOperator``: an Airflow task whose body is one call to a tether service.
+
+The call id comes from (dag_id, task_id, run_id, map_index) — never the try number — so a retry re-attaches
+to the remote call the previous try started instead of paying for it twice; ``on_kill`` cancels it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import tether
+import tether.runs
+from airflow.sdk import BaseOperator, Context
+from tether.errors import ConfigError, error_from_wire
+from tether.providers.airflow.hook import TetherHook, cluster_config
+from tether.providers.airflow.triggers import TetherCallTrigger, format_log_event
+
+__all__ = ["RunhouseOperator", "call_id_for_task"]
+
+CALL_ID_KEY = "call_id"
+"""XCom key holding the remote call id, pushed before the task waits for the call."""
+METADATA_KEY = "tether"
+"""XCom key holding the finished call's metadata (service, version, instance type, seconds, attempts)."""
+
+
+def call_id_for_task(context: Context) -> str:
+    """The task instance's deterministic call id: the same for every try of one (dag, task, run, map index)."""
+    ti = context["ti"]
+    return tether.runs.call_id_for("airflow", ti.dag_id, ti.task_id, context["run_id"], ti.map_index)
+
+
+class RunhouseOperator(BaseOperator):
+    """Call a tether service and return its result as the task's XCom ``return_value``.
+
+    Give either ``service`` (a saved service: ``"embed"``, ``"team/embed@prod"``) or ``function`` (a callable,
+    or an import path ``"pkg.mod:fn"``, deployed to ``cluster``). ``args``/``kwargs`` are templated.
+
+    :param service: name of a saved service.
+    :param function: a callable or ``"pkg.mod:fn"`` to deploy and call.
+    :param args: positional arguments (templated).
+    :param kwargs: keyword arguments (templated).
+    :param cluster: where to run — a cluster name, a ClusterSpec dict, or a ``tether.Cluster``; default: the
+        connection's cluster, else the service's own (saved) cluster, else the embedded local cluster.
+    :param escalation: a ``tether.Escalation`` (or its dict form): on out-of-memory, retry on the next rung.
+    :param tether_conn_id: the ``tether`` connection (registry address, token, default cluster).
+    :param deferrable: wait in the triggerer instead of holding a worker slot.
+    :param poll_interval: seconds between polls of the daemon in deferrable mode.
+    """
+
+    # Airflow forbids templating an attribute named like a BaseOperator parameter ("kwargs"), so the call's
+    # arguments live in ``call_args``/``call_kwargs``; the constructor takes them as ``args=``/``kwargs=``.
+    template_fields: Sequence[str] = ("service", "function", "call_args", "call_kwargs", "cluster")
+    template_fields_renderers = {"call_args": "py", "call_kwargs": "json", "cluster": "json"}
+    ui_color = "#e8f1fb"
+
+    def __init__(
+        self,
+        *,
+        service: str | None = None,
+        function: Callable[..., Any] | str | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        cluster: Any = None,
+        escalation: Any = None,
+        tether_conn_id: str = TetherHook.default_conn_name,
+        deferrable: bool = False,
+        poll_interval: float = 2.0,
+        **base_kwargs: Any,
+    ) -> None:
+        super().__init__(**base_kwargs)
+        if (service is None) == (function is None):
+            raise ConfigError("RunhouseOperator needs exactly one of service= or function=")
+        if deferrable and escalation is not None:
+            raise ConfigError(
+                "escalation runs in the worker; it cannot be combined with deferrable=True",
+                hint="use deferrable=False for tasks with an escalation policy",
+            )
+        self.service = service
+        self.function = function
+        self.call_args = list(args or [])
+        self.call_kwargs = dict(kwargs or {})
+        self.cluster = cluster
+        self.escalation = tether.Escalation.coerce(escalation) if escalation is not None else None
+        self.tether_conn_id = tether_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = poll_interval
+        self._call_id: str | None = None
+        self._cluster: Any = None
+
+    # -- the call ---------------------------------------------------------------------------------------------------
+    @property
+    def target(self) -> Any:
+        """What ``tether.runs`` calls: a service name, an import path or a callable."""
+        return self.service if self.service is not None else self.function
+
+    def execute(self, context: Context) -> Any:
+        hook = TetherHook(self.tether_conn_id)
+        call_id = call_id_for_task(context)
+        self._call_id = call_id
+        context["ti"].xcom_push(key=CALL_ID_KEY, value=call_id)
+        self.log.info("tether: calling %s as call %s", _label(self.target), call_id)
+        with hook.environment():
+            self._cluster = hook.get_cluster(self.cluster)
+            if self.deferrable:
+                return self._start_and_defer(call_id)
+            result = tether.runs.run_remote(
+                self.target,
+                tuple(self.call_args),
+                dict(self.call_kwargs),
+                call_id=call_id,
+                log=self._remote_log,
+                escalation=self.escalation,
+                cluster=self._cluster,
+            )
+        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result))
+        self.log.info(
+            "tether: call %s finished in %.2fs on %s", call_id, result.seconds, result.instance_type
+        )
+        return result.value
+
+    def _remote_log(self, event: Any) -> None:
+        self.log.info("%s", format_log_event(event))
+
+    # -- deferrable mode --------------------------------------------------------------------------------------------
+    def _start_and_defer(self, call_id: str) -> Any:
+        service = tether.runs.resolve_target(self.target, self._cluster)
+        service.spawn_with(tuple(self.call_args), dict(self.call_kwargs), call_id=call_id, on_log=None)
+        trigger = TetherCallTrigger(
+            call_id=call_id,
+            cluster=cluster_config(service.cluster),
+            tether_conn_id=self.tether_conn_id,
+            poll_interval=self.poll_interval,
+        )
+        self.log.info("tether: call %s started; deferring to the triggerer", call_id)
+        self.defer(trigger=trigger, method_name="execute_complete")
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resume after the trigger fired: fetch the finished call's result (or raise its error)."""
+        call_id = event["call_id"]
+        self._call_id = call_id
+        if event.get("status") == "error":
+            raise error_from_wire({"error": event["error"]})
+        hook = TetherHook(self.tether_conn_id)
+        with hook.environment():
+            self._cluster = hook.get_cluster(self.cluster)
+            result = tether.runs.run_remote(
+                self.target,
+                tuple(self.call_args),
+                dict(self.call_kwargs),
+                call_id=call_id,
+                log=None,
+                cluster=self._cluster,
+            )
+        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result))
+        return result.value
+
+    # -- kill -------------------------------------------------------------------------------------------------------
+    def on_kill(self) -> None:
+        """The task was killed (SIGTERM, execution timeout): cancel the remote call it was waiting for."""
+        if self._call_id is None:
+            return
+        tether.runs.cancel(self._call_id, self._cluster)
+        self.log.info("tether: cancelled remote call %s", self._call_id)
+
+
+def _label(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
+
+
+def _metadata(result: Any) -> dict[str, Any]:
+    return {
+        "call_id": result.call_id,
+        "service": result.service,
+        "version": result.version,
+        "instance_type": result.instance_type,
+        "seconds": result.seconds,
+        "attempts": [list(a.as_tuple()) if hasattr(a, "as_tuple") else a for a in (result.attempts or [])],
+    }

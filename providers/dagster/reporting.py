@@ -1,0 +1,131 @@
+"""Pipes-style reporting: a step's identity as a call id, remote logs into ``context.log``, call facts as metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+from tether.runs import RunResult, call_id_for
+
+__all__ = ["METADATA_PREFIX", "StepIdentity", "TetherRun", "call_metadata", "remote_logger", "step_identity"]
+
+#: every metadata key tether attaches starts with this, like Dagster's own ``dagster/...`` keys.
+METADATA_PREFIX = "tether/"
+
+AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext
+
+
+@dataclass(frozen=True)
+class StepIdentity:
+    """What names one step of one run: a retry of the step (same run) has the same identity."""
+
+    run_id: str
+    step_key: str
+    partition: str
+    attempt: int = 0  # Dagster's retry number: counts calls per attempt, never part of the call id
+
+    def call_id(self, target: str, index: int) -> str:
+        """The deterministic call id of the ``index``-th call to ``target`` made by this step."""
+        return call_id_for("dagster", self.run_id, self.step_key, self.partition, target, str(index))
+
+
+def step_identity(context: AnyContext) -> StepIdentity:
+    """The (run, step, partition) of the step ``context`` belongs to; the step key includes a dynamic mapping key."""
+    step_key = context.get_step_execution_context().step.key
+    partition = ""
+    if context.has_partition_key:
+        partition = context.partition_key
+    elif context.has_partition_key_range:
+        key_range = context.partition_key_range
+        partition = f"{key_range.start}...{key_range.end}"
+    return StepIdentity(
+        run_id=context.run.run_id, step_key=step_key, partition=partition, attempt=context.retry_number
+    )
+
+
+def remote_logger(log: dg.DagsterLogManager, service: str) -> Callable[[str], None]:
+    """A ``log=`` callback for :func:`tether.runs.run_remote` that re-emits each remote line into the run's log."""
+
+    def emit(line: str) -> None:
+        text = line.rstrip("\n")
+        if text:
+            log.info(f"[{service}] {text}")
+
+    return emit
+
+
+def call_metadata(result: RunResult) -> dict[str, dg.MetadataValue]:
+    """What a materialization records about the remote call that produced it (escalation attempts included)."""
+    attempts = [_attempt_summary(_plain(a)) for a in result.attempts]
+    values: dict[str, Any] = {
+        "service": result.service,
+        "version": result.version,
+        "call_id": result.call_id,
+        "instance_type": _last_rung(attempts) or result.instance_type,
+        "duration_s": round(float(result.seconds), 3),
+        "attempts": max(len(attempts), 1),
+        "attempt_log": attempts or None,
+    }
+    return {
+        f"{METADATA_PREFIX}{key}": _as_metadata(value) for key, value in values.items() if value is not None
+    }
+
+
+_ATTEMPT_FIELDS = ("instance_type", "outcome", "seconds", "est_cost", "cluster", "error_type")
+
+
+def _attempt_summary(attempt: Any) -> Any:
+    """The part of an escalation attempt worth a row in the UI (the OOM evidence stays in the run's logs)."""
+    if not isinstance(attempt, dict):
+        return attempt
+    return {k: attempt.get(k) for k in _ATTEMPT_FIELDS}
+
+
+def _last_rung(attempts: list[Any]) -> str | None:
+    last = attempts[-1] if attempts else None
+    return last.get("instance_type") if isinstance(last, dict) else None
+
+
+def _as_metadata(value: Any) -> dg.MetadataValue:
+    if isinstance(value, bool):
+        return dg.MetadataValue.bool(value)
+    if isinstance(value, int):
+        return dg.MetadataValue.int(value)
+    if isinstance(value, float):
+        return dg.MetadataValue.float(value)
+    if isinstance(value, list | tuple | Mapping):
+        return dg.MetadataValue.json(_plain(value))
+    return dg.MetadataValue.text(str(value))
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe data: pydantic models dumped, containers walked, anything else as text."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+@dataclass
+class TetherRun:
+    """A finished remote call as a step sees it: the value plus the metadata describing the call."""
+
+    value: Any
+    result: RunResult
+    metadata: dict[str, dg.MetadataValue] = field(default_factory=dict)
+
+    @property
+    def call_id(self) -> str:
+        return self.result.call_id
+
+    def get_materialize_result(self, **kwargs: Any) -> dg.MaterializeResult:
+        """A ``MaterializeResult`` carrying the call metadata (merged with any ``metadata=`` given)."""
+        metadata = {**self.metadata, **(kwargs.pop("metadata", None) or {})}
+        return dg.MaterializeResult(metadata=metadata, **kwargs)

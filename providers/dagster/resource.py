@@ -1,0 +1,238 @@
+"""``TetherResource``: a Dagster resource that calls tether services from assets and ops.
+
+The step body stays a few lines; the resource derives the call id from the step, streams remote logs into
+``context.log``, attaches the call's facts to the materialization, cancels the remote call when the run is
+terminated, and tears down a cluster it created according to its cleanup policy.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import dagster as dg
+import tether
+import tether.runs
+from pydantic import Field, PrivateAttr
+from tether.compute import ClusterHandle
+from tether.errors import CallTimeout, ConfigError
+from tether.specs import ClusterSpec
+
+from .reporting import AnyContext, StepIdentity, TetherRun, call_metadata, remote_logger, step_identity
+
+__all__ = ["CleanupPolicy", "TetherResource"]
+
+CleanupPolicy = Literal["never", "always", "on_exception"]
+
+
+class TetherResource(dg.ConfigurableResource):
+    """Calls tether services (saved names, deployed functions or ``"pkg.mod:fn"`` import paths) from a step.
+
+    ``tether.call(context, "embed", text)`` returns the value; ``tether.run(...)`` returns a :class:`TetherRun`
+    whose ``get_materialize_result()`` carries the call metadata.
+    """
+
+    cluster_name: str | None = Field(
+        default=None,
+        description="Name of the cluster to call on. None with no spec: the embedded local cluster.",
+    )
+    cluster_spec: dict[str, Any] | None = Field(
+        default=None,
+        description="tether ClusterSpec fields (instance_type, provider, autostop_mins, ...) used to bring the "
+        "cluster up when it is not running.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="Base URL of an already running tether daemon; the resource never creates or tears it down.",
+    )
+    token: str | None = Field(
+        default=None,
+        repr=False,
+        description="Bearer token of the daemon. Pass dg.EnvVar('TETHER_TOKEN') so it stays out of run config.",
+    )
+    escalation: dict[str, Any] | None = Field(
+        default=None,
+        description="tether.Escalation fields (e.g. an instance ladder) applied when a call runs out of memory.",
+    )
+    cleanup: CleanupPolicy = Field(
+        default="never",
+        description="What to do with a cluster this resource brought up: 'never' tear it down, 'always' at the "
+        "end of execution, or only 'on_exception' (a call or a step of the run failed or was interrupted).",
+    )
+
+    _cluster: Any = PrivateAttr(default=None)
+    _policy: Any = PrivateAttr(default=None)
+    _created: bool = PrivateAttr(default=False)
+    _failed: bool = PrivateAttr(default=False)
+    _calls: dict[str, int] = PrivateAttr(default_factory=dict)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse a malformed escalation policy before any step runs."""
+        self._policy = self._escalation(None)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Tear down a cluster this resource created, as the cleanup policy says (runs even if steps failed)."""
+        cluster, created = self._cluster, self._created
+        if cluster is None or not created or self.cleanup == "never":
+            return
+        if self.cleanup == "on_exception" and not (self._failed or _run_has_failures(context)):
+            return
+        try:
+            cluster.down()
+        finally:
+            self._cluster, self._created = None, False
+            if context.log is not None:
+                context.log.info(
+                    f"tether: tore down cluster {cluster.name!r} (cleanup policy {self.cleanup!r})"
+                )
+
+    # -- calls -----------------------------------------------------------------------------------------------
+
+    def call(self, context: AnyContext, target: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call ``target`` with ``args``/``kwargs`` remotely and return its value; metadata goes on the output."""
+        return self.run(context, target, args=args, kwargs=kwargs).value
+
+    def run(
+        self,
+        context: AnyContext,
+        target: Any,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        call_id: str | None = None,
+        escalation: Any = None,
+        output_name: str | None = None,
+        attach_metadata: bool = True,
+    ) -> TetherRun:
+        """Call ``target`` remotely as part of this step.
+
+        The call id is derived from (run, step, partition, target, n-th call of the step), so a retry of the step
+        re-attaches to the call instead of running it again. An interrupt (run terminated) cancels the call.
+        """
+        label = _target_label(target)
+        identity = step_identity(context)
+        if call_id is None:
+            call_id = self._next_call_id(identity, label)
+        service = tether.runs.resolve_target(target, self._ensure_cluster(context))
+        policy = self._escalation(escalation)
+        context.log.info(f"tether: calling {label} (call id {call_id})")
+        try:
+            result = tether.runs.run_remote(
+                service,
+                tuple(args),
+                dict(kwargs or {}),
+                call_id=call_id,
+                log=remote_logger(context.log, label),
+                escalation=policy,
+                run_id=f"dagster:{identity.run_id}/{identity.step_key}",
+            )
+        except BaseException as exc:
+            self._failed = True
+            if not isinstance(exc, Exception) or isinstance(exc, CallTimeout):
+                # interrupted (run terminated, KeyboardInterrupt) or gave up waiting: stop paying for the call
+                self._cancel(context, call_id, service.cluster)
+            raise
+        metadata = call_metadata(result)
+        if attach_metadata:
+            _attach(context, metadata, output_name)
+        return TetherRun(value=result.value, result=result, metadata=metadata)
+
+    def cancel(self, call_id: str, cluster: Any = None) -> None:
+        """Cancel a remote call by id (default: on this resource's cluster)."""
+        tether.runs.cancel(call_id, cluster if cluster is not None else self._cluster)
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def _next_call_id(self, identity: StepIdentity, label: str) -> str:
+        # the n-th call to ``label`` in this attempt of the step: a retry counts from 0 again and re-attaches
+        key = f"{identity.step_key}\x00{identity.partition}\x00{label}\x00{identity.attempt}"
+        with self._lock:
+            index = self._calls.get(key, 0)
+            self._calls[key] = index + 1
+        return identity.call_id(label, index)
+
+    def _ensure_cluster(self, context: AnyContext) -> Any:
+        """The cluster calls go to, brought up on first use; None lets a saved service use its own cluster."""
+        with self._lock:
+            if self._cluster is not None:
+                return self._cluster
+            if self.endpoint is not None:
+                self._cluster = _attach_endpoint(self.endpoint, self.token, self.cluster_name)
+                return self._cluster
+            if self.cluster_name is None and self.cluster_spec is None:
+                return None
+            spec = dict(self.cluster_spec or {})
+            if self.cluster_name is not None:
+                spec["name"] = self.cluster_name
+            cluster = tether.cluster(**spec)
+            was_up = cluster.is_up()
+            if not was_up:
+                context.log.info(f"tether: bringing up cluster {cluster.name!r}")
+            cluster.up_if_not()
+            self._cluster, self._created = cluster, not was_up
+            return cluster
+
+    def _escalation(self, override: Any) -> Any:
+        """The escalation policy of a call: the per-call override, else the resource's (validated once)."""
+        if override is not None:
+            return override
+        if self._policy is not None or self.escalation is None:
+            return self._policy
+        try:
+            self._policy = tether.Escalation.model_validate(self.escalation)
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid escalation policy: {exc}", hint="see tether.Escalation's fields"
+            ) from exc
+        return self._policy
+
+    def _cancel(self, context: AnyContext, call_id: str, cluster: Any) -> None:
+        try:
+            tether.runs.cancel(call_id, cluster)
+            context.log.warning(f"tether: cancelled remote call {call_id}")
+        except Exception as exc:  # the interrupt that got us here matters more than a failed cancel
+            context.log.error(f"tether: could not cancel remote call {call_id}: {exc}")
+
+
+def _target_label(target: Any) -> str:
+    """A short, stable name of what is called: the service name, import path or deployed function's name."""
+    if isinstance(target, str):
+        return target
+    for attr in ("name", "__name__"):
+        value = getattr(target, attr, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(target).__name__
+
+
+def _attach(context: AnyContext, metadata: Mapping[str, dg.MetadataValue], output_name: str | None) -> None:
+    try:
+        context.add_output_metadata(dict(metadata), output_name=output_name)
+    except dg.DagsterInvariantViolationError as exc:  # several outputs and no output_name: say so, keep going
+        context.log.warning(
+            f"tether: call metadata not attached ({exc}); pass output_name= or use run().metadata"
+        )
+
+
+def _run_has_failures(context: dg.InitResourceContext) -> bool:
+    """Whether any step of the current run has failed (the step's exception never reaches the resource)."""
+    if context.instance is None or context.run is None:
+        return False
+    records = context.instance.get_records_for_run(
+        context.run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1
+    ).records
+    return bool(records)
+
+
+def _attach_endpoint(endpoint: str, token: str | None, name: str | None) -> tether.Cluster:
+    """A cluster object for a daemon that is already running at ``endpoint`` (never brought up or down here).
+
+    Shim: core has no public constructor for "a daemon at this URL" yet, so this sets the connection directly.
+    """
+    cluster = tether.Cluster(ClusterSpec(name=name or "dagster-endpoint"))
+    cluster._handle = ClusterHandle(endpoint=endpoint.rstrip("/"), token=token)
+    return cluster
