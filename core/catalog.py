@@ -202,7 +202,12 @@ def _gcp_rows(recs: list[dict[str, Any]]) -> Iterator[Offering]:
                 yield from _cpu_row("gcp", rec)
             continue
         name, count = rec["AcceleratorName"], int(_num(rec["AcceleratorCount"]) or 0)
-        if name is None or name.startswith("tpu-") or rec.get("GpuInfo") is None or _num(rec["Price"]) is None:
+        if (
+            name is None
+            or name.startswith("tpu-")
+            or rec.get("GpuInfo") is None
+            or _num(rec["Price"]) is None
+        ):
             continue
         host = _gcp_host(hosts, name, count, rec["Region"], rec["AvailabilityZone"])
         if host is None:
@@ -217,7 +222,9 @@ def _gcp_rows(recs: list[dict[str, Any]]) -> Iterator[Offering]:
         )  # fmt: skip
 
 
-def _gcp_host(hosts: list[dict[str, Any]], acc: str, count: int, region: str, zone: str) -> dict[str, Any] | None:
+def _gcp_host(
+    hosts: list[dict[str, Any]], acc: str, count: int, region: str, zone: str
+) -> dict[str, Any] | None:
     pool = [h for h in hosts if h["Region"] == region and h["AvailabilityZone"] == zone and _num(h["Price"])]
     if acc in _GCP_HOSTS:
         allowed = _GCP_HOSTS[acc].get(count, [])

@@ -14,8 +14,10 @@ from typing import Any
 import aiohttp
 import cloudpickle
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
 from tether.daemon import protocol as p
 from tether.errors import (
+    AuthError,
     ClusterUnavailable,
     SerializationError,
     TetherError,
@@ -139,6 +141,8 @@ class AsyncClient:
                 if resp.content_type == PICKLE:
                     return body
                 return json.loads(body) if body else None
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise _fingerprint_error(exc) from None
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise ClusterUnavailable(f"cannot reach the daemon at {self.endpoint}: {type(exc).__name__}: {exc}",
                                      hint="is the cluster up? try cluster.up_if_not()") from exc
@@ -202,6 +206,8 @@ class AsyncClient:
                     payload = await reader.readexactly(length) if length else b""
                     if kind != p.HEARTBEAT:
                         yield kind, payload
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise _fingerprint_error(exc) from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
             raise _Dropped(f"connection to {self.endpoint} dropped: {exc}") from exc
         except TimeoutError as exc:
@@ -265,6 +271,14 @@ def _split(raw: bytes) -> list[tuple[int, bytes]]:
             out.append((kind, raw[i : i + length] if length != len(raw) - i else raw[i:]))
         i += length
     return out
+
+
+def _fingerprint_error(exc: aiohttp.ServerFingerprintMismatch) -> AuthError:
+    """A TLS certificate other than the pinned one: refused, never retried."""
+    return AuthError(f"the daemon at {exc.host}:{exc.port} presented a TLS certificate with sha256 {exc.got.hex()}, "
+                     f"not the pinned {exc.expected.hex()}",
+                     hint="someone may be intercepting the connection, or the daemon was re-created; "
+                          "bring the cluster up again to pin its new certificate")
 
 
 def _http_error(status: int, body: bytes) -> BaseException:

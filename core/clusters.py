@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
 from tether.errors import ClusterUnavailable, ConfigError, NotFound

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+
 from tether.specs import CodeRef
 
 __all__ = ["code_ref", "find_root", "tree_hash"]

@@ -26,7 +26,7 @@ __all__ = ["Attempt", "Escalation", "run_with_escalation"]
 log = structlog.get_logger("tether.escalation")
 
 OnSmaller = Literal["keep", "stop", "down"]
-Outcome = Literal["ok", "oom", "error"]
+Outcome = Literal["ok", "oom", "escalated", "error"]  # escalated: a non-OOM error named in escalate_on
 
 # Cluster fields a rung inherits from the cluster the call started on.
 _INHERITED = ("provider", "regions", "exclude_regions", "use_spot", "autostop_mins", "server_connection_type",
@@ -117,13 +117,8 @@ class Escalation(BaseModel):
         from tether import catalog
 
         acc, count = _split_accelerator(start)
-        clouds = (
-            None
-            if providers in (None, "cheapest")
-            else [providers]
-            if isinstance(providers, str)
-            else providers
-        )
+        named = [providers] if isinstance(providers, str) else list(providers or [])
+        clouds = None if named in ([], ["cheapest"]) else named
         skip = {e.lower() for e in exclude}
         best: dict[str, tuple[float, float]] = {}
         for o in catalog.offerings(clouds=clouds, regions=regions, use_spot=use_spot):
@@ -157,8 +152,8 @@ class Escalation(BaseModel):
             rung = f"{name}:{count}"
             ladder.append(rung)
             memory[rung], prices[rung] = mem, price
-        if "provider" not in fields and providers is not None:
-            fields["provider"] = providers if isinstance(providers, str) else list(providers)
+        if "provider" not in fields and named:
+            fields["provider"] = providers if isinstance(providers, str) else named
         return cls(ladder=ladder, memory_gib=memory, price_per_hour=prices, **fields)
 
     def memory_of(self, rung: str | None) -> float | None:
@@ -242,7 +237,8 @@ class _Run:
         except BaseException as exc:
             oom = classify_exception(exc)
             escalates = isinstance(exc, Exception) and self.policy.escalates(exc)
-            self._record(rung, cluster, "oom" if escalates else "error", started, call_started, exc, oom)
+            outcome: Outcome = "error" if not escalates else "oom" if oom is not None else "escalated"
+            self._record(rung, cluster, outcome, started, call_started, exc, oom)
             if escalates:
                 _shrink(cluster, self.policy.on_smaller)
             raise
@@ -339,8 +335,8 @@ def run_with_escalation(
     try:
         value = retrying(run.attempt)
     except Exception as exc:
-        if not pol.escalates(exc):
-            exc.add_note(_summary(run.attempts))
+        if not pol.escalates(exc) or classify_exception(exc) is None:
+            exc.add_note(_summary(run.attempts))  # not OOM (or a non-OOM type the policy escalates on)
             raise
         raise _exhausted(exc, run) from exc
     return value
@@ -356,7 +352,7 @@ class _Stop(stop_base):
 
 def _exhausted(exc: Exception, run: _Run) -> OutOfMemory:
     oom = classify_exception(exc)
-    details = dict(oom.details) if oom is not None else {"exception_type": type(exc).__name__}
+    details: dict[str, Any] = dict(oom.details) if oom is not None else {}
     details["attempts"] = [a.model_dump(mode="json") for a in run.attempts]
     details["spent"] = round(run.spent(), 6)
     tried = ", ".join(str(a.instance_type) for a in run.attempts)

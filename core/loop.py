@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -39,10 +40,8 @@ def background_loop() -> asyncio.AbstractEventLoop:
 def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
     from tether.client import close_all
 
-    try:
+    with contextlib.suppress(Exception):  # best effort at exit
         asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=2)
-    except Exception:  # noqa: BLE001 - best effort at exit
-        pass
     loop.call_soon_threadsafe(loop.stop)
 
 

@@ -91,7 +91,7 @@ def classify_exception(exc: BaseException) -> OutOfMemory | None:
         seen.add(id(current))
         found = _classify_one(current)
         if found is not None:
-            if via:
+            if via and found is not current:
                 found.details["via"] = via
             return found
         for attr in ("__cause__", "__context__"):
@@ -148,12 +148,10 @@ def _type_matches(exc: BaseException, type_path: str, prefix: str, name: str) ->
 
 def _text_of(exc: BaseException) -> str:
     try:
-        text = str(exc)
+        text = str(exc) or " ".join(str(a) for a in getattr(exc, "args", ()))
     except Exception:  # noqa: BLE001 - a broken __str__ must not hide the classification
         text = ""
-    if isinstance(exc, RemoteError | OutOfMemory | WorkerDied):
-        return text
-    return text or " ".join(str(a) for a in getattr(exc, "args", ()))
+    return text if len(text) <= 81920 else text[:65536] + "\n…\n" + text[-16384:]
 
 
 def _last_line(text: str) -> str:
@@ -228,16 +226,19 @@ def classify_exit(
     sig = _signal_of(returncode)
     details: dict[str, Any] = {"returncode": returncode, "memory_limit": limit, "evidence": ev}
     if sig is not None:
-        details["signal"] = signal.Signals(sig).name
+        try:
+            details["signal"] = signal.Signals(sig).name
+        except ValueError:
+            details["signal"] = str(sig)
     reasons: list[str] = []
     if int(ev.get("oom_kill") or 0) > 0:
         reasons.append(f"its memory cgroup counted {ev['oom_kill']} OOM kill(s)")
     if sig in _MEMORY_SIGNALS:
         if "vmstat_oom_kill" in ev and _vmstat_oom_kills() > int(ev["vmstat_oom_kill"]):
             reasons.append("the kernel OOM killer ran while it was alive (/proc/vmstat oom_kill)")
-        peak = ev.get("peak_rss") or ev.get("max_usage")
-        if limit and peak and int(peak) >= 0.9 * limit:
-            reasons.append(f"its peak memory {_human(int(peak))} reached the {_human(limit)} limit")
+        peak, cap = ev.get("peak_rss") or ev.get("max_usage"), limit or ev.get("limit")
+        if cap and peak and int(peak) >= 0.9 * int(cap):
+            reasons.append(f"its peak memory {_human(int(peak))} reached the {_human(int(cap))} limit")
     stderr = str(ev.get("stderr") or "")
     if stderr and (re.search(r"\bMemoryError\b", stderr) or matches_oom_text(stderr)):
         reasons.append("its last output reports an allocation failure")

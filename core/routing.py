@@ -6,6 +6,7 @@ candidates in order and fails over to the next one on a capacity, quota or auth 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -20,6 +21,9 @@ __all__ = ["Attempt", "Candidate", "Plan", "Request", "RoutingPolicy", "parse_re
 
 T = TypeVar("T")
 _COUNT_RE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9_.\-]*?)(?::(?P<count>\d+(?:\.\d+)?)(?P<plus>\+)?)?$")
+#: SkyPilot targets without catalog prices (your own Kubernetes clusters and SSH node pools): ``"kubernetes"``,
+#: ``"k8s/<context>"``, ``"ssh/<pool>"``. They rank after priced candidates unless listed earlier in a preference.
+PRICELESS = ("kubernetes", "k8s", "ssh")
 _AMOUNT_RE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:gb|gib)?\s*(?P<plus>\+)?\s*$", re.I)
 
 
@@ -51,7 +55,9 @@ class RoutingPolicy(BaseModel):
             return cls(clouds=[provider.lower()])
         if isinstance(provider, list | tuple):
             return cls(clouds=[str(p).lower() for p in provider], order="preference")
-        raise ConfigError(f"provider {provider!r} is not 'cheapest', a cloud, a list of clouds or a RoutingPolicy")
+        raise ConfigError(
+            f"provider {provider!r} is not 'cheapest', a cloud, a list of clouds or a RoutingPolicy"
+        )
 
 
 class Request(BaseModel):
@@ -73,7 +79,9 @@ class Request(BaseModel):
         if self.instance_type:
             parts.append(self.instance_type)
         if self.accelerator:
-            parts.append(f"{self.accelerator}:{_fmt(self.accelerator_count)}{'+' if self.accelerator_count_min else ''}")
+            parts.append(
+                f"{self.accelerator}:{_fmt(self.accelerator_count)}{'+' if self.accelerator_count_min else ''}"
+            )
         if self.cpus is not None:
             parts.append(f"CPU:{_fmt(self.cpus)}{'+' if self.cpus_min else ''}")
         if self.memory_gib is not None:
@@ -100,8 +108,13 @@ class Candidate(BaseModel):
 
     @property
     def infra(self) -> str:
-        """SkyPilot's ``infra`` string for this candidate: ``cloud/region``."""
-        return f"{self.cloud}/{self.region}"
+        """SkyPilot's ``infra`` string for this candidate: ``cloud/region`` (``cloud`` alone when any region)."""
+        return self.cloud if self.region == "*" else f"{self.cloud}/{self.region}"
+
+    @property
+    def priced(self) -> bool:
+        """False for Kubernetes / SSH-pool targets: SkyPilot picks the node there, the catalog has no price."""
+        return self.cloud not in PRICELESS
 
     def label(self) -> str:
         return f"{self.cloud}/{self.region}/{self.instance_type}"
@@ -124,10 +137,14 @@ class Plan(BaseModel):
     candidates: list[Candidate] = Field(default_factory=list)
     skipped: list[Candidate] = Field(default_factory=list)
     attempts: list[Attempt] = Field(default_factory=list)
-    chosen: Candidate | None = Field(None, description="the candidate that launched, or the first one before any")
+    chosen: Candidate | None = Field(
+        None, description="the candidate that launched, or the first one before any"
+    )
 
     def __str__(self) -> str:
-        lines = [f"plan for {self.request} ({'spot' if self.use_spot else 'on-demand'}, order={self.policy.order})"]
+        lines = [
+            f"plan for {self.request} ({'spot' if self.use_spot else 'on-demand'}, order={self.policy.order})"
+        ]
         if not self.candidates:
             lines.append("  no candidate matches")
         for i, c in enumerate(self.candidates, 1):
@@ -147,7 +164,9 @@ def parse_request(spec: ClusterSpec) -> Request:
     text = (spec.instance_type or "CPU").strip()
     m = _COUNT_RE.match(text)
     if not m:
-        raise ConfigError(f"cannot read instance_type {text!r}", hint="use e.g. 'A10G:1', 'CPU:4+' or 'g5.xlarge'")
+        raise ConfigError(
+            f"cannot read instance_type {text!r}", hint="use e.g. 'A10G:1', 'CPU:4+' or 'g5.xlarge'"
+        )
     name, count, plus = m.group("name"), m.group("count"), bool(m.group("plus"))
     if name.upper() == "CPU":
         req.cpus = float(count) if count else None
@@ -189,7 +208,16 @@ def plan(spec: ClusterSpec, *, policy: RoutingPolicy | None = None) -> Plan:
             continue
         pref = pol.clouds.index(o.cloud) if pol.order == "preference" and pol.clouds else 0
         ranked.append(((pref, cand.price_per_hour, o.cloud, o.region, o.instance_type), cand))
-    ranked.sort(key=lambda kv: kv[0])
+    for i, entry in enumerate(pol.clouds or []):
+        base, _, where = entry.partition("/")
+        if base in PRICELESS:
+            cand = Candidate(cloud="kubernetes" if base == "k8s" else base, region=where or "*",
+                             instance_type=req.instance_type or "(any)", accelerator=req.accelerator,
+                             accelerator_count=int(req.accelerator_count or 0), gpu_memory_gib=req.gpu_memory_gib,
+                             vcpus=req.cpus, memory_gib=req.memory_gib, use_spot=spec.use_spot)  # fmt: skip
+            pref = i if pol.order == "preference" else 0
+            ranked.append(((pref, math.inf, cand.cloud, cand.region, ""), cand))
+    ranked.sort(key=lambda kv: (kv[0][0], kv[0][1] if kv[0][1] is not None else math.inf, *kv[0][2:]))
     out.candidates = [c for _, c in ranked]
     _explain(out)
     out.chosen = out.candidates[0] if out.candidates else None
@@ -216,7 +244,11 @@ def run_plan(
         except (CapacityError, QuotaError, AuthError) as exc:
             last = exc
             kind: Literal["capacity", "quota", "auth"] = (
-                "capacity" if isinstance(exc, CapacityError) else "quota" if isinstance(exc, QuotaError) else "auth"
+                "capacity"
+                if isinstance(exc, CapacityError)
+                else "quota"
+                if isinstance(exc, QuotaError)
+                else "auth"
             )
             if kind == "auth":
                 bad_clouds[cand.cloud] = f"auth failed for {cand.cloud} earlier"
@@ -268,13 +300,17 @@ def _why_not(
         return f"region {o.region} not allowed"
     if o.region.lower() in denied:
         return f"region {o.region} denied"
-    if req.accelerator and not _matches(o.accelerator_count, req.accelerator_count, req.accelerator_count_min):
+    if req.accelerator and not _matches(
+        o.accelerator_count, req.accelerator_count, req.accelerator_count_min
+    ):
         return f"has {o.accelerator_count}x{o.accelerator}, asked {_fmt(req.accelerator_count)}"
     if req.cpus is not None and not _matches(o.vcpus, req.cpus, req.cpus_min):
         return f"{_fmt(o.vcpus)} vCPUs, asked {_fmt(req.cpus)}{'+' if req.cpus_min else ''}"
     if req.memory_gib is not None and not _matches(o.memory_gib, req.memory_gib, req.memory_min):
         return f"{_fmt(o.memory_gib)} GiB RAM, asked {_fmt(req.memory_gib)}{'+' if req.memory_min else ''}"
-    if req.gpu_memory_gib is not None and not _matches(o.gpu_memory_gib, req.gpu_memory_gib, req.gpu_memory_min):
+    if req.gpu_memory_gib is not None and not _matches(
+        o.gpu_memory_gib, req.gpu_memory_gib, req.gpu_memory_min
+    ):
         return f"{_fmt(o.gpu_memory_gib)} GiB per GPU, asked {_fmt(req.gpu_memory_gib)}+"
     if use_spot and o.spot_price is None:
         return "no spot offer"
@@ -289,13 +325,20 @@ def _explain(out: Plan) -> None:
     if not out.candidates:
         return
     best = out.candidates[0]
-    if out.policy.order == "preference" and out.policy.clouds:
+    if not best.priced:
+        pass
+    elif out.policy.order == "preference" and out.policy.clouds:
         best.reason = f"first allowed cloud in {out.policy.clouds} with a match, cheapest there"
     else:
         best.reason = "cheapest match"
+    for c in out.candidates:
+        if not c.priced:
+            c.reason = f"{c.cloud} target: no catalog price, SkyPilot picks the node"
     for c in out.candidates[1:]:
-        delta = (c.price_per_hour or 0) - (best.price_per_hour or 0)
-        c.reason = f"fallback (+${delta:.4f}/h)"
+        if c.priced and best.priced:
+            c.reason = f"fallback (+${(c.price_per_hour or 0) - (best.price_per_hour or 0):.4f}/h)"
+        elif c.priced:
+            c.reason = "fallback"
 
 
 def _candidate(o: Offering, use_spot: bool) -> Candidate:
@@ -317,7 +360,9 @@ def _matches(have: float | None, want: float | None, at_least: bool) -> bool:
 def _amount(value: str | int | float, what: str) -> tuple[float, bool]:
     m = _AMOUNT_RE.match(str(value))
     if not m:
-        raise ConfigError(f"cannot read {what}={value!r}", hint="use GiB, e.g. '32' (exactly) or '32+' (at least)")
+        raise ConfigError(
+            f"cannot read {what}={value!r}", hint="use GiB, e.g. '32' (exactly) or '32+' (at least)"
+        )
     return float(m.group("n")), bool(m.group("plus"))
 
 
@@ -346,4 +391,4 @@ def _row(c: Candidate) -> str:
     gpu = f"{c.accelerator_count}x{c.accelerator}" if c.accelerator else "CPU"
     mem = f"{_fmt(c.gpu_memory_gib)}GiB/GPU" if c.accelerator else ""
     price = f"${c.price_per_hour:.4f}/h" if c.price_per_hour is not None else "$?/h"
-    return f"{c.cloud:<7}{c.region:<13}{c.instance_type:<18}{gpu:<11}{mem:<12}{_fmt(c.vcpus):>4} vCPU {_fmt(c.memory_gib):>5} GiB  {price}"
+    return f"{c.cloud:<11}{c.region:<13}{c.instance_type:<18}{gpu:<11}{mem:<12}{_fmt(c.vcpus):>4} vCPU {_fmt(c.memory_gib):>5} GiB  {price}"

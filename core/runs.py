@@ -6,6 +6,7 @@ twice across them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import time
@@ -120,7 +121,5 @@ def cancel(call_id: str, cluster: Cluster | dict | str | None = None) -> None:
     from tether.errors import NotFound
 
     c = _cluster(cluster).connected()
-    try:
+    with contextlib.suppress(NotFound):
         CallHandle(c.client, call_id).cancel()
-    except NotFound:
-        pass

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+
 from tether.calls import CallHandle
 from tether.client import LogSink, default_log_sink
 from tether.clusters import Cluster

@@ -15,6 +15,7 @@ M = TypeVar("M", bound=BaseModel)
 def build(model: type[M], data: dict[str, Any]) -> M:
     """Validate ``data`` into ``model``; a failure is a ``tether.ConfigError`` naming each bad field."""
     from pydantic import ValidationError
+
     from tether.errors import ConfigError
 
     try:

@@ -7,12 +7,12 @@ import asyncio
 import json
 import os
 import signal
-import ssl
 import sys
 from pathlib import Path
 
 from aiohttp import web
-from tether.daemon.auth import hash_token, is_loopback
+
+from tether.daemon.auth import is_loopback, read_token_file
 from tether.daemon.server import Daemon, make_app
 from tether.logging import configure_logging
 from tether.specs import parse_bytes
@@ -23,7 +23,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port")
     ap.add_argument("--state-dir", required=True, type=Path)
-    ap.add_argument("--token-file", type=Path, help="file holding the bearer token (read once, kept hashed)")
+    ap.add_argument("--token-file", type=Path, help="file holding the bearer token or sha256:<hex> (kept hashed)")
+    ap.add_argument("--access-file", type=Path, help="JSON grants: per-principal token hashes and service levels")
+    ap.add_argument("--allowed-roots", type=Path, nargs="+", help="deploy only code under these directories")
     ap.add_argument("--tls-cert", type=Path)
     ap.add_argument("--tls-key", type=Path)
     ap.add_argument("--autostop-mins", type=float)
@@ -34,15 +36,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    token_hash = hash_token(args.token_file.read_text().strip()) if args.token_file else None
+    token_hash = read_token_file(args.token_file) if args.token_file else None
     if token_hash is None and not is_loopback(args.host):
         raise SystemExit(f"refusing to bind {args.host} without auth: pass --token-file (or bind 127.0.0.1)")
     daemon = Daemon(args.state_dir, token_hash=token_hash, memory_limit=parse_bytes(args.memory_limit),
-                    autostop_mins=args.autostop_mins, max_body=parse_bytes(args.max_body) or 2 * 1024**3)
+                    autostop_mins=args.autostop_mins, max_body=parse_bytes(args.max_body) or 2 * 1024**3,
+                    access_file=args.access_file, allowed_roots=args.allowed_roots)
     ssl_ctx = None
     if args.tls_cert:
-        ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        from tether.daemon.tls import server_context
+
+        ssl_ctx = server_context(args.tls_cert, args.tls_key or args.tls_cert)
     runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, backlog=1024)

@@ -1,11 +1,35 @@
-"""Bearer-token auth for the daemon. The token is kept only as a SHA-256 hash."""
+"""Who may do what on a daemon: bearer tokens kept only as SHA-256 hashes, and per-service access levels.
+
+The owner token (``--token-file``) may do everything. An access file (``--access-file``) adds principals with
+levels per service, the registry's levels: ``read`` = call, ``write`` = deploy/delete/put, ``owner`` = all,
+including env deletion, autostop and shutdown. A principal without ``allow_pickle`` may send JSON only, since
+unpickling what a caller sends runs the caller's code on the cluster.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import ipaddress
+import json
+import os
 import secrets
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tether.errors import AuthError
+
+__all__ = ["AccessPolicy", "Grant", "TokenCheck", "add_grant", "authorize", "check_code_roots", "hash_token",
+           "is_loopback", "new_token",
+           "read_token_file", "required_access"]
+
+Level = Literal["read", "write", "owner"]
+_RANK = {"read": 1, "write": 2, "owner": 3}
+HASH_PREFIX = "sha256:"
+PICKLE = "application/x-tether-pickle"
 
 
 def new_token() -> str:
@@ -16,22 +40,172 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class TokenCheck:
-    """Compares a presented bearer token with the stored hash in constant time."""
+def read_token_file(path: Path) -> str:
+    """The owner token's hash from a token file holding either the token or ``sha256:<hex>`` (preferred: the
+    file then holds nothing that lets anyone in)."""
+    text = path.read_text().strip()
+    if text.startswith(HASH_PREFIX):
+        digest = text[len(HASH_PREFIX):].lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise SystemExit(f"{path}: not a sha256 hex digest after {HASH_PREFIX!r}")
+        return digest
+    if not text:
+        raise SystemExit(f"{path} is empty: it must hold the bearer token or sha256:<hex of it>")
+    return hash_token(text)
 
-    def __init__(self, token_hash: str | None) -> None:
+
+@dataclass
+class Grant:
+    """One principal: its token's hash and its level per service name (``"*"`` = every service)."""
+
+    principal: str
+    token_sha256: str
+    services: dict[str, Level] = field(default_factory=dict)
+    allow_pickle: bool = False
+
+    def level(self, service: str | None) -> int:
+        if service is None:
+            return max((_RANK[v] for v in self.services.values()), default=0)
+        return max(_RANK.get(self.services.get(service, ""), 0), _RANK.get(self.services.get("*", ""), 0))
+
+
+OWNER = Grant("owner", "", {"*": "owner"}, allow_pickle=True)
+
+
+class AccessPolicy:
+    """The owner token's hash plus the grants of ``access_file`` (re-read when the file changes)."""
+
+    def __init__(self, token_hash: str | None, access_file: Path | None = None) -> None:
         self.token_hash = token_hash
+        self.access_file = access_file
+        self._grants: dict[str, Grant] = {}
+        self._mtime: float | None = None
 
     @property
     def enabled(self) -> bool:
         return self.token_hash is not None
 
     def ok(self, authorization: str | None) -> bool:
+        """Whether the header carries any valid token."""
+        return self.identify(authorization) is not None
+
+    def identify(self, authorization: str | None) -> Grant | None:
         if self.token_hash is None:
-            return True
+            return OWNER
         if not authorization or not authorization.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(hash_token(authorization[7:].strip()), self.token_hash)
+            return None
+        presented = hash_token(authorization[7:].strip())
+        if hmac.compare_digest(presented, self.token_hash):
+            return OWNER
+        return self._load().get(presented)
+
+    def _load(self) -> dict[str, Grant]:
+        if self.access_file is None:
+            return {}
+        try:
+            mtime = self.access_file.stat().st_mtime_ns
+        except OSError:
+            return {}
+        if mtime != self._mtime:
+            data = json.loads(self.access_file.read_text() or "{}")
+            self._grants = {g["token_sha256"]: Grant(g["principal"], g["token_sha256"], dict(g.get("services", {})),
+                                                     bool(g.get("allow_pickle", False)))
+                            for g in data.get("grants", [])}
+            self._mtime = mtime
+        return self._grants
+
+
+TokenCheck = AccessPolicy  # the name the daemon first used
+
+
+def add_grant(access_file: Path, principal: str, services: dict[str, Level], *, allow_pickle: bool = False) -> str:
+    """Create a token for ``principal`` with ``services`` levels; only its hash is written. Returns the token."""
+    for level in services.values():
+        if level not in _RANK:
+            raise ValueError(f"unknown access level {level!r}: use read, write or owner")
+    token = new_token()
+    data: dict[str, Any] = json.loads(access_file.read_text() or "{}") if access_file.exists() else {}
+    grants = [g for g in data.get("grants", []) if g.get("principal") != principal]
+    grants.append({"principal": principal, "token_sha256": hash_token(token), "services": services,
+                   "allow_pickle": allow_pickle})
+    access_file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=access_file.parent, prefix=".access.")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"grants": grants}, f, indent=1)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, access_file)
+    return token
+
+
+# route (canonical path) -> (level, where the service name is)
+_ROUTES: dict[tuple[str, str], tuple[Level | None, str | None]] = {
+    ("GET", "/health"): (None, None),
+    ("GET", "/openapi.json"): (None, None),
+    ("GET", "/status"): ("read", None),
+    ("GET", "/objects"): ("read", None),
+    ("POST", "/deploy"): ("write", "body"),
+    ("POST", "/shutdown"): ("owner", None),
+    ("POST", "/autostop"): ("owner", None),
+    ("DELETE", "/envs/{env}"): ("owner", None),
+    ("POST", "/{name}/call"): ("read", "name"),
+    ("POST", "/{name}/{method}/call"): ("read", "name"),
+    ("GET", "/calls/{call_id}"): ("read", "call"),
+    ("GET", "/calls/{call_id}/logs"): ("read", "call"),
+    ("POST", "/calls/{call_id}/cancel"): ("read", "call"),
+    ("GET", "/objects/{key}"): ("read", "key"),
+    ("PUT", "/objects/{key}"): ("write", "key"),
+    ("DELETE", "/objects/{key}"): ("write", "key"),
+    ("POST", "/objects/{key}/rename"): ("write", "key"),
+    ("DELETE", "/services/{key}"): ("write", "key"),
+}
+
+
+def required_access(method: str, canonical: str | None) -> tuple[Level | None, str | None]:
+    """The level a route needs and where its service name comes from; unknown routes need any valid token."""
+    if canonical is None:
+        return "read", None
+    return _ROUTES.get((method, canonical), ("owner", None))
+
+
+async def authorize(request: Any, policy: AccessPolicy, call_service: Callable[[str], str | None]) -> AuthError | None:
+    """None when ``request`` (an aiohttp request) may proceed, else the AuthError to answer with."""
+    resource = request.match_info.route.resource
+    canonical = resource.canonical if resource is not None else None
+    level, source = required_access(request.method, canonical)
+    if level is None:
+        return None
+    grant = policy.identify(request.headers.get("Authorization"))
+    if grant is None:
+        return AuthError("missing or wrong bearer token",
+                         hint="pass the cluster's token (cluster.token) as 'Authorization: Bearer …'")
+    if grant is OWNER:
+        return None
+    if request.content_type == PICKLE and not grant.allow_pickle:
+        return AuthError(f"{grant.principal!r} may send JSON bodies only",
+                         hint="call with JSON {'args': [...], 'kwargs': {...}}, or ask the owner for allow_pickle")
+    service: str | None = None
+    if source in ("name", "key"):
+        service = request.match_info.get(source)
+    elif source == "call":
+        service = call_service(request.match_info.get("call_id", ""))
+    elif source == "body":
+        try:
+            spec = await request.json()
+        except ValueError:
+            spec = None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            return None  # the handler answers the malformed body
+        service = spec["name"]
+        code = spec.get("code") if isinstance(spec.get("code"), dict) else {}
+        if (code.get("pickled_b64") or spec.get("init_pickled_b64")) and not grant.allow_pickle:
+            return AuthError(f"{grant.principal!r} may not deploy pickled code or arguments",
+                             hint="deploy code by import path, or ask the owner for allow_pickle")
+    if grant.level(service) < _RANK[level]:
+        what = f"service {service!r}" if service else "this route"
+        return AuthError(f"{grant.principal!r} lacks {level} access to {what}",
+                         hint="read = call, write = deploy/delete, owner = everything; ask the cluster owner",
+                         details={"principal": grant.principal, "needed": level, "service": service})
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -41,3 +215,34 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> None:
+    """Refuse a deployment whose code (or worker python / working dir) lies outside ``allowed_roots``.
+
+    By-value code and code imported from no root are refused too: neither comes from an allowed tree.
+    """
+    if not allowed_roots:
+        return
+    from tether.errors import ConfigError
+
+    allowed = [Path(r).resolve() for r in allowed_roots]
+    hint = f"deploy code under one of: {', '.join(map(str, allowed))} (daemon --allowed-roots)"
+    code = spec.code
+    if code.pickled_b64 or spec.init_pickled_b64:
+        raise AuthError(f"service {spec.name!r} ships pickled code, but this daemon deploys only from allowed roots",
+                        hint=hint)
+    if not code.root:
+        raise AuthError(f"service {spec.name!r} has no code root, but this daemon deploys only from allowed roots",
+                        hint=hint)
+    for what, value in (("code root", code.root), ("env python", spec.env.python),
+                        ("env working_dir", spec.env.working_dir)):
+        if value is None:
+            continue
+        try:
+            path = Path(value).resolve()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"invalid {what} {value!r}: {exc}") from None
+        if not any(path.is_relative_to(a) for a in allowed):
+            raise AuthError(f"{what} {str(path)!r} of service {spec.name!r} is outside the allowed roots",
+                            hint=hint, details={"allowed_roots": [str(a) for a in allowed]})

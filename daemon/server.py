@@ -14,14 +14,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 from pydantic import ValidationError
+
 from tether import __version__
 from tether.daemon import protocol as p
-from tether.daemon.auth import TokenCheck
+from tether.daemon.auth import AccessPolicy, authorize, check_code_roots
 from tether.daemon.calls import Call, CallTable
 from tether.daemon.store import Manifest
 from tether.daemon.workers import WorkerPool, WorkerProcess
 from tether.errors import (
-    AuthError,
     CallCancelled,
     ConfigError,
     NotFound,
@@ -44,18 +44,25 @@ def _close_matches(name: str, names: list[str]) -> list[str]:
     return difflib.get_close_matches(name, names, n=3, cutoff=0.5)
 
 
+def http_status(exc: TetherError) -> int:
+    """The HTTP status of an error; the caller's own code raising (RemoteError) is 422, not a daemon fault."""
+    return exc.status if exc.status >= 400 else 422
+
+
 def error_response(exc: TetherError) -> web.Response:
-    return web.json_response(exc.to_wire(), status=exc.status if exc.status >= 400 else 500)
+    return web.json_response(exc.to_wire(), status=http_status(exc))
 
 
 class Daemon:
     """State of one daemon: manifest, workers, calls, activity."""
 
     def __init__(self, state_dir: Path, *, token_hash: str | None = None, memory_limit: int | None = None,
-                 autostop_mins: float | None = None, max_body: int = 2 * 1024**3) -> None:
+                 autostop_mins: float | None = None, max_body: int = 2 * 1024**3, access_file: Path | None = None,
+                 allowed_roots: list[Path] | None = None) -> None:
         self.state_dir = state_dir
         self.manifest = Manifest(state_dir)
-        self.auth = TokenCheck(token_hash)
+        self.auth = AccessPolicy(token_hash, access_file)
+        self.allowed_roots = allowed_roots
         self.pool = WorkerPool(state_dir, memory_limit, self._restore)
         self.calls = CallTable()
         self.autostop_mins = autostop_mins
@@ -181,10 +188,10 @@ DAEMON = web.AppKey("daemon", Daemon)
 async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     daemon = request.app[DAEMON]
     daemon.last_activity = time.time()
-    if request.path not in ("/health", "/openapi.json") and not daemon.auth.ok(request.headers.get("Authorization")):
-        return error_response(AuthError("missing or wrong bearer token",
-                                        hint="pass the cluster's token (cluster.token) as 'Authorization: Bearer …'"))
     try:
+        denied = await authorize(request, daemon.auth, lambda cid: getattr(daemon.calls.get(cid), "service", None))
+        if denied is not None:
+            return error_response(denied)
         return await handler(request)
     except TetherError as exc:
         return error_response(exc)
@@ -206,8 +213,12 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
 
 
 def _name(request: web.Request, key: str = "name") -> str:
+    return _valid_name(request.match_info[key])
+
+
+def _valid_name(value: Any, what: str = "name") -> str:
     try:
-        return validate_name(request.match_info[key])
+        return validate_name(value, what)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -229,6 +240,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def deploy(request: web.Request) -> web.Response:
     spec = ServiceSpec.model_validate(await request.json())
+    check_code_roots(spec, request.app[DAEMON].allowed_roots)
     return web.json_response(await request.app[DAEMON].deploy(spec))
 
 
@@ -249,6 +261,8 @@ async def call(request: web.Request) -> web.StreamResponse:
                               hint="use a new call id for a different service")
         return await respond(request, existing)
     body = await request.read()
+    if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
+        raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
     if json_mode and body:
         try:
             json.loads(body)
@@ -270,7 +284,16 @@ async def respond(request: web.Request, call: Call) -> web.StreamResponse:
             kind, meta, body = frame
             payload = _client_payload(kind, meta, body)
             if stream is None and kind in (p.RESULT, p.ERROR):
-                return web.Response(body=payload, content_type=FRAMES, headers=headers)
+                if isinstance(payload, bytes):
+                    return web.Response(body=payload, content_type=FRAMES, headers=headers)
+                whole = web.StreamResponse(headers=headers)  # large result: header + body, never joined
+                whole.content_type = FRAMES
+                whole.content_length = len(payload[0]) + len(payload[1])
+                await whole.prepare(request)
+                await whole.write(payload[0])
+                await whole.write(payload[1])
+                await whole.write_eof()
+                return whole
         if stream is None:
             stream = web.StreamResponse(headers=headers)
             stream.content_type = FRAMES
@@ -310,7 +333,7 @@ async def _respond_json(call: Call, headers: dict[str, str]) -> web.Response:
             items.append(json.loads(body))
         elif kind == p.ERROR:
             err = _as_error(meta)
-            return web.json_response(err.to_wire(), status=err.status if err.status >= 400 else 500, headers=headers)
+            return web.json_response(err.to_wire(), status=http_status(err), headers=headers)
         elif kind == p.RESULT:
             out: dict[str, Any] = {"call_id": call.call_id, "logs": logs}
             if items:
@@ -358,7 +381,7 @@ async def put_object(request: web.Request) -> web.Response:
     key = _name(request, "key")
     if key in d.manifest.services:
         raise ConfigError(f"{key!r} is a deployed service", hint="delete it first or use another key")
-    env = validate_name(request.query.get("env", "default"))
+    env = _valid_name(request.query.get("env", "default"), "env name")
     await d.object_op("put", key, await request.read(), env=env)
     return web.json_response({"key": key, "env": env})
 
@@ -373,7 +396,7 @@ async def rename_object(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     key = _name(request, "key")
     data = await request.json()
-    to = validate_name(data.get("to", "") if isinstance(data, dict) else "")
+    to = _valid_name(data.get("to", "") if isinstance(data, dict) else "")
     if to in d.manifest.names():
         raise ConfigError(f"{to!r} already exists", hint="delete it first")
     await d.object_op("rename", key, to=to)
@@ -396,10 +419,14 @@ async def autostop(request: web.Request) -> web.Response:
     data = await request.json()
     if not isinstance(data, dict):
         raise ConfigError("expected a JSON object")
+    mins, paused = data.get("mins"), data.get("paused", False)
+    if (mins is not None and (isinstance(mins, bool) or not isinstance(mins, int | float) or not mins >= 0)
+            or not isinstance(paused, bool)):
+        raise ConfigError("expected {'mins': a number >= 0 or null, 'paused': true/false}")
     if "mins" in data:
-        d.autostop_mins = None if data["mins"] is None else float(data["mins"])
+        d.autostop_mins = None if mins is None else float(mins)
     if "paused" in data:
-        d.autostop_paused = bool(data["paused"])
+        d.autostop_paused = paused
     return web.json_response({"autostop_mins": d.autostop_mins, "paused": d.autostop_paused})
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+
 from tether.daemon import protocol as p
 from tether.errors import CallCancelled, NotFound, SerializationError, TetherError
 

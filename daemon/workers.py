@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from tether.daemon import protocol as p
 from tether.errors import ConfigError, WorkerDied
 from tether.specs import EnvSpec

@@ -11,8 +11,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tether  # noqa: E402
-from examples.services.embed import embed  # noqa: E402
 from examples.services.counter import Counter  # noqa: E402
+from examples.services.embed import embed  # noqa: E402
 
 
 def main() -> None:

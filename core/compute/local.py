@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from tether.compute.base import ClusterHandle, ClusterStatus
-from tether.daemon.auth import new_token
+from tether.daemon.auth import hash_token, new_token
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock
 from tether.specs import ClusterSpec
@@ -41,8 +42,10 @@ def _alive(pid: int) -> bool:
 
 
 def _healthy(endpoint: str) -> bool:
+    # /health carries no secret; the client pins the certificate on every request that does
+    ctx = ssl._create_unverified_context() if endpoint.startswith("https") else None  # noqa: S323
     try:
-        with urllib.request.urlopen(endpoint + "/health", timeout=2) as resp:
+        with urllib.request.urlopen(endpoint + "/health", timeout=2, context=ctx) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -69,10 +72,11 @@ class LocalBackend:
         state = self._read(spec)
         if not state or not state.get("pid") or not _alive(state["pid"]):
             return None
-        endpoint = f"http://127.0.0.1:{state['port']}"
+        scheme = "https" if state.get("tls_fingerprint") else "http"
+        endpoint = f"{scheme}://127.0.0.1:{state['port']}"
         return ClusterHandle(endpoint=endpoint, token=state.get("token"), hosts=["127.0.0.1"],
                              instance_type=spec.instance_type or "local", cloud="local", price_per_hour=0.0,
-                             pid=state["pid"])
+                             pid=state["pid"], tls_fingerprint=state.get("tls_fingerprint"))
 
     def up(self, spec: ClusterSpec) -> ClusterHandle:
         state_file, state_dir = self._paths(spec)
@@ -93,16 +97,22 @@ class LocalBackend:
                "--state-dir", str(state_dir), "--ready-file", str(ready)]
         if token:
             token_file = state_dir / "token"
-            token_file.write_text(token)
+            token_file.write_text(f"sha256:{hash_token(token)}")  # the daemon's dir keeps only the hash
             token_file.chmod(0o600)
             cmd += ["--token-file", str(token_file)]
+        fingerprint = None
+        if spec.server_connection_type == "tls":
+            from tether.daemon.tls import ensure_self_signed
+
+            cert, key = state_dir / "tls" / "cert.pem", state_dir / "tls" / "key.pem"
+            fingerprint = ensure_self_signed(cert, key)
+            cmd += ["--tls-cert", str(cert), "--tls-key", str(key)]
         if spec.autostop_mins is not None:
             cmd += ["--autostop-mins", str(spec.autostop_mins)]
         if spec.instance_type and ":" in spec.instance_type:
             cmd += ["--memory-limit", spec.instance_type.split(":", 1)[1]]
-        log = open(state_dir / "daemon.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        with open(state_dir / "daemon.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -114,7 +124,7 @@ class LocalBackend:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         state = {"pid": info["pid"], "port": info["port"], "token": token, "state_dir": str(state_dir),
-                 "spec": spec.model_dump(mode="json")}
+                 "tls_fingerprint": fingerprint, "spec": spec.model_dump(mode="json")}
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.chmod(0o600)
