@@ -227,7 +227,9 @@ class Function(_Service):
             raise ConfigError(f"{self.obj.__name__} is a class", hint="use tether.module(cls) for classes")
         self._deploy(cluster, env, name)
         if on_oom is not None:
-            self.on_oom = on_oom
+            from tether.escalation import Escalation
+
+            self.on_oom = Escalation.coerce(on_oom)
         return self
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

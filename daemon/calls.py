@@ -30,7 +30,7 @@ class Call:
     worker_tag: int | None = None
     worker: Any = None
     on_finish: Any = None
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _waiters: list[asyncio.Future[bool | None]] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -52,10 +52,14 @@ class Call:
             self.finished = time.time()
             if self.on_finish is not None:
                 self.on_finish(self)
-        self._changed.set()
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(True)
 
     async def follow(self, timeout: float | None = None) -> AsyncIterator[tuple[int, dict[str, Any], bytes] | None]:
         """Yield every frame from the first; ``None`` when ``timeout`` passes with nothing new (a heartbeat)."""
+        loop = asyncio.get_running_loop()
         i = 0
         while True:
             while i < len(self.frames):
@@ -64,12 +68,15 @@ class Call:
                 yield frame
                 if frame[0] in FINAL:
                     return
-            self._changed.clear()
-            if i < len(self.frames):
-                continue
+            fut: asyncio.Future[bool | None] = loop.create_future()
+            self._waiters.append(fut)
+            timer = loop.call_later(timeout, _expire, fut) if timeout else None
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
+                got = await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if got is None:
                 yield None
 
     def summary(self) -> dict[str, Any]:
@@ -87,6 +94,11 @@ class Call:
         import json
 
         return [json.loads(body) for kind, _, body in self.frames if kind == p.LOG]
+
+
+def _expire(fut: asyncio.Future[bool | None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class CallTable:

@@ -88,9 +88,7 @@ class Daemon:
 
     async def _ask(self, worker: WorkerProcess, kind: int, meta: dict[str, Any], body: bytes = b"") -> tuple[
             dict[str, Any], bytes]:
-        _, queue = worker.request(kind, meta, body)
-        await worker.drain()
-        rkind, rmeta, rbody = await queue.get()
+        rkind, rmeta, rbody = await worker.ask(kind, meta, body)
         if rkind == p.ERROR:
             raise _as_error(rmeta)
         return rmeta, rbody
@@ -119,20 +117,11 @@ class Daemon:
         worker = await self.worker_for(name)
         call = Call(call_id, name, method, json_mode)
         self.calls.add(call)
-        tag, queue = worker.request(p.CALL, {"name": name, "method": method, "mode": "json" if json_mode else "pickle"},
-                                    body)
-        call.worker, call.worker_tag = worker, tag
+        call.worker = worker
+        call.worker_tag = worker.request(
+            p.CALL, {"name": name, "method": method, "mode": "json" if json_mode else "pickle"}, body, call.add)
         await worker.drain()
-        asyncio.ensure_future(self._pump(call, queue))
         return call
-
-    async def _pump(self, call: Call, queue: asyncio.Queue) -> None:
-        while True:
-            kind, meta, body = await queue.get()
-            call.add(kind, meta, body)
-            if kind in (p.RESULT, p.ERROR):
-                self.last_activity = time.time()
-                return
 
     def cancel(self, call_id: str) -> Call:
         call = self.calls.get(call_id)

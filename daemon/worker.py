@@ -39,13 +39,15 @@ class _CallCtx:
     thread_id: int | None = None
 
     def emit(self, payload: dict[str, Any]) -> None:
-        self.worker.send_threadsafe(p.LOG, self.tag, None, json.dumps(payload).encode())
+        """Send a log event; from a call's thread, wait until it is on the socket (it survives a kill right after)."""
+        self.worker.send_threadsafe(p.LOG, self.tag, None, json.dumps(payload).encode(), wait=True)
 
     def write(self, stream: str, text: str) -> None:
         buf = self.buffers.get(stream, "") + text
-        if "\n" in buf:
-            head, _, buf = buf.rpartition("\n")
-            self.emit({"stream": stream, "text": head + "\n"})
+        cut = max(buf.rfind("\n"), buf.rfind("\r"))  # "\r": progress bars redraw in place
+        if cut >= 0:
+            self.emit({"stream": stream, "text": buf[: cut + 1]})
+            buf = buf[cut + 1 :]
         self.buffers[stream] = buf
 
     def flush(self) -> None:
@@ -111,11 +113,23 @@ class Worker:
     def send(self, kind: int, tag: int, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
         p.write_frame(self.writer, kind, tag, meta, body)
 
-    def send_threadsafe(self, kind: int, tag: int, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
+    def send_threadsafe(self, kind: int, tag: int, meta: dict[str, Any] | None = None, body: bytes = b"",
+                        *, wait: bool = False) -> None:
         if threading.get_ident() == self._loop_thread:
             self.send(kind, tag, meta, body)
-        else:
+        elif not wait:
             self.loop.call_soon_threadsafe(self.send, kind, tag, meta, body)
+        else:
+            sent = threading.Event()
+
+            def send() -> None:
+                try:
+                    self.send(kind, tag, meta, body)
+                finally:
+                    sent.set()
+
+            self.loop.call_soon_threadsafe(send)
+            sent.wait(5.0)
 
     async def serve(self) -> None:
         self.send(p.READY, 0, {"pid": os.getpid()})

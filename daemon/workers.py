@@ -18,11 +18,13 @@ import structlog
 
 from tether.daemon import protocol as p
 from tether.errors import ConfigError, WorkerDied
+from tether.oom import baseline_evidence, classify_exit
 from tether.specs import EnvSpec
 
 log = structlog.get_logger("tether.daemon.workers")
 
 Frame = tuple[int, dict[str, Any], bytes]
+Sink = Callable[[int, dict[str, Any], bytes], None]
 
 
 class WorkerProcess:
@@ -33,9 +35,10 @@ class WorkerProcess:
         self.memory_limit = env.memory_limit or memory_limit
         self.proc: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.pending: dict[int, asyncio.Queue[Frame]] = {}
+        self.pending: dict[int, Sink] = {}
         self.alive = False
         self.death: BaseException | None = None
+        self.evidence: dict[str, Any] = {}
         self._tags = itertools.count(1)
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -44,6 +47,7 @@ class WorkerProcess:
         return self.proc.pid if self.proc else None
 
     async def start(self, python: str, cwd: str | None) -> None:
+        self.evidence = baseline_evidence()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env.update(self.env.env_vars)
@@ -77,34 +81,45 @@ class WorkerProcess:
         try:
             while True:
                 kind, tag, meta, body = await p.read_frame(reader)
-                queue = self.pending.get(tag)
-                if queue is None:
+                sink = self.pending.get(tag)
+                if sink is None:
                     continue
-                queue.put_nowait((kind, meta, body))
                 if kind in (p.RESULT, p.ERROR):
-                    self.pending.pop(tag, None)
+                    del self.pending[tag]
+                sink(kind, meta, body)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         self.alive = False
         assert self.proc is not None
         rc = await self.proc.wait()
-        self.death = _death_error(self.env.name, rc, self.memory_limit)
+        self.death = _death_error(self.env.name, rc, self.memory_limit, {**self.evidence, "pid": self.proc.pid})
         log.warning("worker_died", env=self.env.name, pid=self.proc.pid, returncode=rc,
                     error=type(self.death).__name__)
         wire = self.death.to_wire() if hasattr(self.death, "to_wire") else {"error": {"message": str(self.death)}}
-        for queue in self.pending.values():
-            queue.put_nowait((p.ERROR, wire, b""))
-        self.pending.clear()
+        pending, self.pending = self.pending, {}
+        for sink in pending.values():
+            sink(p.ERROR, wire, b"")
 
-    def request(self, kind: int, meta: dict[str, Any], body: bytes = b"") -> tuple[int, asyncio.Queue[Frame]]:
-        """Send a frame; the returned queue yields the worker's answers for it, ending with RESULT or ERROR."""
+    def request(self, kind: int, meta: dict[str, Any], body: bytes, sink: Sink) -> int:
+        """Send a frame; ``sink(kind, meta, body)`` gets each answer, the last being RESULT or ERROR."""
         if not self.alive or self.writer is None:
             raise self.death or WorkerDied(f"worker for env {self.env.name!r} is not running")
         tag = next(self._tags)
-        queue: asyncio.Queue[Frame] = asyncio.Queue()
-        self.pending[tag] = queue
+        self.pending[tag] = sink
         p.write_frame(self.writer, kind, tag, meta, body)
-        return tag, queue
+        return tag
+
+    async def ask(self, kind: int, meta: dict[str, Any], body: bytes = b"") -> Frame:
+        """Send a frame and wait for its final answer."""
+        fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+
+        def sink(k: int, m: dict[str, Any], b: bytes) -> None:
+            if k in (p.RESULT, p.ERROR) and not fut.done():
+                fut.set_result((k, m, b))
+
+        self.request(kind, meta, body, sink)
+        await self.drain()
+        return await fut
 
     def cancel(self, tag: int) -> None:
         if self.alive and self.writer is not None:
@@ -130,16 +145,13 @@ class WorkerProcess:
         self.alive = False
 
 
-def _death_error(env: str, returncode: int, memory_limit: int | None) -> BaseException:
-    try:
-        from tether.oom import classify_exit
-
-        return classify_exit(returncode, memory_limit=memory_limit, evidence=None)
-    except ImportError:
-        return WorkerDied(
-            f"the worker of env {env!r} died (exit code {returncode})",
-            hint="it restarts on the next call; services deployed to it are restored",
-        )
+def _death_error(env: str, returncode: int, memory_limit: int | None, evidence: dict[str, Any]) -> BaseException:
+    """OutOfMemory when there is memory-pressure evidence, else WorkerDied."""
+    err = classify_exit(returncode, memory_limit=memory_limit, evidence=evidence)
+    if isinstance(err, WorkerDied) and not err.hint:
+        err.hint = "it restarts on the next call; services deployed to it are restored"
+    err.details.setdefault("env", env)
+    return err
 
 
 class WorkerPool:

@@ -13,10 +13,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dagster as dg  # noqa: E402
-import tether  # noqa: E402
-from tether.providers.dagster import TetherResource  # noqa: E402
 
+import tether  # noqa: E402
 from examples.services.embed import embed  # noqa: E402
+from tether.providers.dagster import TetherResource  # noqa: E402
 
 DOCS = ["research code is production code", "call it from anywhere", "compute you own"]
 

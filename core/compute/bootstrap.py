@@ -28,7 +28,9 @@ __all__ = ["DaemonInfo", "SSHTarget", "bootstrap_hosts", "build_wheel", "build_w
 #: the daemon's home on a host, relative to the remote user's HOME.
 REMOTE_DIR = ".tether/daemon"
 DEFAULT_PORT = 32300
-_AUTH_RE = re.compile(r"Permission denied|Host key verification failed|Too many authentication failures", re.I)
+_AUTH_RE = re.compile(
+    r"Permission denied|Host key verification failed|Too many authentication failures", re.I
+)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ class SSHTarget:
     connect_timeout: int = 5
 
     @classmethod
-    def from_creds(cls, host: str, creds: dict[str, str] | None, known_hosts: Path | None = None) -> SSHTarget:
+    def from_creds(
+        cls, host: str, creds: dict[str, str] | None, known_hosts: Path | None = None
+    ) -> SSHTarget:
         c = dict(creds or {})
         key = os.path.expanduser(c["key"]) if c.get("key") else None
         unknown = set(c) - {"user", "key", "port", "connect_timeout"}
@@ -73,7 +77,9 @@ class SSHTarget:
     def run(self, command: str, *, step: str, stdin: str | None = None, timeout: float = 600) -> str:
         """Run a shell command on the host; raise a step-named error with the remote stderr if it fails."""
         try:
-            r = subprocess.run(self.ssh_argv(command), input=stdin, capture_output=True, text=True, timeout=timeout)
+            r = subprocess.run(
+                self.ssh_argv(command), input=stdin, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired as exc:
             raise ClusterUnavailable(f"step {step!r} timed out after {timeout:.0f}s on {self.host}",
                                      details={"step": step, "host": self.host}) from exc  # fmt: skip
@@ -81,7 +87,9 @@ class SSHTarget:
             raise step_error(step, self.host, r.returncode, r.stderr)
         return r.stdout
 
-    def rsync(self, sources: Iterable[str | Path], remote_dir: str, *, step: str, extra: Iterable[str] = ()) -> None:
+    def rsync(
+        self, sources: Iterable[str | Path], remote_dir: str, *, step: str, extra: Iterable[str] = ()
+    ) -> None:
         """Copy files/trees to ``remote_dir`` (created if missing); unchanged files are not sent again."""
         rsh = " ".join(shlex.quote(a) for a in ["ssh", *self.options()])
         argv = ["rsync", "-a", "--mkpath", *extra, "-e", rsh, *map(str, sources), f"{self.dest}:{remote_dir}"]
@@ -126,12 +134,24 @@ def project_root() -> Path:
 
 
 def _tree_fingerprint(root: Path) -> str:
+    """Content hash of the package sources and pyproject (a touched but unchanged file changes nothing)."""
     h = hashlib.sha256()
     for sub in ("core", "daemon", "providers"):
         for p in sorted((root / sub).rglob("*.py")):
-            st = p.stat()
-            h.update(f"{p.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            h.update(f"{p.relative_to(root)}\n".encode())
+            h.update(p.read_bytes())
     h.update((root / "pyproject.toml").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def wheel_fingerprint(wheel: Path) -> str:
+    """Hash of the wheel's member names and CRCs: equal for rebuilds of the same sources (zip dates differ)."""
+    import zipfile
+
+    h = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as z:
+        for info in sorted(z.infolist(), key=lambda i: i.filename):
+            h.update(f"{info.filename}:{info.CRC}:{info.file_size}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -306,7 +326,7 @@ def bootstrap_host(
     progress("connect")
     probe = json.loads(t.run(f"{python} -", step="connect", stdin=_PROBE.format(rdir=REMOTE_DIR)))
     rdir = f"{probe['home']}/{REMOTE_DIR}"
-    wheel_sha = hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]
+    wheel_sha = wheel_fingerprint(wheel)
     daemon_key = hashlib.sha256(f"{wheel_sha}:{port}:{token}:{autostop_mins}".encode()).hexdigest()[:16]
     info = DaemonInfo(host=t.host, port=port, home=probe["home"], remote_dir=rdir)
     if probe["installed"] != wheel_sha:
@@ -315,7 +335,7 @@ def bootstrap_host(
         progress("ship wheels")
         t.rsync([*sorted(house.glob("*.whl")), wheel], f"{rdir}/wheels/", step="ship wheels")
         progress("venv + install")
-        pip = f"{rdir}/venv/bin/python \"$(ls {rdir}/wheels/pip-*.whl | head -1)\"/pip"
+        pip = f'{rdir}/venv/bin/python "$(ls {rdir}/wheels/pip-*.whl | head -1)"/pip'
         wpath = f"{rdir}/wheels/{wheel.name}"
         t.run(
             f"set -e; test -x {rdir}/venv/bin/python || {python} -m venv --without-pip {rdir}/venv; "

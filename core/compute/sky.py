@@ -44,7 +44,9 @@ def translate_error(exc: BaseException, where: str) -> TetherError | None:
     details = {"candidate": where, "sky_error": type(exc).__name__}
     if isinstance(exc, sx.ResourcesUnavailableError):
         if any(w in str(exc).lower() for w in _QUOTA_WORDS):
-            return QuotaError(msg, hint="request a quota increase or use another region/cloud", details=details)
+            return QuotaError(
+                msg, hint="request a quota increase or use another region/cloud", details=details
+            )
         return CapacityError(msg, hint="another region or cloud may have capacity", details=details)
     auth_types = tuple(
         t for t in (getattr(sx, n, None) for n in ("CloudUserIdentityError", "NoCloudAccessError",
@@ -61,8 +63,13 @@ def build_task(spec: ClusterSpec, cand: routing.Candidate, *, wheel: Path, token
     sky = _sky()
     port = spec.server_port or DEFAULT_PORT
     accelerators = {cand.accelerator: cand.accelerator_count} if cand.accelerator else None
-    resources = sky.Resources(infra=cand.infra, instance_type=cand.instance_type, accelerators=accelerators,
-                              use_spot=cand.use_spot)  # fmt: skip
+    if cand.priced:
+        resources = sky.Resources(infra=cand.infra, instance_type=cand.instance_type, accelerators=accelerators,
+                                  use_spot=cand.use_spot)  # fmt: skip
+    else:  # Kubernetes / SSH node pool: SkyPilot fits the request onto a node
+        resources = sky.Resources(infra=cand.infra, accelerators=accelerators,
+                                  cpus=f"{cand.vcpus:g}+" if cand.vcpus else None,
+                                  memory=f"{cand.memory_gib:g}+" if cand.memory_gib else None)  # fmt: skip
     setup = (
         f"set -e; mkdir -p {REMOTE_DIR}; test -x ~/.tether/venv/bin/python || python3 -m venv ~/.tether/venv; "
         f"~/.tether/venv/bin/pip install -q --disable-pip-version-check {REMOTE_WHEELS}/{wheel.name}"
@@ -74,7 +81,7 @@ def build_task(spec: ClusterSpec, cand: routing.Candidate, *, wheel: Path, token
     if spec.autostop_mins is not None:
         # the daemon knows about calls; it exits when idle, which makes the cluster idle for SkyPilot's autostop
         daemon += f" --autostop-mins {spec.autostop_mins}"
-    run = (f"umask 077; printf %s \"$TETHER_TOKEN\" > {REMOTE_DIR}/token; " if token else "") + f"exec {daemon}"
+    run = (f'umask 077; printf %s "$TETHER_TOKEN" > {REMOTE_DIR}/token; ' if token else "") + f"exec {daemon}"
     task = sky.Task(name=f"tether-{spec.name}", setup=setup, run=run,
                     secrets={"TETHER_TOKEN": token} if token else None,
                     file_mounts={f"{REMOTE_WHEELS}/{wheel.name}": str(wheel)})  # fmt: skip
@@ -151,7 +158,15 @@ class SkyBackend:
         rec = records[0]
         value = getattr(rec, "status", None) if not isinstance(rec, dict) else rec.get("status")
         name = getattr(value, "value", value)
-        return "up" if name == "UP" else "stopped" if name == "STOPPED" else "down" if name is None else "stopped"
+        return (
+            "up"
+            if name == "UP"
+            else "stopped"
+            if name == "STOPPED"
+            else "down"
+            if name is None
+            else "stopped"
+        )
 
     def stop(self, spec: ClusterSpec) -> None:
         sky = _sky()

@@ -20,21 +20,17 @@ from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import ClusterUnavailable, ConfigError, TetherError
+from tether.home import clusters_dir, tether_home
 from tether.specs import ClusterSpec
 
-__all__ = ["SSHBackend", "state_path", "tether_home"]
+__all__ = ["SSHBackend", "state_path"]
 
 _SYNC_EXCLUDES = (".git", "__pycache__", "*.pyc", ".venv*", ".mypy_cache", ".pytest_cache", ".ruff_cache",
                   "node_modules", "*.egg-info")  # fmt: skip
 
 
-def tether_home() -> Path:
-    """``$TETHER_HOME`` or ``~/.tether``."""
-    return Path(os.environ.get("TETHER_HOME") or "~/.tether").expanduser()
-
-
 def state_path(name: str) -> Path:
-    return tether_home() / "clusters" / f"{name}.json"
+    return clusters_dir() / f"{name}.json"
 
 
 def _load(name: str) -> dict[str, Any] | None:
@@ -99,38 +95,71 @@ class SSHBackend:
             handle = self._handle(spec, st)
             if _health(handle.endpoint, handle.token):
                 return handle
-        close_tunnel(st.get("tunnel_pid"))
         token = st.get("token") or (secrets.token_urlsafe(32) if spec.auth else None)
         port = spec.server_port or DEFAULT_PORT
         infos = bootstrap_hosts(targets, port=port, token=token, autostop_mins=spec.autostop_mins,
                                 show_progress=self.show_progress)  # fmt: skip
-        log = tether_home() / "clusters" / f"{spec.name}.tunnel.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        tunnel = open_tunnel(targets[0], infos[0].port, log=log)
-        st = {"backend": "ssh", "hosts": list(spec.host or []), "token": token, "tunnel_pid": tunnel.pid,
-              "local_port": tunnel.local_port, "remote_port": infos[0].port,
-              "remote_dirs": {i.host: i.remote_dir for i in infos}, "homes": {i.host: i.home for i in infos}}  # fmt: skip
-        _save(spec.name, st)
+        st.update(
+            {
+                "backend": "ssh",
+                "hosts": list(spec.host or []),
+                "token": token,
+                "remote_port": infos[0].port,
+                "remote_dirs": {i.host: i.remote_dir for i in infos},
+                "homes": {i.host: i.home for i in infos},
+            }
+        )
+        self._ensure_tunnel(spec, st, targets[0])
         handle = self._handle(spec, st)
         if not _health(handle.endpoint, token, timeout=30):
             raise ClusterUnavailable(f"daemon on {targets[0].host} does not answer /health through the tunnel",
                                      details={"step": "health", "host": targets[0].host})  # fmt: skip
         return handle
 
-    def status(self, spec: ClusterSpec) -> ClusterStatus:
-        """``up`` when the head's daemon runs, ``stopped`` when the hosts are there without it, else ``down``."""
+    def _ensure_tunnel(self, spec: ClusterSpec, st: dict[str, Any], head: SSHTarget) -> None:
+        """Keep a live tunnel to the head's daemon, on the same local port as before when it is free."""
+        if tunnel_alive(st.get("tunnel_pid"), st.get("local_port")):
+            return
+        close_tunnel(st.get("tunnel_pid"))
+        log = clusters_dir() / f"{spec.name}.tunnel.log"
+        try:
+            tunnel = open_tunnel(head, st["remote_port"], local_port=st.get("local_port"), log=log)
+        except TetherError:
+            if not st.get("local_port"):
+                raise
+            tunnel = open_tunnel(head, st["remote_port"], log=log)  # the old port is taken: use a new one
+        st.update(tunnel_pid=tunnel.pid, local_port=tunnel.local_port)
+        _save(spec.name, st)
+
+    def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
+        """The handle of a running cluster (reconnecting the tunnel if needed), or None."""
+        if self.status(spec) != "up":
+            return None
         st = _load(spec.name)
-        if not st:
+        return self._handle(spec, st) if st else None
+
+    def status(self, spec: ClusterSpec) -> ClusterStatus:
+        """``up`` when the head's daemon answers (the tunnel is reopened on its old port if it dropped),
+        ``stopped`` when the hosts are there without a daemon, ``down`` when the cluster is unknown.
+        Raises :class:`ClusterUnavailable` when the head cannot be reached at all."""
+        st = _load(spec.name)
+        if not st or not st.get("remote_port"):
             return "down"
-        if tunnel_alive(st.get("tunnel_pid"), st.get("local_port")) and _health(
-            f"http://127.0.0.1:{st['local_port']}", st.get("token")
-        ):
+        endpoint = f"http://127.0.0.1:{st.get('local_port')}"
+        if tunnel_alive(st.get("tunnel_pid"), st.get("local_port")) and _health(endpoint, st.get("token")):
             return "up"
         head = self.targets(spec)[0]
-        rdir = st.get("remote_dirs", {}).get(head.host, f"~/{REMOTE_DIR}")
+        rdir = st.get("remote_dirs", {}).get(head.host, f"$HOME/{REMOTE_DIR}")
         out = head.run(f"kill -0 $(cat {rdir}/supervisor.pid 2>/dev/null) 2>/dev/null && echo up || echo stopped",
                        step="status")  # fmt: skip
-        return "up" if out.strip() == "up" else "stopped"
+        if out.strip() != "up":
+            return "stopped"
+        old_port = st.get("local_port")
+        self._ensure_tunnel(spec, st, head)
+        same = st.get("local_port") == old_port
+        return (
+            "up" if same and _health(f"http://127.0.0.1:{st['local_port']}", st.get("token")) else "stopped"
+        )
 
     def stop(self, spec: ClusterSpec) -> None:
         """Stop the daemons (installs stay) and close the tunnel."""
@@ -150,7 +179,10 @@ class SSHBackend:
 
         def clean(t: SSHTarget, rdir: str) -> None:
             stop_daemon(t, rdir, step="down")
-            t.run(f"rm -rf {rdir}/state {rdir}/token {rdir}/daemon.key {rdir}/daemon.log {rdir}/code", step="down")
+            t.run(
+                f"rm -rf {rdir}/state {rdir}/token {rdir}/daemon.key {rdir}/daemon.log {rdir}/code",
+                step="down",
+            )
 
         errors = self._each_host(spec, st, clean)
         state_path(spec.name).unlink(missing_ok=True)

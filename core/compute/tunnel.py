@@ -7,6 +7,7 @@ few seconds (ServerAlive), which closes the local port, so callers see a refused
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -75,9 +76,16 @@ def tunnel_alive(pid: int | None, local_port: int | None) -> bool:
     return bool(local_port) and pid_alive(pid) and _port_open(int(local_port or 0))
 
 
-def open_tunnel(target: SSHTarget, remote_port: int, *, log: Path | None = None, timeout: float = 30) -> Tunnel:
-    """Start ``ssh -N -L`` and wait until the local end accepts connections."""
-    local_port = _free_port()
+def open_tunnel(
+    target: SSHTarget,
+    remote_port: int,
+    *,
+    local_port: int | None = None,
+    log: Path | None = None,
+    timeout: float = 30,
+) -> Tunnel:
+    """Start ``ssh -N -L`` (on ``local_port`` when given, else a free one); wait until the local end accepts."""
+    local_port = local_port or _free_port()
     argv = ["ssh", "-N", *target.options(), "-o", "ExitOnForwardFailure=yes",
             "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote_port}", target.dest]  # fmt: skip
     errf = log.open("ab") if log else subprocess.DEVNULL
@@ -91,7 +99,9 @@ def open_tunnel(target: SSHTarget, remote_port: int, *, log: Path | None = None,
         if proc.poll() is not None or time.monotonic() > deadline:
             close_tunnel(proc.pid)
             tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise step_error("tunnel", target.host, proc.returncode if proc.returncode is not None else 255, tail)
+            raise step_error(
+                "tunnel", target.host, proc.returncode if proc.returncode is not None else 255, tail
+            )
         time.sleep(0.05)
     return Tunnel(pid=proc.pid, local_port=local_port, remote_port=remote_port, host=target.host)
 
@@ -100,10 +110,8 @@ def close_tunnel(pid: int | None) -> None:
     """Stop a tunnel's ssh process (no error if it is already gone)."""
     if not pid:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.kill(pid, signal.SIGTERM)
-    except OSError:
-        pass
     child = _CHILDREN.pop(pid, None)
     if child is not None:
         try:

@@ -7,6 +7,7 @@ functions (``history``, ``rollback``, ``tag``, ``usage`` …) act on that defaul
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 from pathlib import Path
@@ -98,7 +99,7 @@ def get(name: str) -> Version:
     return get_registry().get(name)
 
 
-def history(name: str) -> list[Version]:
+def history(name: str) -> builtins.list[Version]:
     """Every version of ``name``, oldest first."""
     return get_registry().history(name)
 
@@ -128,17 +129,17 @@ def flush(timeout: float | None = 30.0) -> bool:
     return get_registry().flush(timeout)
 
 
-def usage(name: str) -> list[UsageRow]:
+def usage(name: str) -> builtins.list[UsageRow]:
     """Calls of ``name`` per caller and version."""
     return get_registry().usage(name)
 
 
-def calls(name: str, *, limit: int = 100) -> list[CallRecord]:
+def calls(name: str, *, limit: int = 100) -> builtins.list[CallRecord]:
     """The latest call records of ``name``."""
     return get_registry().calls(name, limit=limit)
 
 
-def _list(namespace: str | None = None) -> list[ServiceEntry]:
+def _list(namespace: str | None = None) -> builtins.list[ServiceEntry]:
     """Every name you can read, with its latest version and tags."""
     return get_registry().list(namespace)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, Protocol
 
 from tether.registry import configs
@@ -17,15 +18,15 @@ class Backend(Protocol):
 
     def save(self, ref: Ref, config: dict[str, Any], *, by: str, code_hash: str | None = None) -> Version: ...
     def get(self, ref: Ref) -> Version: ...
-    def history(self, ref: Ref) -> list[Version]: ...
+    def history(self, ref: Ref) -> builtins.list[Version]: ...
     def rollback(self, ref: Ref, version: int, *, by: str) -> Version: ...
     def tag(self, ref: Ref, version: int, tag: str, *, by: str) -> Version: ...
     def share(self, ref: Ref, to: str, level: str, *, by: str) -> Grant: ...
-    def grants(self, ref: Ref) -> list[Grant]: ...
-    def record_calls(self, records: list[CallRecord]) -> int: ...
-    def usage(self, ref: Ref) -> list[UsageRow]: ...
-    def calls(self, ref: Ref, *, limit: int = 100) -> list[CallRecord]: ...
-    def list(self, namespace: str | None = None) -> list[ServiceEntry]: ...
+    def grants(self, ref: Ref) -> builtins.list[Grant]: ...
+    def record_calls(self, records: builtins.list[CallRecord]) -> int: ...
+    def usage(self, ref: Ref) -> builtins.list[UsageRow]: ...
+    def calls(self, ref: Ref, *, limit: int = 100) -> builtins.list[CallRecord]: ...
+    def list(self, namespace: str | None = None) -> builtins.list[ServiceEntry]: ...
     def close(self) -> None: ...
 
 
@@ -63,7 +64,7 @@ class Registry:
         """``"embed"`` (latest), ``"embed@2"``, ``"embed@prod"``, ``"team/embed"``; NotFound lists close matches."""
         return self.backend.get(self.ref(name))
 
-    def history(self, name: str) -> list[Version]:
+    def history(self, name: str) -> builtins.list[Version]:
         """Every version of ``name``, oldest first."""
         return self.backend.history(self.ref(name, allow_selector=False))
 
@@ -87,7 +88,7 @@ class Registry:
             ref = self.ref(name, allow_selector=False)
         return self.backend.share(ref, principal, access_level, by=self.user)
 
-    def grants(self, name: str) -> list[Grant]:
+    def grants(self, name: str) -> builtins.list[Grant]:
         """Who has access to ``name`` (and to its namespace)."""
         return self.backend.grants(self.ref(name, allow_selector=False))
 
@@ -103,17 +104,17 @@ class Registry:
         """Wait until queued call records are written; False on timeout."""
         return self._writer.flush(timeout)
 
-    def usage(self, name: str) -> list[UsageRow]:
+    def usage(self, name: str) -> builtins.list[UsageRow]:
         """Calls of ``name`` per caller and version: counts, errors, total/mean/max seconds. Flushes first."""
         self.flush()
         return self.backend.usage(self.ref(name, allow_selector=False))
 
-    def calls(self, name: str, *, limit: int = 100) -> list[CallRecord]:
+    def calls(self, name: str, *, limit: int = 100) -> builtins.list[CallRecord]:
         """The latest call records of ``name``, newest first. Flushes first."""
         self.flush()
         return self.backend.calls(self.ref(name, allow_selector=False), limit=limit)
 
-    def list(self, namespace: str | None = None) -> list[ServiceEntry]:
+    def list(self, namespace: str | None = None) -> builtins.list[ServiceEntry]:
         """Every name you can read (optionally in one namespace), with latest version and tags."""
         return self.backend.list(namespace)
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
 from tether.errors import ConfigError
 from tether.registry.models import KINDS
 from tether.specs import ClusterSpec, EnvSpec, ServiceSpec

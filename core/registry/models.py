@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "ACCESS_LEVELS",
@@ -81,19 +81,42 @@ class ServiceEntry(_Model):
     updated_by: str
 
 
-class CallRecord(_Model):
-    """One call of a saved service, as recorded for lineage and usage."""
+_OUTCOMES = {"OutOfMemory": "oom", "CallCancelled": "cancelled", "CallTimeout": "timeout"}
 
-    name: str = Field(description="service reference as called ('embed', 'team/embed'); resolved on write")
+
+class CallRecord(_Model):
+    """One call of a saved service, as recorded for lineage and usage.
+
+    ``service=`` and ``seconds=`` are accepted for ``name`` / ``duration_s``; an exception type name given as
+    ``outcome`` becomes ``error_type`` with outcome ``error`` (``oom`` / ``cancelled`` / ``timeout`` when it says so).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(
+        validation_alias=AliasChoices("name", "service"),
+        description="service reference as called ('embed', 'team/embed'); resolved to 'ns/name' on write",
+    )
     version: int | None = Field(None, description="the version that served the call")
     call_id: str
+    method: str | None = Field(None, description="method of a module/instance service")
     caller: str | None = Field(None, description="user who called; filled from the identity when None")
     run_id: str | None = Field(None, description="orchestrator run id (Airflow/Prefect/Dagster) when present")
-    duration_s: float = Field(0.0, ge=0)
+    duration_s: float = Field(0.0, ge=0, validation_alias=AliasChoices("duration_s", "seconds"))
     outcome: Literal["ok", "error", "cancelled", "oom", "timeout"] = "ok"
     error_type: str | None = Field(None, description="exception type name when outcome is not ok")
     instance_type: str | None = None
     started_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _outcome_from_exception_name(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            outcome = data.get("outcome")
+            if isinstance(outcome, str) and outcome not in ("ok", "error", "cancelled", "oom", "timeout"):
+                data = {**data, "outcome": _OUTCOMES.get(outcome, "error")}
+                data.setdefault("error_type", outcome)
+        return data
 
 
 class UsageRow(_Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import urllib.error
 import urllib.parse
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
+
 from tether.errors import AuthError, TetherError, error_from_wire
 from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref
@@ -84,7 +86,7 @@ class RemoteBackend:
         selector = str(ref.version) if ref.version is not None else ref.tag or "latest"
         return Version.model_validate(self._request("GET", self._path(ref, "versions", selector)))
 
-    def history(self, ref: Ref) -> list[Version]:
+    def history(self, ref: Ref) -> builtins.list[Version]:
         return _VERSIONS.validate_python(self._request("GET", self._path(ref, "versions")))
 
     def rollback(self, ref: Ref, version: int, *, by: str) -> Version:
@@ -101,20 +103,20 @@ class RemoteBackend:
         body = {"principal": to, "access_level": level}
         return Grant.model_validate(self._request("POST", self._path(ref, "grants"), body))
 
-    def grants(self, ref: Ref) -> list[Grant]:
+    def grants(self, ref: Ref) -> builtins.list[Grant]:
         return _GRANTS.validate_python(self._request("GET", self._path(ref, "grants")))
 
-    def record_calls(self, records: list[CallRecord]) -> int:
+    def record_calls(self, records: builtins.list[CallRecord]) -> int:
         body = {"records": [r.model_dump(mode="json") for r in records]}
         return int(self._request("POST", "/v1/calls", body)["stored"])
 
-    def usage(self, ref: Ref) -> list[UsageRow]:
+    def usage(self, ref: Ref) -> builtins.list[UsageRow]:
         return _USAGE.validate_python(self._request("GET", self._path(ref, "usage")))
 
-    def calls(self, ref: Ref, *, limit: int = 100) -> list[CallRecord]:
+    def calls(self, ref: Ref, *, limit: int = 100) -> builtins.list[CallRecord]:
         return _CALLS.validate_python(self._request("GET", self._path(ref, "calls"), query={"limit": limit}))
 
-    def list(self, namespace: str | None = None) -> list[ServiceEntry]:
+    def list(self, namespace: str | None = None) -> builtins.list[ServiceEntry]:
         query = {"namespace": namespace} if namespace else None
         return _ENTRIES.validate_python(self._request("GET", "/v1/services", query=query))
 

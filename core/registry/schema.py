@@ -99,6 +99,7 @@ calls = Table(
     Column("service", String(257), nullable=False),
     Column("version", Integer),
     Column("call_id", String(256), nullable=False),
+    Column("method", String(128)),
     Column("caller", String(256), nullable=False),
     Column("run_id", String(512)),
     Column("duration_s", Float, nullable=False),

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
+
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
 from tether.registry.models import AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, parse_ref

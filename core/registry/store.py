@@ -8,6 +8,7 @@ Methods take ``principal``: ``None`` means trusted (the local file), a name mean
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import secrets
@@ -15,22 +16,25 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, case, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
-from tether.errors import AuthError, ConfigError, NotFound
+
+from tether.errors import ConfigError, NotFound
 from tether.registry import configs, schema
+from tether.registry.access import effective_level, require
 from tether.registry.models import (
     ACCESS_LEVELS,
+    AccessLevel,
     CallRecord,
     Grant,
     ServiceEntry,
     UsageRow,
     Version,
-    level_at_least,
 )
 from tether.registry.names import Ref, not_found, validate_tag
 
@@ -55,8 +59,8 @@ def database_url(url_or_path: str | Path) -> str:
     return text
 
 
-def _ts(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
+def _ts(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
 
 
 def hash_token(token: str) -> str:
@@ -105,40 +109,12 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    # ---------------------------------------------------------------- access
-    def _teams(self, conn: Connection, principal: str) -> set[str]:
-        rows = conn.execute(select(schema.members.c.team).where(schema.members.c.principal == principal))
-        return {r.team for r in rows}
-
-    def _level(self, conn: Connection, principal: str | None, namespace: str, name: str) -> str | None:
-        """Effective access of ``principal`` on ``namespace/name``: own or team namespace = owner, else grants."""
-        if principal is None:
-            return "owner"
-        ids = {principal} | self._teams(conn, principal)
-        if namespace in ids:
-            return "owner"
-        g = schema.grants.c
-        rows = conn.execute(
-            select(g.level).where(g.namespace == namespace, g.name.in_([name, "*"]), g.principal.in_(ids))
-        )
-        levels = [r.level for r in rows]
-        return max(levels, key=ACCESS_LEVELS.index) if levels else None
-
-    def _require(self, conn: Connection, principal: str | None, ref: Ref, need: str) -> None:
-        have = self._level(conn, principal, ref.namespace, ref.name)
-        if not level_at_least(have, need):
-            raise AuthError(
-                f"{principal!r} lacks {need!r} access to {ref.full!r}" + (f" (has {have!r})" if have else ""),
-                hint=f"ask an owner of {ref.full!r} to run: share({ref.full!r}, {principal!r}, {need!r})",
-                details={"name": ref.full, "principal": principal, "needed": need, "has": have},
-            )
-
-    def _readable_names(self, conn: Connection, principal: str | None) -> list[str]:
+    def _readable_names(self, conn: Connection, principal: str | None) -> builtins.list[str]:
         s = schema.services.c
         names = [f"{r.namespace}/{r.name}" for r in conn.execute(select(s.namespace, s.name))]
         if principal is None:
             return names
-        return [n for n in names if self._level(conn, principal, *n.split("/", 1)) is not None]
+        return [n for n in names if effective_level(conn, principal, *n.split("/", 1)) is not None]
 
     def _service(
         self, conn: Connection, ref: Ref, principal: str | None, need: str, lock: bool = False
@@ -147,7 +123,7 @@ class Store:
         s = schema.services.c
         query = select(schema.services).where(s.namespace == ref.namespace, s.name == ref.name)
         row = conn.execute(query.with_for_update() if lock else query).first()
-        self._require(conn, principal, ref, need if row is not None else "read")
+        require(conn, principal, ref, need if row is not None else "read")
         if row is None:
             raise not_found("registry entry", ref.full, self._readable_names(conn, principal))
         return row
@@ -230,7 +206,7 @@ class Store:
         with self.engine.begin() as conn:
             query = select(schema.services).where(s.namespace == ref.namespace, s.name == ref.name)
             svc = conn.execute(query.with_for_update()).first()
-            self._require(conn, principal, ref, "write")
+            require(conn, principal, ref, "write")
             if svc is None:
                 conn.execute(
                     schema.services.insert().values(
@@ -268,7 +244,7 @@ class Store:
                 return self._version(conn, svc, number)
             return self._version(conn, svc, self._latest_number(conn, svc.id))
 
-    def history(self, ref: Ref, *, principal: str | None = None) -> list[Version]:
+    def history(self, ref: Ref, *, principal: str | None = None) -> builtins.list[Version]:
         """Every version of ``ref``, oldest first."""
         with self.engine.begin() as conn:
             svc = self._service(conn, ref, principal, "read")
@@ -306,7 +282,9 @@ class Store:
             )
             return self._version(conn, svc, version)
 
-    def list(self, namespace: str | None = None, *, principal: str | None = None) -> list[ServiceEntry]:
+    def list(
+        self, namespace: str | None = None, *, principal: str | None = None
+    ) -> builtins.list[ServiceEntry]:
         """Names the principal can read (optionally in one namespace), with their latest version and tags."""
         s, v, t = schema.services.c, schema.versions.c, schema.tags.c
         with self.engine.begin() as conn:
@@ -318,7 +296,7 @@ class Store:
                 query = query.where(s.namespace == namespace)
             out = []
             for r in conn.execute(query.order_by(s.namespace, s.name)):
-                if principal is not None and self._level(conn, principal, r.namespace, r.name) is None:
+                if principal is not None and effective_level(conn, principal, r.namespace, r.name) is None:
                     continue
                 last = conn.execute(
                     select(v.saved_at, v.saved_by).where(v.service_id == r.id, v.version == r.latest)
@@ -353,7 +331,7 @@ class Store:
             raise ConfigError("share needs a principal (a user or team name)", details={"field": "principal"})
         with self.engine.begin() as conn:
             if ref.name == "*":
-                self._require(conn, principal, ref, "owner")
+                require(conn, principal, ref, "owner")
             else:
                 self._service(conn, ref, principal, "owner")
             g = schema.grants.c
@@ -373,9 +351,15 @@ class Store:
                     granted_at=now,
                 )
             )
-            return Grant(name=ref.full, principal=to, access_level=level, granted_by=by, granted_at=_ts(now))
+            return Grant(
+                name=ref.full,
+                principal=to,
+                access_level=cast(AccessLevel, level),
+                granted_by=by,
+                granted_at=_ts(now),
+            )
 
-    def grants(self, ref: Ref, *, principal: str | None = None) -> list[Grant]:
+    def grants(self, ref: Ref, *, principal: str | None = None) -> builtins.list[Grant]:
         """Grants on ``ref`` and on its namespace."""
         g = schema.grants.c
         with self.engine.begin() as conn:
@@ -387,7 +371,7 @@ class Store:
                 Grant(
                     name=f"{r.namespace}/{r.name}",
                     principal=r.principal,
-                    access_level=r.level,
+                    access_level=cast(AccessLevel, r.level),
                     granted_by=r.granted_by,
                     granted_at=_ts(r.granted_at),
                 )
@@ -433,12 +417,13 @@ class Store:
             for rec in records:
                 ns, _, name = rec.name.partition("/")
                 if principal is not None:
-                    self._require(conn, principal, Ref(ns, name), "read")
+                    require(conn, principal, Ref(ns, name), "read")
                 rows.append(
                     dict(
                         service=rec.name,
                         version=rec.version,
                         call_id=rec.call_id,
+                        method=rec.method,
                         caller=(rec.caller if principal is None else principal) or "unknown",
                         run_id=rec.run_id,
                         duration_s=rec.duration_s,
@@ -450,15 +435,12 @@ class Store:
                 )
             return self._insert_ignoring_duplicates(conn, rows)
 
-    def _insert_ignoring_duplicates(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+    def _insert_ignoring_duplicates(self, conn: Connection, rows: builtins.list[dict[str, Any]]) -> int:
+        insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
         stmt = insert(schema.calls).values(rows).on_conflict_do_nothing(index_elements=["service", "call_id"])
         return conn.execute(stmt).rowcount
 
-    def usage(self, ref: Ref, *, principal: str | None = None) -> list[UsageRow]:
+    def usage(self, ref: Ref, *, principal: str | None = None) -> builtins.list[UsageRow]:
         """Calls of ``ref`` aggregated per (caller, version): counts, errors, durations, last call, runs."""
         c = schema.calls.c
         with self.engine.begin() as conn:
@@ -488,13 +470,13 @@ class Store:
                     total_s=float(r.total or 0),
                     mean_s=float(r.total or 0) / r.calls,
                     max_s=float(r.max or 0),
-                    last_at=_ts(r.last),
+                    last_at=_ts(r.last) if r.last is not None else None,
                     run_ids=r.runs,
                 )
                 for r in conn.execute(query)
             ]
 
-    def calls(self, ref: Ref, *, principal: str | None = None, limit: int = 100) -> list[CallRecord]:
+    def calls(self, ref: Ref, *, principal: str | None = None, limit: int = 100) -> builtins.list[CallRecord]:
         """The most recent call records of ``ref``, newest first."""
         c = schema.calls.c
         with self.engine.begin() as conn:
@@ -507,6 +489,7 @@ class Store:
                     name=r.service,
                     version=r.version,
                     call_id=r.call_id,
+                    method=r.method,
                     caller=r.caller,
                     run_id=r.run_id,
                     duration_s=r.duration_s,

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from tenacity import Retrying, stop_after_attempt, wait_random_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
 from tether.errors import TetherError
 from tether.registry.models import CallRecord
 
@@ -97,7 +98,7 @@ class CallWriter:
         with self._cond:
             if not self._queue and not self._closed:
                 self._cond.wait(self._interval)
-            batch = []
+            batch: list[CallRecord] = []
             while self._queue and len(batch) < self._batch_size:
                 batch.append(self._queue.popleft())
             return batch
@@ -111,6 +112,7 @@ class CallWriter:
                 continue
             try:
                 for attempt in Retrying(
+                    retry=retry_if_exception(_worth_retrying),
                     stop=stop_after_attempt(5),
                     wait=wait_random_exponential(multiplier=0.05, max=1),
                     reraise=True,
