@@ -17,6 +17,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_none
 from tenacity.stop import stop_base
+
 from tether.errors import ConfigError, OutOfMemory, RemoteError
 from tether.oom import classify_exception
 from tether.specs import parse_bytes

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
+
 from tether.specs import ClusterSpec
 
 __all__ = ["Backend", "ClusterHandle", "ClusterStatus"]

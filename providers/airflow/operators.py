@@ -129,7 +129,6 @@ class RunhouseOperator(BaseOperator):
         trigger = TetherCallTrigger(
             call_id=call_id,
             cluster=cluster_config(service.cluster),
-            tether_conn_id=self.tether_conn_id,
             poll_interval=self.poll_interval,
         )
         self.log.info("tether: call %s started; deferring to the triggerer", call_id)

@@ -18,9 +18,9 @@ __all__ = ["TetherCallTrigger", "format_log_event"]
 class TetherCallTrigger(BaseTrigger):
     """Polls the daemon for one call id until it finishes; fires ``{"status", "call_id", "state", "error"}``.
 
-    Everything it needs is in :meth:`serialize` (call id, cluster config, connection id, how many log lines
-    the task already showed), so a restarted triggerer picks the call up where the daemon has it. The token
-    is not carried: it is re-read from the Airflow connection.
+    Everything it needs is in :meth:`serialize` (call id, the cluster's config, how many log lines it already
+    showed), so a trigger rebuilt by a restarted triggerer picks the call up where the daemon has it. No
+    secret is carried: the daemon's token is found from the cluster's local state, as for any tether client.
     """
 
     def __init__(
@@ -28,14 +28,12 @@ class TetherCallTrigger(BaseTrigger):
         *,
         call_id: str,
         cluster: dict[str, Any] | None = None,
-        tether_conn_id: str = "tether_default",
         poll_interval: float = 2.0,
         logs_seen: int = 0,
     ) -> None:
         super().__init__()
         self.call_id = call_id
         self.cluster = cluster
-        self.tether_conn_id = tether_conn_id
         self.poll_interval = poll_interval
         self.logs_seen = logs_seen
 
@@ -45,22 +43,17 @@ class TetherCallTrigger(BaseTrigger):
             {
                 "call_id": self.call_id,
                 "cluster": self.cluster,
-                "tether_conn_id": self.tether_conn_id,
                 "poll_interval": self.poll_interval,
                 "logs_seen": self.logs_seen,
             },
         )
 
     async def _handle(self) -> Any:
-        from tether.providers.airflow.hook import TetherConnection, TetherHook, make_cluster
+        """A handle on the call (finding the cluster reads local state files: done off the event loop)."""
+        from tether.providers.airflow.hook import TetherConnection, make_cluster
 
         def connect() -> Any:
-            try:
-                conn = TetherHook(self.tether_conn_id).get_conn()
-            except Exception:  # noqa: BLE001 - no Airflow connection: the call's cluster config still says where
-                conn = TetherConnection()
-            cluster = make_cluster(self.cluster, conn)
-            return tether.call(self.call_id, cluster, on_log=None)
+            return tether.call(self.call_id, make_cluster(self.cluster, TetherConnection()), on_log=None)
 
         return await asyncio.to_thread(connect)
 

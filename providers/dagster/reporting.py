@@ -7,19 +7,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+
 from tether.runs import RunResult, call_id_for
 
-__all__ = ["METADATA_PREFIX", "StepIdentity", "TetherRun", "call_metadata", "remote_logger", "step_identity"]
+__all__ = [
+    "METADATA_PREFIX",
+    "StepIdentity",
+    "TetherRun",
+    "call_metadata",
+    "op_context",
+    "remote_logger",
+    "step_identity",
+]
 
 #: every metadata key tether attaches starts with this, like Dagster's own ``dagster/...`` keys.
 METADATA_PREFIX = "tether/"
 
-AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext
+AnyContext = dg.AssetExecutionContext | dg.OpExecutionContext | dg.AssetCheckExecutionContext
+
+
+def op_context(context: AnyContext) -> dg.OpExecutionContext:
+    """The op-level context every step has (assets and asset checks wrap one)."""
+    return context if isinstance(context, dg.OpExecutionContext) else context.op_execution_context
 
 
 @dataclass(frozen=True)
 class StepIdentity:
-    """What names one step of one run: a retry of the step (same run) has the same identity."""
+    """What names one step of one run; a retry of the step differs only in ``attempt``."""
 
     run_id: str
     step_key: str
@@ -33,6 +47,7 @@ class StepIdentity:
 
 def step_identity(context: AnyContext) -> StepIdentity:
     """The (run, step, partition) of the step ``context`` belongs to; the step key includes a dynamic mapping key."""
+    context = op_context(context)
     step_key = context.get_step_execution_context().step.key
     partition = ""
     if context.has_partition_key:

@@ -12,14 +12,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import dagster as dg
+from pydantic import Field, PrivateAttr
+
 import tether
 import tether.runs
-from pydantic import Field, PrivateAttr
-from tether.compute import ClusterHandle
 from tether.errors import CallTimeout, ConfigError
-from tether.specs import ClusterSpec
 
-from .reporting import AnyContext, StepIdentity, TetherRun, call_metadata, remote_logger, step_identity
+from .endpoint import EndpointCluster
+from .reporting import (
+    AnyContext,
+    StepIdentity,
+    TetherRun,
+    call_metadata,
+    op_context,
+    remote_logger,
+    step_identity,
+)
 
 __all__ = ["CleanupPolicy", "TetherResource"]
 
@@ -29,8 +37,8 @@ CleanupPolicy = Literal["never", "always", "on_exception"]
 class TetherResource(dg.ConfigurableResource):
     """Calls tether services (saved names, deployed functions or ``"pkg.mod:fn"`` import paths) from a step.
 
-    ``tether.call(context, "embed", text)`` returns the value; ``tether.run(...)`` returns a :class:`TetherRun`
-    whose ``get_materialize_result()`` carries the call metadata.
+    With a parameter ``tether: TetherResource``, ``tether.call(context, "embed", text)`` returns the value;
+    ``tether.run(...)`` returns a :class:`TetherRun` whose ``get_materialize_result()`` carries the call metadata.
     """
 
     cluster_name: str | None = Field(
@@ -58,7 +66,8 @@ class TetherResource(dg.ConfigurableResource):
     cleanup: CleanupPolicy = Field(
         default="never",
         description="What to do with a cluster this resource brought up: 'never' tear it down, 'always' at the "
-        "end of execution, or only 'on_exception' (a call or a step of the run failed or was interrupted).",
+        "end of execution (the run in-process; each step's process with the multiprocess executor), or only "
+        "'on_exception' (a call or a step of the run failed or was interrupted).",
     )
 
     _cluster: Any = PrivateAttr(default=None)
@@ -111,13 +120,15 @@ class TetherResource(dg.ConfigurableResource):
         """Call ``target`` remotely as part of this step.
 
         The call id is derived from (run, step, partition, target, n-th call of the step), so a retry of the step
-        re-attaches to the call instead of running it again. An interrupt (run terminated) cancels the call.
+        re-attaches to the call instead of running it again (a call that failed is run again). An interrupt (run
+        terminated) cancels the call.
         """
         label = _target_label(target)
         identity = step_identity(context)
+        cluster = None if _brings_its_own_cluster(target) else self._ensure_cluster(context)
+        service = tether.runs.resolve_target(target, cluster)
         if call_id is None:
-            call_id = self._next_call_id(identity, label)
-        service = tether.runs.resolve_target(target, self._ensure_cluster(context))
+            call_id = _live_call_id(self._next_call_id(identity, label), service.cluster, identity.attempt)
         policy = self._escalation(escalation)
         context.log.info(f"tether: calling {label} (call id {call_id})")
         try:
@@ -161,7 +172,7 @@ class TetherResource(dg.ConfigurableResource):
             if self._cluster is not None:
                 return self._cluster
             if self.endpoint is not None:
-                self._cluster = _attach_endpoint(self.endpoint, self.token, self.cluster_name)
+                self._cluster = EndpointCluster(self.endpoint, self.token, self.cluster_name)
                 return self._cluster
             if self.cluster_name is None and self.cluster_spec is None:
                 return None
@@ -209,9 +220,36 @@ def _target_label(target: Any) -> str:
     return type(target).__name__
 
 
+def _live_call_id(base: str, cluster: Any, attempt: int) -> str:
+    """The id a step's ``attempt`` uses: the first attempt's, unless that call failed or was cancelled.
+
+    A retry re-attaches to a running or finished call (the remote work runs once), but a call that ended in an
+    error gets a successor ``<base>-r<n>`` so a retry can succeed. Shim: belongs in ``tether.runs`` for all providers.
+    """
+    call_id = base
+    for n in range(1, attempt + 1):
+        try:
+            state = tether.call(call_id, cluster, on_log=None).status()["state"]
+        except tether.NotFound:
+            return call_id
+        if state not in ("failed", "cancelled"):
+            return call_id
+        call_id = f"{base}-r{n}"
+    return call_id
+
+
+def _brings_its_own_cluster(target: Any) -> bool:
+    """A saved name or an already deployed service runs where it lives; only other targets need our cluster."""
+    if isinstance(target, str):
+        return ":" not in target
+    return getattr(target, "spec", None) is not None
+
+
 def _attach(context: AnyContext, metadata: Mapping[str, dg.MetadataValue], output_name: str | None) -> None:
+    if isinstance(context, dg.AssetCheckExecutionContext):
+        return  # a check reports through its AssetCheckResult(metadata=run.metadata)
     try:
-        context.add_output_metadata(dict(metadata), output_name=output_name)
+        op_context(context).add_output_metadata(dict(metadata), output_name=output_name)
     except dg.DagsterInvariantViolationError as exc:  # several outputs and no output_name: say so, keep going
         context.log.warning(
             f"tether: call metadata not attached ({exc}); pass output_name= or use run().metadata"
@@ -226,13 +264,3 @@ def _run_has_failures(context: dg.InitResourceContext) -> bool:
         context.run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1
     ).records
     return bool(records)
-
-
-def _attach_endpoint(endpoint: str, token: str | None, name: str | None) -> tether.Cluster:
-    """A cluster object for a daemon that is already running at ``endpoint`` (never brought up or down here).
-
-    Shim: core has no public constructor for "a daemon at this URL" yet, so this sets the connection directly.
-    """
-    cluster = tether.Cluster(ClusterSpec(name=name or "dagster-endpoint"))
-    cluster._handle = ClusterHandle(endpoint=endpoint.rstrip("/"), token=token)
-    return cluster

@@ -28,12 +28,14 @@ class TetherCluster(Block):
 from prefect import flow
 from tether.providers.prefect import TetherCluster, tether_task
 
-@tether_task(service="embed", retries=2)
+TetherCluster(endpoint="https://10.0.0.5:32300", token="...").save("BLOCK_NAME")
+
+@tether_task(service="embed", cluster="BLOCK_NAME", retries=2)  # the block is loaded when the task runs
 def embed(text: str) -> list[float]: ...
 
 @flow
 def pipeline(text: str) -> list[float]:
-    return embed(text, cluster=TetherCluster.load("BLOCK_NAME"))
+    return embed(text)
 """
 
     endpoint: str | None = Field(

@@ -111,14 +111,14 @@ def run_remote_result(
     if identity is not None:
         identity.settle(None)
     logger.info(
-        "tether: %s done: service %s v%s on %s, %.2f s, %d attempt(s), call id %s",
+        "tether: %s done: service %s v%s on %s in %.2f s, call id %s%s",
         label,
         result.service,
         result.version,
         result.instance_type,
         result.seconds,
-        result.attempts,
         result.call_id,
+        _describe_attempts(result.attempts),
     )
     return result
 
@@ -173,6 +173,13 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 
 def _emit(logger: logging.Logger | logging.LoggerAdapter[logging.Logger], label: str, line: str) -> None:
     logger.info("[%s] %s", label, line.rstrip("\n"))
+
+
+def _describe_attempts(attempts: Sequence[Any]) -> str:
+    """``"; attempts: local:256MB OutOfMemory, local:1GB ok"`` when the call was escalated, else ``""``."""
+    if len(attempts) < 2:
+        return ""
+    return "; attempts: " + ", ".join(f"{a.instance_type} {a.outcome}" for a in attempts)
 
 
 def _label(target: Any) -> str:

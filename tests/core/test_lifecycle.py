@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 import pytest
-import tether
 
+import tether
 from tests.core import services as svc
 
 

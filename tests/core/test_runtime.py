@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import requests
-import tether
 
+import tether
 from tests.core import services as svc
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
+
 import tether
 from tether import catalog
 from tether.errors import ConfigError, OutOfMemory, RemoteError, WorkerDied

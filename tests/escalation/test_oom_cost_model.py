@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tether.escalation import Escalation
 
 from bench.oom_cost import Job, make_jobs, simulate
+from tether.escalation import Escalation
 
 LADDER = [("T4:1", 16.0, 0.5), ("A6000:1", 48.0, 1.0), ("H100:1", 80.0, 3.0)]
 

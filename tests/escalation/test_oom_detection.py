@@ -6,6 +6,7 @@ import errno
 import pickle
 
 import pytest
+
 import tether.errors as errors
 from tether.oom import classify_exception, matches_oom_text
 

@@ -9,10 +9,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-import tether
-from tether.escalation import Escalation, run_with_escalation
 
+import tether
 from tests.escalation import oom_jobs
+from tether.escalation import Escalation, run_with_escalation
 
 LADDER = ["local:256MB", "local:1GB", "local:4GB"]
 

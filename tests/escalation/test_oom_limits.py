@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from tether.errors import ConfigError, OutOfMemory, WorkerDied
 from tether.oom import _memory_cgroup_dir, apply_memory_limit, baseline_evidence, classify_exit, exit_evidence
 
