@@ -35,6 +35,7 @@ _current: contextvars.ContextVar[_CallCtx | None] = contextvars.ContextVar("teth
 class _CallCtx:
     tag: int
     worker: Worker
+    name: str = ""
     buffers: dict[str, str] = field(default_factory=dict)
     thread_id: int | None = None
 
@@ -106,6 +107,7 @@ class Worker:
         self.objects: dict[str, Any] = {}
         self.specs: dict[str, dict[str, Any]] = {}
         self.root_hashes: dict[str, str] = {}
+        self.locks: dict[str, threading.Lock] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.ctxs: dict[int, _CallCtx] = {}
         self._loop_thread = threading.get_ident()
@@ -171,6 +173,8 @@ class Worker:
             obj = cls(*args, **kwargs)
         self.objects[spec["name"]] = obj
         self.specs[spec["name"]] = spec
+        if spec["kind"] == "instance":
+            self.locks[spec["name"]] = threading.Lock()
         return {"name": spec["name"], "methods": _describe(obj)}, b""
 
     def _import(self, code: dict[str, Any]) -> Any:
@@ -220,7 +224,7 @@ class Worker:
             task.cancel()
 
     async def _call(self, tag: int, meta: dict[str, Any], body: bytes) -> None:
-        ctx = _CallCtx(tag, self)
+        ctx = _CallCtx(tag, self, meta.get("name", ""))
         self.ctxs[tag] = ctx
         _current.set(ctx)
         json_mode = meta.get("mode") == "json"
@@ -255,10 +259,16 @@ class Worker:
                 self.send(p.ITEM, ctx.tag, None, _encode_result(item, json_mode))
             return None
 
+        lock = self.locks.get(ctx.name)
+
         def run() -> Any:
             ctx.thread_id = threading.get_ident()
             try:
-                out = target(*args, **kwargs)
+                if lock is not None:  # a stateful instance runs one sync method at a time, like an actor
+                    with lock:
+                        out = target(*args, **kwargs)
+                else:
+                    out = target(*args, **kwargs)
                 if inspect.isgenerator(out):
                     for item in out:
                         self.send_threadsafe(p.ITEM, ctx.tag, None, _encode_result(item, json_mode))

@@ -98,18 +98,21 @@ def test_print_and_logging_stream_back_without_mixing(local_cluster, capsys, cap
     out = capsys.readouterr().out
     assert "solo 0\nsolo 1\n" in out
     assert [r.getMessage() for r in caplog.records if r.name == "tests.services"] == ["logged solo 0", "logged solo 1"]
-    seen: dict[str, list[str]] = {"a": [], "b": []}
-
     def run(tag):
         shout.call((tag, 5), on_log=lambda e: seen[tag].append(e.get("text") or e.get("msg")))
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in "ab"]
+    tags = [f"caller{i}" for i in range(8)]
+    seen = {tag: [] for tag in tags}
+    threads = [threading.Thread(target=run, args=(t,)) for t in tags]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(20)
-    for tag in "ab":
-        assert seen[tag] and all(tag in line for line in seen[tag])
+        t.join(30)
+    for tag in tags:  # complete, in order, and only this caller's lines
+        printed = [line for line in seen[tag] if line.endswith("\n")]
+        logged = [line for line in seen[tag] if not line.endswith("\n")]
+        assert printed == [f"{tag} {i}\n" for i in range(5)]
+        assert logged == [f"logged {tag} {i}" for i in range(5)]
 
 
 def test_exceptions_keep_type_and_remote_traceback(local_cluster):
@@ -260,3 +263,56 @@ def test_openapi_document_lists_routes(local_cluster):
     assert doc["openapi"].startswith("3.")
     for path in ("/deploy", "/{name}/call", "/calls/{call_id}/cancel", "/objects/{key}", "/envs/{env}"):
         assert path in doc["paths"]
+
+
+def test_object_store_across_envs_and_env_var_isolation(local_cluster):
+    a = tether.env(name="iso_a", env_vars={"ISO": "a"})
+    b = tether.env(name="iso_b", env_vars={"ISO": "b"})
+    fa = tether.function(svc.env_var).to(local_cluster, env=a, name="env_var_a")
+    fb = tether.function(svc.env_var).to(local_cluster, env=b, name="env_var_b")
+    fd = tether.function(svc.env_var).to(local_cluster, name="env_var_default")
+    assert (fa("ISO"), fb("ISO"), fd("ISO")) == ("a", "b", None)
+    local_cluster.put("in_a", "A", env="iso_a")
+    local_cluster.put("in_b", {"b": 2}, env="iso_b")
+    assert local_cluster.get("in_a") == "A" and local_cluster.get("in_b") == {"b": 2}
+    assert {"in_a", "in_b"} <= set(local_cluster.keys())
+
+
+def test_worker_sigkilled_mid_call(local_cluster, tmp_path):
+    import os
+    import signal
+
+    env = tether.env(name="victim")
+    sleeper = tether.function(svc.sleep_then).to(local_cluster, env=env, name="victim_sleep")
+    marker = tmp_path / "started"
+    h = sleeper.spawn(60, str(marker))
+    deadline = time.time() + 20
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    pid = next(w["pid"] for w in local_cluster.daemon_status()["workers"] if w["env"] == "victim")
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises((tether.WorkerDied, tether.OutOfMemory)) as info:
+        h.result(timeout=30)
+    assert info.value.retryable
+    assert local_cluster.daemon_status()["pid"]  # the daemon survived
+    assert sleeper(0.01) == 0.01  # the env restarted and the service was restored
+
+
+def test_32_threads_on_one_stateful_object(local_cluster):
+    ctr = tether.module(svc.Counter).to(local_cluster)(name="shared_ctr")
+    errors = []
+
+    def hammer():
+        try:
+            for _ in range(25):
+                ctr.incr()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert ctr.remote.n == 32 * 25
