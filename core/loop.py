@@ -9,6 +9,8 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from tether.client import close_all
+
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -38,17 +40,52 @@ def background_loop() -> asyncio.AbstractEventLoop:
 
 
 def _shutdown(loop: asyncio.AbstractEventLoop) -> None:
-    from tether.client import close_all
-
     with contextlib.suppress(Exception):  # best effort at exit
         asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=2)
     loop.call_soon_threadsafe(loop.stop)
 
 
+class _ThreadLoop:
+    """A private event loop for one calling thread; its connections close when the thread's locals go."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            if not self.loop.is_closed():
+                self.loop.run_until_complete(close_all())
+                self.loop.close()
+
+
+_local = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop | None:
+    """This thread's private loop, or None when a loop already runs here (a notebook, an async app)."""
+    try:
+        asyncio.get_running_loop()
+        return None
+    except RuntimeError:
+        pass
+    holder = getattr(_local, "holder", None)
+    if holder is None or holder.loop.is_closed():
+        holder = _local.holder = _ThreadLoop()
+        if threading.current_thread() is threading.main_thread():
+            atexit.register(holder.__del__)
+    return holder.loop
+
+
 def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-    """Run ``coro`` on the background loop and wait for it (never call from that loop itself)."""
-    loop = background_loop()
-    fut = asyncio.run_coroutine_threadsafe(coro, loop)
+    """Run ``coro`` to completion for a sync caller.
+
+    On this thread's private loop when no loop runs here (no thread hand-off: the fast path), else on the
+    background loop. Never call it from inside the background loop itself.
+    """
+    loop = _thread_loop()
+    if loop is not None:
+        return loop.run_until_complete(asyncio.wait_for(coro, timeout) if timeout else coro)
+    fut = asyncio.run_coroutine_threadsafe(coro, background_loop())
     try:
         return fut.result(timeout)
     except BaseException:

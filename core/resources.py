@@ -65,17 +65,8 @@ def record_call(service: Any, *, call_id: str, method: str | None, seconds: floa
         return
     handle = service.cluster._handle if service.cluster is not None else None
     record = CallRecord(
-        service=service.name, version=service.spec.version, call_id=call_id, seconds=seconds, outcome=outcome,
-        caller=os.environ.get("TETHER_USER") or _user(), run_id=os.environ.get("TETHER_RUN_ID"),
+        service=service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
+        outcome=outcome, run_id=service.caller or os.environ.get("TETHER_RUN_ID"),
         instance_type=getattr(handle, "instance_type", None),
     )
     _registry().record_call(record)
-
-
-def _user() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001
-        return "unknown"
