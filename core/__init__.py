@@ -32,7 +32,7 @@ from tether.errors import (
 )
 
 if TYPE_CHECKING:
-    from tether import registry
+    from tether import registry, runs
     from tether.calls import CallHandle, call
     from tether.clusters import Cluster, cluster
     from tether.envs import Env, env
@@ -72,6 +72,7 @@ __all__ = [
     "load",
     "module",
     "registry",
+    "runs",
 ]
 
 _LAZY = {
@@ -90,8 +91,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name == "registry":
-        return importlib.import_module("tether.registry")
+    if name in ("registry", "runs", "catalog", "routing", "escalation", "oom"):
+        return importlib.import_module(f"tether.{name}")
     if name == "here":
         from tether.clusters import cluster
 

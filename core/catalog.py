@@ -2,7 +2,7 @@
 
 Read through SkyPilot's catalog API when ``sky`` imports; otherwise the same v8 CSVs are read directly
 from ``$TETHER_CATALOG_DIR`` or ``~/.sky/catalogs/v8`` (GCP GPUs are priced on their host VM the way
-SkyPilot does it, so both readers give the same rows).
+SkyPilot does it, so both readers give the same rows). ``TETHER_CATALOG_READER=csv`` forces the direct reader.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
 from tether.errors import ConfigError
 
 __all__ = ["CLOUDS", "Offering", "catalog_dir", "offerings", "source"]
@@ -126,10 +127,22 @@ def offerings(
 
 @lru_cache(maxsize=8)
 def _all_offerings(reader: str, clouds: tuple[str, ...], directory: str) -> tuple[Offering, ...]:
-    rows: list[Offering] = []
+    best: dict[tuple[Any, ...], Offering] = {}
     for cloud in clouds:
-        rows.extend(_sky_rows(cloud) if reader == "skypilot" else _csv_rows(cloud, Path(directory)))
-    return tuple(sorted(rows, key=_key))
+        for o in _sky_rows(cloud) if reader == "skypilot" else _csv_rows(cloud, Path(directory)):
+            # one row per (type, region): the cheapest zone, as SkyPilot lists it
+            key = (*_key(o), o.accelerator_count)
+            seen = best.get(key)
+            if seen is None:
+                best[key] = o
+            else:
+                seen.price = _min(seen.price, o.price)
+                seen.spot_price = _min(seen.spot_price, o.spot_price)
+    return tuple(sorted(best.values(), key=_key))
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _key(o: Offering) -> tuple[Any, ...]:
@@ -170,22 +183,18 @@ def _csv_rows(cloud: str, directory: Path) -> Iterator[Offering]:
             hint="install tether[sky], or copy SkyPilot's v8 catalog there (or set TETHER_CATALOG_DIR)",
         )
     with path.open(newline="") as f:
-        recs = [{k: (v if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)]
+        recs: list[dict[str, Any]] = [{k: (v or None) for k, v in r.items()} for r in csv.DictReader(f)]
     if cloud == "gcp":
         yield from _gcp_rows(recs)
         return
-    seen: set[tuple[str, str]] = set()
     for rec in recs:
         if rec["InstanceType"] is None:
             continue
         if rec["AcceleratorName"] is None:
             yield from _cpu_row(cloud, rec)
             continue
-        # SkyPilot keeps the cheapest zone per (instance type, region); the fixture has one zone per region.
-        key = (rec["InstanceType"], rec["Region"])
-        if key in seen or _num(rec["Price"]) is None:
+        if _num(rec["Price"]) is None:
             continue
-        seen.add(key)
         name = rec["AcceleratorName"]
         yield _offering(
             cloud, rec["Region"], rec["InstanceType"], name, _num(rec["AcceleratorCount"]),

@@ -181,7 +181,7 @@ def cluster(name: str | None = None, *, instance_type: str | None = None, provid
             host: str | list[str] | None = None, ssh_creds: dict[str, str] | None = None,
             autostop_mins: float | None = None, **kwargs: Any) -> Cluster:
     """Describe a cluster. No arguments: the embedded local daemon. ``tether.cluster(name="lab")`` alone loads a
-    saved cluster of that name when one exists."""
+    saved cluster of that name when one exists. ``endpoint=URL, token=...`` attaches to a daemon run elsewhere."""
     if name and instance_type is None and host is None and provider is None and not kwargs:
         from tether.resources import try_load
 

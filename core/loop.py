@@ -84,7 +84,15 @@ def run_sync(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     """
     loop = _thread_loop()
     if loop is not None:
-        return loop.run_until_complete(asyncio.wait_for(coro, timeout) if timeout else coro)
+        task = loop.create_task(asyncio.wait_for(coro, timeout) if timeout else coro)
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():  # interrupted (KeyboardInterrupt, a signal): stop waiting, leave nothing pending
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(task)
+            raise
     fut = asyncio.run_coroutine_threadsafe(coro, background_loop())
     try:
         return fut.result(timeout)

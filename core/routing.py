@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
 from tether import catalog
 from tether.catalog import Offering
 from tether.errors import AuthError, CapacityError, ClusterUnavailable, ConfigError, QuotaError
@@ -187,9 +188,9 @@ def parse_request(spec: ClusterSpec) -> Request:
 def plan(spec: ClusterSpec, *, policy: RoutingPolicy | None = None) -> Plan:
     """Rank every catalog offering that can serve ``spec``; explain each skipped one. Launches nothing."""
     pol = policy or RoutingPolicy.from_provider(spec.provider)
-    if spec.backend in ("local", "ssh"):
-        where = spec.host or ["127.0.0.1"]
-        cand = Candidate(cloud=spec.backend, region=where[0], instance_type=spec.instance_type or "host",
+    if spec.backend != "sky":  # local, ssh, endpoint: the machine is given, nothing to choose
+        where = spec.host or [getattr(spec, "endpoint", None) or "127.0.0.1"]
+        cand = Candidate(cloud=str(spec.backend), region=where[0], instance_type=spec.instance_type or "host",
                          price_per_hour=0.0, reason=f"{spec.backend} backend: runs on {', '.join(where)}")  # fmt: skip
         return Plan(request=spec.instance_type or spec.backend, policy=pol, candidates=[cand], chosen=cand)
     req = parse_request(spec)
@@ -259,8 +260,9 @@ def run_plan(
         return result
     the_plan.chosen = None
     tried = "; ".join(f"{a.candidate}: {a.outcome}" for a in the_plan.attempts) or "no candidates"
-    err_cls = AuthError if isinstance(last, AuthError) and len(bad_clouds) >= 1 and not _other_failures(the_plan) \
-        else ClusterUnavailable  # fmt: skip
+    # only auth failures: say so (fix credentials); otherwise the cluster is unavailable (retry, widen the search)
+    only_auth = bool(bad_clouds) and not _other_failures(the_plan)
+    err_cls: type[ClusterUnavailable] | type[AuthError] = AuthError if only_auth else ClusterUnavailable
     raise err_cls(
         f"no candidate for {the_plan.request} could be launched ({tried})",
         hint="allow more clouds/regions, try spot/on-demand, or retry later",

@@ -17,7 +17,7 @@ from typing import Any
 from tether.clusters import Cluster
 from tether.errors import ConfigError, TetherError
 
-__all__ = ["RunResult", "call_id_for", "cancel", "is_retryable", "resolve_target", "run_remote"]
+__all__ = ["RunResult", "call_id_for", "cancel", "is_retryable", "live_call_id", "resolve_target", "run_remote"]
 
 
 def call_id_for(*parts: Any) -> str:
@@ -85,10 +85,18 @@ def _cluster(cluster: Cluster | dict | str | None) -> Cluster:
 
 def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None, *, call_id: str,
                log: Callable[[str], None] | None = None, escalation: Any = None,
-               cluster: Cluster | dict | str | None = None, env: Any = None, run_id: str | None = None) -> RunResult:
-    """Run ``target`` remotely under ``call_id`` (same id again re-attaches); remote logs go to ``log``."""
+               cluster: Cluster | dict | str | None = None, env: Any = None, run_id: str | None = None,
+               retry_failed: bool = True) -> RunResult:
+    """Run ``target`` remotely under ``call_id``; remote logs go to ``log`` one line at a time.
+
+    The same ``call_id`` again re-attaches to the running or finished call (the work runs once). With
+    ``retry_failed`` a call under that id that failed or was cancelled is not re-attached: its successor id
+    ``<call_id>-r<n>`` runs it again, so an orchestrator retry can succeed. ``RunResult.call_id`` is the id used.
+    """
     svc = resolve_target(target, cluster, env=env)
     svc.caller = run_id
+    if retry_failed and svc.cluster is not None:
+        call_id = live_call_id(call_id, svc.cluster)
     sink = _line_sink(log) if log is not None else None
     started = time.perf_counter()
     if escalation is not None:
@@ -115,11 +123,38 @@ def _line_sink(log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
     return sink
 
 
-def cancel(call_id: str, cluster: Cluster | dict | str | None = None) -> None:
-    """Cancel a remote call by id (no error if it already finished)."""
+def live_call_id(call_id: str, cluster: Cluster, *, limit: int = 100) -> str:
+    """``call_id`` unless the call under it failed or was cancelled; then the first successor that did not."""
+    from tether.calls import CallHandle
+    from tether.errors import NotFound
+
+    c = cluster.up_if_not()
+    candidate = call_id
+    for n in range(1, limit + 1):
+        try:
+            state = CallHandle(c.client, candidate).status()["state"]
+        except NotFound:
+            return candidate
+        if state not in ("failed", "cancelled"):
+            return candidate
+        candidate = f"{call_id}-r{n}"
+    return candidate
+
+
+def cancel(call_id: str, cluster: Cluster | dict | str | None = None) -> list[str]:
+    """Cancel a remote call by id, with its running successors (``-r<n>`` retries, ``-oom<n>`` escalation rungs).
+
+    No error if nothing runs under it; returns the ids cancelled.
+    """
     from tether.calls import CallHandle
     from tether.errors import NotFound
 
     c = _cluster(cluster).connected()
-    with contextlib.suppress(NotFound):
-        CallHandle(c.client, call_id).cancel()
+    running = [r["call_id"] for r in c.daemon_status().get("running_calls", [])]
+    ids = [i for i in running if i == call_id or i.startswith(call_id + "-")] or [call_id]
+    done = []
+    for i in ids:
+        with contextlib.suppress(NotFound):
+            CallHandle(c.client, i).cancel()
+            done.append(i)
+    return done

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ServiceSpec", "build", "parse_bytes", "validate_name"]
 
@@ -78,7 +78,10 @@ class ClusterSpec(_Spec):
     """A cluster: the embedded local daemon, static SSH hosts, or a SkyPilot cluster on a cloud."""
 
     name: str = Field("local", description="cluster name, unique per user")
-    backend: Literal["local", "ssh", "sky"] | None = Field(None, description="derived from the other fields if None")
+    backend: Literal["local", "ssh", "sky", "endpoint"] | None = Field(
+        None, description="derived from the other fields if None")
+    endpoint: str | None = Field(None, description="URL of a daemon someone else runs (backend 'endpoint')")
+    token: SecretStr | None = Field(None, exclude=True, description="its bearer token; never saved in configs")
     instance_type: str | None = Field(None, description="'A10G:1', 'CPU:4+', 'g5.xlarge' or 'local:256MB'")
     provider: str | list[str] | None = Field(None, description="'cheapest', a cloud name, or an ordered list")
     host: list[str] | None = Field(None, description="static hosts for the ssh backend")
@@ -106,7 +109,9 @@ class ClusterSpec(_Spec):
     @model_validator(mode="after")
     def _derive_backend(self) -> ClusterSpec:
         if self.backend is None:
-            if self.host:
+            if self.endpoint:
+                self.backend = "endpoint"
+            elif self.host:
                 self.backend = "ssh"
             elif self.instance_type is None or self.instance_type.startswith("local"):
                 self.backend = "local"

@@ -22,9 +22,19 @@ from typing import Any, Literal
 
 from tether.errors import AuthError
 
-__all__ = ["AccessPolicy", "Grant", "TokenCheck", "add_grant", "authorize", "check_code_roots", "hash_token",
-           "is_loopback", "new_token",
-           "read_token_file", "required_access"]
+__all__ = [
+    "AccessPolicy",
+    "Grant",
+    "TokenCheck",
+    "add_grant",
+    "authorize",
+    "check_code_roots",
+    "hash_token",
+    "is_loopback",
+    "new_token",
+    "read_token_file",
+    "required_access",
+]
 
 Level = Literal["read", "write", "owner"]
 _RANK = {"read": 1, "write": 2, "owner": 3}
@@ -45,7 +55,7 @@ def read_token_file(path: Path) -> str:
     file then holds nothing that lets anyone in)."""
     text = path.read_text().strip()
     if text.startswith(HASH_PREFIX):
-        digest = text[len(HASH_PREFIX):].lower()
+        digest = text[len(HASH_PREFIX) :].lower()
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise SystemExit(f"{path}: not a sha256 hex digest after {HASH_PREFIX!r}")
         return digest
@@ -108,9 +118,15 @@ class AccessPolicy:
             return {}
         if mtime != self._mtime:
             data = json.loads(self.access_file.read_text() or "{}")
-            self._grants = {g["token_sha256"]: Grant(g["principal"], g["token_sha256"], dict(g.get("services", {})),
-                                                     bool(g.get("allow_pickle", False)))
-                            for g in data.get("grants", [])}
+            self._grants = {
+                g["token_sha256"]: Grant(
+                    g["principal"],
+                    g["token_sha256"],
+                    dict(g.get("services", {})),
+                    bool(g.get("allow_pickle", False)),
+                )
+                for g in data.get("grants", [])
+            }
             self._mtime = mtime
         return self._grants
 
@@ -118,7 +134,9 @@ class AccessPolicy:
 TokenCheck = AccessPolicy  # the name the daemon first used
 
 
-def add_grant(access_file: Path, principal: str, services: dict[str, Level], *, allow_pickle: bool = False) -> str:
+def add_grant(
+    access_file: Path, principal: str, services: dict[str, Level], *, allow_pickle: bool = False
+) -> str:
     """Create a token for ``principal`` with ``services`` levels; only its hash is written. Returns the token."""
     for level in services.values():
         if level not in _RANK:
@@ -126,8 +144,14 @@ def add_grant(access_file: Path, principal: str, services: dict[str, Level], *, 
     token = new_token()
     data: dict[str, Any] = json.loads(access_file.read_text() or "{}") if access_file.exists() else {}
     grants = [g for g in data.get("grants", []) if g.get("principal") != principal]
-    grants.append({"principal": principal, "token_sha256": hash_token(token), "services": services,
-                   "allow_pickle": allow_pickle})
+    grants.append(
+        {
+            "principal": principal,
+            "token_sha256": hash_token(token),
+            "services": services,
+            "allow_pickle": allow_pickle,
+        }
+    )
     access_file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=access_file.parent, prefix=".access.")
     with os.fdopen(fd, "w") as f:
@@ -167,7 +191,9 @@ def required_access(method: str, canonical: str | None) -> tuple[Level | None, s
     return _ROUTES.get((method, canonical), ("owner", None))
 
 
-async def authorize(request: Any, policy: AccessPolicy, call_service: Callable[[str], str | None]) -> AuthError | None:
+async def authorize(
+    request: Any, policy: AccessPolicy, call_service: Callable[[str], str | None]
+) -> AuthError | None:
     """None when ``request`` (an aiohttp request) may proceed, else the AuthError to answer with."""
     resource = request.match_info.route.resource
     canonical = resource.canonical if resource is not None else None
@@ -176,13 +202,17 @@ async def authorize(request: Any, policy: AccessPolicy, call_service: Callable[[
         return None
     grant = policy.identify(request.headers.get("Authorization"))
     if grant is None:
-        return AuthError("missing or wrong bearer token",
-                         hint="pass the cluster's token (cluster.token) as 'Authorization: Bearer …'")
+        return AuthError(
+            "missing or wrong bearer token",
+            hint="pass the cluster's token (cluster.token) as 'Authorization: Bearer …'",
+        )
     if grant is OWNER:
         return None
     if request.content_type == PICKLE and not grant.allow_pickle:
-        return AuthError(f"{grant.principal!r} may send JSON bodies only",
-                         hint="call with JSON {'args': [...], 'kwargs': {...}}, or ask the owner for allow_pickle")
+        return AuthError(
+            f"{grant.principal!r} may send JSON bodies only",
+            hint="call with JSON {'args': [...], 'kwargs': {...}}, or ask the owner for allow_pickle",
+        )
     service: str | None = None
     if source in ("name", "key"):
         service = request.match_info.get(source)
@@ -196,15 +226,19 @@ async def authorize(request: Any, policy: AccessPolicy, call_service: Callable[[
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             return None  # the handler answers the malformed body
         service = spec["name"]
-        code = spec.get("code") if isinstance(spec.get("code"), dict) else {}
+        code: dict[str, Any] = spec["code"] if isinstance(spec.get("code"), dict) else {}
         if (code.get("pickled_b64") or spec.get("init_pickled_b64")) and not grant.allow_pickle:
-            return AuthError(f"{grant.principal!r} may not deploy pickled code or arguments",
-                             hint="deploy code by import path, or ask the owner for allow_pickle")
+            return AuthError(
+                f"{grant.principal!r} may not deploy pickled code or arguments",
+                hint="deploy code by import path, or ask the owner for allow_pickle",
+            )
     if grant.level(service) < _RANK[level]:
         what = f"service {service!r}" if service else "this route"
-        return AuthError(f"{grant.principal!r} lacks {level} access to {what}",
-                         hint="read = call, write = deploy/delete, owner = everything; ask the cluster owner",
-                         details={"principal": grant.principal, "needed": level, "service": service})
+        return AuthError(
+            f"{grant.principal!r} lacks {level} access to {what}",
+            hint="read = call, write = deploy/delete, owner = everything; ask the cluster owner",
+            details={"principal": grant.principal, "needed": level, "service": service},
+        )
     return None
 
 
@@ -230,13 +264,20 @@ def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> None:
     hint = f"deploy code under one of: {', '.join(map(str, allowed))} (daemon --allowed-roots)"
     code = spec.code
     if code.pickled_b64 or spec.init_pickled_b64:
-        raise AuthError(f"service {spec.name!r} ships pickled code, but this daemon deploys only from allowed roots",
-                        hint=hint)
+        raise AuthError(
+            f"service {spec.name!r} ships pickled code, but this daemon deploys only from allowed roots",
+            hint=hint,
+        )
     if not code.root:
-        raise AuthError(f"service {spec.name!r} has no code root, but this daemon deploys only from allowed roots",
-                        hint=hint)
-    for what, value in (("code root", code.root), ("env python", spec.env.python),
-                        ("env working_dir", spec.env.working_dir)):
+        raise AuthError(
+            f"service {spec.name!r} has no code root, but this daemon deploys only from allowed roots",
+            hint=hint,
+        )
+    for what, value in (
+        ("code root", code.root),
+        ("env python", spec.env.python),
+        ("env working_dir", spec.env.working_dir),
+    ):
         if value is None:
             continue
         try:
@@ -244,5 +285,8 @@ def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> None:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"invalid {what} {value!r}: {exc}") from None
         if not any(path.is_relative_to(a) for a in allowed):
-            raise AuthError(f"{what} {str(path)!r} of service {spec.name!r} is outside the allowed roots",
-                            hint=hint, details={"allowed_roots": [str(a) for a in allowed]})
+            raise AuthError(
+                f"{what} {str(path)!r} of service {spec.name!r} is outside the allowed roots",
+                hint=hint,
+                details={"allowed_roots": [str(a) for a in allowed]},
+            )

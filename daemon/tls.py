@@ -18,8 +18,9 @@ def fingerprint(cert_path: Path) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def ensure_self_signed(cert_path: Path, key_path: Path, *, hosts: list[str] | None = None,
-                       days: int = 3650) -> str:
+def ensure_self_signed(
+    cert_path: Path, key_path: Path, *, hosts: list[str] | None = None, days: int = 3650
+) -> str:
     """Write an EC P-256 key (0600) and a self-signed certificate for ``hosts`` unless both exist; returns the
     certificate's fingerprint."""
     if cert_path.exists() and key_path.exists():
@@ -52,8 +53,9 @@ def ensure_self_signed(cert_path: Path, key_path: Path, *, hosts: list[str] | No
         .sign(key, hashes.SHA256())
     )
     cert_path.parent.mkdir(parents=True, exist_ok=True)
-    key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption())
+    key_bytes = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key_bytes)

@@ -306,11 +306,18 @@ def _describe(obj: Any) -> dict[str, str]:
 
 
 def _purge_modules_under(root: str) -> None:
+    """Forget every module loaded from ``root`` (files and namespace packages), so the next import re-reads it."""
     prefix = str(Path(root).resolve()) + os.sep
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if file and str(Path(file).resolve()).startswith(prefix):
-            del sys.modules[name]
+
+    def under(path: str | None) -> bool:
+        return bool(path) and str(Path(path).resolve()).startswith(prefix)  # type: ignore[arg-type]
+
+    doomed = {name for name, module in list(sys.modules.items())
+              if under(getattr(module, "__file__", None))
+              or any(under(p) for p in (getattr(module, "__path__", None) or []))}
+    for name in list(sys.modules):
+        if name in doomed or any(name.startswith(d + ".") for d in doomed):
+            sys.modules.pop(name, None)
     importlib.invalidate_caches()
 
 
@@ -399,6 +406,7 @@ def main() -> None:
         root.setLevel(logging.INFO)
     root.addHandler(_LogForwarder())
     asyncio.run(_main(int(sys.argv[1])))
+    os._exit(0)  # the daemon closed our socket (it stopped or died): do not wait for running calls' threads
 
 
 if __name__ == "__main__":

@@ -151,6 +151,9 @@ def _death_error(env: str, returncode: int, memory_limit: int | None, evidence: 
     if isinstance(err, WorkerDied) and not err.hint:
         err.hint = "it restarts on the next call; services deployed to it are restored"
     err.details.setdefault("env", env)
+    if env not in err.message:
+        err.message = f"{err.message} (env {env!r})"
+        err.args = (err.message,)
     return err
 
 

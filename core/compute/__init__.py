@@ -14,6 +14,7 @@ BACKENDS: dict[str, str] = {
     "local": "tether.compute.local:LocalBackend",
     "ssh": "tether.compute.ssh:SSHBackend",
     "sky": "tether.compute.sky:SkyBackend",
+    "endpoint": "tether.compute.endpoint:EndpointBackend",
 }
 
 

@@ -18,7 +18,7 @@ class ClusterHandle(BaseModel):
     """Where a running cluster's daemon is and what it runs on."""
 
     endpoint: str = Field(description="base URL of the head daemon as the client reaches it")
-    token: str | None = Field(None, description="bearer token, when auth is on")
+    token: str | None = Field(None, repr=False, description="bearer token, when auth is on")
     hosts: list[str] = Field(default_factory=list)
     instance_type: str | None = None
     cloud: str | None = None

@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,12 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from tether.errors import AuthError, ClusterUnavailable, ConfigError
+from tether.home import file_lock
 
 __all__ = ["DaemonInfo", "SSHTarget", "bootstrap_hosts", "build_wheel", "build_wheelhouse", "stop_daemon"]
 
 #: the daemon's home on a host, relative to the remote user's HOME.
 REMOTE_DIR = ".tether/daemon"
 DEFAULT_PORT = 32300
+_BUILD_LOCK = threading.RLock()
 _AUTH_RE = re.compile(
     r"Permission denied|Host key verification failed|Too many authentication failures", re.I
 )
@@ -103,8 +106,11 @@ def step_error(step: str, host: str, returncode: int, stderr: str) -> ClusterUna
     tail = stderr.strip()[-2000:]
     details = {"step": step, "host": host, "returncode": returncode, "stderr": tail}
     if returncode == 255 and _AUTH_RE.search(tail):
-        return AuthError(f"ssh to {host} refused the credentials (step {step!r}): {tail}",
-                         hint="check ssh_creds user/key", details=details)  # fmt: skip
+        hint = ("the host's key changed: remove its line from tether's known_hosts ($TETHER_HOME/ssh/known_hosts)"
+                if "Host key verification failed" in tail else "check ssh_creds user/key")  # fmt: skip
+        return AuthError(
+            f"ssh to {host} refused the credentials (step {step!r}): {tail}", hint=hint, details=details
+        )
     if returncode == 255:
         return ClusterUnavailable(f"cannot reach {host} over ssh (step {step!r}): {tail}",
                                   hint="is the host up and reachable?", details=details)  # fmt: skip
@@ -160,6 +166,11 @@ def build_wheel() -> Path:
     if os.environ.get("TETHER_WHEEL"):
         return Path(os.environ["TETHER_WHEEL"])
     root = project_root()
+    with _BUILD_LOCK, file_lock(_cache_dir() / "wheels.lock"):
+        return _build_wheel(root)
+
+
+def _build_wheel(root: Path) -> Path:
     out = _cache_dir() / "wheels" / _tree_fingerprint(root)
     found = sorted(out.glob("tether-*.whl"))
     if found:
@@ -177,6 +188,8 @@ def build_wheel() -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+    for old in sorted(out.parent.iterdir(), key=lambda p: p.stat().st_mtime)[:-3]:  # keep the 3 newest builds
+        shutil.rmtree(old, ignore_errors=True)
     return sorted(out.glob("tether-*.whl"))[0]
 
 
@@ -235,6 +248,12 @@ def build_wheelhouse(remote: dict[str, Any]) -> Path:
     """Download binary wheels of tether's pinned dependencies for the host's Python and platform (cached)."""
     if os.environ.get("TETHER_WHEELHOUSE"):
         return Path(os.environ["TETHER_WHEELHOUSE"])
+    # hosts bootstrap in threads: one download at a time here, and a file lock against other processes
+    with _BUILD_LOCK:
+        return _build_wheelhouse(remote)
+
+
+def _build_wheelhouse(remote: dict[str, Any]) -> Path:
     env = {"python_version": remote["python"], "python_full_version": remote["python_full"],
            "sys_platform": "linux", "platform_system": "Linux", "platform_machine": remote["machine"],
            "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython"}  # fmt: skip
@@ -242,8 +261,14 @@ def build_wheelhouse(remote: dict[str, Any]) -> Path:
     tag = f"cp{remote['python'].replace('.', '')}-{remote['machine']}-glibc{remote.get('glibc') or 'none'}"
     out = _cache_dir() / "wheelhouse" / tag
     wanted = "\n".join(pins)
-    if (out / "pins.txt").exists() and (out / "pins.txt").read_text() == wanted:
-        return out
+    with file_lock(out.with_name(tag + ".lock")):
+        if not ((out / "pins.txt").exists() and (out / "pins.txt").read_text() == wanted):
+            _download(out, remote, pins)
+            (out / "pins.txt").write_text(wanted)
+    return out
+
+
+def _download(out: Path, remote: dict[str, Any], pins: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     argv = [*_pip(), "download", "--no-deps", "--only-binary=:all:", "-d", str(out),
             "--python-version", remote["python"], "--implementation", "cp",
@@ -254,8 +279,6 @@ def build_wheelhouse(remote: dict[str, Any]) -> Path:
     if r.returncode != 0:
         raise ClusterUnavailable(f"step 'wheelhouse' failed locally: {r.stderr.strip()[-2000:]}",
                                  retryable=False, details={"step": "wheelhouse", "host": "localhost"})  # fmt: skip
-    (out / "pins.txt").write_text(wanted)
-    return out
 
 
 def _local_pip_version() -> str:
@@ -339,8 +362,8 @@ def bootstrap_host(
         wpath = f"{rdir}/wheels/{wheel.name}"
         t.run(
             f"set -e; test -x {rdir}/venv/bin/python || {python} -m venv --without-pip {rdir}/venv; "
-            f"{pip} install -q --disable-pip-version-check --no-index --find-links {rdir}/wheels {wpath}; "
-            f"{pip} install -q --disable-pip-version-check --no-index --no-deps --force-reinstall {wpath}; "
+            f"{pip} install -q --no-compile --disable-pip-version-check --no-index --find-links {rdir}/wheels {wpath}; "
+            f"{pip} install -q --no-compile --disable-pip-version-check --no-index --no-deps --force-reinstall {wpath}; "
             f"echo {wheel_sha} > {rdir}/installed",
             step="install",
         )  # fmt: skip
@@ -358,9 +381,14 @@ def bootstrap_host(
     if autostop_mins is not None:
         cmd += f" --autostop-mins {autostop_mins}"
     script = _SUPERVISOR.format(cmd=cmd)
+    # the token travels on stdin, never on a command line (where `ps` would show it)
+    if token:
+        t.run(f"set -e; mkdir -p {rdir}; cd {rdir}; umask 077; cat > token.tmp; mv token.tmp token",
+              step="token", stdin=token)  # fmt: skip
+    else:
+        t.run(f"rm -f {rdir}/token", step="token")
     t.run(
         f"set -e; mkdir -p {rdir}; cd {rdir}; umask 077; cat > supervise.sh; chmod +x supervise.sh; "
-        + (f"printf %s {shlex.quote(token)} > token; " if token else "rm -f token; ")
         + f"echo {daemon_key} > daemon.key; rm -f ready.json; "
         "setsid nohup ./supervise.sh > daemon.log 2>&1 < /dev/null & echo $! > supervisor.pid",
         step="start daemon",

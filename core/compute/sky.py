@@ -19,6 +19,7 @@ from tether.compute.bootstrap import DEFAULT_PORT, SSHTarget, build_wheel
 from tether.compute.ssh import _health, _load, _save, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import AuthError, CapacityError, ClusterUnavailable, ConfigError, QuotaError, TetherError
+from tether.home import clusters_dir, file_lock
 from tether.specs import ClusterSpec
 
 __all__ = ["SkyBackend", "build_task", "translate_error"]
@@ -122,8 +123,30 @@ class SkyBackend:
         assert chosen is not None
         _save(spec.name, {"backend": "sky", "token": token, "cloud": chosen.cloud, "region": chosen.region,
                           "instance_type": chosen.instance_type, "price_per_hour": chosen.price_per_hour,
+                          "candidate": chosen.model_dump(),
                           "attempts": [a.model_dump() for a in the_plan.attempts]})  # fmt: skip
         return the_plan
+
+    def restart(self, spec: ClusterSpec) -> None:
+        """Start a stopped cluster where it was (``sky.start``) and run the daemon on it again (``sky.exec``)."""
+        sky = _sky()
+        st = _load(spec.name) or {}
+        if "candidate" not in st:
+            raise ClusterUnavailable(f"no record of where sky cluster {spec.name!r} was launched",
+                                     hint="tear it down and launch again")  # fmt: skip
+        cand = routing.Candidate.model_validate(st["candidate"])
+        try:
+            sky.stream_and_get(sky.start(spec.name, idle_minutes_to_autostop=spec.autostop_mins))
+        except Exception as exc:  # noqa: BLE001 - SkyPilot errors are translated, the rest propagate
+            mapped = translate_error(exc, cand.label())
+            if mapped is None:
+                raise
+            raise mapped from exc
+        task = build_task(spec, cand, wheel=build_wheel(), token=st.get("token"))
+        task.setup = None  # installed at launch; the disk survived the stop
+        sky.stream_and_get(sky.exec(task, cluster_name=spec.name))
+        st.update(tunnel_pid=None, local_port=None)
+        _save(spec.name, st)
 
     def _connect(self, spec: ClusterSpec, st: dict[str, Any]) -> ClusterHandle:
         head = SSHTarget(host=spec.name, connect_timeout=15)  # the ssh alias SkyPilot writes for the cluster
@@ -145,10 +168,21 @@ class SkyBackend:
     # -- Backend protocol ---------------------------------------------------------------------------------
 
     def up(self, spec: ClusterSpec) -> ClusterHandle:
-        """Launch (or restart) the cluster unless it is up, then tunnel to its daemon."""
-        if self.status(spec) != "up" or not _load(spec.name):
-            self.launch(spec)
-        return self._connect(spec, _load(spec.name) or {})
+        """Launch (or restart) the cluster unless it is up, then tunnel to its daemon (one caller at a time)."""
+        with file_lock(clusters_dir() / f"{spec.name}.lock"):
+            status = self.status(spec)
+            if status == "stopped" and "candidate" in (_load(spec.name) or {}):
+                self.restart(spec)
+            elif status != "up" or not _load(spec.name):
+                self.launch(spec)
+            return self._connect(spec, _load(spec.name) or {})
+
+    def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
+        """The handle of a cluster that is already up (tunnel reopened if needed), or None."""
+        st = _load(spec.name)
+        if not st or self.status(spec) != "up":
+            return None
+        return self._connect(spec, st)
 
     def status(self, spec: ClusterSpec) -> ClusterStatus:
         sky = _sky()

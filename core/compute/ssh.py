@@ -16,11 +16,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
+from rich.console import Console
+
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import ClusterUnavailable, ConfigError, TetherError
-from tether.home import clusters_dir, tether_home
+from tether.home import clusters_dir, file_lock, tether_home
 from tether.specs import ClusterSpec
 
 __all__ = ["SSHBackend", "state_path"]
@@ -86,7 +88,13 @@ class SSHBackend:
     # -- Backend protocol ---------------------------------------------------------------------------------
 
     def up(self, spec: ClusterSpec) -> ClusterHandle:
-        """Bootstrap the hosts that need it, (re)open the tunnel to the head, check the daemon's health."""
+        """Bootstrap the hosts that need it, (re)open the tunnel to the head, check the daemon's health.
+
+        Serialized per cluster across processes, so two callers never bootstrap the same hosts at once."""
+        with file_lock(clusters_dir() / f"{spec.name}.lock"):
+            return self._up(spec)
+
+    def _up(self, spec: ClusterSpec) -> ClusterHandle:
         targets = self.targets(spec)
         st = _load(spec.name) or {}
         if st.get("hosts") != list(spec.host or []):
@@ -196,12 +204,14 @@ class SSHBackend:
         sub = f"code/{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
         excludes = [f"--exclude={e}" for e in _SYNC_EXCLUDES]
         paths = []
+        console = Console(stderr=True, quiet=not self.show_progress)
         for t in self.targets(spec):
-            rdir = st.get("remote_dirs", {}).get(t.host)
-            if rdir is None:
-                home = t.run("echo $HOME", step="sync code").strip()
-                rdir = f"{home}/{REMOTE_DIR}"
-            t.rsync([f"{root}/"], f"{rdir}/{sub}/", step="sync code", extra=["--delete", *excludes])
+            with console.status(f"syncing {root} to {t.host}"):
+                rdir = st.get("remote_dirs", {}).get(t.host)
+                if rdir is None:
+                    home = t.run("echo $HOME", step="sync code").strip()
+                    rdir = f"{home}/{REMOTE_DIR}"
+                t.rsync([f"{root}/"], f"{rdir}/{sub}/", step="sync code", extra=["--delete", *excludes])
             paths.append(f"{rdir}/{sub}")
         return paths[0]
 

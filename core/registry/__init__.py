@@ -16,7 +16,7 @@ from typing import Any
 from tether.registry.client import Registry
 from tether.registry.configs import register_validator
 from tether.registry.models import ACCESS_LEVELS, KINDS, CallRecord, Grant, ServiceEntry, UsageRow, Version
-from tether.registry.names import Ref, current_namespace, current_user, parse_ref
+from tether.registry.names import Ref, current_user, parse_ref
 
 __all__ = [
     "ACCESS_LEVELS",
@@ -66,14 +66,11 @@ def open_registry(
         from tether.registry.remote import RemoteBackend, require_token
 
         remote = RemoteBackend(url, require_token(token, url))
-        user = remote.whoami()
-        return Registry(
-            remote, where=url, user=user, namespace=namespace or os.environ.get("TETHER_NAMESPACE") or user
-        )
+        return Registry(remote, where=url, namespace=namespace, whoami=remote.whoami)
     from tether.registry.store import Store
 
     store = Store(db or tether_home() / "registry.db")
-    return Registry(store, where=store.url, user=current_user(), namespace=namespace or current_namespace())
+    return Registry(store, where=store.url, namespace=namespace)
 
 
 def get_registry() -> Registry:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import builtins
+import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from tether.errors import ConfigError
 from tether.registry import configs
 from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
-from tether.registry.names import Ref, current_namespace, current_user, parse_ref
+from tether.registry.names import Ref, current_user, parse_ref
 from tether.registry.usage import CallWriter
 
 __all__ = ["Backend", "Registry"]
@@ -38,13 +41,34 @@ class Registry:
     """
 
     def __init__(
-        self, backend: Backend, *, where: str, user: str | None = None, namespace: str | None = None
+        self,
+        backend: Backend,
+        *,
+        where: str,
+        user: str | None = None,
+        namespace: str | None = None,
+        whoami: Callable[[], str] | None = None,
     ):
         self.backend = backend
         self.where = where
-        self.user = user or current_user()
-        self.namespace = namespace or current_namespace()
-        self._writer = CallWriter(self.backend.record_calls)
+        self._user = user
+        self._namespace = namespace or os.environ.get("TETHER_NAMESPACE") or None
+        self._whoami = (
+            whoami  # the team server says who the token is: asked on first need, not at construction
+        )
+        self._writer = CallWriter(self._write_calls)
+
+    @property
+    def user(self) -> str:
+        """Who acts: the token's principal on a team server, else ``TETHER_USER`` / the OS user."""
+        if self._user is None:
+            self._user = self._whoami() if self._whoami is not None else current_user()
+        return self._user
+
+    @property
+    def namespace(self) -> str:
+        """Where bare names live: ``TETHER_NAMESPACE``, else the user's own namespace."""
+        return self._namespace or self.user
 
     def __repr__(self) -> str:
         return f"Registry({self.where!r}, user={self.user!r}, namespace={self.namespace!r})"
@@ -93,12 +117,19 @@ class Registry:
         return self.backend.grants(self.ref(name, allow_selector=False))
 
     def record_call(self, record: CallRecord) -> None:
-        """Queue a call record for the background writer; returns at once and never raises for storage trouble."""
-        try:
-            full = self.ref(record.name).full
-        except Exception:  # noqa: BLE001 - a bad name on a record must not break the call it describes
-            return
-        self._writer.put(record.model_copy(update={"name": full, "caller": record.caller or self.user}))
+        """Queue a call record for the background writer: no I/O here, never raises for storage trouble."""
+        self._writer.put(record)
+
+    def _write_calls(self, batch: builtins.list[CallRecord]) -> int:
+        """The writer's sink: resolve names and callers (off the caller's thread), then store."""
+        resolved = []
+        for record in batch:
+            try:
+                full = self.ref(record.name).full
+            except ConfigError:
+                continue  # a bad name on a record must not sink the batch
+            resolved.append(record.model_copy(update={"name": full, "caller": record.caller or self.user}))
+        return self.backend.record_calls(resolved) if resolved else 0
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until queued call records are written; False on timeout."""

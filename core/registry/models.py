@@ -32,6 +32,10 @@ def level_at_least(have: str | None, need: str) -> bool:
     return have is not None and ACCESS_LEVELS.index(have) >= ACCESS_LEVELS.index(need)
 
 
+#: versions are stored as 32-bit integers
+MAX_INT = 2**31 - 1
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -97,15 +101,23 @@ class CallRecord(_Model):
         validation_alias=AliasChoices("name", "service"),
         description="service reference as called ('embed', 'team/embed'); resolved to 'ns/name' on write",
     )
-    version: int | None = Field(None, description="the version that served the call")
-    call_id: str
-    method: str | None = Field(None, description="method of a module/instance service")
-    caller: str | None = Field(None, description="user who called; filled from the identity when None")
-    run_id: str | None = Field(None, description="orchestrator run id (Airflow/Prefect/Dagster) when present")
-    duration_s: float = Field(0.0, ge=0, validation_alias=AliasChoices("duration_s", "seconds"))
+    version: int | None = Field(None, ge=1, le=MAX_INT, description="the version that served the call")
+    call_id: str = Field(min_length=1, max_length=256)
+    method: str | None = Field(None, max_length=128, description="method of a module/instance service")
+    caller: str | None = Field(
+        None, max_length=256, description="user who called; filled from the identity when None"
+    )
+    run_id: str | None = Field(
+        None, max_length=512, description="orchestrator run id (Airflow/Prefect/Dagster)"
+    )
+    duration_s: float = Field(
+        0.0, ge=0, allow_inf_nan=False, validation_alias=AliasChoices("duration_s", "seconds")
+    )
     outcome: Literal["ok", "error", "cancelled", "oom", "timeout"] = "ok"
-    error_type: str | None = Field(None, description="exception type name when outcome is not ok")
-    instance_type: str | None = None
+    error_type: str | None = Field(
+        None, max_length=256, description="exception type name when outcome is not ok"
+    )
+    instance_type: str | None = Field(None, max_length=128)
     started_at: datetime = Field(default_factory=_now)
 
     @model_validator(mode="before")

@@ -18,9 +18,10 @@ from typing import Any
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.exc import DataError
 
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
-from tether.registry.models import AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
+from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, parse_ref
 from tether.registry.store import Store
 
@@ -37,11 +38,11 @@ class SaveBody(BaseModel):
 
 
 class VersionBody(BaseModel):
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_INT)
 
 
 class ShareBody(BaseModel):
-    principal: str = Field(min_length=1, description="user or team")
+    principal: str = Field(min_length=1, max_length=256, pattern=r"^[^\x00]+$", description="user or team")
     access_level: AccessLevel = "read"
 
 
@@ -180,6 +181,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except TetherError as exc:
         return _error(exc)
+    except DataError as exc:
+        detail = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+        return _error(ConfigError(f"value refused by the database: {detail}", details={"field": "body"}))
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -221,9 +225,9 @@ async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     return model.model_validate(data)
 
 
-def _ref(request: web.Request) -> Ref:
+def _ref(request: web.Request, *, namespace_wide: bool = False) -> Ref:
     ns, name = request.match_info["namespace"], request.match_info["name"]
-    if name == "*":
+    if name == "*" and namespace_wide:
         return Ref(parse_ref(f"{ns}/x").namespace, "*")
     return parse_ref(f"{ns}/{name}", allow_selector=False)
 
@@ -285,7 +289,12 @@ class Handlers:
         body = await _body(request, ShareBody)
         p = request["principal"]
         grant = await self._run(
-            self.store.share, _ref(request), body.principal, body.access_level, by=p, principal=p
+            self.store.share,
+            _ref(request, namespace_wide=True),
+            body.principal,
+            body.access_level,
+            by=p,
+            principal=p,
         )
         return _json(grant, 201)
 

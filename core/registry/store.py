@@ -18,15 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Engine, case, create_engine, event, func, select
+from sqlalchemy import Connection, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from tether.errors import ConfigError, NotFound
 from tether.registry import configs, schema
 from tether.registry.access import effective_level, require
+from tether.registry.engine import create_schema, database_url, make_engine
 from tether.registry.models import (
     ACCESS_LEVELS,
     AccessLevel,
@@ -49,16 +50,6 @@ _retry_write = retry(
 )
 
 
-def database_url(url_or_path: str | Path) -> str:
-    """A SQLAlchemy URL: file paths become SQLite, ``postgresql://`` uses psycopg 3."""
-    text = str(url_or_path)
-    if "://" not in text:
-        return f"sqlite:///{Path(text).expanduser()}"
-    if text.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg://" + text.split("://", 1)[1]
-    return text
-
-
 def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
@@ -72,39 +63,8 @@ class Store:
 
     def __init__(self, url: str | Path) -> None:
         self.url = database_url(url)
-        self.engine = self._make_engine(self.url)
-        self._create_schema()
-
-    @staticmethod
-    def _make_engine(url: str) -> Engine:
-        if url.startswith("sqlite"):
-            path = url.split("///", 1)[1] if "///" in url else ""
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"timeout": 60})
-
-            @event.listens_for(engine, "connect")
-            def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-                dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, see below
-                dbapi_conn.execute("PRAGMA busy_timeout=60000")
-                dbapi_conn.execute("PRAGMA journal_mode=WAL")
-
-            @event.listens_for(engine, "begin")
-            def _on_begin(conn: Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
-
-            return engine
-        return create_engine(url, pool_pre_ping=True)
-
-    @retry(
-        retry=retry_if_exception_type(DBAPIError),
-        wait=wait_random_exponential(multiplier=0.02, max=0.5),
-        stop=stop_after_attempt(30),
-        reraise=True,
-    )
-    def _create_schema(self) -> None:
-        with self.engine.begin() as conn:
-            schema.metadata.create_all(conn)
+        self.engine = make_engine(self.url)
+        create_schema(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -175,6 +135,12 @@ class Store:
     ) -> int:
         number = self._latest_number(conn, svc.id) + 1
         code_hash, import_path = configs.code_fields(config, code_hash)
+        for field, value, limit in (("code_hash", code_hash, 256), ("import_path", import_path, 512)):
+            if value is not None and (not isinstance(value, str) or len(value) > limit):
+                raise ConfigError(
+                    f"invalid config: field {field!r}: not a string of at most {limit} characters",
+                    details={"field": field},
+                )
         conn.execute(
             schema.versions.insert().values(
                 service_id=svc.id,
@@ -437,8 +403,9 @@ class Store:
 
     def _insert_ignoring_duplicates(self, conn: Connection, rows: builtins.list[dict[str, Any]]) -> int:
         insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = insert(schema.calls).values(rows).on_conflict_do_nothing(index_elements=["service", "call_id"])
-        return conn.execute(stmt).rowcount
+        stmt = insert(schema.calls).on_conflict_do_nothing(index_elements=["service", "call_id"])
+        result = conn.execute(stmt, rows)  # executemany: one cached statement, batched by the driver
+        return result.rowcount if result.rowcount >= 0 else len(rows)
 
     def usage(self, ref: Ref, *, principal: str | None = None) -> builtins.list[UsageRow]:
         """Calls of ``ref`` aggregated per (caller, version): counts, errors, durations, last call, runs."""

@@ -18,7 +18,6 @@ import tether
 import tether.runs
 from tether.errors import CallTimeout, ConfigError
 
-from .endpoint import EndpointCluster
 from .reporting import (
     AnyContext,
     StepIdentity,
@@ -57,7 +56,8 @@ class TetherResource(dg.ConfigurableResource):
     token: str | None = Field(
         default=None,
         repr=False,
-        description="Bearer token of the daemon. Pass dg.EnvVar('TETHER_TOKEN') so it stays out of run config.",
+        description="Bearer token of the daemon at `endpoint` (clusters by name keep their own). Pass "
+        "dg.EnvVar('TETHER_TOKEN') so it stays out of run config; it is never shown in the resource's repr.",
     )
     escalation: dict[str, Any] | None = Field(
         default=None,
@@ -73,8 +73,12 @@ class TetherResource(dg.ConfigurableResource):
     _cluster: Any = PrivateAttr(default=None)
     _policy: Any = PrivateAttr(default=None)
     _created: bool = PrivateAttr(default=False)
+    # clusters escalation brought up from ours: name -> instance type
+    _rungs: dict[str, str | None] = PrivateAttr(default_factory=dict)
     _failed: bool = PrivateAttr(default=False)
     _calls: dict[str, int] = PrivateAttr(default_factory=dict)
+    # saved names and import paths resolved (and deployed) once per execution
+    _services: dict[str, Any] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -90,14 +94,15 @@ class TetherResource(dg.ConfigurableResource):
             return
         if self.cleanup == "on_exception" and not (self._failed or _run_has_failures(context)):
             return
+        rungs, self._cluster, self._created, self._rungs = self._rungs, None, False, {}
         try:
-            cluster.down()
+            for name, instance_type in rungs.items():
+                tether.cluster(name=name, instance_type=instance_type).down()
         finally:
-            self._cluster, self._created = None, False
-            if context.log is not None:
-                context.log.info(
-                    f"tether: tore down cluster {cluster.name!r} (cleanup policy {self.cleanup!r})"
-                )
+            cluster.down()
+        if context.log is not None:
+            torn = ", ".join(repr(n) for n in [*rungs, cluster.name])
+            context.log.info(f"tether: tore down cluster {torn} (cleanup policy {self.cleanup!r})")
 
     # -- calls -----------------------------------------------------------------------------------------------
 
@@ -125,10 +130,9 @@ class TetherResource(dg.ConfigurableResource):
         """
         label = _target_label(target)
         identity = step_identity(context)
-        cluster = None if _brings_its_own_cluster(target) else self._ensure_cluster(context)
-        service = tether.runs.resolve_target(target, cluster)
+        service = self._service(context, target)
         if call_id is None:
-            call_id = _live_call_id(self._next_call_id(identity, label), service.cluster, identity.attempt)
+            call_id = self._next_call_id(identity, label)  # a failed call's retry gets a successor id in core
         policy = self._escalation(escalation)
         context.log.info(f"tether: calling {label} (call id {call_id})")
         try:
@@ -143,10 +147,13 @@ class TetherResource(dg.ConfigurableResource):
             )
         except BaseException as exc:
             self._failed = True
+            details = getattr(exc, "details", None)
+            self._note_rungs(details.get("attempts") if isinstance(details, Mapping) else None)
             if not isinstance(exc, Exception) or isinstance(exc, CallTimeout):
                 # interrupted (run terminated, KeyboardInterrupt) or gave up waiting: stop paying for the call
                 self._cancel(context, call_id, service.cluster)
             raise
+        self._note_rungs(result.attempts)
         metadata = call_metadata(result)
         if attach_metadata:
             _attach(context, metadata, output_name)
@@ -166,13 +173,34 @@ class TetherResource(dg.ConfigurableResource):
             self._calls[key] = index + 1
         return identity.call_id(label, index)
 
+    def _service(self, context: AnyContext, target: Any) -> Any:
+        """The deployed service ``target`` names; a name or import path is resolved (and deployed) once."""
+        if isinstance(target, str) and target in self._services:
+            return self._services[target]
+        cluster = None if _brings_its_own_cluster(target) else self._ensure_cluster(context)
+        service = tether.runs.resolve_target(target, cluster)
+        if isinstance(target, str):
+            self._services[target] = service
+        return service
+
+    def _note_rungs(self, attempts: Sequence[Any] | None) -> None:
+        """Remember the clusters escalation brought up from a cluster we created: the cleanup policy covers them."""
+        if not self._created:
+            return
+        for attempt in attempts or []:
+            data = attempt.model_dump() if hasattr(attempt, "model_dump") else attempt
+            name = data.get("cluster") if isinstance(data, Mapping) else None
+            if name and name != self._cluster.name:
+                self._rungs[name] = data.get("instance_type")
+
     def _ensure_cluster(self, context: AnyContext) -> Any:
         """The cluster calls go to, brought up on first use; None lets a saved service use its own cluster."""
         with self._lock:
             if self._cluster is not None:
                 return self._cluster
             if self.endpoint is not None:
-                self._cluster = EndpointCluster(self.endpoint, self.token, self.cluster_name)
+                self._cluster = tether.cluster(name=self.cluster_name or "dagster-endpoint", endpoint=self.endpoint,
+                                               token=self.token)
                 return self._cluster
             if self.cluster_name is None and self.cluster_spec is None:
                 return None
@@ -218,24 +246,6 @@ def _target_label(target: Any) -> str:
         if isinstance(value, str) and value:
             return value
     return type(target).__name__
-
-
-def _live_call_id(base: str, cluster: Any, attempt: int) -> str:
-    """The id a step's ``attempt`` uses: the first attempt's, unless that call failed or was cancelled.
-
-    A retry re-attaches to a running or finished call (the remote work runs once), but a call that ended in an
-    error gets a successor ``<base>-r<n>`` so a retry can succeed. Shim: belongs in ``tether.runs`` for all providers.
-    """
-    call_id = base
-    for n in range(1, attempt + 1):
-        try:
-            state = tether.call(call_id, cluster, on_log=None).status()["state"]
-        except tether.NotFound:
-            return call_id
-        if state not in ("failed", "cancelled"):
-            return call_id
-        call_id = f"{base}-r{n}"
-    return call_id
 
 
 def _brings_its_own_cluster(target: Any) -> bool:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import tether
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
-from tether.specs import ClusterSpec
 
-from .endpoint import EndpointCluster
+import tether
+from tether.specs import ClusterSpec
 
 __all__ = ["TetherCluster"]
 
@@ -66,7 +65,7 @@ def pipeline(text: str) -> list[float]:
         """The ``tether`` cluster this block points at (connected, not yet brought up); None: the default."""
         token = self.token.get_secret_value() if self.token is not None else None
         if self.endpoint is not None:
-            return EndpointCluster(self.cluster_name or "prefect", self.endpoint, token)
+            return tether.cluster(name=self.cluster_name or "prefect", endpoint=self.endpoint, token=token)
         if self.cluster_name is None and self.cluster_spec is None:
             return None
         spec = dict(self.cluster_spec or {})

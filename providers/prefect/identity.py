@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from prefect.context import FlowRunContext, TaskRunContext
+
 from tether.errors import CallTimeout, ClusterUnavailable
 from tether.runs import call_id_for
 
@@ -21,10 +22,9 @@ __all__ = ["CallIdentity", "next_call_identity"]
 
 _MAX_TRACKED = 10_000
 _lock = threading.Lock()
-_sequence: OrderedDict[tuple[str, int], int] = (
-    OrderedDict()
-)  # (task run, attempt) -> tether calls made so far
-_generation: OrderedDict[str, int] = OrderedDict()  # base id -> calls of that slot already over on the daemon
+# (task run, attempt) -> tether calls made so far; base id -> calls of that slot already over on the daemon
+_sequence: OrderedDict[tuple[str, int], int] = OrderedDict()
+_generation: OrderedDict[str, int] = OrderedDict()
 
 
 def _bounded_put(table: OrderedDict, key: object, value: int) -> None:

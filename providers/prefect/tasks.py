@@ -11,11 +11,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-import tether.runs
 from prefect import Task, task
 from prefect.client.schemas.objects import State, TaskRun
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
+
+import tether.runs
 from tether.errors import ConfigError, TetherError
 
 from .blocks import TetherCluster
@@ -39,26 +40,11 @@ def retry_on_tether_errors(task: Task[..., Any], task_run: TaskRun, state: State
 
 
 def run_remote(
-    target: Any,
-    args: Sequence[Any] = (),
-    kwargs: Mapping[str, Any] | None = None,
-    *,
-    cluster: ClusterRef = None,
-    escalation: Any = None,
-    call_id: str | None = None,
-    cancel_poll_seconds: float | None = DEFAULT_POLL_SECONDS,
+    target: Any, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, **options: Any
 ) -> Any:
-    """Call ``target`` (a saved service name, a deployed ``tether`` function or ``"pkg.mod:fn"``) and return its
-    value. See :func:`run_remote_result`."""
-    return run_remote_result(
-        target,
-        args,
-        kwargs,
-        cluster=cluster,
-        escalation=escalation,
-        call_id=call_id,
-        cancel_poll_seconds=cancel_poll_seconds,
-    ).value
+    """Call ``target`` (a saved service name, a deployed ``tether`` function, a callable or ``"pkg.mod:fn"``)
+    and return its value; ``options`` and behaviour as in :func:`run_remote_result`."""
+    return run_remote_result(target, args, kwargs, **options).value
 
 
 def run_remote_result(
@@ -82,10 +68,11 @@ def run_remote_result(
     identity = None if call_id is not None else next_call_identity(label)
     the_call_id = call_id if identity is None else identity.call_id
     the_cluster = resolve_cluster(cluster)
+    service = tether.runs.resolve_target(target, the_cluster)  # deployed now: cancel knows where it runs
 
     def cancel_remote() -> None:
         try:
-            tether.runs.cancel(the_call_id, the_cluster)
+            tether.runs.cancel(the_call_id, getattr(service, "cluster", None) or the_cluster)
             logger.warning("tether: cancelled remote call %s (%s)", the_call_id, label)
         except Exception as exc:  # the interrupt that got us here matters more than a failed cancel
             logger.error("tether: could not cancel remote call %s: %s", the_call_id, exc)
@@ -94,7 +81,7 @@ def run_remote_result(
     try:
         with watch_flow_cancellation(cancel_remote, cancel_poll_seconds):
             result = tether.runs.run_remote(
-                target,
+                service,
                 tuple(args),
                 dict(kwargs or {}),
                 call_id=the_call_id,

@@ -1,0 +1,100 @@
+"""The ``embed`` service called unchanged from an Airflow DAG: Airflow schedules, logs and retries; tether runs it.
+
+The service is deployed and saved once (IDE-style: ``tether.function(embed).to(c, name="embed").save()``); the
+DAG only names it. ``RunhouseOperator`` templates its arguments, pushes the remote call id to XCom before it
+waits, returns the result as the XCom ``return_value``, and derives the call id from (dag, task, run, map
+index) so a retry re-attaches to the call instead of paying for it twice. ``deferrable=True`` waits in the
+triggerer instead of a worker slot. To call a cluster or team registry you do not run yourself, create a
+connection of type ``tether`` (registry address, token, ``{"cluster": ...}`` in extra) and pass
+``tether_conn_id``.
+
+Put this file in your dags folder, or run it directly:
+
+    python examples/airflow_dag.py   (with no AIRFLOW_HOME set, it uses a throwaway one with a fresh SQLite DB)
+"""
+
+import os
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__" and "AIRFLOW_HOME" not in os.environ:  # a self-contained demo: its own Airflow home
+    _home = tempfile.mkdtemp(prefix="tether-airflow-example-")
+    os.environ.update(
+        AIRFLOW_HOME=_home,
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).resolve()),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{_home}/airflow.db",
+    )
+
+import pendulum  # noqa: E402
+from airflow.sdk import DAG, task  # noqa: E402
+
+import tether  # noqa: E402
+from tether.providers.airflow import RunhouseOperator  # noqa: E402
+
+DOCS = ["research code is production code", "call it from anywhere", "compute you own"]
+
+with DAG(
+    "tether_embed",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1),
+    params={"query": "where does my code run", "dim": 8},
+    render_template_as_native_obj=True,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=5)},
+    tags=["tether", "example"],
+) as dag:
+    # One mapped task instance per document; each has its own call id (the map index is part of it).
+    docs = RunhouseOperator.partial(task_id="embed_docs", service="embed").expand(
+        args=[[text] for text in DOCS]
+    )
+
+    # Templated arguments, rendered from the run's params / conf; waits in the triggerer.
+    query = RunhouseOperator(
+        task_id="embed_query",
+        service="embed",
+        args=["{{ params.query }}"],
+        kwargs={"dim": "{{ params.dim }}"},
+        deferrable=True,
+        poll_interval=0.5,
+    )
+
+    @task
+    def rank(doc_vectors: list[list[float]], query_vector: list[float]) -> list[str]:
+        """Documents by cosine similarity to the query (the vectors are unit length)."""
+        scores = [sum(a * b for a, b in zip(vec, query_vector, strict=True)) for vec in doc_vectors]
+        order = sorted(range(len(DOCS)), key=lambda i: -scores[i])
+        for i in order:
+            print(f"{scores[i]:+.3f}  {DOCS[i]}")
+        return [DOCS[i] for i in order]
+
+    rank(docs.output, query.output)
+
+
+def deploy(cluster: tether.Cluster) -> None:
+    """What the IDE-style script does once: deploy ``embed`` and save it under its name."""
+    from examples.services.embed import embed
+
+    tether.function(embed).to(cluster.up_if_not(), name="embed").save()
+
+
+def main() -> None:
+    from airflow.utils import db
+
+    db.initdb()  # creates the metadata DB on first use; a no-op afterwards
+    cluster = tether.cluster(name="examples")
+    started_here = not cluster.is_up()
+    deploy(cluster)
+    try:
+        run = dag.test()
+        assert str(run.state) == "success", run.state
+        print("airflow example OK")
+    finally:
+        if started_here:
+            cluster.teardown()
+
+
+if __name__ == "__main__":
+    main()

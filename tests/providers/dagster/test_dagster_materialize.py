@@ -1,0 +1,186 @@
+"""Assets and ops call tether services through ``TetherResource``: value, logs, metadata, re-attach on retry."""
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_support import EMBED, FNS, SERVICES, run_logs
+
+import tether
+import tether.runs
+from examples.services.embed import embed
+from tether.providers.dagster import TetherResource
+
+
+def test_asset_gets_remote_value_logs_and_call_metadata(local_cluster, instance) -> None:
+    @dg.asset
+    def vectors(context: dg.AssetExecutionContext, tether: TetherResource) -> list[float]:
+        return tether.call(context, EMBED, "hello dagster world", dim=4)
+
+    result = dg.materialize(
+        [vectors], resources={"tether": TetherResource(cluster_name=local_cluster.name)}, instance=instance
+    )
+
+    assert result.success
+    assert result.output_for_node("vectors") == embed("hello dagster world", dim=4)
+    logs = run_logs(instance, result.run_id)
+    assert any("embed: 19 chars" in line for line in logs), logs  # remote print
+    assert any("embedded 3 tokens" in line for line in logs), logs  # remote logging record
+    (mat,) = result.asset_materializations_for_node("vectors")
+    md = {k: v.value for k, v in mat.metadata.items()}
+    assert md["tether/call_id"] == tether.runs.call_id_for(
+        "dagster", result.run_id, "vectors", "", EMBED, "0"
+    )
+    assert md["tether/service"] == "embed"
+    assert md["tether/instance_type"] == "local"
+    assert md["tether/attempts"] == 1
+    assert md["tether/duration_s"] > 0
+
+
+def test_call_id_is_deterministic_per_run_step_and_partition(local_cluster, instance) -> None:
+    parts = dg.StaticPartitionsDefinition(["a", "b"])
+    seen: dict[str, str] = {}
+
+    @dg.asset(partitions_def=parts)
+    def part(context: dg.AssetExecutionContext, tether: TetherResource) -> dg.MaterializeResult:
+        run = tether.run(context, EMBED, args=(context.partition_key,))
+        seen[context.partition_key] = run.call_id
+        return run.get_materialize_result(metadata={"partition": context.partition_key})
+
+    resources = {"tether": TetherResource(cluster_name=local_cluster.name)}
+    first = dg.materialize([part], partition_key="a", resources=resources, instance=instance)
+    second = dg.materialize([part], partition_key="b", resources=resources, instance=instance)
+
+    assert first.success and second.success
+    assert seen["a"] == tether.runs.call_id_for("dagster", first.run_id, "part", "a", EMBED, "0")
+    assert seen["b"] == tether.runs.call_id_for("dagster", second.run_id, "part", "b", EMBED, "0")
+    (mat,) = first.asset_materializations_for_node("part")
+    assert mat.metadata["tether/call_id"].value == seen["a"]
+    assert mat.metadata["partition"].value == "a"
+
+
+def test_asset_check_reports_a_remote_verdict_with_the_call_metadata(local_cluster, instance) -> None:
+    @dg.asset
+    def text() -> str:
+        return "a b c"
+
+    @dg.asset_check(asset=text)
+    def embeds_to_unit_length(
+        context: dg.AssetCheckExecutionContext, tether: TetherResource
+    ) -> dg.AssetCheckResult:
+        run = tether.run(context, EMBED, args=("a b c",))
+        return dg.AssetCheckResult(
+            passed=abs(sum(v * v for v in run.value) - 1) < 1e-9, metadata=run.metadata
+        )
+
+    result = dg.materialize(
+        [text, embeds_to_unit_length],
+        resources={"tether": TetherResource(cluster_name=local_cluster.name)},
+        instance=instance,
+    )
+
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+    assert check.metadata["tether/call_id"].value.startswith("run-")
+
+
+def test_step_retry_reattaches_to_the_same_remote_call(local_cluster, instance, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+    call_ids: list[tuple[str, str]] = []
+
+    @dg.op(retry_policy=dg.RetryPolicy(max_retries=1))
+    def double(context: dg.OpExecutionContext, tether: TetherResource) -> int:
+        total = tether.run(context, f"{SERVICES}:add", args=(20, 22))
+        logged = tether.run(context, f"{SERVICES}:sleep_then", args=(0.0, str(ledger)))
+        call_ids.append((total.call_id, logged.call_id))
+        if context.retry_number == 0:
+            raise RuntimeError("the orchestrator side failed after the remote calls finished")
+        return total.value
+
+    @dg.job
+    def job() -> None:
+        double()
+
+    result = job.execute_in_process(
+        resources={"tether": TetherResource(cluster_name=local_cluster.name)}, instance=instance
+    )
+
+    assert result.success
+    assert result.output_for_node("double") == 42
+    assert len(call_ids) == 2 and call_ids[0] == call_ids[1]  # each call of the step kept its id
+    assert call_ids[0][0] != call_ids[0][1]
+    assert ledger.read_text().splitlines() == [
+        "start",
+        "end",
+    ]  # the remote function ran once for both attempts
+
+
+def test_step_retry_reruns_a_remote_call_that_failed(local_cluster, instance, tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+
+    @dg.op(retry_policy=dg.RetryPolicy(max_retries=2))
+    def flaky(context: dg.OpExecutionContext, tether: TetherResource) -> str:
+        return tether.call(context, f"{FNS}:fail_first_time", str(ledger))
+
+    @dg.job
+    def job() -> None:
+        flaky()
+
+    result = job.execute_in_process(
+        resources={"tether": TetherResource(cluster_name=local_cluster.name)}, instance=instance
+    )
+
+    assert result.success
+    assert result.output_for_node("flaky") == "ok after 2 runs"
+    assert ledger.read_text().splitlines() == ["ran", "ran"]
+
+
+def test_op_job_calls_a_deployed_function_and_a_saved_service(local_cluster, instance) -> None:
+    deployed = tether.function(embed).to(local_cluster, name="dg-embed")
+    saved = deployed.save()
+
+    @dg.op
+    def by_function(context: dg.OpExecutionContext, tether: TetherResource) -> list[float]:
+        return tether.call(context, deployed, "one two")
+
+    @dg.op
+    def by_name(context: dg.OpExecutionContext, tether: TetherResource) -> list[float]:
+        return tether.call(context, "dg-embed", "one two")
+
+    @dg.job
+    def job() -> None:
+        by_function()
+        by_name()
+
+    result = job.execute_in_process(resources={"tether": TetherResource()}, instance=instance)
+
+    assert result.success
+    assert result.output_for_node("by_function") == result.output_for_node("by_name") == embed("one two")
+    outputs = {
+        e.step_key: e.step_output_data.metadata
+        for e in result.all_events
+        if e.event_type_value == "STEP_OUTPUT"
+    }
+    assert outputs["by_name"]["tether/service"].value == "dg-embed"
+    assert outputs["by_name"]["tether/version"].value == saved.version
+    assert outputs["by_function"]["tether/call_id"].value != outputs["by_name"]["tether/call_id"].value
+
+
+def test_remote_exception_fails_the_step_with_the_original_type(local_cluster, instance) -> None:
+    @dg.asset
+    def broken(context: dg.AssetExecutionContext, tether: TetherResource) -> None:
+        tether.call(context, f"{SERVICES}:raises_value_error", "bad input row 7")
+
+    result = dg.materialize(
+        [broken],
+        resources={"tether": TetherResource(cluster_name=local_cluster.name)},
+        instance=instance,
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    error = failure.step_failure_data.error
+    assert error is not None
+    assert "bad input row 7" in error.to_string()
+    assert "ValueError" in error.to_string()
+    assert any("tether: calling" in line for line in run_logs(instance, result.run_id))

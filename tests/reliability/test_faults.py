@@ -1,0 +1,171 @@
+"""Faults: a worker SIGKILLed mid-call, the daemon SIGKILLed and restarted, a connection reset mid-call.
+
+(A host cut off by a network-namespace link going down is covered by the compute work's tests.)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import requests
+
+import tether
+from tests.core import services as svc
+from tests.reliability.daemons import ROOT, DaemonProc, start_daemon
+from tests.reliability.proxy import CuttingProxy
+from tether.client import AsyncClient
+from tether.loop import run_sync
+
+pool = ThreadPoolExecutor(4)
+
+
+def _wait_for(path: Path, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.02)
+
+
+def _worker_pid(d: DaemonProc, env: str) -> int:
+    return next(w["pid"] for w in d.get("/status").json()["workers"] if w["env"] == env and w["alive"])
+
+
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_worker_sigkilled_mid_call(daemon: DaemonProc, tmp_path):
+    daemon.deploy("slow", "sleep_then", env="victim")
+    daemon.deploy("add_victim", "add", env="victim")
+    daemon.deploy("add_bystander", "add", env="bystander")
+    client = AsyncClient(daemon.endpoint, daemon.token)
+    marker = tmp_path / "marker"
+    victim = _worker_pid(daemon, "victim")
+    bystander = _worker_pid(daemon, "bystander")
+
+    future = pool.submit(run_sync, client.call("slow", None, (30, str(marker)), {}, call_id="victim-1"))
+    _wait_for(marker, "start")
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises((tether.WorkerDied, tether.OutOfMemory)) as info:
+        future.result(60)
+    assert info.value.retryable
+
+    assert daemon.call("add_bystander", 2, 2).json()["result"] == 4  # other envs keep serving, same process
+    assert _worker_pid(daemon, "bystander") == bystander
+    # the env restarted and its services were restored
+    assert daemon.call("add_victim", 1, 1).json()["result"] == 2
+    assert _worker_pid(daemon, "victim") != victim
+    # the dead call is reported, not lost: re-attaching gives the same typed error
+    state = daemon.get("/calls/victim-1?wait=0").json()["state"]
+    assert state == "failed"
+    assert "end" not in marker.read_text()
+
+
+def test_daemon_sigkilled_and_restarted_restores_services(tmp_path):
+    state = tmp_path / "state"
+    d = start_daemon(state)
+    marker = tmp_path / "marker"
+    orphans: list[int] = []
+    try:
+        d.deploy("add", "add")
+        d.deploy("slow", "sleep_then")
+        d.deploy("ctr_cls", "Counter", env="counters")
+        init = base64.b64encode(cloudpickle.dumps(((5,), {}))).decode()
+        r = d.post(
+            "/deploy",
+            json={
+                "name": "ctr",
+                "kind": "instance",
+                "of": "ctr_cls",
+                "env": {"name": "counters"},
+                "init_pickled_b64": init,
+                "code": {"root": str(ROOT), "import_path": "tests.core.services", "qualname": "Counter"},
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert d.post("/ctr/incr/call", json={}).json()["result"] == 6
+        h = {**d.headers, "Content-Type": "application/x-tether-pickle"}
+        assert (
+            requests.put(
+                d.endpoint + "/objects/cfg", data=cloudpickle.dumps({"lr": 0.1}), headers=h, timeout=10
+            ).status_code
+            == 200
+        )
+        orphans += [_worker_pid(d, "default"), _worker_pid(d, "counters")]
+        client = AsyncClient(d.endpoint, d.token)
+        future = pool.submit(run_sync, client.call("slow", None, (20, str(marker)), {}, call_id="inflight-1"))
+        _wait_for(marker, "start")
+        d.kill(signal.SIGKILL)
+        with pytest.raises((tether.ClusterUnavailable, tether.WorkerDied)) as info:
+            future.result(60)
+        assert info.value.retryable and info.value.details.get("call_id") == "inflight-1"
+
+        d = start_daemon(state)  # same state dir, new process and port; nothing redeployed by any client
+        assert d.call("add", 2, 3).json()["result"] == 5
+        assert sorted(d.get("/objects").json()["keys"]) == ["add", "cfg", "ctr", "ctr_cls", "slow"]
+        assert cloudpickle.loads(d.get("/objects/cfg").content) == {"lr": 0.1}
+        assert "deployed" not in d.log.read_text().split("tether daemon serving")[-1]
+        # instances come back rebuilt from their init arguments (their in-memory state since is not persisted)
+        assert d.post("/ctr/incr/call", json={}).json()["result"] == 6
+    finally:
+        d.kill()
+        for pid in orphans:
+            _kill_quietly(pid)
+
+
+def test_local_cluster_recovers_from_daemon_kill_without_redeploy(tether_home):
+    c = tether.cluster(name="faults-kill").up_if_not()
+    try:
+        add = tether.function(svc.add).to(c)
+        assert add(1, 2) == 3
+        log = tether_home / "clusters" / "faults-kill" / "daemon.log"
+        deploys = log.read_text().count('"deployed"')
+        pid = c.handle.pid
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while c.is_up():  # a dead daemon reads as stopped (its manifest is kept)
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert c.status() == "stopped"
+        assert add(3, 4) == 7  # the next call brings the daemon back; the manifest restores the service
+        assert log.read_text().count('"deployed"') == deploys
+    finally:
+        c.teardown()
+
+
+def test_connection_reset_mid_call_retries_and_runs_once(daemon: DaemonProc, tmp_path):
+    daemon.deploy("slow_once", "sleep_then")
+    port = int(daemon.endpoint.rsplit(":", 1)[1])
+    proxy = CuttingProxy("127.0.0.1", port)
+    marker = tmp_path / "once"
+    try:
+        client = AsyncClient(proxy.endpoint, daemon.token)
+        future = pool.submit(
+            run_sync, client.call("slow_once", None, (1.5, str(marker)), {}, call_id="reset-1")
+        )
+        _wait_for(marker, "start")
+        assert proxy.cut() >= 1
+        assert future.result(60) == 1.5
+        assert marker.read_text().count("start") == 1  # the retry re-attached instead of running it again
+        assert proxy.accepted >= 2
+
+        # cut again while the result is already there: the retry replays the finished call, still once
+        marker2 = tmp_path / "once2"
+        future = pool.submit(
+            run_sync, client.call("slow_once", None, (0.5, str(marker2)), {}, call_id="reset-2")
+        )
+        _wait_for(marker2, "end")
+        proxy.cut()
+        assert future.result(60) == 0.5
+        assert marker2.read_text().count("start") == 1
+    finally:
+        proxy.close()
