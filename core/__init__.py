@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from tether.envs import Env, env
     from tether.escalation import Escalation
     from tether.resources import load
+    from tether.routing import RoutingPolicy
     from tether.services import Function, Module, RemoteClass, RemoteInstance, function, module
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "RemoteClass",
     "RemoteError",
     "RemoteInstance",
+    "RoutingPolicy",
     "SerializationError",
     "TetherError",
     "WorkerDied",
@@ -83,6 +85,7 @@ _LAZY = {
     "Function": "tether.services", "Module": "tether.services", "RemoteClass": "tether.services",
     "RemoteInstance": "tether.services", "function": "tether.services", "module": "tether.services",
     "load": "tether.resources",
+    "RoutingPolicy": "tether.routing",
 }
 
 

@@ -83,7 +83,8 @@ class ClusterSpec(_Spec):
     endpoint: str | None = Field(None, description="URL of a daemon someone else runs (backend 'endpoint')")
     token: SecretStr | None = Field(None, exclude=True, description="its bearer token; never saved in configs")
     instance_type: str | None = Field(None, description="'A10G:1', 'CPU:4+', 'g5.xlarge' or 'local:256MB'")
-    provider: str | list[str] | None = Field(None, description="'cheapest', a cloud name, or an ordered list")
+    provider: str | list[str] | dict[str, Any] | None = Field(
+        None, description="'cheapest', a cloud name, an ordered list, or a routing policy (tether.RoutingPolicy)")
     host: list[str] | None = Field(None, description="static hosts for the ssh backend")
     ssh_creds: dict[str, str] | None = Field(None, description="{'user':..., 'key':..., 'port':...}")
     autostop_mins: float | None = Field(None, description="stop after this many idle minutes (None: never)")
@@ -100,6 +101,11 @@ class ClusterSpec(_Spec):
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_name(v, "cluster name")
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _policy(cls, v: Any) -> Any:
+        return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
 
     @field_validator("host", mode="before")
     @classmethod

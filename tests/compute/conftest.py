@@ -1,0 +1,44 @@
+"""Fixtures for compute tests: the offline catalog fixture (../shared/catalog/v8) and netns SSH hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CATALOG = Path(__file__).resolve().parents[3] / "shared" / "catalog" / "v8"
+if not CATALOG.exists():  # the shared folder sits beside the repo; fall back to the workplace copy
+    CATALOG = Path("/work/shared/catalog/v8")
+
+
+@pytest.fixture
+def catalog_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Read the real trimmed v8 catalog directly (the CSV reader, as when SkyPilot is not installed)."""
+    monkeypatch.setenv("TETHER_CATALOG_DIR", str(CATALOG))
+    monkeypatch.setenv("TETHER_CATALOG_READER", "csv")
+    return CATALOG
+
+
+@pytest.fixture(scope="module")
+def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """Two real sshd hosts in network namespaces; removed afterwards."""
+    from tests.compute.hosts import NetnsHosts, available
+
+    reason = available()
+    if reason:
+        pytest.skip(f"netns hosts unavailable: {reason}")
+    with NetnsHosts(2, tmp_path_factory.mktemp("hosts")) as hosts:
+        yield hosts
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "netns_hosts" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.netns)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rich progress bars in test output."""
+    monkeypatch.setenv("TETHER_PROGRESS", "0")
