@@ -208,6 +208,8 @@ class AsyncClient:
                         yield kind, payload
         except aiohttp.ServerFingerprintMismatch as exc:
             raise _fingerprint_error(exc) from None
+        except aiohttp.ClientConnectorError as exc:
+            raise _Unreachable(f"cannot connect to the daemon at {self.endpoint}: {exc}") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as exc:
             raise _Dropped(f"connection to {self.endpoint} dropped: {exc}") from exc
         except TimeoutError as exc:
@@ -232,8 +234,11 @@ class AsyncClient:
                 elif kind == p.ERROR:
                     raise_remote(payload)
         except _Dropped as exc:
-            raise ClusterUnavailable(str(exc), hint="the daemon may be down; re-attach with tether.call(call_id)",
-                                     details={"call_id": call_id}) from exc
+            unreachable = isinstance(exc, _Unreachable)
+            raise ClusterUnavailable(
+                str(exc), hint="is the cluster up? cluster.up_if_not() relaunches it" if unreachable
+                else "the daemon may be down; re-attach with tether.call(call_id)",
+                details={"call_id": call_id, "unreachable": unreachable}) from exc
         raise ClusterUnavailable(f"the stream of call {call_id} ended without a result", details={"call_id": call_id})
 
     async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
@@ -258,6 +263,10 @@ class AsyncClient:
 
 class _Dropped(Exception):
     """The connection broke mid-call; retried with the same call id."""
+
+
+class _Unreachable(_Dropped):
+    """No connection could be made at all (the daemon is down or the address is wrong)."""
 
 
 def _split(raw: bytes) -> list[tuple[int, bytes]]:

@@ -18,7 +18,7 @@ from tether.client import LogSink, default_log_sink
 from tether.clusters import Cluster
 from tether.codesync import code_ref, content_hash
 from tether.envs import Env
-from tether.errors import ConfigError, NotFound
+from tether.errors import ClusterUnavailable, ConfigError, NotFound
 from tether.loop import background_loop, iterate_sync, run_sync
 from tether.specs import ServiceSpec, build
 
@@ -77,7 +77,17 @@ class _Service:
     def _ensure_deployed(self) -> Cluster:
         if self.spec is None or self.cluster is None:
             raise ConfigError(f"{self.name or self.obj!r} is not deployed", hint="call .to(cluster) first")
-        return self.cluster.up_if_not()
+        if self.cluster._handle is None:  # loaded by name, or stopped: (re)launch from the spec
+            self.cluster.up_if_not()
+        return self.cluster
+
+    def _relaunch(self) -> bool:
+        """The daemon did not answer: bring the cluster back (it may have autostopped) and redeploy."""
+        if self.spec is None or self.cluster is None or self.cluster.spec.backend == "endpoint":
+            return False
+        self.cluster._handle = None
+        self.cluster.up_if_not()  # a relaunched daemon restores its services from its manifest
+        return True
 
     def _redeploy_after(self, exc: NotFound) -> bool:
         """The daemon lost our service (torn down and relaunched): deploy it again once."""
@@ -90,19 +100,24 @@ class _Service:
     # -- calls ----------------------------------------------------------------------------------------------------
     def _call_sync(self, method: str | None, args: tuple, kwargs: dict, *, call_id: str | None = None,
                    on_log: LogSink | None = default_log_sink) -> Any:
-        cluster = self._ensure_deployed()
+        self._ensure_deployed()
         call_id = call_id or _new_call_id()
         started = time.perf_counter()
         outcome = "ok"
         try:
-            try:
-                return run_sync(cluster.client.call(self.name or "", method, args, kwargs, call_id=call_id,
-                                                    on_log=on_log, caller=self.caller))
-            except NotFound as exc:
-                if not self._redeploy_after(exc):
-                    raise
-                return run_sync(cluster.client.call(self.name or "", method, args, kwargs, call_id=call_id,
-                                                    on_log=on_log, caller=self.caller))
+            recovered = set()
+            while True:
+                try:
+                    return run_sync(self.cluster.client.call(  # type: ignore[union-attr]
+                        self.name or "", method, args, kwargs, call_id=call_id, on_log=on_log, caller=self.caller))
+                except NotFound as exc:  # the daemon lost our service (torn down, fresh state): deploy again
+                    if "deploy" in recovered or not self._redeploy_after(exc):
+                        raise
+                    recovered.add("deploy")
+                except ClusterUnavailable as exc:  # nothing answers (e.g. autostopped): relaunch from the spec
+                    if "launch" in recovered or not exc.details.get("unreachable") or not self._relaunch():
+                        raise
+                    recovered.add("launch")
         except BaseException as exc:
             outcome = type(exc).__name__
             raise

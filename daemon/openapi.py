@@ -66,7 +66,10 @@ def document() -> dict[str, Any]:
                                                   body=_CALL_BODY)},
             "/calls/{call_id}": {"get": _op("re-attach to a call (frames) or its state with ?wait=0",
                                             params=["call_id"])},
-            "/calls/{call_id}/logs": {"get": _op("a call's logs so far", params=["call_id"])},
+            "/calls/{call_id}/logs": {"get": {**_op("a call's logs so far (from event ?since=N)", params=["call_id"]),
+                                              "parameters": [*_op("", params=["call_id"])["parameters"],
+                                                             {"name": "since", "in": "query", "required": False,
+                                                              "schema": {"type": "integer", "minimum": 0}}]}},
             "/calls/{call_id}/cancel": {"post": _op("cancel a running call", params=["call_id"])},
             "/objects": {"get": _op("names of services and objects", codes=(401,))},
             "/objects/{key}": {

@@ -348,7 +348,12 @@ async def call_logs(request: web.Request) -> web.Response:
     call = request.app[DAEMON].calls.get(request.match_info["call_id"])
     if call is None:
         raise NotFound(f"no call {request.match_info['call_id']!r}")
-    return web.json_response({"call_id": call.call_id, "state": call.state, "logs": call.logs()})
+    try:
+        since = max(0, int(request.query.get("since", "0")))
+    except ValueError:
+        raise ConfigError("'since' must be a whole number of log events already seen") from None
+    logs = call.logs()
+    return web.json_response({"call_id": call.call_id, "state": call.state, "logs": logs[since:], "next": len(logs)})
 
 
 async def cancel_call(request: web.Request) -> web.Response:

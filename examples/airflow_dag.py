@@ -13,7 +13,9 @@ Put this file in your dags folder, or run it directly:
     python examples/airflow_dag.py   (with no AIRFLOW_HOME set, it uses a throwaway one with a fresh SQLite DB)
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from datetime import timedelta
@@ -22,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if __name__ == "__main__" and "AIRFLOW_HOME" not in os.environ:  # a self-contained demo: its own Airflow home
     _home = tempfile.mkdtemp(prefix="tether-airflow-example-")
+    atexit.register(shutil.rmtree, _home, ignore_errors=True)
     os.environ.update(
         AIRFLOW_HOME=_home,
         AIRFLOW__CORE__LOAD_EXAMPLES="False",

@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import tether
 from airflow.sdk import BaseHook
+
+import tether
 from tether.errors import ConfigError
 
 __all__ = ["TetherConnection", "TetherHook"]
@@ -18,22 +19,21 @@ __all__ = ["TetherConnection", "TetherHook"]
 
 @dataclass(frozen=True)
 class TetherConnection:
-    """What a ``tether`` connection holds, as plain data (JSON-safe, so a trigger can carry it)."""
+    """What a ``tether`` connection holds, as plain data; secrets stay out of its repr."""
 
     registry_url: str | None = None
     token: str | None = field(default=None, repr=False)
     cluster: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"registry_url": self.registry_url, "token": self.token, "cluster": self.cluster}
+    cluster_token: str | None = field(default=None, repr=False)
 
 
 class TetherHook(BaseHook):
-    """Reads a ``tether`` connection: host = registry address, password = token (masked), extra ``cluster``.
+    """Reads a ``tether`` connection: host = team registry address, password = token (masked), extra ``cluster``.
 
-    ``extra`` may hold ``{"cluster": "<name>"}`` (a saved cluster) or a ClusterSpec ``{"cluster": {"name": ...,
-    "instance_type": ...}}``. The default connection ``tether_default`` may be absent: calls then use the local registry and the
-    embedded local cluster.
+    ``extra.cluster`` is a saved cluster's name, a ClusterSpec (``{"name": "a10", "instance_type": "A10G:1"}``),
+    or the address of a daemon someone else runs (``{"name": "lab", "endpoint": "https://lab:32300"}``), whose
+    token is ``extra.cluster_token`` (else the password). The default connection ``tether_default`` may be
+    absent: calls then use the local registry and the embedded local cluster.
     """
 
     conn_name_attr = "tether_conn_id"
@@ -63,23 +63,26 @@ class TetherHook(BaseHook):
 
     def _load(self) -> TetherConnection:
         from airflow.sdk.exceptions import AirflowNotFoundException
-        from airflow.sdk.log import mask_secret
 
         try:
-            conn = self.get_connection(self.tether_conn_id)
+            return connection_settings(self.get_connection(self.tether_conn_id))
         except AirflowNotFoundException:
             if self.tether_conn_id == self.default_conn_name:
                 return TetherConnection()
             raise
-        extra = conn.extra_dejson or {}
-        token = conn.password or extra.get("token") or None
-        if token:
-            mask_secret(token)
-        return TetherConnection(
-            registry_url=_registry_url(conn.host, conn.port, extra.get("scheme")),
-            token=token,
-            cluster=cluster_config(extra.get("cluster")),
-        )
+
+    async def aget_conn(self) -> TetherConnection:
+        """:meth:`get_conn` for async code (the triggerer)."""
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        if self._settings is None:
+            try:
+                self._settings = connection_settings(await self.aget_connection(self.tether_conn_id))
+            except AirflowNotFoundException:
+                if self.tether_conn_id != self.default_conn_name:
+                    raise
+                self._settings = TetherConnection()
+        return self._settings
 
     def get_cluster(self, override: Any = None) -> Any:
         """The ``tether.Cluster`` calls go to: ``override`` (operator argument) first, then the connection.
@@ -107,6 +110,24 @@ class TetherHook(BaseHook):
             return False, str(exc)
 
 
+def connection_settings(conn: Any) -> TetherConnection:
+    """An Airflow ``Connection`` of type ``tether`` as :class:`TetherConnection`; tokens go to the secrets masker."""
+    from airflow.sdk.log import mask_secret
+
+    extra = conn.extra_dejson or {}
+    token = conn.password or extra.get("token") or None
+    cluster_token = extra.get("cluster_token") or None
+    for secret in (token, cluster_token):
+        if secret:
+            mask_secret(secret)
+    return TetherConnection(
+        registry_url=_registry_url(conn.host, conn.port, extra.get("scheme")),
+        token=token,
+        cluster=cluster_config(extra.get("cluster")),
+        cluster_token=cluster_token,
+    )
+
+
 def _registry_url(host: str | None, port: int | None, scheme: str | None) -> str | None:
     if not host:
         return None
@@ -128,7 +149,9 @@ def cluster_config(value: Any) -> dict[str, Any] | None:
                 parsed = json.loads(text)
             except ValueError as exc:
                 raise ConfigError(f"cluster is not valid JSON: {exc}") from None
-            return dict(parsed)
+            if not isinstance(parsed, dict):
+                raise ConfigError("a cluster given as JSON must be an object of ClusterSpec fields")
+            return parsed
         return {"name": text}
     config = getattr(value, "config", None)
     if callable(config):
@@ -139,19 +162,31 @@ def cluster_config(value: Any) -> dict[str, Any] | None:
 
 
 def make_cluster(config: dict[str, Any] | None, conn: TetherConnection) -> Any:
-    """The ``tether.Cluster`` for ``config`` (falling back to the connection's cluster), or None."""
+    """The ``tether.Cluster`` for ``config`` (falling back to the connection's cluster), or None.
+
+    A daemon given by ``endpoint`` gets its token from the connection: cluster configs never carry tokens.
+    """
     config = config if config is not None else conn.cluster
     if config is None:
         return None
     if set(config) == {"name"}:
         return tether.cluster(name=config["name"])  # a saved cluster of that name, else a local one
-    return tether.Cluster.from_config(config)
+    config = {k: v for k, v in config.items() if k != "kind"}
+    if config.get("endpoint") and not config.get("token"):
+        config["token"] = conn.cluster_token or conn.token
+    return tether.cluster(**config)
 
 
 @contextmanager
 def registry_environment(conn: TetherConnection) -> Iterator[None]:
-    """Set ``TETHER_REGISTRY_URL``/``TETHER_TOKEN`` for the duration (the worker process runs one task)."""
-    wanted = {"TETHER_REGISTRY_URL": conn.registry_url, "TETHER_TOKEN": conn.token}
+    """Set ``TETHER_REGISTRY_URL``/``TETHER_TOKEN`` for the duration (the worker process runs one task).
+
+    Nothing changes without a registry address: the token then belongs to the cluster endpoint only.
+    """
+    wanted = {
+        "TETHER_REGISTRY_URL": conn.registry_url,
+        "TETHER_TOKEN": conn.token if conn.registry_url else None,
+    }
     saved = {k: os.environ.get(k) for k in wanted}
     try:
         for k, v in wanted.items():

@@ -1,20 +1,24 @@
 """``RunhouseOperator``: an Airflow task whose body is one call to a tether service.
 
-The call id comes from (dag_id, task_id, run_id, map_index) — never the try number — so a retry re-attaches
-to the remote call the previous try started instead of paying for it twice; ``on_kill`` cancels it.
+The call id comes from (dag_id, task_id, run_id, map_index) — never the try number alone — so a retry
+re-attaches to the remote call the previous try started instead of paying for it twice (see ``callids``);
+``on_kill`` cancels it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from airflow.sdk import BaseOperator, Context
+
 import tether
 import tether.runs
-from airflow.sdk import BaseOperator, Context
 from tether.errors import ConfigError, error_from_wire
-from tether.providers.airflow.hook import TetherHook, cluster_config
-from tether.providers.airflow.triggers import TetherCallTrigger, format_log_event
+from tether.providers.airflow.callids import base_call_id, call_id_for_try, daemon_state
+from tether.providers.airflow.hook import TetherHook, cluster_config, make_cluster
+from tether.providers.airflow.triggers import TetherCallTrigger
 
 __all__ = ["RunhouseOperator", "call_id_for_task"]
 
@@ -24,10 +28,13 @@ METADATA_KEY = "tether"
 """XCom key holding the finished call's metadata (service, version, instance type, seconds, attempts)."""
 
 
-def call_id_for_task(context: Context) -> str:
-    """The task instance's deterministic call id: the same for every try of one (dag, task, run, map index)."""
+def call_id_for_task(context: Context, cluster: Any = None) -> str:
+    """The call id this try uses: the task instance's base id, or (on a retry) what ``call_id_for_try`` picks."""
     ti = context["ti"]
-    return tether.runs.call_id_for("airflow", ti.dag_id, ti.task_id, context["run_id"], ti.map_index)
+    base = base_call_id(ti.dag_id, ti.task_id, context["run_id"], ti.map_index)
+    if ti.try_number <= 1:
+        return base
+    return call_id_for_try(base, ti.try_number, daemon_state(cluster))
 
 
 class RunhouseOperator(BaseOperator):
@@ -40,12 +47,22 @@ class RunhouseOperator(BaseOperator):
     :param function: a callable or ``"pkg.mod:fn"`` to deploy and call.
     :param args: positional arguments (templated).
     :param kwargs: keyword arguments (templated).
-    :param cluster: where to run — a cluster name, a ClusterSpec dict, or a ``tether.Cluster``; default: the
-        connection's cluster, else the service's own (saved) cluster, else the embedded local cluster.
+    :param cluster: where a ``function`` runs — a cluster name, a ClusterSpec dict or a ``tether.Cluster``;
+        default: the connection's cluster, else the embedded local cluster. A saved ``service`` runs where it
+        was saved.
     :param escalation: a ``tether.Escalation`` (or its dict form): on out-of-memory, retry on the next rung.
     :param tether_conn_id: the ``tether`` connection (registry address, token, default cluster).
     :param deferrable: wait in the triggerer instead of holding a worker slot.
     :param poll_interval: seconds between polls of the daemon in deferrable mode.
+
+    XComs: ``call_id`` (pushed before the task waits), ``return_value`` and ``tether`` (the call's metadata).
+    A retry re-attaches to the previous try's call while it runs or once it succeeded, and runs the function
+    again after it failed; clearing a task whose call succeeded within the daemon's retention (an hour) gets
+    that result back — start a new DAG run to compute it afresh.
+
+    Example::
+
+        RunhouseOperator(task_id="embed", service="embed", args=["{{ params.text }}"], retries=2)
     """
 
     # Airflow forbids templating an attribute named like a BaseOperator parameter ("kwargs"), so the call's
@@ -96,63 +113,54 @@ class RunhouseOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         hook = TetherHook(self.tether_conn_id)
-        call_id = call_id_for_task(context)
-        self._call_id = call_id
-        context["ti"].xcom_push(key=CALL_ID_KEY, value=call_id)
-        self.log.info("tether: calling %s as call %s", _label(self.target), call_id)
         with hook.environment():
-            self._cluster = hook.get_cluster(self.cluster)
+            service = tether.runs.resolve_target(self.target, hook.get_cluster(self.cluster))
+            self._cluster = service.cluster
+            call_id = self._call_id = call_id_for_task(context, service.cluster)
+            context["ti"].xcom_push(key=CALL_ID_KEY, value=call_id)
+            self.log.info("tether: calling %s as call %s", _label(self.target), call_id)
             if self.deferrable:
-                return self._start_and_defer(call_id)
+                return self._start_and_defer(service, call_id)
             result = tether.runs.run_remote(
-                self.target,
+                service,
                 tuple(self.call_args),
                 dict(self.call_kwargs),
                 call_id=call_id,
                 log=self._remote_log,
                 escalation=self.escalation,
-                cluster=self._cluster,
+                run_id=context["run_id"],
             )
-        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result))
+        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result.metadata()))
         self.log.info(
             "tether: call %s finished in %.2fs on %s", call_id, result.seconds, result.instance_type
         )
         return result.value
 
-    def _remote_log(self, event: Any) -> None:
-        self.log.info("%s", format_log_event(event))
+    def _remote_log(self, line: str) -> None:
+        self.log.info("%s", line)
 
     # -- deferrable mode --------------------------------------------------------------------------------------------
-    def _start_and_defer(self, call_id: str) -> Any:
-        service = tether.runs.resolve_target(self.target, self._cluster)
+    def _start_and_defer(self, service: Any, call_id: str) -> None:
         service.spawn_with(tuple(self.call_args), dict(self.call_kwargs), call_id=call_id, on_log=None)
         trigger = TetherCallTrigger(
             call_id=call_id,
             cluster=cluster_config(service.cluster),
+            tether_conn_id=self.tether_conn_id,
             poll_interval=self.poll_interval,
         )
         self.log.info("tether: call %s started; deferring to the triggerer", call_id)
         self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        """Resume after the trigger fired: fetch the finished call's result (or raise its error)."""
-        call_id = event["call_id"]
-        self._call_id = call_id
+        """Resume after the trigger fired: re-attach to the finished call for its result (or raise its error)."""
+        call_id = self._call_id = event["call_id"]
         if event.get("status") == "error":
             raise error_from_wire({"error": event["error"]})
-        hook = TetherHook(self.tether_conn_id)
-        with hook.environment():
-            self._cluster = hook.get_cluster(self.cluster)
-            result = tether.runs.run_remote(
-                self.target,
-                tuple(self.call_args),
-                dict(self.call_kwargs),
-                call_id=call_id,
-                log=None,
-                cluster=self._cluster,
-            )
-        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result))
-        return result.value
+        self._cluster = make_cluster(event.get("cluster"), TetherHook(self.tether_conn_id).get_conn())
+        handle = tether.call(call_id, self._cluster, on_log=None)
+        value = handle.result()
+        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(handle.status()))
+        return value
 
     # -- kill -------------------------------------------------------------------------------------------------------
     def on_kill(self) -> None:
@@ -169,12 +177,6 @@ def _label(target: Any) -> str:
     return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
 
 
-def _metadata(result: Any) -> dict[str, Any]:
-    return {
-        "call_id": result.call_id,
-        "service": result.service,
-        "version": result.version,
-        "instance_type": result.instance_type,
-        "seconds": result.seconds,
-        "attempts": [list(a.as_tuple()) if hasattr(a, "as_tuple") else a for a in (result.attempts or [])],
-    }
+def _metadata(data: dict[str, Any]) -> dict[str, Any]:
+    """Call metadata as plain JSON for XCom (service, version, call id, instance type, seconds, attempts)."""
+    return json.loads(json.dumps(data, default=str))

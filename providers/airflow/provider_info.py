@@ -46,7 +46,14 @@ def get_provider_info() -> dict[str, Any]:
                     "cluster": {
                         "label": "Cluster",
                         "schema": {"type": ["string", "object", "null"]},
-                        "description": "cluster name, or a ClusterSpec as JSON (default: the embedded local cluster)",
+                        "description": "a saved cluster's name, a ClusterSpec as JSON, or "
+                        '{"name": ..., "endpoint": "https://host:32300"} for a daemon run elsewhere '
+                        "(default: the embedded local cluster)",
+                    },
+                    "cluster_token": {
+                        "label": "Cluster token",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "bearer token of the daemon at the cluster endpoint (default: Token)",
                     },
                 },
                 "ui-field-behaviour": {
