@@ -49,3 +49,12 @@ def test_keep_warm_disables_autostop(tether_home):
     assert c.status() == "up"
     assert c.daemon_status()["autostop_mins"] is None
     c.teardown()
+
+
+def test_a_call_relaunches_a_cluster_that_stopped_behind_our_back(tether_home):
+    c = tether.cluster(name="relaunch").up_if_not()
+    f = tether.function(svc.add).to(c)
+    assert f(1, 1) == 2
+    tether.cluster(name="relaunch").stop()  # e.g. autostop, from another process's point of view
+    assert f(2, 2) == 4  # unreachable → relaunched from the spec → redeployed → called
+    c.teardown()
