@@ -51,7 +51,8 @@ def _session() -> aiohttp.ClientSession:
     if session is None or session.closed:
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
-        session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+        session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                        read_bufsize=4 * 1024 * 1024)
         _sessions[loop] = session
         closer = _close_at_loop_shutdown(session)
         loop.create_task(closer.__anext__())  # started, so loop.shutdown_asyncgens() will close it

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from tether.daemon.auth import is_loopback, read_token_file
+from tether.daemon.protocol import sweep_stale_shm
 from tether.daemon.server import Daemon, make_app
 from tether.logging import configure_logging
 from tether.specs import parse_bytes
@@ -47,7 +48,7 @@ async def serve(args: argparse.Namespace) -> None:
         from tether.daemon.tls import server_context
 
         ssl_ctx = server_context(args.tls_cert, args.tls_key or args.tls_cert)
-    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False, read_bufsize=4 * 1024 * 1024)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, backlog=1024)
     await site.start()
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
     configure_logging()
     args.state_dir.mkdir(parents=True, exist_ok=True)
+    sweep_stale_shm()
     asyncio.run(serve(args))
 
 

@@ -428,7 +428,7 @@ def _error_payload(exc: BaseException) -> tuple[dict[str, Any], bytes]:
 
 async def _main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=2**20)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=p.LINK_BUFFER)
     await Worker(reader, writer).serve()
 
 

@@ -65,7 +65,7 @@ class WorkerProcess:
             raise ConfigError(f"could not start a worker for env {self.env.name!r}: {exc}") from exc
         finally:
             child.close()
-        reader, self.writer = await asyncio.open_unix_connection(sock=parent, limit=2**20)
+        reader, self.writer = await asyncio.open_unix_connection(sock=parent, limit=p.LINK_BUFFER)
         try:
             kind, _, _, _ = await asyncio.wait_for(p.read_frame(reader), timeout=60)
         except (asyncio.IncompleteReadError, TimeoutError) as exc:
