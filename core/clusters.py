@@ -92,7 +92,7 @@ class Cluster:
         client = getattr(self, "_client", None)
         if client is None or client.endpoint != self.handle.endpoint.rstrip("/"):
             h = self.handle
-            client = self._client = AsyncClient(h.endpoint, h.token, h.tls_fingerprint)
+            client = self._client = AsyncClient(h.endpoint, h.token, h.tls_fingerprint, h.unix_socket)
         return client
 
     def connected(self) -> Cluster:

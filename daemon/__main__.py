@@ -32,6 +32,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--autostop-mins", type=float)
     ap.add_argument("--memory-limit", help="memory limit of every worker, e.g. 256MB")
     ap.add_argument("--max-body", default="2GB", help="largest request body")
+    ap.add_argument("--unix-socket", type=Path, help="also serve on this unix socket (same-host clients)")
     ap.add_argument("--ready-file", type=Path, help="written with {port, pid} once serving")
     return ap.parse_args(argv)
 
@@ -53,6 +54,10 @@ async def serve(args: argparse.Namespace) -> None:
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, backlog=1024)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    if args.unix_socket:
+        args.unix_socket.unlink(missing_ok=True)
+        await web.UnixSite(runner, str(args.unix_socket), ssl_context=ssl_ctx).start()
+        args.unix_socket.chmod(0o600)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop_event.set)

@@ -26,6 +26,7 @@ class ClusterHandle(BaseModel):
     price_per_hour: float | None = None
     tls_fingerprint: str | None = Field(None, description="sha256 of the daemon's certificate, pinned by the client")
     pid: int | None = Field(None, description="local backend: the daemon's process id")
+    unix_socket: str | None = Field(None, description="local backend: the daemon's unix socket (faster than TCP)")
 
 
 @runtime_checkable

@@ -76,7 +76,8 @@ class LocalBackend:
         endpoint = f"{scheme}://127.0.0.1:{state['port']}"
         return ClusterHandle(endpoint=endpoint, token=state.get("token"), hosts=["127.0.0.1"],
                              instance_type=spec.instance_type or "local", cloud="local", price_per_hour=0.0,
-                             pid=state["pid"], tls_fingerprint=state.get("tls_fingerprint"))
+                             pid=state["pid"], tls_fingerprint=state.get("tls_fingerprint"),
+                             unix_socket=state.get("unix_socket"))
 
     def up(self, spec: ClusterSpec) -> ClusterHandle:
         state_file, state_dir = self._paths(spec)
@@ -111,6 +112,10 @@ class LocalBackend:
             cmd += ["--autostop-mins", str(spec.autostop_mins)]
         if spec.instance_type and ":" in spec.instance_type:
             cmd += ["--memory-limit", spec.instance_type.split(":", 1)[1]]
+        sock = state_dir / "daemon.sock"
+        unix_socket = str(sock) if fingerprint is None and len(str(sock)) < 100 else None  # AF_UNIX path limit
+        if unix_socket:
+            cmd += ["--unix-socket", unix_socket]
         with open(state_dir / "daemon.log", "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
@@ -124,7 +129,7 @@ class LocalBackend:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         state = {"pid": info["pid"], "port": info["port"], "token": token, "state_dir": str(state_dir),
-                 "tls_fingerprint": fingerprint, "spec": spec.model_dump(mode="json")}
+                 "tls_fingerprint": fingerprint, "unix_socket": unix_socket, "spec": spec.model_dump(mode="json")}
         tmp = state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
         tmp.chmod(0o600)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +16,64 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 
 from tether.registry import schema
 
-__all__ = ["create_schema", "database_url", "make_engine"]
+__all__ = ["FORK_GATE", "create_schema", "database_url", "make_engine", "transaction"]
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-def _after_fork_in_child() -> None:
-    """A forked child (Airflow task, multiprocessing) must not reuse the parent's pooled connections."""
-    for engine in list(_ENGINES):
-        engine.dispose(close=False)
+class ForkGate:
+    """Transactions hold the gate shared; ``os.fork`` waits until none is open.
+
+    SQLite keeps its file-lock bookkeeping in process memory: a child forked while a thread of the parent held a
+    write transaction would believe that lock is still held and wait forever. Airflow and multiprocessing fork.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._forking = False
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._cond:
+            while self._forking:
+                self._cond.wait()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def before_fork(self) -> None:
+        self._cond.acquire()
+        self._forking = True
+        self._cond.wait_for(
+            lambda: self._active == 0, timeout=30
+        )  # a transaction in the forking thread: go on
+
+    def after_fork(self) -> None:
+        self._forking = False
+        self._cond.notify_all()
+        self._cond.release()
+
+    def after_fork_in_child(self) -> None:
+        for engine in list(_ENGINES):  # the child must not reuse the parent's pooled connections
+            engine.dispose(close=False)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+FORK_GATE = ForkGate()
+os.register_at_fork(
+    after_in_child=FORK_GATE.after_fork_in_child,
+)
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` inside the fork gate: commit on success, roll back on error."""
+    with FORK_GATE.held(), engine.begin() as conn:
+        yield conn
 
 
 def database_url(url_or_path: str | Path) -> str:
@@ -69,5 +118,5 @@ def make_engine(url: str) -> Engine:
 )
 def create_schema(engine: Engine) -> None:
     """Create the tables if missing; concurrent creators (several processes at once) retry until one wins."""
-    with engine.begin() as conn:
+    with transaction(engine) as conn:
         schema.metadata.create_all(conn)

@@ -27,7 +27,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_ra
 from tether.errors import ConfigError, NotFound
 from tether.registry import configs, schema
 from tether.registry.access import effective_level, require
-from tether.registry.engine import create_schema, database_url, make_engine
+from tether.registry.engine import create_schema, database_url, make_engine, transaction
 from tether.registry.models import (
     ACCESS_LEVELS,
     AccessLevel,
@@ -169,7 +169,7 @@ class Store:
         """Record a new immutable version of ``ref`` (created on first save); nothing is written if invalid."""
         kind = configs.check_config(config)
         s = schema.services.c
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             query = select(schema.services).where(s.namespace == ref.namespace, s.name == ref.name)
             svc = conn.execute(query.with_for_update()).first()
             require(conn, principal, ref, "write")
@@ -195,7 +195,7 @@ class Store:
 
     def get(self, ref: Ref, *, principal: str | None = None) -> Version:
         """The version ``ref`` names: a number, a tag, or the latest."""
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             svc = self._service(conn, ref, principal, "read")
             if ref.version is not None:
                 return self._version(conn, svc, ref.version)
@@ -212,7 +212,7 @@ class Store:
 
     def history(self, ref: Ref, *, principal: str | None = None) -> builtins.list[Version]:
         """Every version of ``ref``, oldest first."""
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             svc = self._service(conn, ref, principal, "read")
             v, t = schema.versions.c, schema.tags.c
             tag_map: dict[int, list[str]] = {}
@@ -224,7 +224,7 @@ class Store:
     @_retry_write
     def rollback(self, ref: Ref, version: int, *, by: str, principal: str | None = None) -> Version:
         """Make ``version`` current again by recording a new version that copies it (history stays linear)."""
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             svc = self._service(conn, ref, principal, "write", lock=True)
             old = self._version(conn, svc, version)
             number = self._insert_version(
@@ -236,7 +236,7 @@ class Store:
     def tag(self, ref: Ref, version: int, tag: str, *, by: str, principal: str | None = None) -> Version:
         """Point ``tag`` (e.g. 'prod') at ``version``; a tag moves, versions never change."""
         validate_tag(tag)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             svc = self._service(conn, ref, principal, "write", lock=True)
             self._version(conn, svc, version)
             t = schema.tags.c
@@ -253,7 +253,7 @@ class Store:
     ) -> builtins.list[ServiceEntry]:
         """Names the principal can read (optionally in one namespace), with their latest version and tags."""
         s, v, t = schema.services.c, schema.versions.c, schema.tags.c
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             latest = (
                 select(v.service_id, func.max(v.version).label("latest")).group_by(v.service_id).subquery()
             )
@@ -295,7 +295,7 @@ class Store:
             )
         if not to or not isinstance(to, str):
             raise ConfigError("share needs a principal (a user or team name)", details={"field": "principal"})
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             if ref.name == "*":
                 require(conn, principal, ref, "owner")
             else:
@@ -328,7 +328,7 @@ class Store:
     def grants(self, ref: Ref, *, principal: str | None = None) -> builtins.list[Grant]:
         """Grants on ``ref`` and on its namespace."""
         g = schema.grants.c
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             self._service(conn, ref, principal, "read")
             rows = conn.execute(
                 select(schema.grants).where(g.namespace == ref.namespace, g.name.in_([ref.name, "*"]))
@@ -349,7 +349,7 @@ class Store:
     def create_token(self, principal: str, *, token: str | None = None) -> str:
         """A new bearer token for ``principal``; only its sha256 is stored, the plain token is returned once."""
         token = token or "tt_" + secrets.token_urlsafe(32)
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             conn.execute(
                 schema.tokens.insert().values(
                     token_hash=hash_token(token), principal=principal, created_at=time.time()
@@ -359,14 +359,14 @@ class Store:
 
     def principal_for(self, token: str) -> str | None:
         """Who a bearer token belongs to (None if unknown)."""
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             c = schema.tokens.c
             return conn.execute(select(c.principal).where(c.token_hash == hash_token(token))).scalar()
 
     @_retry_write
     def add_member(self, team: str, principal: str) -> None:
         """Put ``principal`` in ``team``: it owns namespace ``team`` and receives what is shared with the team."""
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             m = schema.members.c
             if conn.execute(select(m.team).where(m.team == team, m.principal == principal)).first() is None:
                 conn.execute(schema.members.insert().values(team=team, principal=principal))
@@ -378,7 +378,7 @@ class Store:
         records = list(records)
         if not records:
             return 0
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             rows = []
             for rec in records:
                 ns, _, name = rec.name.partition("/")
@@ -410,7 +410,7 @@ class Store:
     def usage(self, ref: Ref, *, principal: str | None = None) -> builtins.list[UsageRow]:
         """Calls of ``ref`` aggregated per (caller, version): counts, errors, durations, last call, runs."""
         c = schema.calls.c
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             self._service(conn, ref, principal, "read")
             errors = func.sum(case((c.outcome != "ok", 1), else_=0))
             query = (
@@ -446,7 +446,7 @@ class Store:
     def calls(self, ref: Ref, *, principal: str | None = None, limit: int = 100) -> builtins.list[CallRecord]:
         """The most recent call records of ``ref``, newest first."""
         c = schema.calls.c
-        with self.engine.begin() as conn:
+        with transaction(self.engine) as conn:
             self._service(conn, ref, principal, "read")
             rows = conn.execute(
                 select(schema.calls).where(c.service == ref.full).order_by(c.id.desc()).limit(limit)
