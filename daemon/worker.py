@@ -143,7 +143,8 @@ class Worker:
             except (asyncio.IncompleteReadError, ConnectionError):
                 return
             if kind == p.CALL:
-                self.tasks[tag] = asyncio.ensure_future(self._call(tag, meta, body))
+                if not self._call_inline(tag, meta, body):
+                    self.tasks[tag] = asyncio.ensure_future(self._call(tag, meta, body))
             elif kind == p.CANCEL:
                 self._cancel(tag)
             elif kind == p.DEPLOY:
@@ -228,6 +229,62 @@ class Worker:
         if task is not None:
             task.cancel()
 
+    def _call_inline(self, tag: int, meta: dict[str, Any], body: bytes) -> bool:
+        """Run a sync call right here on the loop when it has recently always been quick (< 2 ms, 8 in a row).
+
+        Saves a task and two thread hand-offs (~0.15-0.2 ms a call). Never waits for an instance's lock here: a
+        threaded call holding it may be waiting on this loop. Returns False to take the general path instead.
+        """
+        name, method = meta.get("name", ""), meta.get("method")
+        obj = self.objects.get(name)
+        if obj is None or method == "__getattr__":
+            return False
+        target = getattr(obj, method, None) if method else obj
+        key = (name, getattr(target, "__name__", ""))
+        if self.fast.get(key, 0) < FAST_STREAK or not callable(target) or inspect.iscoroutinefunction(target) \
+                or inspect.isasyncgenfunction(target) or inspect.isgeneratorfunction(target):
+            return False
+        lock = self.locks.get(name)
+        if lock is not None and not lock.acquire(blocking=False):
+            return False
+        ctx = _CallCtx(tag, self, name)
+        token = _current.set(ctx)
+        json_mode = meta.get("mode") == "json"
+        try:
+            args, kwargs = _decode_args(body, json_mode)
+            started = time.perf_counter()
+            result = target(*args, **kwargs)
+            self._note_duration(key, time.perf_counter() - started)
+            if inspect.isgenerator(result) or inspect.isawaitable(result):  # finish it on the general path
+                self.fast[key] = 0
+                self.tasks[tag] = asyncio.ensure_future(self._finish(ctx, result, json_mode))
+                return True
+            ctx.flush()
+            self.send(p.RESULT, tag, None, _encode_result(result, json_mode))
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
+            ctx.flush()
+            self.send(p.ERROR, tag, *_error_payload(exc))
+        finally:
+            if lock is not None:
+                lock.release()
+            _current.reset(token)
+        return True
+
+    async def _finish(self, ctx: _CallCtx, result: Any, json_mode: bool) -> None:
+        """Stream a returned generator or await a returned awaitable, then send the result."""
+        _current.set(ctx)
+        try:
+            result = await _drain_sync_generator(self, ctx, result, json_mode)
+            if inspect.isawaitable(result):
+                result = await result
+            ctx.flush()
+            self.send(p.RESULT, ctx.tag, None, _encode_result(result, json_mode))
+        except BaseException as exc:  # noqa: BLE001
+            ctx.flush()
+            self.send(p.ERROR, ctx.tag, *_error_payload(exc))
+        finally:
+            self.tasks.pop(ctx.tag, None)
+
     async def _call(self, tag: int, meta: dict[str, Any], body: bytes) -> None:
         ctx = _CallCtx(tag, self, meta.get("name", ""))
         self.ctxs[tag] = ctx
@@ -283,23 +340,9 @@ class Worker:
                 ctx.thread_id = None
 
         key = (ctx.name, getattr(target, "__name__", ""))
-        inline = self.fast.get(key, 0) >= FAST_STREAK and not inspect.isgeneratorfunction(target)
-        if inline and (lock is None or lock.acquire(blocking=False)):
-            # recently always quick: run on the loop, saving two thread hand-offs (~0.15 ms a call); never wait
-            # for an instance's lock here (a threaded call holding it may be waiting on this loop)
-            started = time.perf_counter()
-            try:
-                ctx.thread_id = None
-                out = target(*args, **kwargs)
-                result = await _drain_sync_generator(self, ctx, out, json_mode)
-            finally:
-                if lock is not None:
-                    lock.release()
-            self._note_duration(key, time.perf_counter() - started)
-        else:
-            started = time.perf_counter()
-            result = await asyncio.to_thread(run)
-            self._note_duration(key, time.perf_counter() - started)
+        started = time.perf_counter()
+        result = await asyncio.to_thread(run)
+        self._note_duration(key, time.perf_counter() - started)
         if inspect.isawaitable(result):
             result = await result
         return result
