@@ -50,15 +50,20 @@ def tree_hash(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def python_files(root: Path) -> list[Path]:
+    """The Python files of a code tree, relative to ``root``, in a stable order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        out += [(Path(dirpath) / n).relative_to(root) for n in sorted(filenames) if n.endswith((".py", ".pyi"))]
+    return out
+
+
 def content_hash(root: Path) -> str:
     """Content hash of the code tree (for registry versions)."""
     h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
-        for name in sorted(filenames):
-            if name.endswith((".py", ".pyi")):
-                path = Path(dirpath) / name
-                h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for rel in python_files(root):
+        h.update(str(rel).encode() + b"\0" + (root / rel).read_bytes() + b"\0")
     return h.hexdigest()
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from tether.errors import ConfigError, NotFound
@@ -41,9 +43,40 @@ def from_config(config: dict[str, Any], version: int | None = None) -> Any:
 
 
 def load(name: str) -> Any:
-    """``tether.load("team/embed@2")``: the saved cluster, env, function, class or instance."""
+    """``tether.load("team/embed@2")``: the saved cluster, env, function, class or instance.
+
+    A pinned version (``@2``, ``@prod``) of a service runs under its own daemon name (``embed.v2``), so it never
+    replaces the latest version that other callers use.
+    """
     record = _registry().get(name)
-    return from_config(record.config, getattr(record, "version", None))
+    resource = from_config(record.config, getattr(record, "version", None))
+    spec = getattr(resource, "spec", None)
+    if spec is not None and hasattr(resource, "registry_name"):
+        resource.registry_name = record.name
+        if "@" in name:
+            resource.name = spec.name = f"{spec.name}.v{record.version}"
+    return resource
+
+
+def snapshot_code(root: Path, code_hash: str) -> Path:
+    """A content-addressed copy of the Python files under ``root`` in ``$TETHER_HOME/code/`` (kept per version)."""
+    from tether.codesync import python_files
+    from tether.home import tether_home
+
+    dest = tether_home() / "code" / code_hash[:24]
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    for rel in python_files(root):
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def try_load(name: str, kind: str) -> Any:
@@ -65,7 +98,7 @@ def record_call(service: Any, *, call_id: str, method: str | None, seconds: floa
         return
     handle = service.cluster._handle if service.cluster is not None else None
     record = CallRecord(
-        service=service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
+        service=service.registry_name or service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
         outcome=outcome, run_id=service.caller or os.environ.get("TETHER_RUN_ID"),
         instance_type=getattr(handle, "instance_type", None),
     )

@@ -45,6 +45,9 @@ class _Service:
         self.on_oom: Any = None
         self.attempts: list[Any] = []
         self.caller: str | None = None
+        self.loaded = False  # made from a registry record (its version is deployed before the first call)
+        self._verified = False
+        self.registry_name: str | None = None  # the full registry name ('team/embed') usage is recorded under
 
     # -- deploy ---------------------------------------------------------------------------------------------------
     def _build_spec(self, cluster: Cluster, env: Env, name: str) -> ServiceSpec:
@@ -79,7 +82,27 @@ class _Service:
             raise ConfigError(f"{self.name or self.obj!r} is not deployed", hint="call .to(cluster) first")
         if self.cluster._handle is None:  # loaded by name, or stopped: (re)launch from the spec
             self.cluster.up_if_not()
+        if self.loaded and not self._verified:
+            self._deploy_saved_version()
         return self.cluster
+
+    def _deploy_saved_version(self) -> None:
+        """A service loaded from the registry: make the daemon run exactly the loaded version (once)."""
+        assert self.spec is not None and self.cluster is not None
+        running = {r["name"]: r.get("version") for r in self.cluster.ls()}
+        if running.get(self.spec.name, -1) != self.spec.version:
+            self._redeploy_spec()
+        self._verified = True
+
+    def _redeploy_spec(self) -> None:
+        """Deploy the spec we hold; a saved version's code comes from its snapshot, synced to the cluster."""
+        assert self.spec is not None and self.cluster is not None
+        snapshot = self.spec.metadata.get("snapshot")
+        if snapshot and Path(snapshot).is_dir():
+            self.spec.code.root = self.cluster.sync(Path(snapshot))
+        out = run_sync(self.cluster.client.request("POST", "/deploy", json_body=self.spec.model_dump(mode="json"),
+                                                   timeout=600))
+        self.methods = dict(out.get("methods", {})) or self.methods
 
     def _relaunch(self) -> bool:
         """The daemon did not answer: bring the cluster back (it may have autostopped) and redeploy."""
@@ -93,8 +116,7 @@ class _Service:
         """The daemon lost our service (torn down and relaunched): deploy it again once."""
         if self.spec is None or self.cluster is None or self.name not in str(exc):
             return False
-        run_sync(self.cluster.client.request("POST", "/deploy", json_body=self.spec.model_dump(mode="json"),
-                                             timeout=600))
+        self._redeploy_spec()
         return True
 
     # -- calls ----------------------------------------------------------------------------------------------------
@@ -196,16 +218,25 @@ class _Service:
             svc.on_oom = Escalation.model_validate(config["on_oom"])
         if isinstance(svc, RemoteClass):
             svc.cls = None
+        svc.loaded = True
         return svc
 
     def save(self, name: str | None = None) -> Any:
         """Save this service in the registry as a new version; returns the version record."""
-        from tether.resources import save_resource
+        from tether.resources import save_resource, snapshot_code
 
-        code_hash = content_hash(self.root) if self.root is not None else None
-        record = save_resource(name or self.name or "", self.config(), code_hash=code_hash)
+        config = self.config()
+        code_hash = None
+        if self.root is not None:  # freeze the code of this version: loading it later runs exactly this code
+            code_hash = content_hash(self.root)
+            config["service"]["metadata"]["snapshot"] = str(snapshot_code(self.root, code_hash))
+        record = save_resource(name or self.name or "", config, code_hash=code_hash)
         if self.spec is not None:
             self.spec.version = record.version
+            self.spec.metadata["snapshot"] = config["service"]["metadata"].get("snapshot")
+            run_sync(self.cluster.client.request(  # type: ignore[union-attr]
+                "POST", "/deploy", json_body=self.spec.model_dump(mode="json"), timeout=600))
+        self.registry_name = getattr(record, "name", None)
         return record
 
     def share(self, principal: str, access_level: str = "read") -> None:

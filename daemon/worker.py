@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import contextvars
 import ctypes
 import importlib
@@ -183,8 +184,14 @@ class Worker:
     def _import(self, code: dict[str, Any]) -> Any:
         root = code.get("root")
         if root:
-            if root not in sys.path:
+            if sys.path[:1] != [root]:  # this root wins for its import paths (a saved version's snapshot, say)
+                with contextlib.suppress(ValueError):
+                    sys.path.remove(root)
                 sys.path.insert(0, root)
+            top = code["import_path"].split(".")[0]
+            loaded = sys.modules.get(top)
+            if loaded is not None and not _from_root(loaded, root):  # same package name, another tree
+                _purge_package(top)
             new_hash = code.get("code_hash") or ""
             old_hash = self.root_hashes.get(root)
             if old_hash is not None and old_hash != new_hash:
@@ -385,6 +392,19 @@ def _describe(obj: Any) -> dict[str, str]:
         if callable(member) and not name.startswith("_"):
             out[name] = kind(member)
     return out
+
+
+def _from_root(module: Any, root: str) -> bool:
+    prefix = str(Path(root).resolve()) + os.sep
+    paths = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
+    return any(p and str(Path(p).resolve()).startswith(prefix) for p in paths)
+
+
+def _purge_package(top: str) -> None:
+    for name in list(sys.modules):
+        if name == top or name.startswith(top + "."):
+            sys.modules.pop(name, None)
+    importlib.invalidate_caches()
 
 
 def _purge_modules_under(root: str) -> None:

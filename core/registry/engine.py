@@ -59,12 +59,16 @@ class ForkGate:
         self._cond.release()
 
     def after_fork_in_child(self) -> None:
+        self._active = 0
+        self.after_fork()
         for engine in list(_ENGINES):  # the child must not reuse the parent's pooled connections
             engine.dispose(close=False)
 
 
 FORK_GATE = ForkGate()
 os.register_at_fork(
+    before=FORK_GATE.before_fork,
+    after_in_parent=FORK_GATE.after_fork,
     after_in_child=FORK_GATE.after_fork_in_child,
 )
 
