@@ -91,12 +91,17 @@ def test_eight_processes_create_the_schema_at_once(db_url: str) -> None:
 
 
 def _child_saves(db_url: str) -> None:
+    import os
+
     import tether.registry as treg
 
     reg = treg.get_registry()
     reg.save("forked", {"kind": "env", "name": "child"})
     reg.record_call(treg.CallRecord(name="forked", version=2, call_id="from-child", duration_s=1.0))
     reg.flush()
+    # the work is done and flushed: leave without running interpreter shutdown, which in a child forked from the
+    # full test session trips over state other test modules left in this process (Prefect's server threads)
+    os._exit(0)
 
 
 def test_a_forked_child_uses_its_own_connections_and_writer(
