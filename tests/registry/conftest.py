@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.processes import registry_server
 
 PG_BIN = Path(os.environ.get("TETHER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 ENV_KEYS = ("TETHER_REGISTRY_URL", "TETHER_TOKEN", "TETHER_REGISTRY_DB", "TETHER_NAMESPACE")
@@ -136,40 +135,5 @@ def _issue_tokens(db: str) -> dict[str, str]:
 def team_server(db_url: str, tmp_path: Path) -> Iterator[TeamServer]:
     """``tether registry serve`` as a subprocess on 127.0.0.1, with tokens for alice, bob (team ml-platform), carol."""
     tokens = _issue_tokens(db_url)
-    ready = tmp_path / "registry-ready.json"
-    log = open(tmp_path / "registry-server.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tether.registry",
-            "serve",
-            "--db",
-            db_url,
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        for _ in range(600):
-            if ready.exists() or proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        if not ready.exists():
-            raise RuntimeError(
-                f"registry server did not start: {(tmp_path / 'registry-server.log').read_text()}"
-            )
-        url = json.loads(ready.read_text())["url"]
+    with registry_server(db_url, tmp_path) as (url, proc):
         yield TeamServer(url=url, db=db_url, tokens=tokens, proc=proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import pytest
 
 import tether
 from examples.services.embed import embed
+from tests.processes import registry_server
 
 FNS = "af_remote_fns"  # airflow_fns.py, deployed from its own code root (conftest)
 TOKEN = "s3cr3t-team-token"
@@ -123,35 +121,8 @@ def team_registry(tmp_path: Path) -> Iterator[tuple[str, str]]:
         token = store.create_token("airflow-bot")
     finally:
         store.close()
-    ready = tmp_path / "ready.json"
-    with open(tmp_path / "registry.log", "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tether.registry",
-                "serve",
-                "--db",
-                db,
-                "--port",
-                "0",
-                "--ready-file",
-                str(ready),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "registry.log"
-            ).read_text()
-            time.sleep(0.05)
-        yield json.loads(ready.read_text())["url"], token
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with registry_server(db, tmp_path) as (url, _proc):
+        yield url, token
 
 
 def test_a_service_saved_in_the_team_registry_is_called_through_the_connection(
