@@ -52,7 +52,7 @@ def _session(unix_socket: str | None = None) -> aiohttp.ClientSession:
     if pools is None:
         pools = _sessions[loop] = {}
         closer = _close_at_loop_shutdown(pools)
-        loop.create_task(closer.__anext__())  # started, so loop.shutdown_asyncgens() will close the pools
+        loop.create_task(_start(closer))  # started, so loop.shutdown_asyncgens() will close the pools
         _closers[loop] = closer
     session = pools.get(unix_socket)
     if session is None or session.closed:
@@ -68,6 +68,10 @@ def _session(unix_socket: str | None = None) -> aiohttp.ClientSession:
 
 
 _closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+
+
+async def _start(agen: AsyncIterator[None]) -> None:
+    await agen.__anext__()
 
 
 async def _close_at_loop_shutdown(pools: dict[str | None, aiohttp.ClientSession]) -> AsyncIterator[None]:

@@ -114,7 +114,7 @@ class _Service:
 
     def _redeploy_after(self, exc: NotFound) -> bool:
         """The daemon lost our service (torn down and relaunched): deploy it again once."""
-        if self.spec is None or self.cluster is None or self.name not in str(exc):
+        if self.spec is None or self.cluster is None or not self.name or self.name not in str(exc):
             return False
         self._redeploy_spec()
         return True

@@ -141,7 +141,7 @@ class ServiceSpec(_Spec):
 
     name: str
     kind: Literal["function", "module", "instance"] = "function"
-    env: EnvSpec = Field(default_factory=EnvSpec)
+    env: EnvSpec = Field(default_factory=lambda: EnvSpec())
     code: CodeRef
     init_pickled_b64: str | None = Field(None, description="instance: cloudpickled (args, kwargs) for __init__")
     of: str | None = Field(None, description="instance: the module service it was made from")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tether import __version__
@@ -11,7 +12,7 @@ _ERROR = {"description": "a tether error", "content": {"application/json": {"sch
 _JSON_OK = {"description": "ok", "content": {"application/json": {"schema": {"type": "object"}}}}
 
 
-def _op(summary: str, *, params: list[str] = (), body: dict[str, Any] | None = None,
+def _op(summary: str, *, params: Sequence[str] = (), body: dict[str, Any] | None = None,
         ok: dict[str, Any] | None = None, codes: tuple[int, ...] = (400, 401, 404, 422)) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": {"200": ok or _JSON_OK, **{str(c): _ERROR for c in codes}}}
     if params:
