@@ -55,6 +55,7 @@ class _ThreadLoop:
         with contextlib.suppress(Exception):
             if not self.loop.is_closed():
                 self.loop.run_until_complete(close_all())
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
                 self.loop.close()
 
 
