@@ -22,14 +22,13 @@ from tether.daemon.calls import Call, CallTable
 from tether.daemon.store import Manifest
 from tether.daemon.workers import WorkerPool, WorkerProcess
 from tether.errors import (
-    CallCancelled,
     ConfigError,
     NotFound,
     PayloadTooLarge,
     SerializationError,
     TetherError,
 )
-from tether.specs import EnvSpec, ServiceSpec, validate_name
+from tether.specs import ServiceSpec, validate_name
 
 log = structlog.get_logger("tether.daemon")
 
@@ -99,6 +98,8 @@ class Daemon:
             raise NotFound(f"no service or object named {name!r} on this cluster",
                            hint=_hint(name, self.manifest.names()),
                            details={"close_matches": _close_matches(name, self.manifest.names())})
+        if env in self.pool.envs:  # the hot path: the env's worker runs (or ran) with a known spec, no scan
+            return await self.pool.get(name=env)
         spec_env = next((s.env for s in self.manifest.services.values() if s.env.name == env), None)
         return await self.pool.get(spec_env, name=env)
 
@@ -464,4 +465,4 @@ def make_app(daemon: Daemon) -> web.Application:
     return app
 
 
-__all__ = ["Daemon", "EnvSpec", "make_app", "CallCancelled"]
+__all__ = ["Daemon", "make_app"]

@@ -339,8 +339,7 @@ class Worker:
                 else:
                     out = target(*args, **kwargs)
                 if inspect.isgenerator(out):
-                    for item in out:
-                        self.send_threadsafe(p.ITEM, ctx.tag, None, _encode_result(item, json_mode))
+                    _send_items(self, ctx, out, json_mode)
                     return None
                 return out
             finally:
@@ -360,12 +359,14 @@ async def _drain_sync_generator(worker: Worker, ctx: _CallCtx, out: Any, json_mo
     if not inspect.isgenerator(out):
         return out
 
-    def drain() -> None:
-        for item in out:
-            worker.send_threadsafe(p.ITEM, ctx.tag, None, _encode_result(item, json_mode))
-
-    await asyncio.to_thread(drain)
+    await asyncio.to_thread(_send_items, worker, ctx, out, json_mode)
     return None
+
+
+def _send_items(worker: Worker, ctx: _CallCtx, items: Any, json_mode: bool) -> None:
+    """Send each item of a sync generator to the caller as it is produced (from a call's thread)."""
+    for item in items:
+        worker.send_threadsafe(p.ITEM, ctx.tag, None, _encode_result(item, json_mode))
 
 
 FAST_SECONDS = 0.002  # a sync call this quick may run inline on the worker's loop ...
