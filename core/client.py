@@ -149,22 +149,29 @@ class AsyncClient:
         headers = dict(self._headers)
         if content_type:
             headers["Content-Type"] = content_type
-        try:
-            async with _session(self.unix_socket).request(method, self.endpoint + path, json=json_body, data=data, params=params,
-                                          headers=headers, ssl=self._ssl,
-                                          timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT)
-                                          ) as resp:
-                body = await resp.read()
-                if resp.status >= 400:
-                    raise _http_error(resp.status, body)
-                if resp.content_type == PICKLE:
-                    return body
-                return json.loads(body) if body else None
-        except aiohttp.ServerFingerprintMismatch as exc:
-            raise _fingerprint_error(exc) from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise ClusterUnavailable(f"cannot reach the daemon at {self.endpoint}: {type(exc).__name__}: {exc}",
-                                     hint="is the cluster up? try cluster.up_if_not()") from exc
+        for attempt in (1, 2):
+            try:
+                async with _session(self.unix_socket).request(
+                        method, self.endpoint + path, json=json_body, data=data, params=params, headers=headers,
+                        ssl=self._ssl, timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT)
+                ) as resp:
+                    body = await resp.read()
+                    if resp.status >= 400:
+                        raise _http_error(resp.status, body)
+                    if resp.content_type == PICKLE:
+                        return body
+                    return json.loads(body) if body else None
+            except aiohttp.ServerFingerprintMismatch as exc:
+                raise _fingerprint_error(exc) from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled keep-alive connection the network (or the daemon) dropped while idle: the first use
+                # fails at once. Once more on a fresh connection; the daemon's routes are idempotent.
+                if attempt == 1 and not isinstance(exc, aiohttp.ClientConnectorError):
+                    continue
+                raise _unreachable(self.endpoint, exc) from exc
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raise _unreachable(self.endpoint, exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     # -- calls ---------------------------------------------------------------------------------------------------
     async def frames(self, name: str, method: str | None, body: bytes, *, call_id: str,
@@ -342,6 +349,11 @@ def _split(raw: bytes) -> list[tuple[int, bytes]]:
             out.append((kind, raw[i : i + length] if length != len(raw) - i else raw[i:]))
         i += length
     return out
+
+
+def _unreachable(endpoint: str, exc: BaseException) -> ClusterUnavailable:
+    return ClusterUnavailable(f"cannot reach the daemon at {endpoint}: {type(exc).__name__}: {exc}",
+                              hint="is the cluster up? try cluster.up_if_not()")
 
 
 def _fingerprint_error(exc: aiohttp.ServerFingerprintMismatch) -> AuthError:

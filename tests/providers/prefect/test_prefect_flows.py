@@ -21,10 +21,10 @@ from prefect.exceptions import TerminationSignal
 from prefect.logging.handlers import APILogHandler
 from prefect.runtime import flow_run
 from prefect.states import Cancelling
-from prefect_netproxy import CuttableProxy
 
 import tether
 from examples.services.embed import embed
+from tests.netproxy import CuttableProxy
 from tether.providers.prefect import TetherCluster, retry_on_tether_errors, run_remote, tether_task
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
