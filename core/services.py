@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,7 +27,7 @@ __all__ = ["Function", "Module", "RemoteClass", "RemoteInstance", "function", "m
 
 
 def _new_call_id() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as unique as uuid4().hex, a few µs cheaper per call
 
 
 class _Service:
@@ -130,8 +131,8 @@ class _Service:
             recovered = set()
             while True:
                 try:
-                    return run_sync(self.cluster.client.call(  # type: ignore[union-attr]
-                        self.name or "", method, args, kwargs, call_id=call_id, on_log=on_log, caller=self.caller))
+                    return self.cluster.client.call_sync(  # type: ignore[union-attr]
+                        self.name or "", method, args, kwargs, call_id=call_id, on_log=on_log, caller=self.caller)
                 except NotFound as exc:  # the daemon lost our service (torn down, fresh state): deploy again
                     if "deploy" in recovered or not self._redeploy_after(exc):
                         raise

@@ -12,7 +12,7 @@ import weakref
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-__all__ = ["Response", "close_pools", "request"]
+__all__ = ["Response", "close_pools", "encode_head", "parse_status_and_headers", "request"]
 
 _MAX_IDLE = 64
 _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], list[_Conn]]] = (
@@ -104,6 +104,30 @@ class Response:
             self._conn.close()
 
 
+_hosts: dict[str, str] = {}
+
+
+def encode_head(endpoint: str, method: str, path: str, headers: dict[str, str], body_length: int) -> bytes:
+    """The request line and headers of one HTTP/1.1 request, ready to send."""
+    host = _hosts.get(endpoint)
+    if host is None:
+        host = _hosts[endpoint] = urlsplit(endpoint).netloc or "localhost"
+    head = [f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body_length}\r\n"]
+    head += [f"{k}: {v}\r\n" for k, v in headers.items()]
+    head.append("\r\n")
+    return "".join(head).encode("latin-1")
+
+
+def parse_status_and_headers(lines: list[bytes]) -> tuple[int, dict[str, str]]:
+    """The status code and (lower-cased) headers of a response head, given its lines up to the blank one."""
+    status = int(lines[0].split(b" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:-1]:
+        k, _, v = line.decode("latin-1").partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
 async def _connect(endpoint: str, unix_socket: str | None) -> _Conn:
     if unix_socket:
         reader, writer = await asyncio.open_unix_connection(unix_socket, limit=2**22)
@@ -118,11 +142,7 @@ async def request(endpoint: str, unix_socket: str | None, method: str, path: str
     """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its head."""
     key = (endpoint, unix_socket or "")
     pool = _pools.setdefault(asyncio.get_running_loop(), {}).setdefault(key, [])
-    head = [f"{method} {path} HTTP/1.1\r\nHost: {urlsplit(endpoint).netloc or 'localhost'}\r\n"
-            f"Content-Length: {len(body)}\r\n"]
-    head += [f"{k}: {v}\r\n" for k, v in headers.items()]
-    head.append("\r\n")
-    data = "".join(head).encode("latin-1")
+    data = encode_head(endpoint, method, path, headers, len(body))
     for attempt in (0, 1):
         reused = bool(pool) and attempt == 0
         conn = pool.pop() if reused else await asyncio.wait_for(_connect(endpoint, unix_socket), connect_timeout)
@@ -135,14 +155,10 @@ async def request(endpoint: str, unix_socket: str | None, method: str, path: str
                 continue
             raise
         try:
-            status = int(status_line.split(b" ", 2)[1])
-            hdrs: dict[str, str] = {}
-            while True:
-                line = await conn.reader.readuntil(b"\r\n")
-                if line == b"\r\n":
-                    break
-                k, _, v = line.decode("latin-1").partition(":")
-                hdrs[k.strip().lower()] = v.strip()
+            lines = [status_line]
+            while lines[-1] != b"\r\n":
+                lines.append(await conn.reader.readuntil(b"\r\n"))
+            status, hdrs = parse_status_and_headers(lines)
         except BaseException:
             conn.close()
             raise

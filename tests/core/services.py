@@ -106,3 +106,20 @@ class Counter:
 
     def env(self):
         return "method named env"
+
+
+def log_wait_count(marker_dir):
+    """Print, then wait for ``marker_dir/release``; every run appends a line to ``marker_dir/runs``."""
+    from pathlib import Path
+
+    d = Path(marker_dir)
+    with open(d / "runs", "a") as f:
+        f.write("run\n")
+    print("before the wait")
+    (d / "started").touch()
+    for _ in range(3000):
+        if (d / "release").exists():
+            break
+        time.sleep(0.01)
+    print("after the wait")
+    return len((d / "runs").read_text().splitlines())
