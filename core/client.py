@@ -17,7 +17,7 @@ import aiohttp
 import cloudpickle
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from tether import syncwire, wire
+from tether import shm, syncwire, wire
 from tether.daemon import protocol as p
 from tether.errors import (
     AuthError,
@@ -121,6 +121,18 @@ def _loads(body: bytes) -> Any:
         ) from exc
 
 
+def _load_file(path: str) -> Any:
+    try:
+        return shm.load(path)
+    except OSError as exc:
+        raise ClusterUnavailable(f"the daemon's result file {path} is gone: {exc}",
+                                 hint="the daemon restarted or dropped the finished call; run the call again") from exc
+    except Exception as exc:
+        raise SerializationError(
+            f"could not unpickle the remote result: {type(exc).__name__}: {exc}",
+            hint="the result's type must be importable here with the same code as on the cluster") from exc
+
+
 def raise_remote(payload: bytes) -> None:
     """Raise the error an E frame carries, with the remote traceback attached as a note."""
     body = json.loads(payload)
@@ -145,6 +157,7 @@ class AsyncClient:
         self._headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         self._ssl: Any = None
         self._lean = self.endpoint.startswith("http://")  # TLS endpoints keep aiohttp (fingerprint pinning)
+        self._shm = bool(self.unix_socket and self._lean and shm.SHM_DIR)  # same host: big payloads via /dev/shm
         if self.tls_fingerprint:
             self._ssl = aiohttp.Fingerprint(bytes.fromhex(self.tls_fingerprint.replace(":", "")))
 
@@ -280,6 +293,8 @@ class AsyncClient:
         headers = {**self._headers, "X-Tether-Call-Id": call_id, "Content-Type": PICKLE}
         if caller:
             headers["X-Tether-Caller"] = caller
+        if self._shm:
+            headers["X-Tether-Accept-Shm"] = "1"
         if attach:
             return "GET", f"/calls/{call_id}", headers
         return "POST", (f"/{name}/{method}/call" if method else f"/{name}/call"), headers
@@ -291,16 +306,20 @@ class AsyncClient:
 
         ``resume``: what a sync attempt of this call id handled before its link dropped (frames are not repeated).
         """
-        body = b"" if attach else dumps_args(args, kwargs)
         out = resume or _Outcome(on_log)
         try:
             if self._lean and resume is None:  # one coroutine, no generators: the common case
+                verb, path, headers = self._route(name, method, call_id, caller, attach)
+                body, via_shm = self._body(args, kwargs, headers, attach)
                 try:
-                    verb, path, headers = self._route(name, method, call_id, caller, attach)
                     await self._call_lean(out, verb, path, headers, body)
                     return out.outcome(call_id)
                 except _Dropped:
                     pass  # the same call id again, on the retrying path below
+                finally:
+                    if via_shm:
+                        shm.remove(via_shm)
+            body = b"" if attach else dumps_args(args, kwargs)
             async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller,
                                                        attach=attach, seen=out.seen)) as frames:
                 async for kind, payload in frames:
@@ -360,9 +379,9 @@ class AsyncClient:
 
         if not self._lean:
             return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller))
-        body = dumps_args(args, kwargs)
         out = _Outcome(on_log)
         verb, path, headers = self._route(name, method, call_id, caller, False)
+        body, via_shm = self._body(args, kwargs, headers, False)
         resp: syncwire.BlockingResponse | None = None
         try:
             resp = syncwire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
@@ -386,7 +405,27 @@ class AsyncClient:
         finally:
             if resp is not None:
                 resp.close()
+            if via_shm:
+                shm.remove(via_shm)
         return out.outcome(call_id)
+
+    def _body(self, args: tuple[Any, ...], kwargs: dict[str, Any], headers: dict[str, str], attach: bool
+              ) -> tuple[bytes, str | None]:
+        """The request body, or b"" and the shared-memory file holding it (named in ``headers``)."""
+        if attach:
+            return b"", None
+        if self._shm and shm.is_big(args, kwargs):
+            try:
+                path = shm.write_pickle((args, kwargs))
+            except OSError:  # /dev/shm full: the socket still works
+                return dumps_args(args, kwargs), None
+            except Exception as exc:
+                raise SerializationError(f"could not pickle the call's arguments: {type(exc).__name__}: {exc}",
+                                         hint="pass picklable values (no open files, sockets, locks or live "
+                                              "connections)") from exc
+            headers["X-Tether-Shm"] = path
+            return b"", path
+        return dumps_args(args, kwargs), None
 
     async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
                      call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None
@@ -396,7 +435,13 @@ class AsyncClient:
         try:
             async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller)) as frames:
                 async for kind, payload in frames:
-                    if kind == p.ITEM:
+                    if kind == p.FILE:  # a big item in a shared-memory file
+                        ref = json.loads(payload)
+                        if ref["kind"] == p.ITEM:
+                            yield _load_file(ref["path"])
+                        elif ref["kind"] == p.RESULT:
+                            return
+                    elif kind == p.ITEM:
                         yield _loads(payload)
                     elif kind == p.LOG:
                         if on_log is not None:
@@ -433,7 +478,15 @@ class _Outcome:
             return False
         self.seen += 1
         try:
-            if kind == p.RESULT:
+            if kind == p.FILE:  # a big result or item in a shared-memory file the daemon owns
+                ref = json.loads(payload)
+                kind, loaded = ref["kind"], _load_file(ref["path"])
+                if kind == p.ITEM:
+                    self.items = self.items if self.items is not None else []
+                    self.items.append(loaded)
+                    return False
+                self.value = self.items if self.items is not None else loaded
+            elif kind == p.RESULT:
                 self.value = self.items if self.items is not None else _loads(payload)
             elif kind == p.ERROR:
                 self.error = payload

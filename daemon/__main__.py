@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tether.daemon import eventloop
 from tether.daemon.auth import is_loopback, read_token_file
 from tether.daemon.protocol import sweep_stale_shm
 from tether.daemon.server import Daemon, make_app
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging()
     args.state_dir.mkdir(parents=True, exist_ok=True)
     sweep_stale_shm()
-    asyncio.run(serve(args))
+    eventloop.run(serve(args))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ Level = Literal["read", "write", "owner"]
 _RANK = {"read": 1, "write": 2, "owner": 3}
 HASH_PREFIX = "sha256:"
 PICKLE = "application/x-tether-pickle"
+HASH_CACHE = 64
 
 
 def new_token() -> str:
@@ -90,6 +91,7 @@ class AccessPolicy:
         self.access_file = access_file
         self._grants: dict[str, Grant] = {}
         self._mtime: float | None = None
+        self._hashes: dict[str, str] = {}  # presented token -> its sha256, for the last few tokens seen
 
     @property
     def enabled(self) -> bool:
@@ -104,10 +106,21 @@ class AccessPolicy:
             return OWNER
         if not authorization or not authorization.startswith("Bearer "):
             return None
-        presented = hash_token(authorization[7:].strip())
+        presented = self._hash(authorization[7:].strip())
         if hmac.compare_digest(presented, self.token_hash):
             return OWNER
         return self._load().get(presented)
+
+    def _hash(self, token: str) -> str:
+        """``hash_token(token)``, remembered for the last ``HASH_CACHE`` tokens (a client sends the same one on
+        every request)."""
+        digest = self._hashes.get(token)
+        if digest is None:
+            digest = hash_token(token)
+            if len(self._hashes) >= HASH_CACHE:
+                del self._hashes[next(iter(self._hashes))]
+            self._hashes[token] = digest
+        return digest
 
     def _load(self) -> dict[str, Grant]:
         if self.access_file is None:

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +19,8 @@ from pydantic import ValidationError
 from tether import __version__
 from tether.daemon import protocol as p
 from tether.daemon.auth import AccessPolicy, authorize, check_code_roots
-from tether.daemon.calls import Call, CallTable
+from tether.daemon.calls import FINAL, Call, CallTable, frame_body
+from tether.daemon.eventloop import loop_name
 from tether.daemon.store import Manifest
 from tether.daemon.workers import WorkerPool, WorkerProcess
 from tether.errors import (
@@ -70,6 +72,7 @@ class Daemon:
         self.started = time.time()
         self.last_activity = time.time()
         self.stop_event = asyncio.Event()
+        self._call_metas: dict[tuple[str, str | None, bool], bytes] = {}
 
     # -- workers -------------------------------------------------------------------------------------------------
     async def _restore(self, worker: WorkerProcess) -> None:
@@ -99,7 +102,7 @@ class Daemon:
                            hint=_hint(name, self.manifest.names()),
                            details={"close_matches": _close_matches(name, self.manifest.names())})
         if env in self.pool.envs:  # the hot path: the env's worker runs (or ran) with a known spec, no scan
-            return await self.pool.get(name=env)
+            return self.pool.live(env) or await self.pool.get(name=env)
         spec_env = next((s.env for s in self.manifest.services.values() if s.env.name == env), None)
         return await self.pool.get(spec_env, name=env)
 
@@ -114,15 +117,40 @@ class Daemon:
         log.info("deployed", service=spec.name, kind=spec.kind, env=spec.env.name)
         return {"name": spec.name, "env": spec.env.name, "methods": meta.get("methods", {}), "pid": worker.pid}
 
-    async def start_call(self, call_id: str, name: str, method: str | None, body: bytes, json_mode: bool) -> Call:
-        worker = await self.worker_for(name)
-        call = Call(call_id, name, method, json_mode)
+    async def start_call(self, call_id: str, name: str, method: str | None, body: bytes, json_mode: bool,
+                         arg_file: str | None = None) -> Call:
+        """Send a call to its worker. Its arguments are ``body``, or the shared-memory file ``arg_file``, which
+        the daemon owns: it is removed whatever happens."""
+        try:
+            worker = await self.worker_for(name)
+            call = Call(call_id, name, method, json_mode, arg_file)
+            meta: dict[str, Any] | bytes = self._call_meta(name, method, json_mode) if arg_file is None else {
+                "name": name, "method": method, "mode": "json" if json_mode else "pickle", "_shm": arg_file}
+            call.worker = worker
+            call.worker_tag = worker.request(p.CALL, meta, body, call.add)
+        except BaseException:
+            if arg_file is not None:
+                p.unlink_quietly(arg_file)
+            raise
         self.calls.add(call)
-        call.worker = worker
-        call.worker_tag = worker.request(
-            p.CALL, {"name": name, "method": method, "mode": "json" if json_mode else "pickle"}, body, call.add)
         await worker.drain()
         return call
+
+    def _call_meta(self, name: str, method: str | None, json_mode: bool) -> bytes:
+        """The CALL frame's meta, JSON-encoded once per target."""
+        key = (name, method, json_mode)
+        meta = self._call_metas.get(key)
+        if meta is None:
+            if len(self._call_metas) >= 1024:
+                self._call_metas.clear()
+            meta = self._call_metas[key] = p.encode_meta(
+                {"name": name, "method": method, "mode": "json" if json_mode else "pickle"})
+        return meta
+
+    def service_of_call(self, call_id: str) -> str | None:
+        """The service a known call belongs to (access checks on /calls/{id} routes)."""
+        call = self.calls.get(call_id)
+        return call.service if call is not None else None
 
     def cancel(self, call_id: str) -> Call:
         call = self.calls.get(call_id)
@@ -179,9 +207,10 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
     daemon = request.app[DAEMON]
     daemon.last_activity = time.time()
     try:
-        denied = await authorize(request, daemon.auth, lambda cid: getattr(daemon.calls.get(cid), "service", None))
-        if denied is not None:
-            return error_response(denied)
+        if daemon.auth.enabled:
+            denied = await authorize(request, daemon.auth, daemon.service_of_call)
+            if denied is not None:
+                return error_response(denied)
         return await handler(request)
     except TetherError as exc:
         return error_response(exc)
@@ -221,7 +250,7 @@ async def status(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     workers = [{"env": n, "pid": w.pid, "alive": w.alive} for n, w in d.pool.workers.items()]
     return web.json_response({
-        "version": __version__, "pid": os.getpid(), "uptime": time.time() - d.started,
+        "version": __version__, "pid": os.getpid(), "loop": loop_name(), "uptime": time.time() - d.started,
         "idle_seconds": time.time() - d.last_activity, "autostop_mins": d.autostop_mins,
         "autostop_paused": d.autostop_paused, "services": d.manifest.status(), "workers": workers,
         "running_calls": [c.summary() for c in d.calls.running()],
@@ -244,12 +273,18 @@ async def call(request: web.Request) -> web.StreamResponse:
     call_id = request.headers.get("X-Tether-Call-Id") or uuid.uuid4().hex
     if len(call_id) > 200:
         raise ConfigError("X-Tether-Call-Id is longer than 200 characters")
+    shm = request.headers.get("X-Tether-Shm")
+    arg_file = _claim_arg_file(request, shm, json_mode) if shm is not None else None
     existing = d.calls.get(call_id)
     if existing is not None:
+        if arg_file is not None:
+            p.unlink_quietly(arg_file)
         if existing.service != name or existing.method != method:
             raise ConfigError(f"call id {call_id!r} belongs to {existing.service}.{existing.method or '__call__'}",
                               hint="use a new call id for a different service")
         return await respond(request, existing)
+    if arg_file is not None:
+        return await respond(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file))
     body = await request.read()
     if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
@@ -261,77 +296,122 @@ async def call(request: web.Request) -> web.StreamResponse:
     return await respond(request, await d.start_call(call_id, name, method, body, json_mode))
 
 
+def _over_unix_socket(request: web.Request) -> bool:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
+
+
+def _claim_arg_file(request: web.Request, path: str, json_mode: bool) -> str:
+    """The ``X-Tether-Shm`` file of a same-host client, now the daemon's (see ``protocol.claim_shm``)."""
+    if not _over_unix_socket(request):
+        err = ConfigError("X-Tether-Shm is honoured only on the daemon's unix socket",
+                          hint="send the pickled (args, kwargs) inline as the request body")
+        err.status = 400
+        raise err
+    if json_mode:
+        raise ConfigError(f"X-Tether-Shm carries pickled arguments only (Content-Type: {PICKLE})")
+    if request.body_exists:
+        raise ConfigError("send the arguments either in the body or in the X-Tether-Shm file, not both")
+    return p.claim_shm(path)
+
+
+_HEARTBEAT = p.client_frame(p.HEARTBEAT, b"")
+
+
 async def respond(request: web.Request, call: Call) -> web.StreamResponse:
-    """Answer with the call's frames: one plain response if it ends fast, else a live stream."""
-    headers = {"X-Tether-Call-Id": call.call_id}
+    """Answer with the call's frames: one plain response if it ends before anything was streamed, else a live
+    stream (with a heartbeat frame every ``HEARTBEAT_SECONDS`` of silence)."""
     if call.json_mode:
-        return await _respond_json(call, headers)
+        return await _respond_json(call, {"X-Tether-Call-Id": call.call_id})
+    headers = {"X-Tether-Call-Id": call.call_id, "Content-Type": FRAMES}
+    files = request.headers.get("X-Tether-Accept-Shm") == "1" and _over_unix_socket(request)
+    frames = call.frames
     stream: web.StreamResponse | None = None
-    async for frame in call.follow(timeout=HEARTBEAT_SECONDS):
-        if frame is None:
-            payload = p.client_frame(p.HEARTBEAT, b"")
-        else:
-            kind, meta, body = frame
-            payload = _client_payload(kind, meta, body)
-            if stream is None and kind in (p.RESULT, p.ERROR):
-                if isinstance(payload, bytes):
-                    return web.Response(body=payload, content_type=FRAMES, headers=headers)
-                whole = web.StreamResponse(headers=headers)  # large result: header + body, never joined
-                whole.content_type = FRAMES
-                whole.content_length = len(payload[0]) + len(payload[1])
-                await whole.prepare(request)
-                await whole.write(payload[0])
-                await whole.write(payload[1])
-                await whole.write_eof()
-                return whole
-        if stream is None:
-            stream = web.StreamResponse(headers=headers)
-            stream.content_type = FRAMES
-            await stream.prepare(request)
-        if isinstance(payload, tuple):
-            await stream.write(payload[0])
-            await stream.write(payload[1])
-        else:
-            await stream.write(payload)
-    assert stream is not None
-    await stream.write_eof()
+    i = 0
+    call.pin()
+    try:
+        while True:
+            if i == len(frames):
+                if not await call.changed(HEARTBEAT_SECONDS):
+                    stream = stream or await _open_stream(request, headers)
+                    await stream.write(_HEARTBEAT)
+                continue
+            kind, meta, body = frames[i]
+            i += 1
+            payload = _client_payload(call, kind, meta, body, files)
+            final = kind in FINAL
+            if final and stream is None:
+                if len(payload) == 1:
+                    return web.Response(body=payload[0], headers=headers)
+                stream = web.StreamResponse(headers=headers)  # large result: header + body, never joined
+                stream.content_length = sum(map(len, payload))
+                await stream.prepare(request)
+            elif stream is None:
+                stream = await _open_stream(request, headers)
+            for part in payload:
+                await stream.write(part)
+            if final:
+                await stream.write_eof()
+                return stream
+    finally:
+        call.unpin()
+
+
+async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    stream = web.StreamResponse(headers=headers)
+    await stream.prepare(request)
     return stream
 
 
-def _client_payload(kind: int, meta: dict[str, Any], body: bytes) -> bytes | tuple[bytes, bytes]:
+def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, files: bool) -> tuple[bytes, ...]:
+    """A frame as the client reads it: one buffer, or a header and a large body (not joined: no copy)."""
     if kind == p.ERROR:
         wire = dict(meta.get("error", {}))
         if body:
             wire["exc"] = base64.b64encode(body).decode()
-        return p.client_frame(p.ERROR, json.dumps({"error": wire}).encode())
-    if kind == p.LOG:
-        return p.client_frame(p.LOG, body)
+        return (p.client_frame(p.ERROR, json.dumps({"error": wire}).encode()),)
+    path = meta.get("_shm") if meta else None
+    if path is not None:
+        if files:  # a same-host client maps the file itself
+            call.shared = True
+            ref = {"kind": kind, "path": path, "size": meta["_size"]}
+            return (p.client_frame(p.FILE, json.dumps(ref).encode()),)
+        body = frame_body(meta, body)
     if len(body) > 1024 * 1024:
         return p.client_header(kind, len(body)), body
-    return p.client_frame(kind, body)
+    return (p.client_frame(kind, body),)
 
 
 async def _respond_json(call: Call, headers: dict[str, str]) -> web.Response:
     items: list[Any] = []
     logs: list[Any] = []
-    async for frame in call.follow(timeout=None):
-        assert frame is not None
-        kind, meta, body = frame
-        if kind == p.LOG:
-            logs.append(json.loads(body))
-        elif kind == p.ITEM:
-            items.append(json.loads(body))
-        elif kind == p.ERROR:
-            err = _as_error(meta)
-            return web.json_response(err.to_wire(), status=http_status(err), headers=headers)
-        elif kind == p.RESULT:
-            out: dict[str, Any] = {"call_id": call.call_id, "logs": logs}
-            if items:
-                out["items"] = items
-            else:
-                out["result"] = json.loads(body)
-            return web.json_response(out, headers=headers)
-    raise TetherError("the call ended without a result")
+    frames = call.frames
+    i = 0
+    call.pin()
+    try:
+        while True:
+            if i == len(frames):
+                await call.changed()
+                continue
+            kind, meta, body = frames[i]
+            i += 1
+            if kind == p.LOG:
+                logs.append(json.loads(body))
+            elif kind == p.ITEM:
+                items.append(json.loads(frame_body(meta, body)))
+            elif kind == p.ERROR:
+                err = _as_error(meta)
+                return web.json_response(err.to_wire(), status=http_status(err), headers=headers)
+            elif kind == p.RESULT:
+                out: dict[str, Any] = {"call_id": call.call_id, "logs": logs}
+                if items:
+                    out["items"] = items
+                else:
+                    out["result"] = json.loads(frame_body(meta, body))
+                return web.json_response(out, headers=headers)
+    finally:
+        call.unpin()
 
 
 async def get_call(request: web.Request) -> web.StreamResponse:
@@ -460,6 +540,7 @@ def make_app(daemon: Daemon) -> web.Application:
 
     async def on_cleanup(app: web.Application) -> None:
         await daemon.pool.close()
+        daemon.calls.close()
 
     app.on_cleanup.append(on_cleanup)
     return app

@@ -24,6 +24,7 @@ from tether.specs import EnvSpec
 log = structlog.get_logger("tether.daemon.workers")
 
 Frame = tuple[int, dict[str, Any], bytes]
+_KEPT = (p.RESULT, p.ITEM)  # kinds whose large bodies stay files for the call table
 Sink = Callable[[int, dict[str, Any], bytes], None]
 
 
@@ -34,7 +35,7 @@ class WorkerProcess:
         self.env = env
         self.memory_limit = env.memory_limit or memory_limit
         self.proc: asyncio.subprocess.Process | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.link: p.FrameWriter | None = None
         self.pending: dict[int, Sink] = {}
         self.alive = False
         self.death: BaseException | None = None
@@ -65,7 +66,8 @@ class WorkerProcess:
             raise ConfigError(f"could not start a worker for env {self.env.name!r}: {exc}") from exc
         finally:
             child.close()
-        reader, self.writer = await asyncio.open_unix_connection(sock=parent, limit=p.LINK_BUFFER)
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=p.LINK_BUFFER)
+        self.link = p.FrameWriter(writer)
         try:
             kind, _, _, _ = await asyncio.wait_for(p.read_frame(reader), timeout=60)
         except (asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -80,8 +82,10 @@ class WorkerProcess:
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                kind, tag, meta, body = await p.read_frame(reader)
+                kind, tag, meta, body = await p.read_frame(reader, keep_shm=_KEPT)
                 sink = self.pending.get(tag)
+                if "_shm" in meta:
+                    kind, meta = _adopt(kind, meta, sink is not None)
                 if sink is None:
                     continue
                 if kind in (p.RESULT, p.ERROR):
@@ -100,13 +104,15 @@ class WorkerProcess:
         for sink in pending.values():
             sink(p.ERROR, wire, b"")
 
-    def request(self, kind: int, meta: dict[str, Any], body: bytes, sink: Sink) -> int:
-        """Send a frame; ``sink(kind, meta, body)`` gets each answer, the last being RESULT or ERROR."""
-        if not self.alive or self.writer is None:
+    def request(self, kind: int, meta: dict[str, Any] | bytes, body: bytes, sink: Sink) -> int:
+        """Send a frame (``meta`` as a dict or pre-encoded JSON); ``sink(kind, meta, body)`` gets each answer,
+        the last being RESULT or ERROR. A RESULT or ITEM body of 1 MiB or more arrives as a file: meta ``_shm``
+        (its path, now the daemon's) and ``_size``, with an empty body."""
+        if not self.alive or self.link is None:
             raise self.death or WorkerDied(f"worker for env {self.env.name!r} is not running")
         tag = next(self._tags)
         self.pending[tag] = sink
-        p.write_frame(self.writer, kind, tag, meta, body)
+        self.link.send(kind, tag, meta, body)
         return tag
 
     async def ask(self, kind: int, meta: dict[str, Any], body: bytes = b"") -> Frame:
@@ -114,6 +120,8 @@ class WorkerProcess:
         fut: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
 
         def sink(k: int, m: dict[str, Any], b: bytes) -> None:
+            if "_shm" in m:
+                b = p.read_shm(m.pop("_shm"))
             if k in (p.RESULT, p.ERROR) and not fut.done():
                 fut.set_result((k, m, b))
 
@@ -122,12 +130,13 @@ class WorkerProcess:
         return await fut
 
     def cancel(self, tag: int) -> None:
-        if self.alive and self.writer is not None:
-            p.write_frame(self.writer, p.CANCEL, tag)
+        if self.alive and self.link is not None:
+            self.link.send(p.CANCEL, tag)
 
     async def drain(self) -> None:
-        if self.writer is not None and self.writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
-            await self.writer.drain()
+        """Wait while much is buffered for the worker (back-pressure); returns at once otherwise."""
+        if self.link is not None:
+            await self.link.drain()
 
     async def stop(self) -> None:
         if self.proc and self.proc.returncode is None:
@@ -143,6 +152,19 @@ class WorkerProcess:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._reader_task, timeout=5)
         self.alive = False
+
+
+def _adopt(kind: int, meta: dict[str, Any], wanted: bool) -> tuple[int, dict[str, Any]]:
+    """A large result or item stays in its shared-memory file, renamed to the daemon's (see calls.py); an
+    unwanted one (its call is gone) is deleted."""
+    if not wanted:
+        p.unlink_quietly(meta["_shm"])
+        return kind, meta
+    try:
+        meta["_shm"], meta["_size"] = p.adopt_shm(meta["_shm"])
+    except OSError as exc:
+        return p.ERROR, WorkerDied(f"the worker's result file is gone: {exc}").to_wire()
+    return kind, meta
 
 
 def _death_error(env: str, returncode: int, memory_limit: int | None, evidence: dict[str, Any]) -> BaseException:
@@ -168,6 +190,11 @@ class WorkerPool:
         self.workers: dict[str, WorkerProcess] = {}
         self.envs: dict[str, EnvSpec] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def live(self, name: str) -> WorkerProcess | None:
+        """The running worker of env ``name``, if any (no await: the call path's common case)."""
+        worker = self.workers.get(name)
+        return worker if worker is not None and worker.alive else None
 
     async def get(self, env: EnvSpec | None = None, name: str | None = None) -> WorkerProcess:
         """The live worker of ``env`` (or of env ``name``), starting or restarting it as needed."""

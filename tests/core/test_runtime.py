@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -316,3 +317,23 @@ def test_32_threads_on_one_stateful_object(local_cluster):
         t.join(120)
     assert not errors
     assert ctr.remote.n == 32 * 25
+
+
+def test_big_payloads_travel_through_shared_memory_on_the_daemons_host(local_cluster, monkeypatch):
+    from tether import shm
+
+    if not local_cluster.client.unix_socket or shm.SHM_DIR is None:
+        pytest.skip("needs the local cluster's unix socket and /dev/shm")
+    written, loaded = [], []
+    real_write, real_load = shm.write_pickle, shm.load
+    monkeypatch.setattr(shm, "write_pickle", lambda obj: written.append(real_write(obj)) or written[-1])
+    monkeypatch.setattr(shm, "load", lambda path: loaded.append(path) or real_load(path))
+    payload = os.urandom(3 * 1024 * 1024)
+    echo = tether.function(svc.echo).to(local_cluster)
+
+    assert echo(payload) == payload  # sync API
+    assert asyncio.run(echo.remote_async(payload)) == payload  # async API
+    assert echo(b"small") == b"small"  # small values keep the socket
+
+    assert len(written) == 2 and len(loaded) == 2  # both ways through /dev/shm, twice
+    assert not any(os.path.exists(p) for p in written)  # the daemon took (and removed) the argument files
