@@ -148,15 +148,21 @@ class FrameWriter:
         self._scheduled = False
 
     def send(self, kind: int, tag: int, meta: dict[str, Any] | bytes | None = None, body: bytes = b"") -> None:
-        """Queue one frame; it is written at the end of this loop iteration (at once when much is queued)."""
+        """Queue one frame; it is written at the end of this loop iteration (at once when much is queued).
+
+        The first frame of an iteration goes out at once (a lone call pays no extra loop turn); the frames that
+        follow it in the same iteration are batched into one write.
+        """
         parts = encode(kind, tag, meta, body)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+            self.writer.write(b"".join(parts))
+            return
         self._parts += parts
         self._size += _WORKER_HDR.size + len(parts[1]) + len(parts[2])
         if self._size >= FLUSH_AT:
             self.flush()
-        elif not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write everything queued now."""
