@@ -206,6 +206,7 @@ def main() -> None:
         rows.append(("deploy loop (edit → .to() → first call) median s", f"{deploy_loop(c, 10 if a.quick else 20):.3f}",
                      "-"))
         width = max(len(r[0]) for r in rows)
+        print(f"daemon and worker event loop: {c.daemon_status().get('loop', '?')} (TETHER_LOOP=asyncio forces the stdlib loop)")
         print(f"{'metric':<{width}}  {'tether':<34}  baseline (same run)")
         for name, ours, base in rows:
             print(f"{name:<{width}}  {ours:<34}  {base}")

@@ -171,7 +171,7 @@ def request(endpoint: str, unix_socket: str | None, method: str, path: str, head
                 if not line:
                     raise ConnectionResetError("the daemon closed the connection mid-head")
                 lines.append(line)
-            status, hdrs = parse_status_and_headers(lines)
+            status, hdrs = parse_status_and_headers(b"".join(lines))
         except BaseException:
             conn.close()
             raise

@@ -89,6 +89,11 @@ class Response:
 
     async def read(self) -> bytes:
         """The rest of the body."""
+        if not self._chunked and not self._buf and not self._done and self._length:  # one read, no buffer
+            data = await self._conn.reader.readexactly(self._length)
+            self._length = 0
+            self._done = True
+            return data
         while await self._fill(len(self._buf) + 65536):
             pass
         out = bytes(self._buf)
@@ -118,13 +123,15 @@ def encode_head(endpoint: str, method: str, path: str, headers: dict[str, str], 
     return "".join(head).encode("latin-1")
 
 
-def parse_status_and_headers(lines: list[bytes]) -> tuple[int, dict[str, str]]:
-    """The status code and (lower-cased) headers of a response head, given its lines up to the blank one."""
-    status = int(lines[0].split(b" ", 2)[1])
+def parse_status_and_headers(head: bytes) -> tuple[int, dict[str, str]]:
+    """The status code and (lower-cased) headers of a response head (up to and including the blank line)."""
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
     headers: dict[str, str] = {}
-    for line in lines[1:-1]:
-        k, _, v = line.decode("latin-1").partition(":")
-        headers[k.strip().lower()] = v.strip()
+    for line in lines[1:]:
+        if line:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
     return status, headers
 
 
@@ -148,17 +155,17 @@ async def request(endpoint: str, unix_socket: str | None, method: str, path: str
         conn = pool.pop() if reused else await asyncio.wait_for(_connect(endpoint, unix_socket), connect_timeout)
         try:
             conn.writer.writelines([data, body] if body else [data])
-            status_line = await conn.reader.readuntil(b"\r\n")
+            head = await conn.reader.readuntil(b"\r\n\r\n")
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             conn.close()
             if reused:  # the server closed an idle keep-alive connection: once more on a fresh one
                 continue
             raise
+        except BaseException:
+            conn.close()
+            raise
         try:
-            lines = [status_line]
-            while lines[-1] != b"\r\n":
-                lines.append(await conn.reader.readuntil(b"\r\n"))
-            status, hdrs = parse_status_and_headers(lines)
+            status, hdrs = parse_status_and_headers(head)
         except BaseException:
             conn.close()
             raise
