@@ -203,7 +203,8 @@ class _Service:
     def from_config(cls, config: dict[str, Any]) -> Any:
         kinds = {"function": Function, "module": RemoteClass, "instance": RemoteInstance}
         target = kinds.get(config.get("kind", ""))
-        if target is None or (cls is not _Service and not issubclass(target, cls) and cls is not Function):
+        # _Service and Function (behind ``tether.function(name=...)``) load any saved kind; other classes their own.
+        if target is None or not (cls in (_Service, Function) or issubclass(target, cls)):
             raise ConfigError(f"not a service config (kind={config.get('kind')!r})")
         svc = target.__new__(target)
         _Service.__init__(svc, None, name=config["name"])

@@ -58,3 +58,24 @@ def test_a_call_relaunches_a_cluster_that_stopped_behind_our_back(tether_home):
     tether.cluster(name="relaunch").stop()  # e.g. autostop, from another process's point of view
     assert f(2, 2) == 4  # unreachable → relaunched from the spec → redeployed → called
     c.teardown()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
+def test_daemon_runs_on_the_stdlib_loop_or_uvloop(tether_home, monkeypatch, loop):
+    monkeypatch.setenv("TETHER_LOOP", loop)
+    c = tether.cluster(name=f"loop-{loop}").up_if_not()
+    try:
+        payload = b"x" * (2 * 1024 * 1024)  # a big one too: /dev/shm both ways
+        f, echo = tether.function(svc.add).to(c), tether.function(svc.echo).to(c)
+        assert f(1, 2) == 3 and echo(payload) == payload
+        expected = "asyncio"
+        if loop == "auto":
+            try:
+                import uvloop  # noqa: F401
+
+                expected = "uvloop"
+            except ImportError:
+                pass
+        assert c.daemon_status()["loop"] == expected
+    finally:
+        c.teardown()
