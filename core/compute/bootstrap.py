@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -80,9 +81,8 @@ class SSHTarget:
     def run(self, command: str, *, step: str, stdin: str | None = None, timeout: float = 600) -> str:
         """Run a shell command on the host; raise a step-named error with the remote stderr if it fails."""
         try:
-            r = subprocess.run(
-                self.ssh_argv(command), input=stdin, capture_output=True, text=True, timeout=timeout
-            )
+            r = _with_handshake_retries(lambda: subprocess.run(
+                self.ssh_argv(command), input=stdin, capture_output=True, text=True, timeout=timeout))
         except subprocess.TimeoutExpired as exc:
             raise ClusterUnavailable(f"step {step!r} timed out after {timeout:.0f}s on {self.host}",
                                      details={"step": step, "host": self.host}) from exc  # fmt: skip
@@ -96,9 +96,24 @@ class SSHTarget:
         """Copy files/trees to ``remote_dir`` (created if missing); unchanged files are not sent again."""
         rsh = " ".join(shlex.quote(a) for a in ["ssh", *self.options()])
         argv = ["rsync", "-a", "--mkpath", *extra, "-e", rsh, *map(str, sources), f"{self.dest}:{remote_dir}"]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+        r = _with_handshake_retries(lambda: subprocess.run(argv, capture_output=True, text=True, timeout=900))
         if r.returncode != 0:
             raise step_error(step, self.host, r.returncode, r.stderr)
+
+
+_HANDSHAKE_RE = re.compile(r"Connection reset by peer|Connection closed by|kex_exchange_identification", re.I)
+
+
+def _with_handshake_retries(run: Callable[[], subprocess.CompletedProcess[str]], attempts: int = 3
+                            ) -> subprocess.CompletedProcess[str]:
+    """Run an ssh/rsync command again (up to ``attempts`` times) when the SSH handshake itself was cut — e.g.
+    right after a link comes back. Unreachable hosts, timeouts and refused credentials fail at once."""
+    for attempt in range(1, attempts + 1):
+        r = run()
+        if r.returncode not in (255, 12) or not _HANDSHAKE_RE.search(r.stderr or "") or attempt == attempts:
+            return r
+        time.sleep(0.5 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def step_error(step: str, host: str, returncode: int, stderr: str) -> ClusterUnavailable | AuthError:

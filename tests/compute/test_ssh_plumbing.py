@@ -4,6 +4,7 @@ wheel fingerprints and tunnel failures."""
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import zipfile
 from pathlib import Path
 
@@ -73,3 +74,29 @@ def test_a_tunnel_that_cannot_connect_names_the_step_and_host(tmp_path):
     assert info.value.details["step"] == "tunnel" and info.value.details["host"] == "127.0.0.1"
     assert "Connection refused" in info.value.details["stderr"]
     assert not tunnel_alive(None, None) and not pid_alive(0)
+
+
+@pytest.mark.parametrize(("first_stderr", "calls"), [
+    ("kex_exchange_identification: read: Connection reset by peer", 2),  # the handshake was cut: once more
+    ("ssh: connect to host h1 port 22: No route to host", 1),  # unreachable: fail at once
+])
+def test_a_cut_ssh_handshake_is_retried_and_nothing_else(tmp_path, monkeypatch, first_stderr, calls):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls"
+    fake_ssh = bin_dir / "ssh"  # a real process standing in for ssh: fails the first time, then answers
+    fake_ssh.write_text(f"""#!/bin/sh
+echo call >> {log}
+if [ "$(wc -l < {log})" -eq 1 ]; then echo "{first_stderr}" >&2; exit 255; fi
+echo answered
+""")
+    fake_ssh.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    t = SSHTarget.from_creds("h1", {"user": "root"}, tmp_path / "kh")
+
+    if calls == 2:
+        assert t.run("true", step="connect") == "answered\n"
+    else:
+        with pytest.raises(ClusterUnavailable, match="No route to host"):
+            t.run("true", step="connect")
+    assert len(log.read_text().splitlines()) == calls
