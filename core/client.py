@@ -228,8 +228,9 @@ class AsyncClient:
                     raise _http_error(resp.status, await resp.read())
                 if resp.content_length is not None:
                     raw = await resp.read()
-                    for frame in _split(raw):
-                        yield frame
+                    for frame in p.split_client_frames(raw):
+                        if frame[0] != p.HEARTBEAT:
+                            yield frame
                     return
                 reader = resp.content
                 while True:
@@ -343,7 +344,7 @@ class AsyncClient:
                     raw = await resp.read()
                     resp.release()
                     resp = None
-                    for kind, payload in _split(raw):
+                    for kind, payload in p.split_client_frames(raw):
                         if out.feed(kind, payload):
                             return
                     return
@@ -530,19 +531,6 @@ class _Dropped(Exception):
 
 class _Unreachable(_Dropped):
     """No connection could be made at all (the daemon is down or the address is wrong)."""
-
-
-def _split(raw: bytes) -> list[tuple[int, bytes]]:
-    out = []
-    view = memoryview(raw)
-    i = 0
-    while i < len(raw):
-        kind, length = p.parse_client_header(bytes(view[i : i + p.CLIENT_HDR_SIZE]))
-        i += p.CLIENT_HDR_SIZE
-        if kind != p.HEARTBEAT:
-            out.append((kind, raw[i : i + length] if length != len(raw) - i else raw[i:]))
-        i += length
-    return out
 
 
 def _unreachable(endpoint: str, exc: BaseException) -> ClusterUnavailable:

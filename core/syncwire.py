@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from io import BufferedReader
 
-from tether.daemon.protocol import CLIENT_HDR_SIZE, parse_client_header
+from tether.daemon.protocol import CLIENT_HDR_SIZE, parse_client_header, split_client_frames
 from tether.wire import encode_head, parse_status_and_headers
 
 __all__ = ["BlockingResponse", "close_pools", "request"]
@@ -82,16 +82,10 @@ class BlockingResponse:
 
     def frames(self) -> Iterator[tuple[int, bytes]]:
         """The body's frames as they arrive."""
-        size = CLIENT_HDR_SIZE
         if self.length is not None:
-            body = memoryview(self.read())
-            i = 0
-            while i < len(body):
-                kind, n = parse_client_header(body[i : i + size])
-                i += size
-                yield kind, body[i : i + n].tobytes()
-                i += n
+            yield from split_client_frames(self.read())
             return
+        size = CLIENT_HDR_SIZE
         buf = bytearray()
         for chunk in self._chunks():
             buf += chunk

@@ -315,3 +315,16 @@ def client_header(kind: int, length: int) -> bytes:
 
 def parse_client_header(data: bytes) -> tuple[int, int]:
     return _CLIENT_HDR.unpack(data)
+
+
+def split_client_frames(raw: bytes) -> list[tuple[int, bytes]]:
+    """The frames of a whole client response body, heartbeats included."""
+    out = []
+    size = _CLIENT_HDR.size
+    i = 0
+    while i < len(raw):
+        kind, length = _CLIENT_HDR.unpack_from(raw, i)
+        i += size
+        out.append((kind, raw[i : i + length]))
+        i += length
+    return out

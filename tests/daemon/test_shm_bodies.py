@@ -13,7 +13,6 @@ import json
 import os
 import pickle
 import socket
-import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -79,15 +78,6 @@ def request(d: DaemonProc, path: str, *, headers: dict[str, str] | None = None, 
         conn.close()
 
 
-def frames(raw: bytes) -> list[tuple[int, bytes]]:
-    out, i = [], 0
-    while i < len(raw):
-        kind, length = struct.unpack("!BI", raw[i : i + 5])
-        out.append((kind, raw[i + 5 : i + 5 + length]))
-        i += 5 + length
-    return out
-
-
 def shm_file(payload: bytes, name: str | None = None) -> str:
     """A client-side argument file, as the client writes it."""
     path = os.path.join(p.SHM_DIR or "/dev/shm", name or f"tether-{os.getpid()}-{uuid.uuid4().hex}")
@@ -101,7 +91,7 @@ def args(*a: Any, **kw: Any) -> bytes:
 
 
 def result(raw: bytes) -> Any:
-    (kind, payload), = [f for f in frames(raw) if f[0] != p.LOG]
+    (kind, payload), = [f for f in p.split_client_frames(raw) if f[0] != p.LOG]
     assert kind == p.RESULT, payload
     return pickle.loads(payload)
 
@@ -212,7 +202,7 @@ def test_large_result_comes_as_a_file_frame_when_accepted(daemon):
     status, raw = request(daemon, "/echo/call", body=args(big),
                           headers={"X-Tether-Accept-Shm": "1", "X-Tether-Call-Id": call_id})
     assert status == 200
-    (kind, payload), = frames(raw)
+    (kind, payload), = p.split_client_frames(raw)
     assert kind == p.FILE
     ref = _file_frame(payload)
     assert ref["kind"] == p.RESULT
@@ -221,7 +211,7 @@ def test_large_result_comes_as_a_file_frame_when_accepted(daemon):
 
     # re-attach: a file frame again with the header, the bytes inline without it or over TCP
     status, raw = request(daemon, f"/calls/{call_id}", method="GET", headers={"X-Tether-Accept-Shm": "1"})
-    assert status == 200 and frames(raw)[0][0] == p.FILE
+    assert status == 200 and p.split_client_frames(raw)[0][0] == p.FILE
     for tcp in (False, True):
         status, raw = request(daemon, f"/calls/{call_id}", method="GET", tcp=tcp,
                               headers={} if not tcp else {"X-Tether-Accept-Shm": "1"})
@@ -236,7 +226,7 @@ def test_small_results_stay_inline_with_the_header(daemon):
 def test_large_generator_items_come_as_file_frames(daemon):
     status, raw = request(daemon, "/big_items/call", body=args(3, 2 * MiB), headers={"X-Tether-Accept-Shm": "1"})
     assert status == 200
-    got = [f for f in frames(raw) if f[0] != p.LOG]
+    got = [f for f in p.split_client_frames(raw) if f[0] != p.LOG]
     assert [k for k, _ in got] == [p.FILE, p.FILE, p.FILE, p.RESULT]
     for i, (_, payload) in enumerate(got[:3]):
         ref = _file_frame(payload)
@@ -256,7 +246,7 @@ def test_result_files_are_removed_when_the_daemon_stops(tmp_path):
     try:
         status, raw = request(d, "/echo/call", body=args(os.urandom(2 * MiB)), headers={"X-Tether-Accept-Shm": "1"})
         assert status == 200
-        (kind, payload), = frames(raw)
+        (kind, payload), = p.split_client_frames(raw)
         path = _file_frame(payload)["path"]
         assert os.path.exists(path)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 
 import cloudpickle
 import pytest
@@ -14,6 +13,7 @@ from hypothesis import strategies as st
 import tether
 from tests.reliability.daemons import DaemonProc
 from tether.client import AsyncClient
+from tether.daemon.protocol import split_client_frames
 from tether.loop import run_sync
 
 PICKLE = "application/x-tether-pickle"
@@ -24,15 +24,6 @@ LIMIT = 1024 * 1024  # the module daemon runs with --max-body 1MB
 def services(daemon: DaemonProc) -> None:
     daemon.deploy("add", "add")
     daemon.deploy("echo", "echo")
-
-
-def _frames(raw: bytes) -> list[tuple[int, bytes]]:
-    out, i = [], 0
-    while i < len(raw):
-        kind, length = struct.unpack("!BI", raw[i : i + 5])
-        out.append((kind, raw[i + 5 : i + 5 + length]))
-        i += 5 + length
-    return out
 
 
 def test_oversized_bodies_get_413_with_the_limit(daemon: DaemonProc):
@@ -98,7 +89,7 @@ def test_random_pickle_bodies_never_5xx(daemon: DaemonProc, body: bytes, framed:
     if r.status_code == 400:
         assert r.json()["error"]["type"] == "SerializationError"
     else:
-        kind, payload = _frames(r.content)[-1]
+        kind, payload = split_client_frames(r.content)[-1]
         assert kind in (ord("R"), ord("E"))
         if kind == ord("E"):
             assert json.loads(payload)["error"]["message"]
