@@ -263,31 +263,22 @@ class AsyncClient:
                                           connect_timeout=CONNECT_TIMEOUT)
                 if resp.status >= 400:
                     raise _http_error(resp.status, await resp.read())
-                loop = asyncio.get_running_loop()
-                while True:
-                    head = await resp.readexactly(p.CLIENT_HDR_SIZE)
-                    if head is None:
-                        break
-                    kind, length = p.parse_client_header(head)
-                    payload = (await resp.readexactly(length) or b"") if length else b""
-                    deadline.reschedule(loop.time() + READ_TIMEOUT)  # heartbeats keep a long call alive
-                    if kind in (p.RESULT, p.ERROR):  # the last frame: give the connection back before yielding
-                        if not await resp.read():
-                            resp.release()
-                            resp = None
-                        yield kind, payload
-                        return
-                    if kind != p.HEARTBEAT:
-                        yield kind, payload
-        except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise _Unreachable(f"cannot connect to the daemon at {self.endpoint}: {exc}") from exc
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise _Dropped(f"connection to {self.endpoint} dropped: {exc}") from exc
-        except TimeoutError as exc:
-            raise _Dropped(f"no answer from {self.endpoint} in {READ_TIMEOUT}s") from exc
+                while (frame := await _next_frame(resp, deadline)) is not None:
+                    if frame[0] != p.HEARTBEAT:
+                        yield frame
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise self._lean_error(exc) from exc
         finally:
             if resp is not None:
-                resp._conn.close()
+                resp.close()
+
+    def _lean_error(self, exc: BaseException) -> _Dropped:
+        """What a failure of the lean transport means: no daemon there, a read timeout, or a dropped link."""
+        if isinstance(exc, ConnectionRefusedError | FileNotFoundError):
+            return _Unreachable(f"cannot connect to the daemon at {self.endpoint}: {exc}")
+        if isinstance(exc, TimeoutError):
+            return _Dropped(f"no answer from {self.endpoint} in {READ_TIMEOUT}s")
+        return _Dropped(f"connection to {self.endpoint} dropped: {exc}")
 
     def _route(self, name: str, method: str | None, call_id: str, caller: str | None, attach: bool
                ) -> tuple[str, str, dict[str, str]]:
@@ -343,34 +334,18 @@ class AsyncClient:
                 if resp._length is not None:  # the call ended before the daemon answered: all frames in one body
                     raw = await resp.read()
                     resp.release()
-                    resp = None
                     for kind, payload in p.split_client_frames(raw):
                         if out.feed(kind, payload):
                             return
                     return
-                loop = asyncio.get_running_loop()
-                stream = resp
-                while True:
-                    head = await stream.readexactly(p.CLIENT_HDR_SIZE)
-                    if head is None:
+                while (frame := await _next_frame(resp, deadline)) is not None:
+                    if out.feed(*frame):
                         return
-                    kind, length = p.parse_client_header(head)
-                    payload = (await stream.readexactly(length) or b"") if length else b""
-                    deadline.reschedule(loop.time() + READ_TIMEOUT)  # heartbeats keep a long call alive
-                    if kind in (p.RESULT, p.ERROR) and not await stream.read():
-                        stream.release()  # the last frame: give the connection back before handling it
-                        resp = None
-                    if out.feed(kind, payload):
-                        return
-        except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise _Unreachable(f"cannot connect to the daemon at {self.endpoint}: {exc}") from exc
-        except (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            raise _Dropped(f"connection to {self.endpoint} dropped: {exc}") from exc
-        except TimeoutError as exc:
-            raise _Dropped(f"no answer from {self.endpoint} in {READ_TIMEOUT}s") from exc
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise self._lean_error(exc) from exc
         finally:
             if resp is not None:
-                resp._conn.close()
+                resp.close()
 
     def call_sync(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
                   call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None) -> Any:
@@ -390,16 +365,16 @@ class AsyncClient:
             if resp.status >= 400:
                 out.failure = _http_error(resp.status, resp.read())
             else:
-                final = False
                 for kind, payload in resp.frames():  # read to the end so the connection can be reused
-                    final = final or out.feed(kind, payload)
+                    if not out.done:
+                        out.feed(kind, payload)
             resp.release()
             resp = None
-        except (ConnectionRefusedError, FileNotFoundError) as exc:
-            raise _unavailable(_Unreachable(f"cannot connect to the daemon at {self.endpoint}: {exc}"),
-                               call_id) from exc
-        except (ConnectionError, OSError, ValueError):  # incl. socket timeouts: resume with the same call id
-            if out.done:
+        except (OSError, ValueError) as exc:
+            error = self._lean_error(exc)
+            if isinstance(error, _Unreachable):
+                raise _unavailable(error, call_id) from exc
+            if out.done:  # dropped or timed out: resume with the same call id
                 return out.outcome(call_id)
             return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller,
                                       resume=out))
@@ -453,6 +428,20 @@ class AsyncClient:
                         return
         except _Dropped as exc:
             raise ClusterUnavailable(str(exc), details={"call_id": call_id}) from exc
+
+
+async def _next_frame(resp: wire.Response, deadline: asyncio.Timeout) -> tuple[int, bytes] | None:
+    """The next frame of a streamed response (None at its end); every frame, heartbeats too, pushes the read
+    deadline back. After the last frame the connection goes back to the pool before the frame is handled."""
+    head = await resp.readexactly(p.CLIENT_HDR_SIZE)
+    if head is None:
+        return None
+    kind, length = p.parse_client_header(head)
+    payload = (await resp.readexactly(length) or b"") if length else b""
+    deadline.reschedule(asyncio.get_running_loop().time() + READ_TIMEOUT)
+    if kind in (p.RESULT, p.ERROR) and not await resp.read():
+        resp.release()
+    return kind, payload
 
 
 class _Outcome:

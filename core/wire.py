@@ -41,6 +41,7 @@ class Response:
     _chunk_left: int = 0
     _done: bool = False
     _buf: bytearray = field(default_factory=bytearray)
+    _released: bool = False
 
     async def _fill(self, n: int) -> bool:
         """Make ``n`` body bytes available in the buffer; False at the end of the body."""
@@ -102,10 +103,19 @@ class Response:
 
     def release(self) -> None:
         """Return the connection to the pool when the body was read to its end, else close it."""
+        if self._released:
+            return
+        self._released = True
         pool = _pools.get(asyncio.get_running_loop(), {}).setdefault(self._key, [])
         if self._done and not self._buf and len(pool) < _MAX_IDLE and self.headers.get("connection") != "close":
             pool.append(self._conn)
         else:
+            self._conn.close()
+
+    def close(self) -> None:
+        """Close the connection unless :meth:`release` already handed it back (safe in a ``finally``)."""
+        if not self._released:
+            self._released = True
             self._conn.close()
 
 
