@@ -3,12 +3,11 @@
 A client connected over the daemon's unix socket writes big arguments into a file in ``/dev/shm`` and sends its
 path (header ``X-Tether-Shm``) instead of the bytes; it asks for big results the same way
 (``X-Tether-Accept-Shm``) and reads them from the file the daemon names in a ``FILE`` frame. No payload byte
-crosses a socket or is copied by the daemon: ~3 copies of a 10 MB payload instead of ~10.
+crosses a socket or is copied by the daemon: each way costs one copy into the file and one out of it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import pickle
@@ -16,10 +15,12 @@ from typing import Any
 
 import cloudpickle
 
+from tether.daemon.protocol import SHM_DIR, SHM_THRESHOLD, new_shm_file, unlink_quietly
+
 __all__ = ["SHM_DIR", "THRESHOLD", "is_big", "load", "remove", "write_pickle"]
 
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-THRESHOLD = 1024 * 1024  # below this the socket is as fast and simpler
+THRESHOLD = SHM_THRESHOLD  # the same cut as the daemon↔worker link: below it the socket is as fast and simpler
+remove = unlink_quietly
 
 
 def is_big(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -35,16 +36,9 @@ def is_big(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
 
 def write_pickle(obj: Any) -> str:
     """Pickle ``obj`` straight into a new private file in shared memory; returns its path."""
-    assert SHM_DIR is not None
-    while True:
-        path = os.path.join(SHM_DIR, f"tether-{os.getpid()}-{os.urandom(8).hex()}")
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-            break
-        except FileExistsError:  # pragma: no cover - 64 random bits
-            continue
+    f, path = new_shm_file()
     try:
-        with os.fdopen(fd, "wb", buffering=1024 * 1024) as f:
+        with f:
             cloudpickle.dump(obj, f, protocol=5)
     except BaseException:
         remove(path)
@@ -60,8 +54,3 @@ def load(path: str) -> Any:
             raise EOFError(f"{path} is empty")
         with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as view:
             return pickle.loads(view)
-
-
-def remove(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -70,7 +70,7 @@ def encode(kind: int, tag: int, meta: dict[str, Any] | bytes | None = None, body
 
 def spill(body: bytes | memoryview) -> str:
     """Write ``body`` to a new shared-memory file owned by this process; returns its path."""
-    f, path = _new_shm_file()
+    f, path = new_shm_file()
     try:
         with f:
             f.write(body)
@@ -80,7 +80,7 @@ def spill(body: bytes | memoryview) -> str:
     return path
 
 
-def _new_shm_file() -> tuple[Any, str]:
+def new_shm_file() -> tuple[Any, str]:
     """A new private file in shared memory, named for this process (``sweep_stale_shm`` keeps it while we
     live), opened for writing; and its path."""
     fd, path = tempfile.mkstemp(prefix=f"tether-{os.getpid()}-", dir=SHM_DIR)
@@ -104,7 +104,7 @@ class Spill:
             if self._size < SHM_THRESHOLD or SHM_DIR is None:
                 self._chunks.append(data)
                 return n
-            self._file, self.path = _new_shm_file()
+            self._file, self.path = new_shm_file()
             self._file.writelines(self._chunks)
             self._chunks = []
         self._file.write(data)
