@@ -10,8 +10,8 @@ import threading
 
 
 class CuttableProxy:
-    """Forwards ``127.0.0.1:port`` to ``target``; ``cut()`` drops every connection and refuses new ones until
-    ``restore()``."""
+    """Forwards ``127.0.0.1:port`` to ``target``; ``reset()`` drops every open connection (RST), ``cut()`` also
+    refuses new ones until ``restore()``."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -22,6 +22,7 @@ class CuttableProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self.refused = 0
+        self.accepted = 0
         self._closed = False
         threading.Thread(target=self._accept_loop, daemon=True).start()
 
@@ -29,12 +30,18 @@ class CuttableProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def cut(self) -> None:
-        self._up.clear()
+    def reset(self) -> int:
+        """Reset every open connection, like a dropped NAT entry; returns how many client connections it cut."""
         with self._lock:
             socks, self._open = list(self._open), set()
         for s in socks:
             _hard_close(s)
+        return len(socks) // 2  # each connection is a client socket and its upstream
+
+    def cut(self) -> int:
+        """The link goes down: open connections are reset and new ones refused until :meth:`restore`."""
+        self._up.clear()
+        return self.reset()
 
     def restore(self) -> None:
         self._up.set()
@@ -50,6 +57,7 @@ class CuttableProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            self.accepted += 1
             if not self._up.is_set():
                 self.refused += 1
                 _hard_close(client)

@@ -19,8 +19,8 @@ import requests
 
 import tether
 from tests.core import services as svc
+from tests.netproxy import CuttableProxy
 from tests.reliability.daemons import ROOT, DaemonProc, start_daemon
-from tests.reliability.proxy import CuttingProxy
 from tether.client import AsyncClient
 from tether.loop import run_sync
 
@@ -145,15 +145,15 @@ def test_local_cluster_recovers_from_daemon_kill_without_redeploy(tether_home):
 def test_connection_reset_mid_call_retries_and_runs_once(daemon: DaemonProc, tmp_path):
     daemon.deploy("slow_once", "sleep_then")
     port = int(daemon.endpoint.rsplit(":", 1)[1])
-    proxy = CuttingProxy("127.0.0.1", port)
+    proxy = CuttableProxy("127.0.0.1", port)
     marker = tmp_path / "once"
     try:
-        client = AsyncClient(proxy.endpoint, daemon.token)
+        client = AsyncClient(proxy.url, daemon.token)
         future = pool.submit(
             run_sync, client.call("slow_once", None, (1.5, str(marker)), {}, call_id="reset-1")
         )
         _wait_for(marker, "start")
-        assert proxy.cut() >= 1
+        assert proxy.reset() >= 1
         assert future.result(60) == 1.5
         assert marker.read_text().count("start") == 1  # the retry re-attached instead of running it again
         assert proxy.accepted >= 2
@@ -164,7 +164,7 @@ def test_connection_reset_mid_call_retries_and_runs_once(daemon: DaemonProc, tmp
             run_sync, client.call("slow_once", None, (0.5, str(marker2)), {}, call_id="reset-2")
         )
         _wait_for(marker2, "end")
-        proxy.cut()
+        proxy.reset()
         assert future.result(60) == 0.5
         assert marker2.read_text().count("start") == 1
     finally:
