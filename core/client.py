@@ -111,6 +111,15 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         ) from exc
 
 
+def _dump(obj: Any, file: Any) -> None:
+    """Pickle the call's arguments into ``file`` (plain values take the C pickler, see :func:`dumps_args`)."""
+    args, kwargs = obj
+    if all(type(a) in _PLAIN for a in args) and all(type(v) in _PLAIN for v in kwargs.values()):
+        pickle.dump(obj, file, protocol=5)
+    else:
+        cloudpickle.dump(obj, file, protocol=5)
+
+
 def _loads(body: bytes) -> Any:
     try:
         return cloudpickle.loads(body)
@@ -158,6 +167,7 @@ class AsyncClient:
         self._ssl: Any = None
         self._lean = self.endpoint.startswith("http://")  # TLS endpoints keep aiohttp (fingerprint pinning)
         self._shm = bool(self.unix_socket and self._lean and shm.SHM_DIR)  # same host: big payloads via /dev/shm
+        self._big_results: set[tuple[str, str | None]] = set()  # targets that returned a big result (see call())
         if self.tls_fingerprint:
             self._ssl = aiohttp.Fingerprint(bytes.fromhex(self.tls_fingerprint.replace(":", "")))
 
@@ -195,8 +205,8 @@ class AsyncClient:
 
     # -- calls ---------------------------------------------------------------------------------------------------
     async def frames(self, name: str, method: str | None, body: bytes, *, call_id: str,
-                     caller: str | None = None, attach: bool = False, seen: int = 0
-                     ) -> AsyncGenerator[tuple[int, bytes], None]:
+                     caller: str | None = None, attach: bool = False, seen: int = 0,
+                     extra: dict[str, str] | None = None) -> AsyncGenerator[tuple[int, bytes], None]:
         """Send a call (or re-attach to ``call_id``) and yield its frames after the first ``seen`` as they arrive.
 
         A dropped connection is retried with the same call id: the daemon runs the call once and re-sends
@@ -208,15 +218,16 @@ class AsyncClient:
         ):
             with attempt:
                 index = 0
-                async for frame in self._frames_once(name, method, body, call_id, caller, attach):
+                async for frame in self._frames_once(name, method, body, call_id, caller, attach, extra):
                     index += 1
                     if index > seen:
                         seen = index
                         yield frame
 
     async def _frames_once(self, name: str, method: str | None, body: bytes, call_id: str, caller: str | None,
-                           attach: bool) -> AsyncIterator[tuple[int, bytes]]:
+                           attach: bool, extra: dict[str, str] | None = None) -> AsyncIterator[tuple[int, bytes]]:
         verb, path, headers = self._route(name, method, call_id, caller, attach)
+        headers.update(extra or {})
         url, data = self.endpoint + path, (None if attach else body)
         if self._lean:
             async for frame in self._frames_lean(verb, path, headers, data or b""):
@@ -293,33 +304,45 @@ class AsyncClient:
 
     async def call(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
                    call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None,
-                   attach: bool = False, resume: _Outcome | None = None) -> Any:
+                   attach: bool = False, resume: _Outcome | None = None, lend: bool = False) -> Any:
         """Run a call to completion; logs go to ``on_log``; returns the result or raises the remote error.
 
         ``resume``: what a sync attempt of this call id handled before its link dropped (frames are not repeated).
+        ``lend``: the caller made ``call_id`` up and shows it to nobody, so a big result may be left in a slab
+        of ours that only this call can read (see ``tether.daemon.slabs``).
         """
         out = resume or _Outcome(on_log)
         try:
             if self._lean and resume is None:  # one coroutine, no generators: the common case
                 verb, path, headers = self._route(name, method, call_id, caller, attach)
-                body, via_shm = self._body(args, kwargs, headers, attach)
+                body = self._body(name, method, args, kwargs, headers, attach, lend, out)
                 try:
                     await self._call_lean(out, verb, path, headers, body)
                     return out.outcome(call_id)
                 except _Dropped:
                     pass  # the same call id again, on the retrying path below
-                finally:
-                    if via_shm:
-                        shm.remove(via_shm)
             body = b"" if attach else dumps_args(args, kwargs)
+            extra = out.lease.headers(result_only=True) if out.lease is not None else None
             async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller,
-                                                       attach=attach, seen=out.seen)) as frames:
+                                                       attach=attach, seen=out.seen, extra=extra)) as frames:
                 async for kind, payload in frames:
                     if out.feed(kind, payload):
                         break
         except _Dropped as exc:
             raise _unavailable(exc, call_id) from exc
+        finally:
+            self._settle(name, method, out)
         return out.outcome(call_id)
+
+    def _settle(self, name: str, method: str | None, out: _Outcome) -> None:
+        """After a call: its slabs back to the pool (or removed), and whether its target returns big results."""
+        if out.lease is not None:
+            out.lease.end(out.final)
+            out.lease = None
+        if out.big_result and self._shm:
+            if len(self._big_results) >= 1024:
+                self._big_results.clear()
+            self._big_results.add((name, method))
 
     async def _call_lean(self, out: _Outcome, verb: str, path: str, headers: dict[str, str], body: bytes) -> None:
         """One request over :mod:`tether.wire`, its frames folded into ``out``; ``_Dropped`` if the link breaks."""
@@ -348,7 +371,8 @@ class AsyncClient:
                 resp.close()
 
     def call_sync(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                  call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None) -> Any:
+                  call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None,
+                  lend: bool = False) -> Any:
         """:meth:`call` for a sync caller: blocking sockets on this thread for plain-HTTP daemons (no event
         loop in the way), else the async path. A dropped link resumes on the async path's retries."""
         from tether.loop import run_sync
@@ -357,9 +381,10 @@ class AsyncClient:
             return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller))
         out = _Outcome(on_log)
         verb, path, headers = self._route(name, method, call_id, caller, False)
-        body, via_shm = self._body(args, kwargs, headers, False)
         resp: syncwire.BlockingResponse | None = None
+        resumed = False
         try:
+            body = self._body(name, method, args, kwargs, headers, False, lend, out)
             resp = syncwire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
                                     connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
             if resp.status >= 400:
@@ -376,32 +401,47 @@ class AsyncClient:
                 raise _unavailable(error, call_id) from exc
             if out.done:  # dropped or timed out: resume with the same call id
                 return out.outcome(call_id)
+            resumed = True  # the async path settles the call
             return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller,
                                       resume=out))
         finally:
             if resp is not None:
                 resp.close()
-            if via_shm:
-                shm.remove(via_shm)
+            if not resumed:
+                self._settle(name, method, out)
         return out.outcome(call_id)
 
-    def _body(self, args: tuple[Any, ...], kwargs: dict[str, Any], headers: dict[str, str], attach: bool
-              ) -> tuple[bytes, str | None]:
-        """The request body, or b"" and the shared-memory file holding it (named in ``headers``)."""
+    def _body(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+              headers: dict[str, str], attach: bool, lend: bool, out: _Outcome) -> bytes:
+        """The request body; b"" when the arguments went into a slab lent to the call (``out.lease``, named in
+        ``headers`` with the result slab, if one is lent)."""
         if attach:
-            return b"", None
-        if self._shm and shm.is_big(args, kwargs):
-            try:
-                path = shm.write_pickle((args, kwargs))
-            except OSError:  # /dev/shm full: the socket still works
-                return dumps_args(args, kwargs), None
-            except Exception as exc:
-                raise SerializationError(f"could not pickle the call's arguments: {type(exc).__name__}: {exc}",
-                                         hint="pass picklable values (no open files, sockets, locks or live "
-                                              "connections)") from exc
-            headers["X-Tether-Shm"] = path
-            return b"", path
-        return dumps_args(args, kwargs), None
+            return b""
+        big = self._shm and shm.is_big(args, kwargs)
+        if not big and not (lend and self._shm and (name, method) in self._big_results):
+            return dumps_args(args, kwargs)
+        lease = out.lease = shm.Lease()
+        body = b""
+        try:
+            if lend:
+                lease.lend_result()
+            if big:
+                lease.write_args((args, kwargs), _dump)
+        except OSError:  # /dev/shm full: the socket still works
+            lease.end(False)
+            out.lease = None
+            return dumps_args(args, kwargs)
+        except Exception as exc:
+            lease.end(False)
+            out.lease = None
+            raise SerializationError(f"could not pickle the call's arguments: {type(exc).__name__}: {exc}",
+                                     hint="pass picklable values (no open files, sockets, locks or live "
+                                          "connections)") from exc
+        else:
+            if not big:
+                body = dumps_args(args, kwargs)
+        headers.update(lease.headers())
+        return body
 
     async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
                      call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None
@@ -451,7 +491,7 @@ class _Outcome:
     failing log sink, for a broken connection); :meth:`outcome` returns or raises at the end.
     """
 
-    __slots__ = ("done", "error", "failure", "items", "on_log", "seen", "value")
+    __slots__ = ("big_result", "done", "error", "failure", "final", "items", "lease", "on_log", "seen", "value")
 
     def __init__(self, on_log: LogSink | None) -> None:
         self.on_log = on_log
@@ -461,6 +501,9 @@ class _Outcome:
         self.error: bytes | None = None
         self.failure: BaseException | None = None
         self.done = False
+        self.final = False  # the call's RESULT or ERROR arrived: the worker is done with its slabs
+        self.big_result = False  # the result came in a file the daemon owns (next time: lend a result slab)
+        self.lease: shm.Lease | None = None
 
     def feed(self, kind: int, payload: bytes) -> bool:
         """Take one frame; True once the call's outcome is known."""
@@ -468,9 +511,14 @@ class _Outcome:
             return False
         self.seen += 1
         try:
-            if kind == p.FILE:  # a big result or item in a shared-memory file the daemon owns
+            if kind in (p.RESULT, p.ERROR):
+                self.final = True
+            if kind == p.FILE:  # a big result or item in a shared-memory file the daemon owns (or in our slab)
                 ref = json.loads(payload)
-                kind, loaded = ref["kind"], _load_file(ref["path"])
+                kind = ref["kind"]
+                self.final = kind != p.ITEM
+                self.big_result = self.final and not ref.get("slab")
+                loaded = self._load_slab(ref) if ref.get("slab") else _load_file(ref["path"])
                 if kind == p.ITEM:
                     self.items = self.items if self.items is not None else []
                     self.items.append(loaded)
@@ -494,6 +542,20 @@ class _Outcome:
             self.failure = exc
         self.done = True
         return True
+
+    def _load_slab(self, ref: dict[str, Any]) -> Any:
+        """A result the worker pickled into the slab this call lent."""
+        try:
+            if self.lease is None:
+                raise EOFError("this call lent no result slab")
+            return self.lease.load_result(ref["path"], ref["size"])
+        except (OSError, EOFError, ValueError) as exc:
+            raise ClusterUnavailable(f"could not read the call's result slab: {exc}",
+                                     hint="run the call again") from exc
+        except Exception as exc:
+            raise SerializationError(
+                f"could not unpickle the remote result: {type(exc).__name__}: {exc}",
+                hint="the result's type must be importable here with the same code as on the cluster") from exc
 
     def outcome(self, call_id: str) -> Any:
         if self.failure is not None:

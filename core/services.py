@@ -124,6 +124,7 @@ class _Service:
     def _call_sync(self, method: str | None, args: tuple, kwargs: dict, *, call_id: str | None = None,
                    on_log: LogSink | None = default_log_sink) -> Any:
         self._ensure_deployed()
+        lend = call_id is None  # an id nobody else knows: a big result may come back in a slab of ours
         call_id = call_id or _new_call_id()
         started = time.perf_counter()
         outcome = "ok"
@@ -132,7 +133,8 @@ class _Service:
             while True:
                 try:
                     return self.cluster.client.call_sync(  # type: ignore[union-attr]
-                        self.name or "", method, args, kwargs, call_id=call_id, on_log=on_log, caller=self.caller)
+                        self.name or "", method, args, kwargs, call_id=call_id, on_log=on_log, caller=self.caller,
+                        lend=lend)
                 except NotFound as exc:  # the daemon lost our service (torn down, fresh state): deploy again
                     if "deploy" in recovered or not self._redeploy_after(exc):
                         raise
@@ -151,7 +153,7 @@ class _Service:
                           on_log: LogSink | None = default_log_sink) -> Any:
         cluster = self._ensure_deployed()
         return await cluster.client.call(self.name or "", method, args, kwargs, call_id=call_id or _new_call_id(),
-                                         on_log=on_log, caller=self.caller)
+                                         on_log=on_log, caller=self.caller, lend=call_id is None)
 
     def _stream_sync(self, method: str | None, args: tuple, kwargs: dict) -> Iterator[Any]:
         cluster = self._ensure_deployed()

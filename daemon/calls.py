@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tether.daemon import protocol as p
+from tether.daemon import slabs
 
 FINAL = (p.RESULT, p.ERROR)
 GRACE_SECONDS = 1.0  # a file handed to a same-host client outlives its call this long, for the client to open it
@@ -135,6 +136,8 @@ class Call:
 def frame_body(meta: dict[str, Any], body: bytes) -> bytes:
     """A frame's payload bytes, read from its shared-memory file when it has one (the file stays)."""
     path = meta.get("_shm")
+    if path is None and "_slab" in meta:
+        raise slabs.not_kept_error()
     return p.read_shm(path, unlink=False) if path else body
 
 

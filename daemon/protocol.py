@@ -23,7 +23,8 @@ from tether.errors import ConfigError, SerializationError
 
 __all__ = [
     "CALL", "CANCEL", "DEPLOY", "ERROR", "FILE", "HEARTBEAT", "ITEM", "LOG", "OBJECT", "READY", "RESULT",
-    "FrameWriter", "Spill", "adopt_shm", "claim_shm", "client_frame", "encode_meta", "map_shm", "read_frame",
+    "FrameWriter", "Spill", "adopt_shm", "claim_shm", "client_frame", "encode_meta", "map_shm",
+    "open_client_file", "read_frame",
     "read_shm", "shm_name", "spill", "sweep_stale_shm", "unlink_quietly", "write_frame",
 ]
 
@@ -232,15 +233,13 @@ def adopt_shm(path: str) -> tuple[str, int]:
     return new, os.stat(new).st_size
 
 
-def claim_shm(path: str) -> str:
-    """Take a same-host client's shared-memory body (``X-Tether-Shm``): check it and rename it to one of ours;
-    returns the new path. Raises ``ConfigError`` (the file is then left alone) or ``SerializationError``.
-
-    It must be a regular file named ``tether-*`` directly inside ``/dev/shm``, not a symlink, owned by this
-    process's user, holding a pickle.
+def open_client_file(path: str, header: str, *, write: bool = False) -> tuple[int, os.stat_result, str]:
+    """Open a same-host client's shared-memory file named in request header ``header``, after checking it is
+    a regular file named ``tether-*`` directly inside ``/dev/shm``, not a symlink, owned by this process's user.
+    Returns ``(fd, stat, real path)``; raises ``ConfigError`` (nothing is left open).
     """
     def refuse(why: str) -> ConfigError:
-        return ConfigError(f"X-Tether-Shm {path!r}: {why}",
+        return ConfigError(f"{header} {path!r}: {why}",
                            hint=f"name a file tether-* directly inside {SHM_DIR or '/dev/shm'}, or send the "
                                 "body inline")
 
@@ -251,8 +250,9 @@ def claim_shm(path: str) -> str:
         raise refuse(f"not directly inside {SHM_DIR}")
     if not os.path.basename(path).startswith("tether-") or not os.path.basename(real).startswith("tether-"):
         raise refuse("the file name does not start with 'tether-'")
+    flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
     try:  # O_NONBLOCK: a FIFO must not block the daemon; it is refused below as not a regular file
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags | os.O_NONBLOCK)
     except OSError as exc:
         raise refuse("a symlink" if os.path.islink(path) else f"cannot open it: {exc.strerror}") from None
     try:
@@ -261,6 +261,19 @@ def claim_shm(path: str) -> str:
             raise refuse("not a regular file")
         if st.st_uid != os.getuid():
             raise refuse("owned by another user")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st, real
+
+
+def claim_shm(path: str) -> str:
+    """Take a same-host client's shared-memory body (``X-Tether-Shm``): check it (see
+    :func:`open_client_file`) and that it holds a pickle, and rename it to one of ours; returns the new path.
+    Raises ``ConfigError`` (the file is then left alone) or ``SerializationError``.
+    """
+    fd, st, real = open_client_file(path, "X-Tether-Shm")
+    try:
         if st.st_size < 2 or os.pread(fd, 1, 0) != b"\x80" or os.pread(fd, 1, st.st_size - 1) != b".":
             raise SerializationError("the X-Tether-Shm file is not a pickle",
                                      hint="write cloudpickle.dumps((args, kwargs)) to it")
@@ -270,10 +283,10 @@ def claim_shm(path: str) -> str:
         if (moved.st_dev, moved.st_ino) != (st.st_dev, st.st_ino):
             with contextlib.suppress(OSError):
                 os.rename(new, real)
-            raise refuse("it was replaced while being checked")
+            raise ConfigError(f"X-Tether-Shm {path!r}: it was replaced while being checked")
         return new
     except OSError as exc:
-        raise refuse(f"cannot take it: {exc.strerror}") from None
+        raise ConfigError(f"X-Tether-Shm {path!r}: cannot take it: {exc.strerror}") from None
     finally:
         os.close(fd)
 

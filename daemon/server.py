@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from tether import __version__
 from tether.daemon import protocol as p
+from tether.daemon import slabs
 from tether.daemon.auth import AccessPolicy, authorize, check_code_roots
 from tether.daemon.calls import FINAL, Call, CallTable, frame_body
 from tether.daemon.eventloop import loop_name
@@ -118,14 +119,18 @@ class Daemon:
         return {"name": spec.name, "env": spec.env.name, "methods": meta.get("methods", {}), "pid": worker.pid}
 
     async def start_call(self, call_id: str, name: str, method: str | None, body: bytes, json_mode: bool,
-                         arg_file: str | None = None) -> Call:
+                         arg_file: str | None = None, lent: dict[str, Any] | None = None) -> Call:
         """Send a call to its worker. Its arguments are ``body``, or the shared-memory file ``arg_file``, which
-        the daemon owns: it is removed whatever happens."""
+        the daemon owns: it is removed whatever happens; or the slab a client lent (``lent``: the ``_lent`` and
+        ``_slab`` CALL meta, see ``tether.daemon.slabs``)."""
         try:
             worker = await self.worker_for(name)
             call = Call(call_id, name, method, json_mode, arg_file)
-            meta: dict[str, Any] | bytes = self._call_meta(name, method, json_mode) if arg_file is None else {
-                "name": name, "method": method, "mode": "json" if json_mode else "pickle", "_shm": arg_file}
+            meta: dict[str, Any] | bytes = self._call_meta(name, method, json_mode)
+            if arg_file is not None or lent:
+                meta = {"name": name, "method": method, "mode": "json" if json_mode else "pickle", **(lent or {})}
+                if arg_file is not None:
+                    meta["_shm"] = arg_file
             call.worker = worker
             call.worker_tag = worker.request(p.CALL, meta, body, call.add)
         except BaseException:
@@ -274,6 +279,7 @@ async def call(request: web.Request) -> web.StreamResponse:
     if len(call_id) > 200:
         raise ConfigError("X-Tether-Call-Id is longer than 200 characters")
     shm = request.headers.get("X-Tether-Shm")
+    lent = _lent_slabs(request, json_mode)
     arg_file = _claim_arg_file(request, shm, json_mode) if shm is not None else None
     existing = d.calls.get(call_id)
     if existing is not None:
@@ -283,8 +289,8 @@ async def call(request: web.Request) -> web.StreamResponse:
             raise ConfigError(f"call id {call_id!r} belongs to {existing.service}.{existing.method or '__call__'}",
                               hint="use a new call id for a different service")
         return await respond(request, existing)
-    if arg_file is not None:
-        return await respond(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file))
+    if arg_file is not None or "_lent" in lent:
+        return await respond(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file, lent))
     body = await request.read()
     if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
@@ -293,7 +299,38 @@ async def call(request: web.Request) -> web.StreamResponse:
             json.loads(body)
         except ValueError as exc:
             raise SerializationError(f"the body is neither cloudpickle ({PICKLE}) nor JSON: {exc}") from None
-    return await respond(request, await d.start_call(call_id, name, method, body, json_mode))
+    return await respond(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent))
+
+
+def _lent_slabs(request: web.Request, json_mode: bool) -> dict[str, Any]:
+    """The CALL meta naming the slabs a same-host client lends (see ``tether.daemon.slabs``): ``_lent``
+    (``[path, length]`` of its pickled arguments) and ``_slab`` (room for the result). Only the path's shape
+    is checked here; the worker opens and checks the files."""
+    args, result = request.headers.get(slabs.ARGS_HEADER), request.headers.get(slabs.RESULT_HEADER)
+    if args is None and result is None:
+        return {}
+    for header in (slabs.ARGS_HEADER, slabs.RESULT_HEADER):
+        if header in request.headers and not _over_unix_socket(request):
+            err = ConfigError(f"{header} is honoured only on the daemon's unix socket",
+                              hint="send the pickled (args, kwargs) inline as the request body")
+            err.status = 400
+            raise err
+    if json_mode:
+        raise ConfigError(f"lent slabs carry pickles only (Content-Type: {PICKLE})")
+    out: dict[str, Any] = {}
+    if result is not None:
+        if not slabs.is_slab_path(result):
+            raise ConfigError(f"{slabs.RESULT_HEADER} {result!r}: not a tether-* file directly inside /dev/shm")
+        out["_slab"] = result
+    if args is not None:
+        path, _, length = args.rpartition(":")
+        if not slabs.is_slab_path(path) or not length.isdigit():
+            raise ConfigError(f"{slabs.ARGS_HEADER} {args!r}: expected <path of a tether-* file directly inside "
+                              "/dev/shm>:<length of the pickle in it>")
+        if request.body_exists:
+            raise ConfigError(f"send the arguments either in the body or in the {slabs.ARGS_HEADER} slab, not both")
+        out["_lent"] = [path, int(length)]
+    return out
 
 
 def _over_unix_socket(request: web.Request) -> bool:
@@ -326,6 +363,7 @@ async def respond(request: web.Request, call: Call) -> web.StreamResponse:
         return await _respond_json(call, {"X-Tether-Call-Id": call.call_id})
     headers = {"X-Tether-Call-Id": call.call_id, "Content-Type": FRAMES}
     files = request.headers.get("X-Tether-Accept-Shm") == "1" and _over_unix_socket(request)
+    mine = request.headers.get(slabs.RESULT_HEADER) if files else None  # a result slab this client lent
     frames = call.frames
     stream: web.StreamResponse | None = None
     i = 0
@@ -339,7 +377,7 @@ async def respond(request: web.Request, call: Call) -> web.StreamResponse:
                 continue
             kind, meta, body = frames[i]
             i += 1
-            payload = _client_payload(call, kind, meta, body, files)
+            payload = _client_payload(call, kind, meta, body, files, mine)
             final = kind in FINAL
             if final and stream is None:
                 if len(payload) == 1:
@@ -364,8 +402,17 @@ async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.Str
     return stream
 
 
-def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, files: bool) -> tuple[bytes, ...]:
-    """A frame as the client reads it: one buffer, or a header and a large body (not joined: no copy)."""
+def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, files: bool,
+                    mine: str | None = None) -> tuple[bytes, ...]:
+    """A frame as the client reads it: one buffer, or a header and a large body (not joined: no copy).
+
+    A result left in a lent slab goes only to the request that lent it (``mine``), as an ``F`` frame."""
+    slab = meta.get("_slab") if meta else None
+    if slab is not None:
+        if slab == mine:
+            ref = {"kind": kind, "path": slab, "size": meta["_size"], "slab": True}
+            return (p.client_frame(p.FILE, json.dumps(ref).encode()),)
+        kind, meta, body = p.ERROR, slabs.not_kept(call.call_id), b""
     if kind == p.ERROR:
         wire = dict(meta.get("error", {}))
         if body:

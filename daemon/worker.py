@@ -33,9 +33,10 @@ import cloudpickle
 
 from tether.daemon import eventloop
 from tether.daemon import protocol as p
-from tether.errors import CallCancelled, NotFound, SerializationError, TetherError
+from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, ResultSpill, SlabCache, keep_freed_memory
+from tether.errors import CallCancelled, ConfigError, NotFound, SerializationError, TetherError
 
-Body = bytes | mmap.mmap  # a call's arguments: in the frame, or a mapped shared-memory file
+Body = bytes | mmap.mmap | memoryview  # a call's arguments: in the frame, a mapped file, or a view of a lent slab
 
 _current: contextvars.ContextVar[_CallCtx | None] = contextvars.ContextVar("tether_call", default=None)
 
@@ -47,6 +48,7 @@ class _CallCtx:
     name: str = ""
     buffers: dict[str, str] = field(default_factory=dict)
     thread_id: int | None = None
+    slab: str | None = None  # the result slab the caller lent (see tether.daemon.slabs)
 
     def emit(self, payload: dict[str, Any]) -> None:
         """Send a log event; from a call's thread, wait until it is on the socket (it survives a kill right after)."""
@@ -121,6 +123,8 @@ class Worker:
         self.fast: dict[tuple[str, str], int] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.ctxs: dict[int, _CallCtx] = {}
+        self.slabs = SlabCache()  # the clients' lent slabs, mapped once
+        self._sweeping = False
         self._loop_thread = threading.get_ident()
 
     def send(self, kind: int, tag: int, meta: dict[str, Any] | None = None, body: bytes = b"") -> None:
@@ -169,15 +173,47 @@ class Worker:
 
     def _start_call(self, tag: int, meta: dict[str, Any], body: bytes) -> None:
         args: Body = body
-        if "_shm" in meta:  # large arguments: unpickled straight from the mapped file (one copy, not two)
-            try:
+        try:
+            if "_shm" in meta:  # large arguments: unpickled straight from the mapped file (one copy, not two)
                 args = p.map_shm(meta.pop("_shm"))
-            except OSError as exc:
-                self.send(p.ERROR, tag, *_error_payload(SerializationError(
-                    f"the call's arguments could not be read: {exc}")))
-                return
+            elif "_lent" in meta:  # a client's slab: unpickled in place, the mapping kept for its next call
+                path, length = meta.pop("_lent")
+                args = self.slabs.get(path, ARGS_HEADER).view(length)
+                self._sweep_later()
+        except ConfigError as exc:
+            self.send(p.ERROR, tag, *_error_payload(exc))
+            return
+        except (OSError, EOFError, ValueError) as exc:
+            self.send(p.ERROR, tag, *_error_payload(SerializationError(
+                f"the call's arguments could not be read: {exc}")))
+            return
         if not self._call_inline(tag, meta, args):
             self.tasks[tag] = asyncio.ensure_future(self._call(tag, meta, args))
+
+    def _sweep_later(self) -> None:
+        """Close, within a few seconds, the mappings of slabs their clients removed (their pages go with them)."""
+        if not self._sweeping:
+            self._sweeping = True
+            self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _sweep(self) -> None:
+        self._sweeping = False
+        self.slabs.sweep()
+        if len(self.slabs):
+            self._sweep_later()
+
+    def _encode(self, ctx: _CallCtx, value: Any, json_mode: bool) -> tuple[dict[str, Any] | None, bytes]:
+        """A call's RESULT frame: into the caller's result slab when it lent one and the pickle is big."""
+        if ctx.slab is None or json_mode:
+            return _encode_result(value, json_mode)
+        path = ctx.slab
+
+        def open_slab() -> Any:
+            slab = self.slabs.get(path, RESULT_HEADER)
+            self._sweep_later()
+            return slab
+
+        return _encode_result(value, json_mode, open_slab)
 
     def _reply(self, tag: int, fn: Any, meta: dict[str, Any], body: bytes) -> None:
         try:
@@ -278,7 +314,7 @@ class Worker:
         lock = self.locks.get(name)
         if lock is not None and not lock.acquire(blocking=False):
             return False
-        ctx = _CallCtx(tag, self, name)
+        ctx = _CallCtx(tag, self, name, slab=meta.get("_slab"))
         token = _current.set(ctx)
         json_mode = meta.get("mode") == "json"
         try:
@@ -291,7 +327,7 @@ class Worker:
                 self.tasks[tag] = asyncio.ensure_future(self._finish(ctx, result, json_mode))
                 return True
             ctx.flush()
-            self.send(p.RESULT, tag, *_encode_result(result, json_mode))
+            self.send(p.RESULT, tag, *self._encode(ctx, result, json_mode))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             ctx.flush()
             self.send(p.ERROR, tag, *_error_payload(exc))
@@ -309,7 +345,7 @@ class Worker:
             if inspect.isawaitable(result):
                 result = await result
             ctx.flush()
-            self.send(p.RESULT, ctx.tag, *_encode_result(result, json_mode))
+            self.send(p.RESULT, ctx.tag, *self._encode(ctx, result, json_mode))
         except BaseException as exc:  # noqa: BLE001
             ctx.flush()
             self.send(p.ERROR, ctx.tag, *_error_payload(exc))
@@ -317,7 +353,7 @@ class Worker:
             self.tasks.pop(ctx.tag, None)
 
     async def _call(self, tag: int, meta: dict[str, Any], body: Body) -> None:
-        ctx = _CallCtx(tag, self, meta.get("name", ""))
+        ctx = _CallCtx(tag, self, meta.get("name", ""), slab=meta.get("_slab"))
         self.ctxs[tag] = ctx
         _current.set(ctx)
         json_mode = meta.get("mode") == "json"
@@ -333,7 +369,7 @@ class Worker:
                 target = getattr(obj, method) if method else obj
                 result = await self._invoke(ctx, target, args, kwargs, json_mode)
             ctx.flush()
-            self.send(p.RESULT, tag, *_encode_result(result, json_mode))
+            self.send(p.RESULT, tag, *self._encode(ctx, result, json_mode))
         except (asyncio.CancelledError, _ThreadCancelled):
             ctx.flush()
             self.send(p.ERROR, tag, *_error_payload(CallCancelled("the call was cancelled")))
@@ -398,6 +434,7 @@ SMALL = 64 * 1024  # a str or bytes result shorter than this never needs a share
 _MAPPED = (p.CALL,)  # kinds whose large bodies are mapped, not read
 FAST_SECONDS = 0.002  # a sync call this quick may run inline on the worker's loop ...
 FAST_STREAK = 8  # ... once this many calls in a row were that quick; one slow call sends it back to threads
+SWEEP_SECONDS = 5.0  # how often a worker holding slab mappings looks for slabs their clients removed
 
 
 def _describe(obj: Any) -> dict[str, str]:
@@ -473,6 +510,8 @@ def _decode_args(body: Body, json_mode: bool) -> tuple[list, dict]:
     finally:
         if isinstance(body, mmap.mmap):  # unmapping frees the (unlinked) file's pages: ~1 ms per 10 MB, off the loop
             _unmapper().submit(body.close)
+        elif isinstance(body, memoryview):  # a view of a lent slab: the mapping stays for the next call
+            body.release()
 
 
 @functools.cache
@@ -481,8 +520,9 @@ def _unmapper() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tether-unmap")
 
 
-def _encode_result(value: Any, json_mode: bool) -> tuple[dict[str, Any] | None, bytes]:
-    """The meta and body of a RESULT/ITEM frame; a large pickle is written straight to a shared-memory file."""
+def _encode_result(value: Any, json_mode: bool, open_slab: Any = None) -> tuple[dict[str, Any] | None, bytes]:
+    """The meta and body of a RESULT/ITEM frame; a large pickle is written straight to a shared-memory file:
+    the caller's lent result slab (``open_slab()`` returns it), else a new file."""
     if json_mode:
         try:
             return None, json.dumps(value).encode()
@@ -491,6 +531,15 @@ def _encode_result(value: Any, json_mode: bool) -> tuple[dict[str, Any] | None, 
     kind = type(value)
     if kind in _SCALARS or (kind in (str, bytes) and len(value) < SMALL):  # the C pickler: the same bytes as
         return None, pickle.dumps(value, protocol=5)  # cloudpickle's, ~8x less work than its Python subclass
+    if open_slab is not None:
+        into = ResultSpill(open_slab)
+        try:
+            cloudpickle.dump(value, into, protocol=5)
+            return into.finish()
+        except (OSError, ConfigError, EOFError):  # the slab is gone or refused: a file of our own, below
+            pass
+        except Exception as exc:
+            raise _unserializable(value, exc) from exc
     out = p.Spill()
     try:
         cloudpickle.dump(value, out, protocol=5)
@@ -559,6 +608,7 @@ def main() -> None:
         from tether.oom import apply_memory_limit
 
         apply_memory_limit(int(limit))
+    keep_freed_memory(int(limit) if limit else None)
     sys.stdout = _Router(sys.stdout, "stdout")  # type: ignore[assignment]
     sys.stderr = _Router(sys.stderr, "stderr")  # type: ignore[assignment]
     root = logging.getLogger()

@@ -123,3 +123,11 @@ def log_wait_count(marker_dir):
         time.sleep(0.01)
     print("after the wait")
     return len((d / "runs").read_text().splitlines())
+
+
+def make_bytes(n, fill=7):
+    return bytes([fill]) * n
+
+
+def crash_with(payload):
+    os._exit(len(payload) % 100)

@@ -324,10 +324,14 @@ def test_big_payloads_travel_through_shared_memory_on_the_daemons_host(local_clu
 
     if not local_cluster.client.unix_socket or shm.SHM_DIR is None:
         pytest.skip("needs the local cluster's unix socket and /dev/shm")
-    written, loaded = [], []
-    real_write, real_load = shm.write_pickle, shm.load
-    monkeypatch.setattr(shm, "write_pickle", lambda obj: written.append(real_write(obj)) or written[-1])
-    monkeypatch.setattr(shm, "load", lambda path: loaded.append(path) or real_load(path))
+    lent: list[tuple[str, str]] = []
+    real_end = shm.Lease.end
+
+    def end(lease, finished):
+        lent.append((lease.args.path if lease.args else "", lease.result.path if lease.result else ""))
+        real_end(lease, finished)
+
+    monkeypatch.setattr(shm.Lease, "end", end)
     payload = os.urandom(3 * 1024 * 1024)
     echo = tether.function(svc.echo).to(local_cluster)
 
@@ -335,5 +339,7 @@ def test_big_payloads_travel_through_shared_memory_on_the_daemons_host(local_clu
     assert asyncio.run(echo.remote_async(payload)) == payload  # async API
     assert echo(b"small") == b"small"  # small values keep the socket
 
-    assert len(written) == 2 and len(loaded) == 2  # both ways through /dev/shm, twice
-    assert not any(os.path.exists(p) for p in written)  # the daemon took (and removed) the argument files
+    assert len(lent) == 2  # both big calls lent an arguments slab and a result slab ...
+    assert lent[0] == lent[1] and all(lent[0])  # ... the same two files both times
+    assert all(os.path.exists(path) for path in lent[0])  # kept for the next big call
+    assert set(lent[0]) <= set(shm.pool().idle())
