@@ -182,13 +182,25 @@ class Daemon:
         return out
 
     async def idle_watch(self) -> None:
+        """Stop after ``autostop_mins`` idle; every ``SHM_SWEEP_SECONDS`` remove the shared-memory files of dead
+        processes (a killed client's slabs would otherwise hold their memory until the daemon restarts)."""
+        loop = asyncio.get_running_loop()
+        swept = loop.time()
         while not self.stop_event.is_set():
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(1.0, SHM_SWEEP_SECONDS))
+            if loop.time() - swept >= SHM_SWEEP_SECONDS:
+                swept = loop.time()
+                removed = await loop.run_in_executor(None, p.sweep_stale_shm)  # unlinking big files takes ms
+                if removed:
+                    log.info("stale_shm_removed", files=removed)
             if self.autostop_mins is None or self.autostop_paused or self.calls.running():
                 continue
             if time.time() - self.last_activity > self.autostop_mins * 60:
                 log.info("autostop", idle_minutes=self.autostop_mins)
                 self.stop_event.set()
+
+
+SHM_SWEEP_SECONDS = float(os.environ.get("TETHER_SHM_SWEEP_SECONDS", "60"))
 
 
 def _hint(name: str, names: list[str]) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -189,3 +191,21 @@ def test_a_removed_slab_is_unmapped_by_the_worker(daemon, slabs):
         time.sleep(0.1)
     assert not worker_maps(daemon, first)
     assert worker_maps(daemon, second)
+
+
+def test_the_daemon_removes_files_of_dead_processes_while_it_runs(tmp_path, monkeypatch, slabs):
+    monkeypatch.setenv("TETHER_SHM_SWEEP_SECONDS", "0.5")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    d = _start(tmp_path)  # (it sweeps once at start too: the files come after)
+    try:
+        orphan = slab(slabs, b"x" * 1024, name=f"tether-{dead.pid}-{uuid.uuid4().hex}")  # a killed client's slab
+        alive = slab(slabs, b"y" * 1024)  # ours: this process lives
+        deadline = time.monotonic() + 20
+        while os.path.exists(orphan) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(orphan)
+        assert os.path.exists(alive)
+        assert_serving(d)
+    finally:
+        d.kill()
