@@ -223,12 +223,15 @@ class ResultSpill:
 class SlabCache:
     """A worker's mappings of lent files, by path: a file is opened and mapped once, not once a call.
 
-    Holds at most ``limit`` files; one its client removed is closed at the next use of the cache (its pages
-    are freed only then), and :meth:`sweep` does the same for an idle worker.
+    Holds at most ``limit`` files and, when ``max_bytes`` is set, at most that many mapped bytes besides the
+    file in use (a worker under a memory limit: mappings count in its address space); the least recently used
+    go first. One its client removed is closed at the next use of the cache (its pages are freed only then),
+    and :meth:`sweep` does the same for an idle worker.
     """
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 64, max_bytes: int | None = None) -> None:
         self.limit = limit
+        self.max_bytes = max_bytes
         self._files: OrderedDict[str, MappedFile] = OrderedDict()
 
     def __len__(self) -> int:
@@ -236,12 +239,13 @@ class SlabCache:
 
     def get(self, path: str, header: str) -> MappedFile:
         f = self._files.get(path)
-        if f is not None and f.linked():
-            self._files.move_to_end(path)
-            return f
-        self.sweep()
-        f = self._files[path] = MappedFile.open_lent(path, header)
-        while len(self._files) > self.limit:
+        if f is None or not f.linked():
+            self.sweep()
+            f = self._files[path] = MappedFile.open_lent(path, header)
+        self._files.move_to_end(path)
+        while len(self._files) > self.limit or (
+                self.max_bytes is not None and len(self._files) > 1
+                and sum(m.size for m in self._files.values()) > self.max_bytes):
             self._files.popitem(last=False)[1].close()
         return f
 

@@ -123,7 +123,8 @@ class Worker:
         self.fast: dict[tuple[str, str], int] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.ctxs: dict[int, _CallCtx] = {}
-        self.slabs = SlabCache()  # the clients' lent slabs, mapped once
+        limit = int(os.environ.get("TETHER_MEMORY_LIMIT") or 0)
+        self.slabs = SlabCache(max_bytes=limit // 4 if limit else None)  # the clients' lent slabs, mapped once
         self._sweeping = False
         self._loop_thread = threading.get_ident()
 
