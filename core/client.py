@@ -48,8 +48,9 @@ def default_log_sink(event: dict[str, Any]) -> None:
         logging.getLogger(event.get("name") or "tether.remote").log(int(event.get("level", 20)), event.get("msg", ""))
 
 
-def _session(unix_socket: str | None = None) -> aiohttp.ClientSession:
-    """The connection pool of the running loop for TCP (or for one unix socket); closed with the loop."""
+def _loop_pools() -> dict[str | None, aiohttp.ClientSession]:
+    """The aiohttp sessions of the running loop. On a loop's first use, a hook is set that closes them and the
+    loop's :mod:`tether.wire` connections when the loop shuts down (``asyncio.run`` ends, ``close_all``)."""
     loop = asyncio.get_running_loop()
     pools = _sessions.get(loop)
     if pools is None:
@@ -57,6 +58,12 @@ def _session(unix_socket: str | None = None) -> aiohttp.ClientSession:
         closer = _close_at_loop_shutdown(pools)
         loop.create_task(_start(closer))  # started, so loop.shutdown_asyncgens() will close the pools
         _closers[loop] = closer
+    return pools
+
+
+def _session(unix_socket: str | None = None) -> aiohttp.ClientSession:
+    """The connection pool of the running loop for TCP (or for one unix socket); closed with the loop."""
+    pools = _loop_pools()
     session = pools.get(unix_socket)
     if session is None or session.closed:
         connector: aiohttp.BaseConnector
@@ -272,6 +279,7 @@ class AsyncClient:
                            ) -> AsyncIterator[tuple[int, bytes]]:
         """The same frames over :mod:`tether.wire` (plain HTTP daemons): one write per request, less CPU."""
         resp: wire.Response | None = None
+        _loop_pools()  # the loop's wire connections close with it
         try:
             async with asyncio.timeout(READ_TIMEOUT) as deadline:
                 resp = await wire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
@@ -351,6 +359,7 @@ class AsyncClient:
     async def _call_lean(self, out: _Outcome, verb: str, path: str, headers: dict[str, str], body: bytes) -> None:
         """One request over :mod:`tether.wire`, its frames folded into ``out``; ``_Dropped`` if the link breaks."""
         resp: wire.Response | None = None
+        _loop_pools()  # the loop's wire connections close with it
         try:
             async with asyncio.timeout(READ_TIMEOUT) as deadline:
                 resp = await wire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
