@@ -19,13 +19,12 @@ import threading
 import time
 from typing import Any
 
-from tether.daemon.protocol import SHM_DIR, SHM_THRESHOLD, unlink_quietly
+from tether.daemon.protocol import SHM_DIR, SHM_THRESHOLD
 from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, MappedFile, SlabWriter, keep_freed_memory
 
-__all__ = ["SHM_DIR", "THRESHOLD", "Lease", "SlabPool", "is_big", "load", "pool", "remove"]
+__all__ = ["SHM_DIR", "THRESHOLD", "Lease", "SlabPool", "is_big", "load", "pool"]
 
 THRESHOLD = SHM_THRESHOLD  # the same cut as the daemon↔worker link: below it the socket is as fast and simpler
-remove = unlink_quietly
 
 
 def is_big(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
