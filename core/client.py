@@ -459,16 +459,22 @@ class AsyncClient:
     async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
                      call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None
                      ) -> AsyncIterator[Any]:
-        """Yield a remote generator's items as they are produced."""
-        body = dumps_args(args, kwargs)
+        """Yield a remote generator's items as they are produced (big arguments go in a lent slab, as for
+        :meth:`call`; it is reused only if the stream reached its end)."""
+        held = _Outcome(None)  # only for the arguments' lease
+        extra: dict[str, str] = {}
+        body = self._body(name, method, args, kwargs, extra, False, False, held)
+        ended = False
         try:
-            async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller)) as frames:
+            async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller,
+                                                       extra=extra)) as frames:
                 async for kind, payload in frames:
                     if kind == p.FILE:  # a big item in a shared-memory file
                         ref = json.loads(payload)
                         if ref["kind"] == p.ITEM:
                             yield _load_file(ref["path"])
                         elif ref["kind"] == p.RESULT:
+                            ended = True
                             return
                     elif kind == p.ITEM:
                         yield _loads(payload)
@@ -476,11 +482,16 @@ class AsyncClient:
                         if on_log is not None:
                             on_log(json.loads(payload))
                     elif kind == p.ERROR:
+                        ended = True
                         raise_remote(payload)
                     elif kind == p.RESULT:
+                        ended = True
                         return
         except _Dropped as exc:
             raise ClusterUnavailable(str(exc), details={"call_id": call_id}) from exc
+        finally:
+            if held.lease is not None:
+                held.lease.end(ended)
 
 
 async def _next_frame(resp: wire.Response, deadline: asyncio.Timeout) -> tuple[int, bytes] | None:

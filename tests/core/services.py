@@ -131,3 +131,8 @@ def make_bytes(n, fill=7):
 
 def crash_with(payload):
     os._exit(len(payload) % 100)
+
+
+def chunks(data, size):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]

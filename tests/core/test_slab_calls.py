@@ -121,3 +121,19 @@ async def _wait_gone(paths: list[str], seconds: float = 10.0) -> bool:
             return True
         await asyncio.sleep(0.05)
     return False
+
+
+def test_a_generator_streams_from_big_arguments_sent_in_a_slab(cluster, monkeypatch):
+    lent: list[tuple[str, bool]] = []
+    real_end = shm.Lease.end
+
+    def end(lease, finished):
+        lent.append((lease.args.path if lease.args else "", finished))
+        real_end(lease, finished)
+
+    monkeypatch.setattr(shm.Lease, "end", end)
+    split = tether.function(svc.chunks).to(cluster)
+    data = os.urandom(3 * MiB)
+    assert b"".join(split(data, MiB)) == data
+    assert len(lent) == 1 and lent[0][0] and lent[0][1]  # lent, and back to the pool after the stream's end
+    assert lent[0][0] in shm.pool().idle()
