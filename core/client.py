@@ -117,10 +117,12 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
         return cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
-        raise SerializationError(
-            f"could not pickle the call's arguments: {type(exc).__name__}: {exc}",
-            hint="pass picklable values (no open files, sockets, locks or live connections)",
-        ) from exc
+        raise _pickle_error(exc) from exc
+
+
+def _pickle_error(exc: Exception) -> SerializationError:
+    return SerializationError(f"could not pickle the call's arguments: {type(exc).__name__}: {exc}",
+                              hint="pass picklable values (no open files, sockets, locks or live connections)")
 
 
 def _dump(obj: Any, file: Any) -> None:
@@ -327,7 +329,7 @@ class AsyncClient:
         try:
             if self._lean and resume is None:  # one coroutine, no generators: the common case
                 verb, path, headers = self._route(name, method, call_id, caller, attach)
-                body = self._body(name, method, args, kwargs, headers, attach, lend, out)
+                body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
                 try:
                     await self._call_lean(out, verb, path, headers, body)
                     return out.outcome(call_id)
@@ -397,7 +399,7 @@ class AsyncClient:
         resp: syncwire.BlockingResponse | None = None
         resumed = False
         try:
-            body = self._body(name, method, args, kwargs, headers, False, lend, out)
+            body, out.lease = self._body(name, method, args, kwargs, headers, False, lend)
             resp = syncwire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
                                     connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT)
             if resp.status >= 400:
@@ -425,45 +427,35 @@ class AsyncClient:
         return out.outcome(call_id)
 
     def _body(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any],
-              headers: dict[str, str], attach: bool, lend: bool, out: _Outcome) -> bytes:
-        """The request body; b"" when the arguments went into a slab lent to the call (``out.lease``, named in
-        ``headers`` with the result slab, if one is lent)."""
+              headers: dict[str, str], attach: bool, lend: bool) -> tuple[bytes, shm.Lease | None]:
+        """The request body, and the slabs lent to the call (named in ``headers``): big arguments go in one
+        (the body is then empty); with ``lend``, a result slab too if the target returned big results before."""
         if attach:
-            return b""
+            return b"", None
         big = self._shm and shm.is_big(args, kwargs)
         if not big and not (lend and self._shm and (name, method) in self._big_results):
-            return dumps_args(args, kwargs)
-        lease = out.lease = shm.Lease()
-        body = b""
+            return dumps_args(args, kwargs), None
+        lease = shm.Lease()
         try:
             if lend:
                 lease.lend_result()
             if big:
                 lease.write_args((args, kwargs), _dump)
-        except OSError:  # /dev/shm full: the socket still works
-            lease.end(False)
-            out.lease = None
-            return dumps_args(args, kwargs)
         except Exception as exc:
             lease.end(False)
-            out.lease = None
-            raise SerializationError(f"could not pickle the call's arguments: {type(exc).__name__}: {exc}",
-                                     hint="pass picklable values (no open files, sockets, locks or live "
-                                          "connections)") from exc
-        else:
-            if not big:
-                body = dumps_args(args, kwargs)
+            if isinstance(exc, OSError):  # /dev/shm full: the socket still works
+                return dumps_args(args, kwargs), None
+            raise _pickle_error(exc) from exc
         headers.update(lease.headers())
-        return body
+        return (b"" if big else dumps_args(args, kwargs)), lease
 
     async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
                      call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None
                      ) -> AsyncIterator[Any]:
         """Yield a remote generator's items as they are produced (big arguments go in a lent slab, as for
         :meth:`call`; it is reused only if the stream reached its end)."""
-        held = _Outcome(None)  # only for the arguments' lease
         extra: dict[str, str] = {}
-        body = self._body(name, method, args, kwargs, extra, False, False, held)
+        body, lease = self._body(name, method, args, kwargs, extra, False, False)
         ended = False
         try:
             async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller,
@@ -490,8 +482,8 @@ class AsyncClient:
         except _Dropped as exc:
             raise ClusterUnavailable(str(exc), details={"call_id": call_id}) from exc
         finally:
-            if held.lease is not None:
-                held.lease.end(ended)
+            if lease is not None:
+                lease.end(ended)
 
 
 async def _next_frame(resp: wire.Response, deadline: asyncio.Timeout) -> tuple[int, bytes] | None:

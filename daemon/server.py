@@ -339,8 +339,8 @@ def _lent_slabs(request: web.Request, json_mode: bool) -> dict[str, Any]:
         if not slabs.is_slab_path(path) or not length.isdigit():
             raise ConfigError(f"{slabs.ARGS_HEADER} {args!r}: expected <path of a tether-* file directly inside "
                               "/dev/shm>:<length of the pickle in it>")
-        if request.body_exists:
-            raise ConfigError(f"send the arguments either in the body or in the {slabs.ARGS_HEADER} slab, not both")
+        if request.body_exists or "X-Tether-Shm" in request.headers:
+            raise ConfigError(f"send the arguments in one place: the body, X-Tether-Shm or {slabs.ARGS_HEADER}")
         out["_lent"] = [path, int(length)]
     return out
 

@@ -179,8 +179,7 @@ class Worker:
                 args = p.map_shm(meta.pop("_shm"))
             elif "_lent" in meta:  # a client's slab: unpickled in place, the mapping kept for its next call
                 path, length = meta.pop("_lent")
-                args = self.slabs.get(path, ARGS_HEADER).view(length)
-                self._sweep_later()
+                args = self._slab(path, ARGS_HEADER).view(length)
         except ConfigError as exc:
             self.send(p.ERROR, tag, *_error_payload(exc))
             return
@@ -190,6 +189,12 @@ class Worker:
             return
         if not self._call_inline(tag, meta, args):
             self.tasks[tag] = asyncio.ensure_future(self._call(tag, meta, args))
+
+    def _slab(self, path: str, header: str) -> Any:
+        """A client's lent slab, mapped once (see ``SlabCache``; raises ``ConfigError`` for a refused file)."""
+        slab = self.slabs.get(path, header)
+        self._sweep_later()
+        return slab
 
     def _sweep_later(self) -> None:
         """Close, within a few seconds, the mappings of slabs their clients removed (their pages go with them)."""
@@ -207,14 +212,7 @@ class Worker:
         """A call's RESULT frame: into the caller's result slab when it lent one and the pickle is big."""
         if ctx.slab is None or json_mode:
             return _encode_result(value, json_mode)
-        path = ctx.slab
-
-        def open_slab() -> Any:
-            slab = self.slabs.get(path, RESULT_HEADER)
-            self._sweep_later()
-            return slab
-
-        return _encode_result(value, json_mode, open_slab)
+        return _encode_result(value, json_mode, functools.partial(self._slab, ctx.slab, RESULT_HEADER))
 
     def _reply(self, tag: int, fn: Any, meta: dict[str, Any], body: bytes) -> None:
         try:

@@ -122,7 +122,7 @@ def test_only_the_lender_reads_a_result_left_in_its_slab(daemon, slabs):
     assert status == 200 and slab_frame(raw)["path"] == room  # the lender, re-attaching after a dropped link
 
 
-@pytest.mark.parametrize("case", ["outside", "name", "length", "tcp", "json", "body"])
+@pytest.mark.parametrize("case", ["outside", "name", "length", "tcp", "json", "body", "both_headers"])
 def test_malformed_slab_headers_are_refused_by_the_daemon(daemon, slabs, tmp_path, case):
     pickled = args(b"abc")
     path = slab(slabs, pickled)
@@ -140,6 +140,8 @@ def test_malformed_slab_headers_are_refused_by_the_daemon(daemon, slabs, tmp_pat
         tcp = True
     elif case == "json":
         headers["Content-Type"] = "application/json"
+    elif case == "both_headers":
+        headers["X-Tether-Shm"] = slab(slabs, pickled)
     else:
         body = pickled
     status, raw = request(daemon, "/nbytes/call", headers=headers, body=body, tcp=tcp)
