@@ -180,6 +180,8 @@ class SlabWriter:
         with memoryview(data) as view:
             flat = view if view.format == "B" and view.ndim == 1 else view.cast("B")
             n = flat.nbytes
+            if not n:
+                return 0
             end = self.pos + n
             if end > self.slab.size:
                 self.slab.reserve(end)

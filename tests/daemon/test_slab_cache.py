@@ -71,3 +71,18 @@ def test_files_their_client_removed_are_closed(files):
     with pytest.raises(ConfigError):  # gone: a lent path that no longer exists is refused
         cache.get(a.path, ARGS_HEADER)
     cache.close()
+
+
+def test_a_writer_grows_its_slab_across_writes(files):
+    from tether.daemon.slabs import SlabWriter
+
+    slab = files()
+    writer = SlabWriter(slab)
+    assert writer.write(b"") == 0 and slab.size == 0  # nothing written, nothing mapped
+    chunks = [b"a" * 100, memoryview(b"b" * (2 * MiB)), bytearray(b"c" * 10)]
+    for chunk in chunks:
+        writer.write(chunk)
+    assert writer.pos == 100 + 2 * MiB + 10 and slab.size >= writer.pos and slab.size % MiB == 0
+    view = slab.view(writer.pos)
+    assert bytes(view) == b"".join(bytes(c) for c in chunks)
+    view.release()
