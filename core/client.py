@@ -281,11 +281,9 @@ class AsyncClient:
                            ) -> AsyncIterator[tuple[int, bytes]]:
         """The same frames over :mod:`tether.wire` (plain HTTP daemons): one write per request, less CPU."""
         resp: wire.Response | None = None
-        _loop_pools()  # the loop's wire connections close with it
         try:
             async with asyncio.timeout(READ_TIMEOUT) as deadline:
-                resp = await wire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
-                                          connect_timeout=CONNECT_TIMEOUT)
+                resp = await self._lean_request(verb, path, headers, body)
                 if resp.status >= 400:
                     raise _http_error(resp.status, await resp.read())
                 while (frame := await _next_frame(resp, deadline)) is not None:
@@ -296,6 +294,12 @@ class AsyncClient:
         finally:
             if resp is not None:
                 resp.close()
+
+    async def _lean_request(self, verb: str, path: str, headers: dict[str, str], body: bytes) -> wire.Response:
+        """Send a request over :mod:`tether.wire` and read its head (the loop's connections close with it)."""
+        _loop_pools()
+        return await wire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
+                                  connect_timeout=CONNECT_TIMEOUT)
 
     def _lean_error(self, exc: BaseException) -> _Dropped:
         """What a failure of the lean transport means: no daemon there, a read timeout, or a dropped link."""
@@ -361,11 +365,9 @@ class AsyncClient:
     async def _call_lean(self, out: _Outcome, verb: str, path: str, headers: dict[str, str], body: bytes) -> None:
         """One request over :mod:`tether.wire`, its frames folded into ``out``; ``_Dropped`` if the link breaks."""
         resp: wire.Response | None = None
-        _loop_pools()  # the loop's wire connections close with it
         try:
             async with asyncio.timeout(READ_TIMEOUT) as deadline:
-                resp = await wire.request(self.endpoint, self.unix_socket, verb, path, headers, body,
-                                          connect_timeout=CONNECT_TIMEOUT)
+                resp = await self._lean_request(verb, path, headers, body)
                 if resp.status >= 400:
                     out.failure = _http_error(resp.status, await resp.read())
                     return
