@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import mmap
 import os
 import sys
@@ -134,11 +135,20 @@ class MappedFile:
             self.map = mmap.mmap(self.fd, size)
 
     def reserve(self, n: int) -> None:
-        """Make the file at least ``n`` bytes long (doubling, in whole MiB: few regrowths)."""
+        """Make the file at least ``n`` bytes long (doubling, in whole MiB: few regrowths).
+
+        The pages are allocated here, so a full ``/dev/shm`` (64 MiB in a default Docker container) raises
+        ``OSError`` (ENOSPC) now instead of killing the process with SIGBUS at a write into the mapping.
+        """
         if n <= self.size:
             return
-        new = max(n, 2 * self.size)
-        os.ftruncate(self.fd, -(-new // _GROW_STEP) * _GROW_STEP)
+        new = -(-max(n, 2 * self.size) // _GROW_STEP) * _GROW_STEP
+        try:
+            os.posix_fallocate(self.fd, 0, new)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            os.ftruncate(self.fd, new)  # a file system without fallocate
         self.remap()
 
     def view(self, n: int) -> memoryview:
