@@ -214,9 +214,14 @@ class WorkerPool:
             python = await self._python_for(env)
             worker = WorkerProcess(env, self.memory_limit)
             await worker.start(python, env.working_dir)
-            self.workers[env.name] = worker
             log.info("worker_started", env=env.name, pid=worker.pid)
-            await self.on_start(worker)
+            try:
+                await self.on_start(worker)
+            except BaseException:
+                await worker.stop()
+                raise
+            # only now: a caller that finds it (``live``, the check above) must find its services restored
+            self.workers[env.name] = worker
             return worker
 
     async def _python_for(self, env: EnvSpec) -> str:

@@ -169,3 +169,28 @@ def test_connection_reset_mid_call_retries_and_runs_once(daemon: DaemonProc, tmp
         assert marker2.read_text().count("start") == 1
     finally:
         proxy.close()
+
+
+def test_a_call_during_an_envs_restore_waits_for_its_services(tmp_path):
+    """A restarted daemon restores each env's services into a fresh worker, one deploy after another; a call
+    arriving meanwhile must wait for the restore, not reach a worker that does not hold its service yet."""
+    state = tmp_path / "state"
+    d = start_daemon(state)
+    orphans: list[int] = []
+    try:
+        d.deploy("slow_first", "ready", env="restoring", module="tests.reliability.slow_import")  # restored first
+        d.deploy("quick", "add", env="restoring")
+        orphans.append(_worker_pid(d, "restoring"))
+        d.kill(signal.SIGKILL)
+        d = start_daemon(state)  # starts restoring the env at once (a 1.5 s import first)
+        deadline = time.monotonic() + 30
+        while not any(w["env"] == "restoring" for w in d.get("/status").json()["workers"]):
+            assert time.monotonic() < deadline, "the env's worker never started"
+            time.sleep(0.02)
+        r = d.call("quick", 2, 3)  # the worker is up: is its restore done?
+        assert r.status_code == 200 and r.json().get("result") == 5, r.text
+        assert d.call("slow_first").json()["result"] == "ready"
+    finally:
+        d.kill()
+        for pid in orphans:
+            _kill_quietly(pid)
