@@ -87,7 +87,10 @@ class Daemon:
         for key in objects:
             path = self.manifest.object_path(key)
             if path.exists():
-                await self._ask(worker, p.OBJECT, {"op": "put", "key": key}, path.read_bytes())
+                try:  # one object that no longer unpickles (its class is gone) must not take the env down
+                    await self._ask(worker, p.OBJECT, {"op": "put", "key": key}, path.read_bytes())
+                except TetherError as exc:
+                    log.warning("restore_failed", object=key, error=str(exc))
 
     async def _ask(self, worker: WorkerProcess, kind: int, meta: dict[str, Any], body: bytes = b"") -> tuple[
             dict[str, Any], bytes]:

@@ -194,3 +194,30 @@ def test_a_call_during_an_envs_restore_waits_for_its_services(tmp_path):
         d.kill()
         for pid in orphans:
             _kill_quietly(pid)
+
+
+def test_an_object_that_no_longer_loads_does_not_take_its_env_down(tmp_path):
+    from tests.reliability.fussy import Fussy
+
+    state, marker = tmp_path / "state", tmp_path / "refuse"
+    d = start_daemon(state)
+    orphans: list[int] = []
+    try:
+        d.deploy("add", "add")
+        h = {**d.headers, "Content-Type": "application/x-tether-pickle"}
+        r = requests.put(d.endpoint + "/objects/fussy", data=cloudpickle.dumps(Fussy(str(marker))), headers=h,
+                         timeout=10)
+        assert r.status_code == 200, r.text
+        orphans.append(_worker_pid(d, "default"))
+        d.kill(signal.SIGKILL)
+        marker.write_text("")  # from now on the stored object fails to unpickle
+        d = start_daemon(state)
+        for _ in range(2):  # the env serves (and keeps serving) without it
+            r = d.call("add", 2, 3)
+            assert r.status_code == 200 and r.json().get("result") == 5, r.text
+        assert "fussy" in d.get("/objects").json()["keys"]  # still saved, not lost
+        assert "restore_failed" in d.log.read_text()
+    finally:
+        d.kill()
+        for pid in orphans:
+            _kill_quietly(pid)
