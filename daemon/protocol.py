@@ -90,7 +90,10 @@ def new_shm_file() -> tuple[Any, str]:
 
 class Spill:
     """A write-only file for a pickler: output stays in memory below ``SHM_THRESHOLD``, then continues in a new
-    shared-memory file (a large result is pickled straight into ``/dev/shm``, no in-memory copy)."""
+    shared-memory file (a large result is pickled straight into ``/dev/shm``, no in-memory copy).
+
+    Subclasses continue somewhere else by overriding :meth:`_open` and :meth:`_meta` (see ``slabs.ResultSpill``).
+    """
 
     def __init__(self) -> None:
         self._chunks: list[Any] = []
@@ -105,18 +108,26 @@ class Spill:
             if self._size < SHM_THRESHOLD or SHM_DIR is None:
                 self._chunks.append(data)
                 return n
-            self._file, self.path = new_shm_file()
+            self._file = self._open()
             self._file.writelines(self._chunks)
             self._chunks = []
         self._file.write(data)
         return n
 
+    def _open(self) -> Any:
+        """Where the output continues past the threshold: a file object with ``write`` and ``writelines``."""
+        f, self.path = new_shm_file()
+        return f
+
+    def _meta(self) -> dict[str, Any]:
+        self._file.close()
+        return {"_shm": self.path}
+
     def finish(self) -> tuple[dict[str, Any] | None, bytes]:
         """The frame's meta and body: ``({"_shm": path}, b"")`` once in a file, else ``(None, the bytes)``."""
         if self._file is None:
             return None, b"".join(self._chunks)
-        self._file.close()
-        return {"_shm": self.path}, b""
+        return self._meta(), b""
 
     def abort(self) -> None:
         """Drop what was written (the pickler failed)."""

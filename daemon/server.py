@@ -324,14 +324,7 @@ def _lent_slabs(request: web.Request, json_mode: bool) -> dict[str, Any]:
     args, result = request.headers.get(slabs.ARGS_HEADER), request.headers.get(slabs.RESULT_HEADER)
     if args is None and result is None:
         return {}
-    for header in (slabs.ARGS_HEADER, slabs.RESULT_HEADER):
-        if header in request.headers and not _over_unix_socket(request):
-            err = ConfigError(f"{header} is honoured only on the daemon's unix socket",
-                              hint="send the pickled (args, kwargs) inline as the request body")
-            err.status = 400
-            raise err
-    if json_mode:
-        raise ConfigError(f"lent slabs carry pickles only (Content-Type: {PICKLE})")
+    _same_host_pickles(request, slabs.ARGS_HEADER if args is not None else slabs.RESULT_HEADER, json_mode)
     out: dict[str, Any] = {}
     if result is not None:
         if not slabs.is_slab_path(result):
@@ -354,15 +347,20 @@ def _over_unix_socket(request: web.Request) -> bool:
     return sock is not None and sock.family == socket.AF_UNIX
 
 
-def _claim_arg_file(request: web.Request, path: str, json_mode: bool) -> str:
-    """The ``X-Tether-Shm`` file of a same-host client, now the daemon's (see ``protocol.claim_shm``)."""
+def _same_host_pickles(request: web.Request, header: str, json_mode: bool) -> None:
+    """Refuse a shared-memory header (``header``) that did not come over the unix socket with a pickle call."""
     if not _over_unix_socket(request):
-        err = ConfigError("X-Tether-Shm is honoured only on the daemon's unix socket",
+        err = ConfigError(f"{header} is honoured only on the daemon's unix socket",
                           hint="send the pickled (args, kwargs) inline as the request body")
         err.status = 400
         raise err
     if json_mode:
-        raise ConfigError(f"X-Tether-Shm carries pickled arguments only (Content-Type: {PICKLE})")
+        raise ConfigError(f"{header} carries pickles only (Content-Type: {PICKLE})")
+
+
+def _claim_arg_file(request: web.Request, path: str, json_mode: bool) -> str:
+    """The ``X-Tether-Shm`` file of a same-host client, now the daemon's (see ``protocol.claim_shm``)."""
+    _same_host_pickles(request, "X-Tether-Shm", json_mode)
     if request.body_exists:
         raise ConfigError("send the arguments either in the body or in the X-Tether-Shm file, not both")
     return p.claim_shm(path)

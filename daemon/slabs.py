@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from tether.daemon.protocol import SHM_DIR, SHM_THRESHOLD, open_client_file, shm_name, unlink_quietly
+from tether.daemon.protocol import SHM_DIR, Spill, open_client_file, shm_name, unlink_quietly
 from tether.errors import NotFound
 
 __all__ = ["ARGS_HEADER", "RESULT_HEADER", "MappedFile", "ResultSpill", "SlabCache", "SlabWriter", "is_slab_path",
@@ -200,36 +200,27 @@ class SlabWriter:
         self.pos = end
         return n
 
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
 
-class ResultSpill:
-    """Pickler output for a result: in memory below ``SHM_THRESHOLD``, then in the client's lent slab."""
 
-    __slots__ = ("_chunks", "_open", "_size", "writer")
+class ResultSpill(Spill):
+    """Pickler output for a result: in memory below ``SHM_THRESHOLD``, then in the client's lent slab (from
+    ``open_slab()``); the frame's meta is then ``{"_slab": path, "_size": n}``."""
 
     def __init__(self, open_slab: Any) -> None:
-        self._open = open_slab
-        self._chunks: list[Any] = []
-        self._size = 0
-        self.writer: SlabWriter | None = None
+        super().__init__()
+        self._open_slab = open_slab
 
-    def write(self, data: Any) -> int:
-        if self.writer is None:
-            n = data.nbytes if isinstance(data, memoryview) else len(data)
-            if self._size + n < SHM_THRESHOLD:
-                self._size += n
-                self._chunks.append(bytes(data) if isinstance(data, memoryview) else data)
-                return n
-            self.writer = SlabWriter(self._open())
-            for chunk in self._chunks:
-                self.writer.write(chunk)
-            self._chunks = []
-        return self.writer.write(data)
+    def _open(self) -> SlabWriter:
+        return SlabWriter(self._open_slab())
 
-    def finish(self) -> tuple[dict[str, Any] | None, bytes]:
-        """The RESULT frame's meta and body: ``({"_slab": path, "_size": n}, b"")`` or ``(None, the bytes)``."""
-        if self.writer is None:
-            return None, b"".join(self._chunks)
-        return {"_slab": self.writer.slab.path, "_size": self.writer.pos}, b""
+    def _meta(self) -> dict[str, Any]:
+        return {"_slab": self._file.slab.path, "_size": self._file.pos}
+
+    def abort(self) -> None:
+        self._chunks = []  # the slab stays the client's: nothing to remove
 
 
 class SlabCache:
