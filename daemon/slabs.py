@@ -51,11 +51,13 @@ def is_slab_path(path: str) -> bool:
 
 
 _kept: list[int] = []
+_GLIBC_DYNAMIC_MAX = 32 * 1024 * 1024  # glibc's own mmap threshold rises up to this as blocks are freed
 
 
 def keep_freed_memory(limit: int | None = None) -> int:
-    """Have glibc keep freed memory for reuse, up to ``TETHER_MALLOC_KEEP_MB`` (default 256; 0 keeps glibc's
-    defaults; at most a quarter of ``limit`` bytes); returns the bytes kept (0: nothing changed).
+    """Have glibc keep freed memory for reuse, up to ``TETHER_MALLOC_KEEP_MB`` (default 256; 0, or anything
+    under 32, keeps glibc's defaults; at most a quarter of ``limit`` bytes); returns the bytes kept (0: nothing
+    changed).
 
     glibc returns every freed block over 32 MiB to the system at once, so each big payload is unpickled into
     fresh pages: 100 MB took 70-78 ms that way on a 2-core VM, and 11 ms into pages kept from the last one.
@@ -68,8 +70,8 @@ def keep_freed_memory(limit: int | None = None) -> int:
     if limit:
         keep = min(keep, limit // 4)
     _kept.append(0)
-    if keep <= 0 or not sys.platform.startswith("linux"):
-        return 0
+    if keep < _GLIBC_DYNAMIC_MAX or not sys.platform.startswith("linux"):
+        return 0  # glibc already keeps blocks below 32 MiB: a lower threshold would only cost more mmaps
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc

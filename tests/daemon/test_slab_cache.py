@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +88,15 @@ def test_a_writer_grows_its_slab_across_writes(files):
     view = slab.view(writer.pos)
     assert bytes(view) == b"".join(bytes(c) for c in chunks)
     view.release()
+
+
+@pytest.mark.parametrize(("env", "limit", "kept"), [
+    ("256", None, 256 * MiB), ("0", None, 0), ("16", None, 0),
+    ("256", 512 * MiB, 128 * MiB), ("256", 100 * MiB, 0),  # a quarter of a memory limit, never under 32 MiB
+])
+def test_freed_memory_kept_is_bounded_and_never_lowers_glibcs_own(env, limit, kept):
+    script = ("from tether.daemon.slabs import keep_freed_memory; import sys; "
+              f"print(keep_freed_memory({limit!r}))")
+    out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TETHER_MALLOC_KEEP_MB": env},
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert int(out) == kept
