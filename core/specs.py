@@ -61,7 +61,8 @@ class EnvSpec(_Spec):
     env_vars: dict[str, str] = Field(default_factory=dict, description="environment variables of the worker")
     working_dir: str | None = Field(None, description="working directory of the worker (default: the code root)")
     python: str | None = Field(None, description="python executable of an existing venv to run the worker with")
-    memory_limit: int | None = Field(None, description="worker memory limit in bytes (accepts '256MB')")
+    memory_limit: int | None = Field(None, ge=0, description="worker memory limit in bytes (accepts '256MB'; "
+                                                           "0 or none: the daemon's default)")
 
     @field_validator("name")
     @classmethod

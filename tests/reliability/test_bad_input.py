@@ -149,3 +149,13 @@ def test_malformed_json_and_specs_are_4xx(daemon: DaemonProc):
         r = daemon.post("/autostop", json=body)
         assert r.status_code == 422, (body, r.text)
     assert daemon.get("/status").json()["autostop_mins"] is None  # nothing half-applied
+
+
+def test_a_negative_memory_limit_is_refused_at_deploy(daemon: DaemonProc):
+    """Found by the API fuzzer: it reached the worker, which refused it at start (a 502 WorkerDied)."""
+    spec = {"name": "neg", "env": {"name": "neg", "memory_limit": -26049},
+            "code": {"import_path": "tests.core.services", "qualname": "add"}}
+    r = daemon.post("/deploy", json=spec)
+    assert r.status_code == 422, r.text
+    assert "memory_limit" in r.text
+    assert daemon.call("add", 1, 2).json()["result"] == 3
