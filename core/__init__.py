@@ -33,13 +33,13 @@ from tether.errors import (
 
 if TYPE_CHECKING:
     from tether import registry, runs
-    from tether.calls import CallHandle, call
-    from tether.clusters import Cluster, cluster
-    from tether.envs import Env, env
+    from tether.api.calls import CallHandle, call
+    from tether.api.clusters import Cluster, cluster
+    from tether.api.envs import Env, env
+    from tether.api.loading import load
+    from tether.api.services import Function, Module, RemoteClass, RemoteInstance, function, module
+    from tether.compute.routing import RoutingPolicy
     from tether.escalation import Escalation
-    from tether.resources import load
-    from tether.routing import RoutingPolicy
-    from tether.services import Function, Module, RemoteClass, RemoteInstance, function, module
 
 __all__ = [
     "AuthError",
@@ -78,14 +78,14 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CallHandle": "tether.calls", "call": "tether.calls",
-    "Cluster": "tether.clusters", "cluster": "tether.clusters",
-    "Env": "tether.envs", "env": "tether.envs",
+    "CallHandle": "tether.api.calls", "call": "tether.api.calls",
+    "Cluster": "tether.api.clusters", "cluster": "tether.api.clusters",
+    "Env": "tether.api.envs", "env": "tether.api.envs",
     "Escalation": "tether.escalation",
-    "Function": "tether.services", "Module": "tether.services", "RemoteClass": "tether.services",
-    "RemoteInstance": "tether.services", "function": "tether.services", "module": "tether.services",
-    "load": "tether.resources",
-    "RoutingPolicy": "tether.routing",
+    "Function": "tether.api.services", "Module": "tether.api.services", "RemoteClass": "tether.api.services",
+    "RemoteInstance": "tether.api.services", "function": "tether.api.services", "module": "tether.api.services",
+    "load": "tether.api.loading",
+    "RoutingPolicy": "tether.compute.routing",
 }
 
 
@@ -97,7 +97,7 @@ def __getattr__(name: str) -> Any:
     if name in ("registry", "runs", "catalog", "routing", "escalation", "oom"):
         return importlib.import_module(f"tether.{name}")
     if name == "here":
-        from tether.clusters import cluster
+        from tether.api.clusters import cluster
 
         value = cluster()
         globals()["here"] = value

@@ -16,7 +16,7 @@ console = Console()
 
 
 def _cluster(name: str) -> Any:
-    from tether.clusters import cluster
+    from tether.api.clusters import cluster
 
     return cluster(name=name)
 
@@ -84,7 +84,7 @@ def ls(name: str) -> None:
 @click.option("--cluster", "name", default="local", show_default=True)
 def logs(call_id: str, name: str) -> None:
     """The logs of a call."""
-    from tether.calls import call
+    from tether.api.calls import call
 
     for event in call(call_id, _cluster(name)).logs():
         if "text" in event:

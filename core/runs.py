@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tether.clusters import Cluster
+from tether.api.clusters import Cluster
 from tether.errors import ConfigError, TetherError
 
 __all__ = ["RunResult", "call_id_for", "cancel", "is_retryable", "live_call_id", "resolve_target", "run_remote"]
@@ -51,7 +51,7 @@ class RunResult:
 
 def resolve_target(target: Any, cluster: Cluster | dict | str | None = None, *, env: Any = None) -> Any:
     """A deployed service from a saved name, a ``Function``, a callable, or an import path ``"pkg.mod:fn"``."""
-    from tether.services import Function, _Service, function
+    from tether.api.services import Function, _Service, function
 
     if isinstance(target, _Service):
         return target if target.spec is not None else target.to(_cluster(cluster), env=env)
@@ -72,7 +72,7 @@ def resolve_target(target: Any, cluster: Cluster | dict | str | None = None, *, 
 
 
 def _cluster(cluster: Cluster | dict | str | None) -> Cluster:
-    from tether.clusters import cluster as make_cluster
+    from tether.api.clusters import cluster as make_cluster
 
     if isinstance(cluster, Cluster):
         return cluster
@@ -125,7 +125,7 @@ def _line_sink(log: Callable[[str], None]) -> Callable[[dict[str, Any]], None]:
 
 def live_call_id(call_id: str, cluster: Cluster, *, limit: int = 100) -> str:
     """``call_id`` unless the call under it failed or was cancelled; then the first successor that did not."""
-    from tether.calls import CallHandle
+    from tether.api.calls import CallHandle
     from tether.errors import NotFound
 
     c = cluster.up_if_not()
@@ -146,7 +146,7 @@ def cancel(call_id: str, cluster: Cluster | dict | str | None = None) -> list[st
 
     No error if nothing runs under it; returns the ids cancelled.
     """
-    from tether.calls import CallHandle
+    from tether.api.calls import CallHandle
     from tether.errors import NotFound
 
     c = _cluster(cluster).connected()

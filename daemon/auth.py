@@ -8,12 +8,10 @@ unpickling what a caller sends runs the caller's code on the cluster.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import json
 import os
-import secrets
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tether.errors import AuthError
+from tether.protocol.headers import PICKLE
+from tether.protocol.tokens import hash_token, new_token, read_token_file
 
 __all__ = [
     "AccessPolicy",
@@ -38,31 +38,7 @@ __all__ = [
 
 Level = Literal["read", "write", "owner"]
 _RANK = {"read": 1, "write": 2, "owner": 3}
-HASH_PREFIX = "sha256:"
-PICKLE = "application/x-tether-pickle"
 HASH_CACHE = 64
-
-
-def new_token() -> str:
-    return secrets.token_urlsafe(32)
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def read_token_file(path: Path) -> str:
-    """The owner token's hash from a token file holding either the token or ``sha256:<hex>`` (preferred: the
-    file then holds nothing that lets anyone in)."""
-    text = path.read_text().strip()
-    if text.startswith(HASH_PREFIX):
-        digest = text[len(HASH_PREFIX) :].lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise SystemExit(f"{path}: not a sha256 hex digest after {HASH_PREFIX!r}")
-        return digest
-    if not text:
-        raise SystemExit(f"{path} is empty: it must hold the bearer token or sha256:<hex of it>")
-    return hash_token(text)
 
 
 @dataclass

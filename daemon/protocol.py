@@ -1,8 +1,7 @@
-"""Framing between the daemon and its worker processes, and between the daemon and Python clients.
+"""Framing between the daemon and its worker processes (the client stream's framing is ``tether.protocol``).
 
 Worker link (unix socket pair): ``!BIIQ`` = kind, tag, meta length, body length; then JSON meta, raw body.
 A body of 1 MiB or more travels as a file in ``/dev/shm`` named ``tether-<owner pid>-…`` (meta ``_shm``).
-Client stream (HTTP body): ``!BI`` = kind, length; then the payload.
 """
 
 from __future__ import annotations
@@ -12,20 +11,40 @@ import contextlib
 import json
 import mmap
 import os
-import secrets
-import stat
 import struct
-import tempfile
 from collections.abc import Container
 from typing import Any
 
 from tether.errors import ConfigError, SerializationError
+from tether.protocol.frames import (
+    CLIENT_HDR_SIZE,
+    ERROR,
+    FILE,
+    HEARTBEAT,
+    ITEM,
+    LOG,
+    RESULT,
+    client_frame,
+    client_header,
+    parse_client_header,
+    split_client_frames,
+)
+from tether.protocol.headers import SHM
+from tether.protocol.shm import (
+    SHM_DIR,
+    SHM_THRESHOLD,
+    new_shm_file,
+    open_client_file,
+    read_shm,
+    shm_name,
+    unlink_quietly,
+)
 
 __all__ = [
-    "CALL", "CANCEL", "DEPLOY", "ERROR", "FILE", "HEARTBEAT", "ITEM", "LOG", "OBJECT", "READY", "RESULT",
-    "FrameWriter", "Spill", "adopt_shm", "claim_shm", "client_frame", "encode_meta", "map_shm",
-    "open_client_file", "read_frame",
-    "read_shm", "shm_name", "spill", "sweep_stale_shm", "unlink_quietly", "write_frame",
+    "CALL", "CANCEL", "CLIENT_HDR_SIZE", "DEPLOY", "ERROR", "FILE", "HEARTBEAT", "ITEM", "LOG", "OBJECT", "READY",
+    "RESULT", "SHM_DIR", "SHM_THRESHOLD", "FrameWriter", "Spill", "adopt_shm", "claim_shm", "client_frame",
+    "client_header", "encode_meta", "map_shm", "open_client_file", "parse_client_header", "read_frame", "read_shm",
+    "shm_name", "spill", "split_client_frames", "sweep_stale_shm", "unlink_quietly", "write_frame",
 ]
 
 # daemon -> worker
@@ -33,24 +52,13 @@ CALL = ord("C")
 DEPLOY = ord("D")
 CANCEL = ord("X")
 OBJECT = ord("O")
-# worker -> daemon (and daemon -> client)
-LOG = ord("L")
-ITEM = ord("I")
-RESULT = ord("R")
-ERROR = ord("E")
+# worker -> daemon (LOG, ITEM, RESULT, ERROR, HEARTBEAT and FILE are the client frames' kinds as well)
 READY = ord("Y")
-HEARTBEAT = ord("H")
-# daemon -> same-host client: a RESULT/ITEM payload left in a /dev/shm file, JSON {"kind", "path", "size"}
-FILE = ord("F")
 
 _WORKER_HDR = struct.Struct("!BIIQ")
-SHM_THRESHOLD = 1024 * 1024
-SHM_DIR = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 LINK_BUFFER = 64 * 1024 * 1024  # stream-reader buffer of a worker link: large bodies arrive without pause/resume
 FLUSH_AT = 256 * 1024  # queued bytes that are written at once instead of at the end of the loop iteration
 DRAIN_AT = 4 * 1024 * 1024  # buffered bytes above which senders wait for the socket (back-pressure)
-_CLIENT_HDR = struct.Struct("!BI")
-CLIENT_HDR_SIZE = _CLIENT_HDR.size
 
 
 def encode_meta(meta: dict[str, Any] | None) -> bytes:
@@ -79,13 +87,6 @@ def spill(body: bytes | memoryview) -> str:
         unlink_quietly(path)
         raise
     return path
-
-
-def new_shm_file() -> tuple[Any, str]:
-    """A new private file in shared memory, named for this process (``sweep_stale_shm`` keeps it while we
-    live), opened for writing; and its path."""
-    fd, path = tempfile.mkstemp(prefix=f"tether-{os.getpid()}-", dir=SHM_DIR)
-    return os.fdopen(fd, "wb"), path
 
 
 class Spill:
@@ -210,15 +211,6 @@ async def read_frame(
     return kind, tag, meta, body
 
 
-def read_shm(path: str, *, unlink: bool = True) -> bytes:
-    """The bytes of a shared-memory body; the file is removed unless ``unlink`` is False."""
-    with open(path, "rb") as f:
-        body = f.read()
-    if unlink:
-        os.unlink(path)
-    return body
-
-
 def map_shm(path: str) -> bytes | mmap.mmap:
     """A shared-memory body mapped read-only (no copy), its file already removed; ``b""`` for an empty file."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -232,11 +224,6 @@ def map_shm(path: str) -> bytes | mmap.mmap:
         os.close(fd)
 
 
-def shm_name() -> str:
-    """A fresh shared-memory path named for this process, to rename a file taken from another process to."""
-    return f"{SHM_DIR}/tether-{os.getpid()}-{secrets.token_hex(8)}"
-
-
 def adopt_shm(path: str) -> tuple[str, int]:
     """Rename another process's shared-memory file to one of ours; returns the new path and its size."""
     new = shm_name()
@@ -244,46 +231,12 @@ def adopt_shm(path: str) -> tuple[str, int]:
     return new, os.stat(new).st_size
 
 
-def open_client_file(path: str, header: str, *, write: bool = False) -> tuple[int, os.stat_result, str]:
-    """Open a same-host client's shared-memory file named in request header ``header``, after checking it is
-    a regular file named ``tether-*`` directly inside ``/dev/shm``, not a symlink, owned by this process's user.
-    Returns ``(fd, stat, real path)``; raises ``ConfigError`` (nothing is left open).
-    """
-    def refuse(why: str) -> ConfigError:
-        return ConfigError(f"{header} {path!r}: {why}",
-                           hint=f"name a file tether-* directly inside {SHM_DIR or '/dev/shm'}, or send the "
-                                "body inline")
-
-    if SHM_DIR is None:
-        raise refuse("this host has no writable /dev/shm")
-    real = os.path.realpath(path)
-    if not os.path.isabs(path) or os.path.dirname(real) != os.path.realpath(SHM_DIR):
-        raise refuse(f"not directly inside {SHM_DIR}")
-    if not os.path.basename(path).startswith("tether-") or not os.path.basename(real).startswith("tether-"):
-        raise refuse("the file name does not start with 'tether-'")
-    flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:  # O_NONBLOCK: a FIFO must not block the daemon; it is refused below as not a regular file
-        fd = os.open(path, flags | os.O_NONBLOCK)
-    except OSError as exc:
-        raise refuse("a symlink" if os.path.islink(path) else f"cannot open it: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise refuse("not a regular file")
-        if st.st_uid != os.getuid():
-            raise refuse("owned by another user")
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, st, real
-
-
 def claim_shm(path: str) -> str:
     """Take a same-host client's shared-memory body (``X-Tether-Shm``): check it (see
     :func:`open_client_file`) and that it holds a pickle, and rename it to one of ours; returns the new path.
     Raises ``ConfigError`` (the file is then left alone) or ``SerializationError``.
     """
-    fd, st, real = open_client_file(path, "X-Tether-Shm")
+    fd, st, real = open_client_file(path, SHM)
     try:
         if st.st_size < 2 or os.pread(fd, 1, 0) != b"\x80" or os.pread(fd, 1, st.st_size - 1) != b".":
             raise SerializationError("the X-Tether-Shm file is not a pickle",
@@ -300,12 +253,6 @@ def claim_shm(path: str) -> str:
         raise ConfigError(f"X-Tether-Shm {path!r}: cannot take it: {exc.strerror}") from None
     finally:
         os.close(fd)
-
-
-def unlink_quietly(path: str) -> None:
-    """Remove a file that may already be gone."""
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def sweep_stale_shm() -> int:
@@ -326,29 +273,3 @@ def sweep_stale_shm() -> int:
         except PermissionError:
             pass
     return removed
-
-
-def client_frame(kind: int, payload: bytes) -> bytes:
-    """One frame of the HTTP response stream a Python client reads."""
-    return _CLIENT_HDR.pack(kind, len(payload)) + payload
-
-
-def client_header(kind: int, length: int) -> bytes:
-    return _CLIENT_HDR.pack(kind, length)
-
-
-def parse_client_header(data: bytes) -> tuple[int, int]:
-    return _CLIENT_HDR.unpack(data)
-
-
-def split_client_frames(raw: bytes) -> list[tuple[int, bytes]]:
-    """The frames of a whole client response body, heartbeats included."""
-    out = []
-    size = _CLIENT_HDR.size
-    i = 0
-    while i < len(raw):
-        kind, length = _CLIENT_HDR.unpack_from(raw, i)
-        i += size
-        out.append((kind, raw[i : i + length]))
-        i += length
-    return out

@@ -563,7 +563,7 @@ def _unserializable(value: Any, exc: Exception) -> SerializationError:
 
 def _classify(exc: BaseException) -> BaseException:
     try:
-        from tether.oom import classify_exception
+        from tether.escalation.oom import classify_exception
     except ImportError:
         return exc
     oom = classify_exception(exc)
@@ -604,7 +604,7 @@ async def _main(fd: int) -> None:
 def main() -> None:
     limit = os.environ.get("TETHER_MEMORY_LIMIT")
     if limit:
-        from tether.oom import apply_memory_limit
+        from tether.daemon.memory import apply_memory_limit
 
         apply_memory_limit(int(limit))
     keep_freed_memory(int(limit) if limit else None)

@@ -17,8 +17,8 @@ from typing import Any
 import structlog
 
 from tether.daemon import protocol as p
+from tether.daemon.memory import baseline_evidence, classify_exit
 from tether.errors import ConfigError, WorkerDied
-from tether.oom import baseline_evidence, classify_exit
 from tether.specs import EnvSpec
 
 log = structlog.get_logger("tether.daemon.workers")

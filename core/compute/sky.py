@@ -13,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tether import routing
+from tether.compute import routing
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, SSHTarget, build_wheel
 from tether.compute.ssh import _health, _load, _save, state_path

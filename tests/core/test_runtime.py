@@ -320,7 +320,7 @@ def test_32_threads_on_one_stateful_object(local_cluster):
 
 
 def test_big_payloads_travel_through_shared_memory_on_the_daemons_host(local_cluster, monkeypatch):
-    from tether import shm
+    from tether.client import slabs as shm
 
     if not local_cluster.client.unix_socket or shm.SHM_DIR is None:
         pytest.skip("needs the local cluster's unix socket and /dev/shm")

@@ -10,7 +10,7 @@ import pytest
 
 import tether
 from tests.core import services as svc
-from tether import shm
+from tether.client import slabs as shm
 from tether.errors import WorkerDied
 
 MiB = 1024 * 1024

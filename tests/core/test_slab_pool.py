@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from tether import shm
+from tether.client import slabs as shm
 
 pytestmark = pytest.mark.skipif(shm.SHM_DIR is None, reason="needs a writable /dev/shm")
 

@@ -20,7 +20,7 @@ def esc_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("TETHER_HOME", str(home))
     monkeypatch.delenv("TETHER_REGISTRY_URL", raising=False)
     yield home
-    from tether.clusters import Cluster
+    from tether.api.clusters import Cluster
     from tether.specs import ClusterSpec
 
     for state in sorted((home / "clusters").glob("*.json")):

@@ -11,14 +11,20 @@ from pathlib import Path
 
 import pytest
 
+from tether.daemon.memory import (
+    _memory_cgroup_dir,
+    apply_memory_limit,
+    baseline_evidence,
+    classify_exit,
+    exit_evidence,
+)
 from tether.errors import ConfigError, OutOfMemory, WorkerDied
-from tether.oom import _memory_cgroup_dir, apply_memory_limit, baseline_evidence, classify_exit, exit_evidence
 
 # Allocates (and touches) the given number of MiB under a limit applied the way a worker does at start.
 CHILD = textwrap.dedent(
     """
     import sys
-    from tether.oom import apply_memory_limit
+    from tether.daemon.memory import apply_memory_limit
     limit = apply_memory_limit(sys.argv[1], mode=sys.argv[2])
     print(limit.mode, flush=True)
     try:

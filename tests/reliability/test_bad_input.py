@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 import tether
 from tests.reliability.daemons import DaemonProc
 from tether.client import AsyncClient
+from tether.client.loop import run_sync
 from tether.daemon.protocol import split_client_frames
-from tether.loop import run_sync
 
 PICKLE = "application/x-tether-pickle"
 LIMIT = 1024 * 1024  # the module daemon runs with --max-body 1MB

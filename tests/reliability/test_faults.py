@@ -22,7 +22,7 @@ from tests.core import services as svc
 from tests.netproxy import CuttableProxy
 from tests.reliability.daemons import ROOT, DaemonProc, start_daemon
 from tether.client import AsyncClient
-from tether.loop import run_sync
+from tether.client.loop import run_sync
 
 pool = ThreadPoolExecutor(4)
 

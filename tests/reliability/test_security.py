@@ -13,8 +13,8 @@ import tether
 from tests.core import services as svc
 from tests.reliability.daemons import ROOT, DaemonProc, daemon_cmd, start_daemon
 from tether.client import AsyncClient
+from tether.client.loop import run_sync
 from tether.daemon.auth import add_grant
-from tether.loop import run_sync
 
 
 def test_non_loopback_bind_without_token_exits_with_a_clear_message(state_dir):

@@ -14,13 +14,13 @@ from typing import Any
 
 import cloudpickle
 
-from tether.calls import CallHandle
+from tether.api.calls import CallHandle
+from tether.api.clusters import Cluster
+from tether.api.codesync import code_ref, content_hash
+from tether.api.envs import Env
 from tether.client import LogSink, default_log_sink
-from tether.clusters import Cluster
-from tether.codesync import code_ref, content_hash
-from tether.envs import Env
+from tether.client.loop import background_loop, iterate_sync, run_sync
 from tether.errors import ClusterUnavailable, ConfigError, NotFound
-from tether.loop import background_loop, iterate_sync, run_sync
 from tether.specs import ServiceSpec, build
 
 __all__ = ["Function", "Module", "RemoteClass", "RemoteInstance", "function", "module"]
@@ -189,7 +189,7 @@ class _Service:
     def _record(self, call_id: str, method: str | None, seconds: float, outcome: str) -> None:
         if self.spec is None or self.spec.version is None:
             return
-        from tether.resources import record_call
+        from tether.api.loading import record_call
 
         record_call(self, call_id=call_id, method=method, seconds=seconds, outcome=outcome)
 
@@ -227,7 +227,7 @@ class _Service:
 
     def save(self, name: str | None = None) -> Any:
         """Save this service in the registry as a new version; returns the version record."""
-        from tether.resources import save_resource, snapshot_code
+        from tether.api.loading import save_resource, snapshot_code
 
         config = self.config()
         code_hash = None
@@ -260,7 +260,7 @@ class _Service:
 
 
 def _default_cluster() -> Cluster:
-    from tether.clusters import cluster
+    from tether.api.clusters import cluster
 
     return cluster()
 
@@ -402,7 +402,7 @@ def function(fn: Callable[..., Any] | None = None, *, name: str | None = None) -
     if fn is None:
         if not name:
             raise ConfigError("pass a function or name=")
-        from tether.resources import load
+        from tether.api.loading import load
 
         loaded = load(name)
         if not isinstance(loaded, Function):
@@ -416,7 +416,7 @@ def module(cls: Any = None, *, name: str | None = None) -> Any:
     if cls is None:
         if not name:
             raise ConfigError("pass a class or name=")
-        from tether.resources import load
+        from tether.api.loading import load
 
         return load(name)
     return Module(cls, name=name)

@@ -8,9 +8,9 @@ from typing import Any
 import cloudpickle
 
 from tether.client import AsyncClient
+from tether.client.loop import run_sync
 from tether.compute import ClusterHandle, get_backend
 from tether.errors import ClusterUnavailable, ConfigError, NotFound
-from tether.loop import run_sync
 from tether.specs import ClusterSpec, build
 
 __all__ = ["Cluster", "cluster"]
@@ -67,7 +67,7 @@ class Cluster:
 
     def plan(self) -> Any:
         """The ranked candidates this cluster's spec would launch on, with reasons (launches nothing)."""
-        from tether.routing import plan
+        from tether.compute.routing import plan
 
         return plan(self.spec)
 
@@ -169,7 +169,7 @@ class Cluster:
         return cls(build(ClusterSpec, data))
 
     def save(self, name: str | None = None) -> Any:
-        from tether.resources import save_resource
+        from tether.api.loading import save_resource
 
         return save_resource(name or self.name, self.config())
 
@@ -183,7 +183,7 @@ def cluster(name: str | None = None, *, instance_type: str | None = None, provid
     """Describe a cluster. No arguments: the embedded local daemon. ``tether.cluster(name="lab")`` alone loads a
     saved cluster of that name when one exists. ``endpoint=URL, token=...`` attaches to a daemon run elsewhere."""
     if name and instance_type is None and host is None and provider is None and not kwargs:
-        from tether.resources import try_load
+        from tether.api.loading import try_load
 
         saved = try_load(name, "cluster")
         if saved is not None:

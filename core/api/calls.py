@@ -8,11 +8,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tether.client import AsyncClient, LogSink, default_log_sink
+from tether.client.loop import background_loop, run_sync
 from tether.errors import CallTimeout, NotFound
-from tether.loop import background_loop, run_sync
 
 if TYPE_CHECKING:
-    from tether.clusters import Cluster
+    from tether.api.clusters import Cluster
 
 __all__ = ["CallHandle", "call"]
 
@@ -77,7 +77,7 @@ class CallHandle:
 
 def call(call_id: str, cluster: Cluster | None = None, *, on_log: LogSink | None = default_log_sink) -> CallHandle:
     """Re-attach to a call by id, from any process (default cluster: the local one)."""
-    from tether.clusters import cluster as make_cluster
+    from tether.api.clusters import cluster as make_cluster
 
     c = (cluster or make_cluster()).connected()
     return CallHandle(c.client, call_id, on_log=on_log)

@@ -28,7 +28,7 @@ class Env:
         return cls(build(EnvSpec, data))
 
     def save(self, name: str | None = None) -> Any:
-        from tether.resources import save_resource
+        from tether.api.loading import save_resource
 
         return save_resource(name or self.name, self.config())
 

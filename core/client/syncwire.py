@@ -15,8 +15,8 @@ import threading
 from collections.abc import Iterator
 from io import BufferedReader
 
-from tether.daemon.protocol import CLIENT_HDR_SIZE, parse_client_header, split_client_frames
-from tether.wire import encode_head, parse_status_and_headers
+from tether.client.wire import encode_head, parse_status_and_headers
+from tether.protocol.frames import CLIENT_HDR_SIZE, parse_client_header, split_client_frames
 
 __all__ = ["BlockingResponse", "close_pools", "request"]
 

@@ -25,9 +25,9 @@ def save_resource(name: str, config: dict[str, Any], *, code_hash: str | None = 
 
 def from_config(config: dict[str, Any], version: int | None = None) -> Any:
     """Rebuild the right resource type from a config dict."""
-    from tether.clusters import Cluster
-    from tether.envs import Env
-    from tether.services import Function
+    from tether.api.clusters import Cluster
+    from tether.api.envs import Env
+    from tether.api.services import Function
 
     kind = config.get("kind")
     if kind == "cluster":
@@ -60,7 +60,7 @@ def load(name: str) -> Any:
 
 def snapshot_code(root: Path, code_hash: str) -> Path:
     """A content-addressed copy of the Python files under ``root`` in ``$TETHER_HOME/code/`` (kept per version)."""
-    from tether.codesync import python_files
+    from tether.api.codesync import python_files
     from tether.home import tether_home
 
     dest = tether_home() / "code" / code_hash[:24]

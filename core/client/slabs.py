@@ -19,8 +19,8 @@ import threading
 import time
 from typing import Any
 
-from tether.daemon.protocol import SHM_DIR, SHM_THRESHOLD
-from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, MappedFile, SlabWriter, keep_freed_memory
+from tether.protocol.headers import RESULT_SLAB, SHM_LENT
+from tether.protocol.shm import SHM_DIR, SHM_THRESHOLD, MappedFile, SlabWriter, keep_freed_memory
 
 __all__ = ["SHM_DIR", "THRESHOLD", "Lease", "SlabPool", "is_big", "load", "pool"]
 
@@ -174,9 +174,9 @@ class Lease:
         """The request headers naming the lent slabs (only the result slab when the arguments go inline)."""
         out = {}
         if self.args is not None and not result_only:
-            out[ARGS_HEADER] = f"{self.args.path}:{self.nbytes}"
+            out[SHM_LENT] = f"{self.args.path}:{self.nbytes}"
         if self.result is not None:
-            out[RESULT_HEADER] = self.result.path
+            out[RESULT_SLAB] = self.result.path
         return out
 
     def load_result(self, path: str, size: int) -> Any:

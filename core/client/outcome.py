@@ -1,0 +1,145 @@
+"""A call's frames folded into its outcome, and what each way a call can fail means (typed errors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tether.client import slabs
+from tether.client.payloads import load_file, loads, unpickle_error
+from tether.errors import ClusterUnavailable, TetherError, error_from_wire
+from tether.protocol import frames as p
+
+__all__ = ["Dropped", "LogSink", "Outcome", "Unreachable", "default_log_sink", "http_error", "raise_remote",
+           "unavailable"]
+
+LogSink = Callable[[dict[str, Any]], None]
+
+
+def raise_remote(payload: bytes) -> None:
+    """Raise the error an E frame carries, with the remote traceback attached as a note."""
+    body = json.loads(payload)
+    exc = error_from_wire(body)
+    tb = body.get("error", {}).get("details", {}).get("traceback")
+    if tb and not isinstance(exc, TetherError):
+        exc.add_note(f"--- remote traceback ---\n{tb.rstrip()}")
+    raise exc
+
+
+def default_log_sink(event: dict[str, Any]) -> None:
+    """Re-emit a remote log event locally: printed text to stdout/stderr, log records to the same logger."""
+    if "text" in event:
+        stream = sys.stderr if event.get("stream") == "stderr" else sys.stdout
+        stream.write(event["text"])
+        stream.flush()
+    else:
+        logging.getLogger(event.get("name") or "tether.remote").log(int(event.get("level", 20)), event.get("msg", ""))
+
+
+class Outcome:
+    """Folds a call's frames into its outcome: logs to ``on_log``, items collected, the result or the error kept.
+
+    Never raises while frames arrive (so the transport's error handling cannot mistake the remote error, or a
+    failing log sink, for a broken connection); :meth:`outcome` returns or raises at the end.
+    """
+
+    __slots__ = ("big_result", "done", "error", "failure", "final", "items", "lease", "on_log", "seen", "value")
+
+    def __init__(self, on_log: LogSink | None) -> None:
+        self.on_log = on_log
+        self.seen = 0  # frames handled (a resumed attempt skips them)
+        self.items: list[Any] | None = None
+        self.value: Any = None
+        self.error: bytes | None = None
+        self.failure: BaseException | None = None
+        self.done = False
+        self.final = False  # the call's RESULT or ERROR arrived: the worker is done with its slabs
+        self.big_result = False  # the result came in a file the daemon owns (next time: lend a result slab)
+        self.lease: slabs.Lease | None = None
+
+    def feed(self, kind: int, payload: bytes) -> bool:
+        """Take one frame; True once the call's outcome is known."""
+        if kind == p.HEARTBEAT:
+            return False
+        self.seen += 1
+        try:
+            if kind in (p.RESULT, p.ERROR):
+                self.final = True
+            if kind == p.FILE:  # a big result or item in a shared-memory file the daemon owns (or in our slab)
+                ref = json.loads(payload)
+                kind = ref["kind"]
+                self.final = kind != p.ITEM
+                self.big_result = self.final and not ref.get("slab")
+                loaded = self._load_slab(ref) if ref.get("slab") else load_file(ref["path"])
+                if kind == p.ITEM:
+                    self.items = self.items if self.items is not None else []
+                    self.items.append(loaded)
+                    return False
+                self.value = self.items if self.items is not None else loaded
+            elif kind == p.RESULT:
+                self.value = self.items if self.items is not None else loads(payload)
+            elif kind == p.ERROR:
+                self.error = payload
+            elif kind == p.LOG:
+                if self.on_log is not None:
+                    self.on_log(json.loads(payload))
+                return False
+            elif kind == p.ITEM:
+                self.items = self.items if self.items is not None else []
+                self.items.append(loads(payload))
+                return False
+            else:
+                return False
+        except Exception as exc:  # noqa: BLE001 - raised by outcome(), after the transport is done
+            self.failure = exc
+        self.done = True
+        return True
+
+    def _load_slab(self, ref: dict[str, Any]) -> Any:
+        """A result the worker pickled into the slab this call lent."""
+        try:
+            if self.lease is None:
+                raise EOFError("this call lent no result slab")
+            return self.lease.load_result(ref["path"], ref["size"])
+        except (OSError, EOFError, ValueError) as exc:
+            raise ClusterUnavailable(f"could not read the call's result slab: {exc}",
+                                     hint="run the call again") from exc
+        except Exception as exc:
+            raise unpickle_error(exc) from exc
+
+    def outcome(self, call_id: str) -> Any:
+        if self.failure is not None:
+            raise self.failure
+        if self.error is not None:
+            raise_remote(self.error)
+        if not self.done:
+            raise ClusterUnavailable(f"the stream of call {call_id} ended without a result",
+                                     details={"call_id": call_id})
+        return self.value
+
+
+def unavailable(exc: Dropped, call_id: str) -> ClusterUnavailable:
+    unreachable = isinstance(exc, Unreachable)
+    return ClusterUnavailable(
+        str(exc), hint="is the cluster up? cluster.up_if_not() relaunches it" if unreachable
+        else "the daemon may be down; re-attach with tether.call(call_id)",
+        details={"call_id": call_id, "unreachable": unreachable})
+
+
+class Dropped(Exception):
+    """The connection broke mid-call; retried with the same call id."""
+
+
+class Unreachable(Dropped):
+    """No connection could be made at all (the daemon is down or the address is wrong)."""
+
+
+def http_error(status: int, body: bytes) -> BaseException:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = {"error": {"type": "TetherError", "message": f"HTTP {status}: {body[:200]!r}"}}
+    return error_from_wire(data, status=status)

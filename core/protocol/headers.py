@@ -1,0 +1,33 @@
+"""The HTTP header names and content types of the client <-> daemon contract (no string literals elsewhere)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ID", "FRAMES", "JSON", "PICKLE", "RESULT_SLAB", "SHM",
+    "SHM_LENT", "bearer",
+]
+
+PICKLE = "application/x-tether-pickle"
+"""Request body: cloudpickled ``(args, kwargs)``; response of ``GET /objects/{key}``: a pickle."""
+FRAMES = "application/x-tether-frames"
+"""Response body of a pickle call: a stream of :mod:`tether.protocol.frames`."""
+JSON = "application/json"
+
+AUTHORIZATION = "Authorization"
+CALL_ID = "X-Tether-Call-Id"
+"""Optional on a call; the same id twice runs once. Echoed on the response."""
+CALLER = "X-Tether-Caller"
+"""Who calls, for lineage and usage records."""
+ACCEPT_SHM = "X-Tether-Accept-Shm"
+"""``1``: a same-host client takes big results and items as ``/dev/shm`` files (``F`` frames)."""
+SHM = "X-Tether-Shm"
+"""A same-host client's ``/dev/shm`` file holding the pickled arguments; the daemon takes it over."""
+SHM_LENT = "X-Tether-Shm-Lent"
+"""``<path>:<length>``: a lent slab holding the pickled arguments; it stays the client's."""
+RESULT_SLAB = "X-Tether-Result-Slab"
+"""``<path>``: a lent slab a big result is pickled into; only this request may read it."""
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    """The authorization header for ``token`` (none without one)."""
+    return {AUTHORIZATION: f"Bearer {token}"} if token else {}
