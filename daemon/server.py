@@ -67,6 +67,7 @@ class Daemon:
         self.allowed_roots = allowed_roots
         self.pool = WorkerPool(state_dir, memory_limit, self._restore)
         self.calls = CallTable()
+        self._cancelled_early: dict[str, float] = {}  # call id -> when a cancel came before the call
         self.autostop_mins = autostop_mins
         self.autostop_paused = False
         self.max_body = max_body
@@ -104,7 +105,8 @@ class Daemon:
         if env is None:
             raise NotFound(f"no service or object named {name!r} on this cluster",
                            hint=_hint(name, self.manifest.names()),
-                           details={"close_matches": _close_matches(name, self.manifest.names())})
+                           details={"missing_service": name,
+                                    "close_matches": _close_matches(name, self.manifest.names())})
         if env in self.pool.envs:  # the hot path: the env's worker runs (or ran) with a known spec, no scan
             return self.pool.live(env) or await self.pool.get(name=env)
         spec_env = next((s.env for s in self.manifest.services.values() if s.env.name == env), None)
@@ -141,6 +143,9 @@ class Daemon:
                 p.unlink_quietly(arg_file)
             raise
         self.calls.add(call)
+        cancelled_at = self._cancelled_early.pop(call_id, None)
+        if cancelled_at is not None and time.monotonic() - cancelled_at < 60:  # its caller gave up on the way
+            worker.cancel(call.worker_tag)
         await worker.drain()
         return call
 
@@ -161,9 +166,16 @@ class Daemon:
         return call.service if call is not None else None
 
     def cancel(self, call_id: str) -> Call:
+        """Cancel a call. An id not known yet is remembered for a minute: a caller interrupted while its request
+        was still on the way cancels it, and the call is then cancelled as soon as it arrives."""
         call = self.calls.get(call_id)
         if call is None:
-            raise NotFound(f"no call {call_id!r}", hint="calls are kept for an hour after they finish")
+            now = time.monotonic()
+            if len(self._cancelled_early) >= 4096:
+                self._cancelled_early = {k: t for k, t in self._cancelled_early.items() if now - t < 60}
+            self._cancelled_early[call_id] = now
+            raise NotFound(f"no call {call_id!r}", hint="calls are kept for an hour after they finish",
+                           details={"call_id": call_id, "cancel_pending": True})
         if not call.done and call.worker is not None and call.worker_tag is not None:
             call.worker.cancel(call.worker_tag)
         return call

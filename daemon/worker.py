@@ -360,7 +360,7 @@ class Worker:
             args, kwargs = _decode_args(body, json_mode)
             name, method = meta["name"], meta.get("method")
             if name not in self.objects:
-                raise NotFound(f"no service {name!r} in this worker")
+                raise NotFound(f"no service {name!r} in this worker", details={"missing_service": name})
             obj = self.objects[name]
             if method == "__getattr__":
                 result = getattr(obj, args[0])
