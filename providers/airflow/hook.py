@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.log import mask_secret
 
 import tether
-from tether.errors import ConfigError
+import tether.runs
 
-__all__ = ["TetherConnection", "TetherHook"]
+__all__ = ["TetherConnection", "TetherHook", "connection_settings", "make_cluster", "registry_environment"]
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,6 @@ class TetherHook(BaseHook):
         return self._settings
 
     def _load(self) -> TetherConnection:
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
         try:
             return connection_settings(self.get_connection(self.tether_conn_id))
         except AirflowNotFoundException:
@@ -73,8 +72,6 @@ class TetherHook(BaseHook):
 
     async def aget_conn(self) -> TetherConnection:
         """:meth:`get_conn` for async code (the triggerer)."""
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
         if self._settings is None:
             try:
                 self._settings = connection_settings(await self.aget_connection(self.tether_conn_id))
@@ -90,7 +87,7 @@ class TetherHook(BaseHook):
         None means "no cluster given": a saved service then runs where it was saved, a function on the
         embedded local cluster.
         """
-        return make_cluster(cluster_config(override) if override is not None else None, self.get_conn())
+        return make_cluster(override, self.get_conn())
 
     @contextmanager
     def environment(self) -> Iterator[TetherConnection]:
@@ -112,8 +109,6 @@ class TetherHook(BaseHook):
 
 def connection_settings(conn: Any) -> TetherConnection:
     """An Airflow ``Connection`` of type ``tether`` as :class:`TetherConnection`; tokens go to the secrets masker."""
-    from airflow.sdk.log import mask_secret
-
     extra = conn.extra_dejson or {}
     token = conn.password or extra.get("token") or None
     cluster_token = extra.get("cluster_token") or None
@@ -123,7 +118,7 @@ def connection_settings(conn: Any) -> TetherConnection:
     return TetherConnection(
         registry_url=_registry_url(conn.host, conn.port, extra.get("scheme")),
         token=token,
-        cluster=cluster_config(extra.get("cluster")),
+        cluster=tether.runs.cluster_config(extra.get("cluster")),
         cluster_token=cluster_token,
     )
 
@@ -136,45 +131,15 @@ def _registry_url(host: str | None, port: int | None, scheme: str | None) -> str
     return f"{scheme or 'http'}://{host}{f':{port}' if port else ''}"
 
 
-def cluster_config(value: Any) -> dict[str, Any] | None:
-    """Normalise a cluster given as a name, a JSON string, a dict or a ``tether.Cluster`` into a config dict."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            try:
-                parsed = json.loads(text)
-            except ValueError as exc:
-                raise ConfigError(f"cluster is not valid JSON: {exc}") from None
-            if not isinstance(parsed, dict):
-                raise ConfigError("a cluster given as JSON must be an object of ClusterSpec fields")
-            return parsed
-        return {"name": text}
-    config = getattr(value, "config", None)
-    if callable(config):
-        return {k: v for k, v in dict(config()).items() if k != "kind"}
-    raise ConfigError(
-        f"cannot use {type(value).__name__} as a cluster", hint="pass a name, a dict or tether.cluster(...)"
-    )
+def make_cluster(config: Any, conn: TetherConnection) -> tether.Cluster | None:
+    """The ``tether.Cluster`` for ``config`` (a name, JSON, a dict or a Cluster), else the connection's; or None.
 
-
-def make_cluster(config: dict[str, Any] | None, conn: TetherConnection) -> Any:
-    """The ``tether.Cluster`` for ``config`` (falling back to the connection's cluster), or None.
-
-    A daemon given by ``endpoint`` gets its token from the connection: cluster configs never carry tokens.
+    A daemon given by ``endpoint`` gets its token from the connection (``cluster_token``, else the password):
+    cluster configs never carry tokens.
     """
-    config = config if config is not None else conn.cluster
-    if config is None:
-        return None
-    if set(config) == {"name"}:
-        return tether.cluster(name=config["name"])  # a saved cluster of that name, else a local one
-    config = {k: v for k, v in config.items() if k != "kind"}
-    if config.get("endpoint") and not config.get("token"):
-        config["token"] = conn.cluster_token or conn.token
-    return tether.cluster(**config)
+    if config is None or config == "":
+        config = conn.cluster
+    return tether.runs.cluster_from_config(config, token=conn.cluster_token or conn.token, default_name="airflow")
 
 
 @contextmanager

@@ -1,8 +1,8 @@
 """``RunhouseOperator``: an Airflow task whose body is one call to a tether service.
 
-The call id comes from (dag_id, task_id, run_id, map_index) — never the try number alone — so a retry
-re-attaches to the remote call the previous try started instead of paying for it twice (see ``callids``);
-``on_kill`` cancels it.
+The call id comes from (dag_id, task_id, run_id, map_index) — never the try number — so a retry re-attaches
+to the remote call the previous try started instead of paying for it twice, or runs again under a successor id
+after that call failed (``tether.runs.attempt_call_id``); ``on_kill`` cancels it.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from airflow.sdk import BaseOperator, Context
 import tether
 import tether.runs
 from tether.errors import ConfigError, error_from_wire
-from tether.providers.airflow.callids import base_call_id, call_id_for_try, daemon_state
-from tether.providers.airflow.hook import TetherHook, cluster_config, make_cluster
+from tether.providers.airflow.hook import TetherHook, make_cluster
 from tether.providers.airflow.triggers import TetherCallTrigger
 
-__all__ = ["RunhouseOperator", "call_id_for_task"]
+__all__ = ["RunhouseOperator", "base_call_id", "call_id_for_task"]
 
 CALL_ID_KEY = "call_id"
 """XCom key holding the remote call id, pushed before the task waits for the call."""
@@ -28,13 +27,15 @@ METADATA_KEY = "tether"
 """XCom key holding the finished call's metadata (service, version, instance type, seconds, attempts)."""
 
 
+def base_call_id(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
+    """The call id of a task instance (never involves the try number): what every try starts from."""
+    return tether.runs.call_id_for("airflow", dag_id, task_id, run_id, map_index)
+
+
 def call_id_for_task(context: Context, cluster: Any = None) -> str:
-    """The call id this try uses: the task instance's base id, or (on a retry) what ``call_id_for_try`` picks."""
+    """The call id this try uses: the task instance's base id, or a successor once that call failed."""
     ti = context["ti"]
-    base = base_call_id(ti.dag_id, ti.task_id, context["run_id"], ti.map_index)
-    if ti.try_number <= 1:
-        return base
-    return call_id_for_try(base, ti.try_number, daemon_state(cluster))
+    return tether.runs.attempt_call_id(base_call_id(ti.dag_id, ti.task_id, context["run_id"], ti.map_index), cluster)
 
 
 class RunhouseOperator(BaseOperator):
@@ -118,7 +119,7 @@ class RunhouseOperator(BaseOperator):
             self._cluster = service.cluster
             call_id = self._call_id = call_id_for_task(context, service.cluster)
             context["ti"].xcom_push(key=CALL_ID_KEY, value=call_id)
-            self.log.info("tether: calling %s as call %s", _label(self.target), call_id)
+            self.log.info("tether: calling %s as call %s", tether.runs.target_label(self.target), call_id)
             if self.deferrable:
                 return self._start_and_defer(service, call_id)
             result = tether.runs.run_remote(
@@ -129,6 +130,7 @@ class RunhouseOperator(BaseOperator):
                 log=self._remote_log,
                 escalation=self.escalation,
                 run_id=context["run_id"],
+                retry_failed=False,  # call_id_for_task chose the id
             )
         context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result.metadata()))
         self.log.info(
@@ -144,7 +146,7 @@ class RunhouseOperator(BaseOperator):
         service.spawn_with(tuple(self.call_args), dict(self.call_kwargs), call_id=call_id, on_log=None)
         trigger = TetherCallTrigger(
             call_id=call_id,
-            cluster=cluster_config(service.cluster),
+            cluster=tether.runs.cluster_config(service.cluster),
             tether_conn_id=self.tether_conn_id,
             poll_interval=self.poll_interval,
         )
@@ -165,16 +167,8 @@ class RunhouseOperator(BaseOperator):
     # -- kill -------------------------------------------------------------------------------------------------------
     def on_kill(self) -> None:
         """The task was killed (SIGTERM, execution timeout): cancel the remote call it was waiting for."""
-        if self._call_id is None:
-            return
-        tether.runs.cancel(self._call_id, self._cluster)
-        self.log.info("tether: cancelled remote call %s", self._call_id)
-
-
-def _label(target: Any) -> str:
-    if isinstance(target, str):
-        return target
-    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', repr(target))}"
+        if self._call_id is not None:
+            tether.runs.cancel_quietly(self._call_id, self._cluster, log=self.log)
 
 
 def _metadata(data: dict[str, Any]) -> dict[str, Any]:

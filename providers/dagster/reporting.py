@@ -1,8 +1,8 @@
-"""Pipes-style reporting: a step's identity as a call id, remote logs into ``context.log``, call facts as metadata."""
+"""Pipes-style reporting: a step's identity as a call id, call facts as metadata (remote logs: ``tether.runs``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,6 @@ __all__ = [
     "TetherRun",
     "call_metadata",
     "op_context",
-    "remote_logger",
     "step_identity",
 ]
 
@@ -58,17 +57,6 @@ def step_identity(context: AnyContext) -> StepIdentity:
     return StepIdentity(
         run_id=context.run.run_id, step_key=step_key, partition=partition, attempt=context.retry_number
     )
-
-
-def remote_logger(log: dg.DagsterLogManager, service: str) -> Callable[[str], None]:
-    """A ``log=`` callback for :func:`tether.runs.run_remote` that re-emits each remote line into the run's log."""
-
-    def emit(line: str) -> None:
-        text = line.rstrip("\n")
-        if text:
-            log.info(f"[{service}] {text}")
-
-    return emit
 
 
 def call_metadata(result: RunResult) -> dict[str, dg.MetadataValue]:

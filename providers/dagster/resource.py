@@ -24,7 +24,6 @@ from .reporting import (
     TetherRun,
     call_metadata,
     op_context,
-    remote_logger,
     step_identity,
 )
 
@@ -76,7 +75,7 @@ class TetherResource(dg.ConfigurableResource):
     # clusters escalation brought up from ours: name -> instance type
     _rungs: dict[str, str | None] = PrivateAttr(default_factory=dict)
     _failed: bool = PrivateAttr(default=False)
-    _calls: dict[str, int] = PrivateAttr(default_factory=dict)
+    _calls: tether.runs.CallCounter = PrivateAttr(default_factory=tether.runs.CallCounter)
     # saved names and import paths resolved (and deployed) once per execution
     _services: dict[str, Any] = PrivateAttr(default_factory=dict)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -125,14 +124,14 @@ class TetherResource(dg.ConfigurableResource):
         """Call ``target`` remotely as part of this step.
 
         The call id is derived from (run, step, partition, target, n-th call of the step), so a retry of the step
-        re-attaches to the call instead of running it again (a call that failed is run again). An interrupt (run
-        terminated) cancels the call.
+        re-attaches to the call instead of running it again (a call that failed or was cancelled is run again under
+        a successor id: ``tether.runs.attempt_call_id``). An interrupt (run terminated) cancels the call.
         """
-        label = _target_label(target)
+        label = tether.runs.target_label(target)
         identity = step_identity(context)
         service = self._service(context, target)
-        if call_id is None:
-            call_id = self._next_call_id(identity, label)  # a failed call's retry gets a successor id in core
+        base_id = call_id if call_id is not None else self._next_call_id(identity, label)
+        call_id = tether.runs.attempt_call_id(base_id, service.cluster)
         policy = self._escalation(escalation)
         context.log.info(f"tether: calling {label} (call id {call_id})")
         try:
@@ -141,9 +140,10 @@ class TetherResource(dg.ConfigurableResource):
                 tuple(args),
                 dict(kwargs or {}),
                 call_id=call_id,
-                log=remote_logger(context.log, label),
+                log=tether.runs.labelled_log(context.log.info, label),
                 escalation=policy,
                 run_id=f"dagster:{identity.run_id}/{identity.step_key}",
+                retry_failed=False,  # attempt_call_id chose the id
             )
         except BaseException as exc:
             self._failed = True
@@ -151,7 +151,7 @@ class TetherResource(dg.ConfigurableResource):
             self._note_rungs(details.get("attempts") if isinstance(details, Mapping) else None)
             if not isinstance(exc, Exception) or isinstance(exc, CallTimeout):
                 # interrupted (run terminated, KeyboardInterrupt) or gave up waiting: stop paying for the call
-                self._cancel(context, call_id, service.cluster)
+                tether.runs.cancel_quietly(call_id, service.cluster, log=context.log)
             raise
         self._note_rungs(result.attempts)
         metadata = call_metadata(result)
@@ -167,10 +167,7 @@ class TetherResource(dg.ConfigurableResource):
 
     def _next_call_id(self, identity: StepIdentity, label: str) -> str:
         # the n-th call to ``label`` in this attempt of the step: a retry counts from 0 again and re-attaches
-        key = f"{identity.step_key}\x00{identity.partition}\x00{label}\x00{identity.attempt}"
-        with self._lock:
-            index = self._calls.get(key, 0)
-            self._calls[key] = index + 1
+        index = self._calls.next((identity.step_key, identity.partition, label, identity.attempt))
         return identity.call_id(label, index)
 
     def _service(self, context: AnyContext, target: Any) -> Any:
@@ -198,16 +195,16 @@ class TetherResource(dg.ConfigurableResource):
         with self._lock:
             if self._cluster is not None:
                 return self._cluster
-            if self.endpoint is not None:
-                self._cluster = tether.cluster(name=self.cluster_name or "dagster-endpoint", endpoint=self.endpoint,
-                                               token=self.token)
-                return self._cluster
-            if self.cluster_name is None and self.cluster_spec is None:
-                return None
-            spec = dict(self.cluster_spec or {})
-            if self.cluster_name is not None:
-                spec["name"] = self.cluster_name
-            cluster = tether.cluster(**spec)
+            cluster = tether.runs.cluster_from_config(
+                self.cluster_spec,
+                name=self.cluster_name,
+                endpoint=self.endpoint,
+                token=self.token,
+                default_name="dagster-endpoint",
+            )
+            if cluster is None or self.endpoint is not None:  # a daemon someone else runs: never brought up
+                self._cluster = cluster
+                return cluster
             was_up = cluster.is_up()
             if not was_up:
                 context.log.info(f"tether: bringing up cluster {cluster.name!r}")
@@ -228,24 +225,6 @@ class TetherResource(dg.ConfigurableResource):
                 f"invalid escalation policy: {exc}", hint="see tether.Escalation's fields"
             ) from exc
         return self._policy
-
-    def _cancel(self, context: AnyContext, call_id: str, cluster: Any) -> None:
-        try:
-            tether.runs.cancel(call_id, cluster)
-            context.log.warning(f"tether: cancelled remote call {call_id}")
-        except Exception as exc:  # the interrupt that got us here matters more than a failed cancel
-            context.log.error(f"tether: could not cancel remote call {call_id}: {exc}")
-
-
-def _target_label(target: Any) -> str:
-    """A short, stable name of what is called: the service name, import path or deployed function's name."""
-    if isinstance(target, str):
-        return target
-    for attr in ("name", "__name__"):
-        value = getattr(target, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return type(target).__name__
 
 
 def _brings_its_own_cluster(target: Any) -> bool:

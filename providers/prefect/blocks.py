@@ -8,7 +8,8 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr, field_validator
 
 import tether
-from tether.specs import ClusterSpec
+import tether.runs
+from tether.errors import ConfigError
 
 __all__ = ["TetherCluster"]
 
@@ -57,18 +58,19 @@ def pipeline(text: str) -> list[float]:
     @field_validator("cluster_spec")
     @classmethod
     def _valid_spec(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None:
-            ClusterSpec.model_validate(value)  # fail at save time, not in the middle of a flow run
+        if value is not None:  # fail at save time, not in the middle of a flow run
+            try:
+                tether.Cluster.from_config(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     def get_cluster(self) -> Any:
         """The ``tether`` cluster this block points at (connected, not yet brought up); None: the default."""
-        token = self.token.get_secret_value() if self.token is not None else None
-        if self.endpoint is not None:
-            return tether.cluster(name=self.cluster_name or "prefect", endpoint=self.endpoint, token=token)
-        if self.cluster_name is None and self.cluster_spec is None:
-            return None
-        spec = dict(self.cluster_spec or {})
-        if self.cluster_name is not None:
-            spec["name"] = self.cluster_name
-        return tether.cluster(**spec)
+        return tether.runs.cluster_from_config(
+            self.cluster_spec,
+            name=self.cluster_name,
+            endpoint=self.endpoint,
+            token=self.token.get_secret_value() if self.token is not None else None,
+            default_name="prefect",
+        )

@@ -17,11 +17,11 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 import tether.runs
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError
 
 from .blocks import TetherCluster
 from .cancellation import DEFAULT_POLL_SECONDS, watch_flow_cancellation
-from .identity import next_call_identity
+from .identity import next_base_call_id
 
 __all__ = ["retry_on_tether_errors", "run_remote", "run_remote_result", "tether_task"]
 
@@ -36,7 +36,7 @@ def retry_on_tether_errors(task: Task[..., Any], task_run: TaskRun, state: State
     """``retry_condition_fn`` for ``@task``: retry only when the failure is a tether error marked retryable
     (cluster unreachable, worker died, out of memory, ...) — never a bug in the remote code or a bad request."""
     exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
-    return isinstance(exc, TetherError) and bool(exc.retryable)
+    return isinstance(exc, BaseException) and tether.runs.is_retryable(exc)
 
 
 def run_remote(
@@ -64,18 +64,13 @@ def run_remote_result(
     the runner's SIGTERM on cancellation, Ctrl-C) or a cancellation of the flow run cancels the remote call.
     """
     logger = _run_logger()
-    label = _label(target)
-    identity = None if call_id is not None else next_call_identity(label)
-    the_call_id = call_id if identity is None else identity.call_id
+    label = tether.runs.target_label(target)
     the_cluster = resolve_cluster(cluster)
     service = tether.runs.resolve_target(target, the_cluster)  # deployed now: cancel knows where it runs
-
-    def cancel_remote() -> None:
-        try:
-            tether.runs.cancel(the_call_id, getattr(service, "cluster", None) or the_cluster)
-            logger.warning("tether: cancelled remote call %s (%s)", the_call_id, label)
-        except Exception as exc:  # the interrupt that got us here matters more than a failed cancel
-            logger.error("tether: could not cancel remote call %s: %s", the_call_id, exc)
+    where = getattr(service, "cluster", None) or the_cluster
+    base_id = call_id if call_id is not None else next_base_call_id(label)
+    the_call_id = tether.runs.attempt_call_id(base_id, where)  # a retry re-attaches, or reruns after a failure
+    cancel_remote = functools.partial(tether.runs.cancel_quietly, the_call_id, where, log=logger)
 
     logger.info("tether: calling %s (call id %s)", label, the_call_id)
     try:
@@ -85,18 +80,15 @@ def run_remote_result(
                 tuple(args),
                 dict(kwargs or {}),
                 call_id=the_call_id,
-                log=functools.partial(_emit, logger, label),
+                log=tether.runs.labelled_log(logger.info, label),
                 escalation=escalation,
                 cluster=the_cluster,
+                retry_failed=False,  # attempt_call_id chose the id
             )
     except BaseException as exc:
         if not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
             cancel_remote()  # interrupted here (timeout, termination, Ctrl-C): stop paying for the call
-        if identity is not None:
-            identity.settle(exc)
         raise
-    if identity is not None:
-        identity.settle(None)
     logger.info(
         "tether: %s done: service %s v%s on %s in %.2f s, call id %s%s",
         label,
@@ -128,7 +120,7 @@ def tether_task(
     def decorate(stub: Callable[P, R]) -> Task[P, R]:
         if service is stub:
             raise ConfigError(
-                f"{_label(stub)!r} would call itself",
+                f"{tether.runs.target_label(stub)!r} would call itself",
                 hint="decorate a stub and pass the real function or its 'pkg.mod:fn' path as service=",
             )
 
@@ -136,7 +128,7 @@ def tether_task(
         def remote_body(*args: P.args, **kwargs: P.kwargs) -> R:
             return run_remote(service, args, kwargs, cluster=cluster, escalation=escalation)  # type: ignore[no-any-return]
 
-        options = {"name": _label(service), "retry_condition_fn": retry_on_tether_errors, **task_options}
+        options = {"name": tether.runs.target_label(service), "retry_condition_fn": retry_on_tether_errors, **task_options}
         return task(remote_body, **options)
 
     return decorate
@@ -158,19 +150,8 @@ def _run_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
         return logging.getLogger("tether.providers.prefect")
 
 
-def _emit(logger: logging.Logger | logging.LoggerAdapter[logging.Logger], label: str, line: str) -> None:
-    logger.info("[%s] %s", label, line.rstrip("\n"))
-
-
 def _describe_attempts(attempts: Sequence[Any]) -> str:
     """``"; attempts: local:256MB OutOfMemory, local:1GB ok"`` when the call was escalated, else ``""``."""
     if len(attempts) < 2:
         return ""
     return "; attempts: " + ", ".join(f"{a.instance_type} {a.outcome}" for a in attempts)
-
-
-def _label(target: Any) -> str:
-    """A short name of what is called, for logs and the call id."""
-    if isinstance(target, str):
-        return target
-    return str(getattr(target, "name", None) or getattr(target, "__name__", None) or type(target).__name__)

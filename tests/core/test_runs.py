@@ -1,15 +1,20 @@
-"""What providers share (tether.runs): deterministic ids, re-attach, retry after failure, cancel; endpoint clusters."""
+"""What providers share (tether.runs): ids and the retry scheme, clusters from settings, labels, the log format,
+cancelling (quietly), watching a call from async code; endpoint clusters."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 import tether
 import tether.runs
 from tests.core import services as svc
+from tether.protocol import CallState
 
 
 def test_call_id_for_is_deterministic_and_distinct():
@@ -78,3 +83,225 @@ def test_endpoint_cluster_attaches_to_a_running_daemon(local_cluster):
         bad.keys()
     with pytest.raises(tether.ClusterUnavailable):
         tether.cluster(name="nobody", endpoint="http://127.0.0.1:9").up_if_not()
+
+
+# -- the retry scheme ------------------------------------------------------------------------------------------------
+BASE = "run-base"
+R, S, F, C = CallState.RUNNING, CallState.SUCCEEDED, CallState.FAILED, CallState.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        ({}, BASE),  # nothing reached the daemon yet: the first try
+        ({BASE: R}, BASE),  # the killed try's call still runs: wait for it
+        ({BASE: S}, BASE),  # it finished after the worker died: take its result
+        ({BASE: F}, f"{BASE}-r1"),  # replaying a failure helps nobody: run again
+        ({BASE: C}, f"{BASE}-r1"),
+        ({BASE: F, f"{BASE}-r1": R}, f"{BASE}-r1"),  # the rerun still runs: re-attach to it
+        ({BASE: F, f"{BASE}-r1": S}, f"{BASE}-r1"),
+        ({BASE: F, f"{BASE}-r1": C}, f"{BASE}-r2"),  # the latest call decides
+    ],
+)
+def test_choose_call_id_reattaches_to_a_live_or_successful_call_and_reruns_after_a_failure(states, expected):
+    assert tether.runs.choose_call_id(BASE, states.get) == expected
+
+
+def test_choose_call_id_stops_after_limit_successors():
+    assert tether.runs.choose_call_id(BASE, lambda _id: CallState.FAILED, limit=3) == f"{BASE}-r3"
+
+
+def test_attempt_call_id_asks_the_daemon(local_cluster, tmp_path):
+    assert tether.runs.call_state("never-ran", local_cluster) is None
+    assert tether.runs.attempt_call_id("never-ran", local_cluster) == "never-ran"
+    add = tether.runs.resolve_target(svc.add, local_cluster)
+    add.call((1, 2), call_id="attempt-ok")
+    assert tether.runs.call_state("attempt-ok", local_cluster) is CallState.SUCCEEDED
+    assert tether.runs.attempt_call_id("attempt-ok", local_cluster) == "attempt-ok"  # re-attach: no rerun
+    boom = tether.runs.resolve_target(svc.raises_value_error, local_cluster)
+    with pytest.raises(ValueError):
+        boom.call(("boom",), call_id="attempt-bad")
+    assert tether.runs.attempt_call_id("attempt-bad", local_cluster) == "attempt-bad-r1"
+    (tmp_path / "release").touch()
+    waiting = tether.runs.resolve_target(svc.log_wait_count, local_cluster)
+    handle = waiting.spawn_with((str(tmp_path),), {}, call_id="attempt-bad-r1", on_log=None).wait_started()
+    assert tether.runs.attempt_call_id("attempt-bad", local_cluster) == "attempt-bad-r1"  # running or done
+    handle.result(timeout=30)
+    # a name, a dict or None reach the same daemon: the scheme takes any cluster reference
+    assert tether.runs.attempt_call_id("attempt-bad", local_cluster.name) == "attempt-bad-r1"
+
+
+def test_call_counter_counts_per_key_and_forgets_the_oldest():
+    counter = tether.runs.CallCounter(max_keys=2)
+    assert [counter.next("a"), counter.next("a"), counter.next("b"), counter.next("a")] == [0, 1, 0, 2]
+    counter.next("c")  # "b" is now the least recently used: forgotten
+    assert counter.next("b") == 0 and counter.next("a") == 0  # "a" went when "b" came back
+    many = tether.runs.CallCounter()
+    seen: list[int] = []
+    threads = [threading.Thread(target=lambda: seen.extend(many.next("k") for _ in range(200))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == list(range(800))
+
+
+# -- clusters from settings ------------------------------------------------------------------------------------------
+def test_cluster_config_normalises_names_json_dicts_and_clusters():
+    assert tether.runs.cluster_config(None) is None and tether.runs.cluster_config("") is None
+    assert tether.runs.cluster_config(" lab ") == {"name": "lab"}
+    assert tether.runs.cluster_config('{"name": "a10", "instance_type": "A10G:1"}') == {
+        "name": "a10", "instance_type": "A10G:1"}
+    assert tether.runs.cluster_config({"kind": "cluster", "name": "x"}) == {"name": "x"}
+    config = tether.runs.cluster_config(tether.cluster(name="c1", instance_type="local:256MB"))
+    assert config is not None and config["name"] == "c1" and config["instance_type"] == "local:256MB"
+    assert "kind" not in config
+    json.dumps(config)  # plain data an orchestrator can store
+    for bad in ('{"name": "x"', 42, ["x"]):
+        with pytest.raises(tether.ConfigError):
+            tether.runs.cluster_config(bad)
+
+
+def test_cluster_from_config_builds_what_the_settings_describe(local_cluster):
+    assert tether.runs.cluster_from_config(None) is None
+    assert tether.runs.cluster_from_config(None, name=None, endpoint=None, token="t") is None
+    assert tether.runs.cluster_from_config(local_cluster) is local_cluster
+    tether.cluster(name="saved-small", instance_type="local:256MB").save()
+    saved = tether.runs.cluster_from_config("saved-small")  # a bare name is the saved cluster
+    assert saved is not None and saved.spec.instance_type == "local:256MB"
+    spec = tether.runs.cluster_from_config({"instance_type": "local:256MB"}, name="renamed")
+    assert spec is not None and spec.name == "renamed" and spec.spec.backend == "local"
+    with pytest.raises(tether.ConfigError):
+        tether.runs.cluster_from_config({"instance_tpye": "A10G:1"})
+
+
+def test_cluster_from_config_attaches_to_an_endpoint_with_the_given_token(local_cluster):
+    # the spec's other fields do not apply to a daemon someone else runs; the name defaults
+    lab = tether.runs.cluster_from_config({"instance_type": "A10G:1"}, endpoint=local_cluster.endpoint,
+                                          token=local_cluster.token, default_name="lab-endpoint")
+    assert lab is not None and lab.name == "lab-endpoint" and lab.spec.backend == "endpoint"
+    assert tether.function(svc.add).to(lab.up_if_not(), name="add_via_settings")(2, 3) == 5
+    # an endpoint inside the config (as an orchestrator stored it) takes the token given alongside
+    stored = tether.runs.cluster_config(lab)
+    assert stored is not None and "token" not in stored
+    again = tether.runs.cluster_from_config(stored, token=local_cluster.token)
+    assert again is not None and again.name == "lab-endpoint"
+    assert "add_via_settings" in again.up_if_not().keys()
+    wrong = tether.runs.cluster_from_config({**stored, "name": "lab-wrong"}, token="wrong")
+    assert wrong is not None
+    with pytest.raises(tether.AuthError):
+        wrong.up_if_not().keys()
+
+
+# -- labels and logs -------------------------------------------------------------------------------------------------
+def test_target_label_names_what_is_called(local_cluster):
+    assert tether.runs.target_label("team/embed@prod") == "team/embed@prod"
+    assert tether.runs.target_label("tests.core.services:add") == "tests.core.services:add"
+    assert tether.runs.target_label(svc.add) == "add"
+    assert tether.runs.target_label(tether.function(svc.add).to(local_cluster, name="add_label")) == "add_label"
+
+    class Nameless:
+        name = ""
+
+        def __call__(self) -> None: ...
+
+    assert tether.runs.target_label(Nameless()) == "Nameless"
+
+
+def test_log_event_line_is_the_one_format():
+    assert tether.runs.log_event_line({"text": "printed\n"}) == "printed"
+    assert tether.runs.log_event_line({"text": "two\nlines\n"}) == "two\nlines"
+    assert tether.runs.log_event_line({"name": "app", "msg": "hello", "level": "INFO"}) == "app: hello"
+    assert tether.runs.log_event_line({"msg": "anonymous"}) == "remote: anonymous"
+    lines: list[str] = []
+    sink = tether.runs.log_sink(lines.append)
+    for event in ({"text": "a\nb\n"}, {"name": "app", "msg": "m"}, {"text": "\n"}):
+        sink(event)
+    assert lines == ["a", "b", "app: m"]
+    labelled: list[str] = []
+    emit = tether.runs.labelled_log(labelled.append, "embed")
+    for line in ("one", "", "two\n"):
+        emit(line)
+    assert labelled == ["[embed] one", "[embed] two"]
+
+
+# -- stopping --------------------------------------------------------------------------------------------------------
+class Recorder:
+    """A provider's log: collects what cancel_quietly reports, by level."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str]] = []
+
+    def warning(self, msg: str) -> None:
+        self.records.append(("warning", msg))
+
+    def error(self, msg: str) -> None:
+        self.records.append(("error", msg))
+
+
+def test_cancel_quietly_cancels_and_reports(local_cluster, tmp_path: Path):
+    waiting = tether.runs.resolve_target(svc.log_wait_count, local_cluster)
+    handle = waiting.spawn_with((str(tmp_path),), {}, call_id="quiet-1", on_log=None).wait_started()
+    log = Recorder()
+    assert tether.runs.cancel_quietly("quiet-1", local_cluster, log=log) == ["quiet-1"]
+    with pytest.raises(tether.CallCancelled):
+        handle.result(timeout=30)
+    assert log.records == [("warning", "tether: cancelled remote call quiet-1")]
+    assert tether.runs.call_state("quiet-1", local_cluster) is CallState.CANCELLED
+
+
+def test_cancel_quietly_never_raises():
+    log = Recorder()
+    gone = tether.cluster(name="gone", endpoint="http://127.0.0.1:9")
+    assert tether.runs.cancel_quietly("quiet-2", gone, log=log) == []
+    ((level, msg),) = log.records
+    assert level == "error" and msg.startswith("tether: could not cancel remote call quiet-2: ")
+    assert tether.runs.cancel_quietly("quiet-2", gone) == []  # no log: still quiet
+
+
+# -- watching from async code ----------------------------------------------------------------------------------------
+async def test_call_watch_polls_state_and_new_log_events_only(local_cluster, tmp_path: Path):
+    waiting = tether.runs.resolve_target(svc.log_wait_count, local_cluster)
+    waiting.spawn_with((str(tmp_path),), {}, call_id="watch-1", on_log=None).wait_started()
+    watch = await tether.runs.CallWatch.open("watch-1", local_cluster)
+    shown: list[str] = []
+    show = tether.runs.log_sink(shown.append)
+    deadline = time.monotonic() + 30
+    while "before the wait" not in shown:
+        state, events = await watch.poll()
+        assert state is CallState.RUNNING and time.monotonic() < deadline
+        for event in events:
+            show(event)
+    seen = watch.logs_seen
+    assert seen >= 1
+    (tmp_path / "release").touch()
+    while True:
+        state, events = await watch.poll()
+        for event in events:
+            show(event)
+        if state.finished:
+            break
+        assert time.monotonic() < deadline
+    assert state is CallState.SUCCEEDED
+    assert shown.count("before the wait") == 1 and shown.count("after the wait") == 1
+    # a watch rebuilt from a stored logs_seen (a restarted triggerer) shows only what came after
+    rebuilt = await tether.runs.CallWatch.open("watch-1", local_cluster.name, logs_seen=seen)
+    state, events = await rebuilt.poll()
+    assert state is CallState.SUCCEEDED
+    assert [tether.runs.log_event_line(e) for e in events] == ["after the wait"]
+    assert rebuilt.logs_seen == watch.logs_seen
+    assert await rebuilt.poll() == (CallState.SUCCEEDED, [])
+
+
+async def test_call_watch_cancels_and_reports_unknown_calls(local_cluster, tmp_path: Path):
+    waiting = tether.runs.resolve_target(svc.log_wait_count, local_cluster)
+    handle = waiting.spawn_with((str(tmp_path),), {}, call_id="watch-2", on_log=None).wait_started()
+    watch = await tether.runs.CallWatch.open("watch-2", local_cluster)
+    assert await watch.cancel() is True
+    with pytest.raises(tether.CallCancelled):
+        await asyncio.to_thread(handle.result, 30)
+    assert (await watch.poll())[0] is CallState.CANCELLED
+    nobody = await tether.runs.CallWatch.open("watch-nobody", local_cluster)
+    assert await nobody.cancel() is False
+    with pytest.raises(tether.NotFound):
+        await nobody.poll()

@@ -144,7 +144,7 @@ def test_retry_reattaches_to_the_call_the_failed_attempt_started(
     finally:
         proxy.close()
 
-    assert [type(f).__name__ for f in failures] == ["ClusterUnavailable"]
+    assert len(failures) == 1 and isinstance(failures[0], tether.ClusterUnavailable)  # or a subclass of it
     state = outcome["state"]
     assert state.result() == "released after run 1"  # the retry got the first call's result
     assert runs_of(markers) == 1  # and the function ran once
