@@ -32,13 +32,14 @@ def allocate(mib: int) -> int:
 
 def one_run(mib: int) -> dict[str, float]:
     base = tether.cluster(name=f"bench-{uuid.uuid4().hex[:6]}", instance_type="local:256MB").up_if_not()
+    attempts: list[tether.escalation.Attempt] = []
     fn = tether.function(allocate).to(
         base, on_oom=tether.Escalation(ladder=["local:256MB", "local:1GB", "local:4GB"])
-    )
+    ).with_options(on_attempt=attempts.append)
     try:
         assert fn(mib) == mib
-        first, second = fn.attempts[0], fn.attempts[1]
-        assert first.outcome == "oom" and second.outcome == "ok", fn.attempts
+        first, second = attempts[0], attempts[1]
+        assert first.outcome == "oom" and second.outcome == "ok", attempts
         assert first.call_started_at is not None and second.call_started_at is not None
         return {
             "oom_detect": first.ended_at - first.call_started_at,
@@ -46,8 +47,8 @@ def one_run(mib: int) -> dict[str, float]:
             "oom_to_up": second.started_at - first.ended_at,
         }
     finally:
-        if fn.cluster is not None:
-            fn.cluster.teardown()
+        if fn.current_cluster is not None:
+            fn.current_cluster.teardown()
         base.teardown()
 
 

@@ -8,10 +8,8 @@
 Names are imported lazily so ``import tether`` stays cheap in worker processes.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from tether._version import __version__
 from tether.errors import (
@@ -31,13 +29,13 @@ from tether.errors import (
     WorkerDied,
 )
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from tether import registry, runs
     from tether.api.calls import CallHandle, call
-    from tether.api.clusters import Cluster, cluster
+    from tether.api.clusters import Cluster
     from tether.api.envs import Env, env
-    from tether.api.loading import load
-    from tether.api.services import Function, Module, RemoteClass, RemoteInstance, function, module
+    from tether.api.loading import cluster, function, load, module
+    from tether.api.services import Function, Module, RemoteClass, RemoteInstance
     from tether.compute.routing import RoutingPolicy
     from tether.escalation import Escalation
 
@@ -79,27 +77,29 @@ __all__ = [
 
 _LAZY = {
     "CallHandle": "tether.api.calls", "call": "tether.api.calls",
-    "Cluster": "tether.api.clusters", "cluster": "tether.api.clusters",
+    "Cluster": "tether.api.clusters", "cluster": "tether.api.loading",
     "Env": "tether.api.envs", "env": "tether.api.envs",
     "Escalation": "tether.escalation",
     "Function": "tether.api.services", "Module": "tether.api.services", "RemoteClass": "tether.api.services",
-    "RemoteInstance": "tether.api.services", "function": "tether.api.services", "module": "tether.api.services",
+    "RemoteInstance": "tether.api.services", "function": "tether.api.loading", "module": "tether.api.loading",
     "load": "tether.api.loading",
     "RoutingPolicy": "tether.compute.routing",
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     if name in ("registry", "runs", "catalog", "routing", "escalation", "oom"):
-        return importlib.import_module(f"tether.{name}")
+        return _importlib.import_module(f"tether.{name}")
     if name == "here":
-        from tether.api.clusters import cluster
-
-        value = cluster()
+        value = _importlib.import_module("tether.api.loading").cluster()
         globals()["here"] = value
         return value
     raise AttributeError(f"module 'tether' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

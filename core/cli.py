@@ -10,14 +10,15 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from tether.api.calls import call
+from tether.api.loading import cluster
 from tether.errors import TetherError
+from tether.registry.cli import registry
 
 console = Console()
 
 
 def _cluster(name: str) -> Any:
-    from tether.api.clusters import cluster
-
     return cluster(name=name)
 
 
@@ -84,8 +85,6 @@ def ls(name: str) -> None:
 @click.option("--cluster", "name", default="local", show_default=True)
 def logs(call_id: str, name: str) -> None:
     """The logs of a call."""
-    from tether.api.calls import call
-
     for event in call(call_id, _cluster(name)).logs():
         if "text" in event:
             click.echo(event["text"], nl=False)
@@ -93,15 +92,7 @@ def logs(call_id: str, name: str) -> None:
             click.echo(f"{event.get('name')}: {event.get('msg')}")
 
 
-def _mount_registry() -> None:
-    try:
-        from tether.registry.cli import registry
-    except ImportError:
-        return
-    main.add_command(registry)
-
-
-_mount_registry()
+main.add_command(registry)
 
 
 def run() -> None:

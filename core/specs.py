@@ -5,7 +5,17 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tether.errors import ConfigError
 
 __all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ServiceSpec", "build", "parse_bytes", "validate_name"]
 
@@ -14,10 +24,6 @@ M = TypeVar("M", bound=BaseModel)
 
 def build(model: type[M], data: dict[str, Any]) -> M:
     """Validate ``data`` into ``model``; a failure is a ``tether.ConfigError`` naming each bad field."""
-    from pydantic import ValidationError
-
-    from tether.errors import ConfigError
-
     try:
         return model.model_validate(data)
     except ValidationError as exc:

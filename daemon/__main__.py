@@ -16,6 +16,7 @@ from tether.daemon import eventloop
 from tether.daemon.auth import is_loopback, read_token_file
 from tether.daemon.protocol import sweep_stale_shm
 from tether.daemon.server import Daemon, make_app
+from tether.daemon.tls import server_context
 from tether.logging import configure_logging
 from tether.specs import parse_bytes
 
@@ -47,8 +48,6 @@ async def serve(args: argparse.Namespace) -> None:
                     access_file=args.access_file, allowed_roots=args.allowed_roots)
     ssl_ctx = None
     if args.tls_cert:
-        from tether.daemon.tls import server_context
-
         ssl_ctx = server_context(args.tls_cert, args.tls_key or args.tls_cert)
     runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False, read_bufsize=4 * 1024 * 1024)
     await runner.setup()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tether.errors import AuthError
+from tether.errors import AuthError, ConfigError
 from tether.protocol.headers import PICKLE
 from tether.protocol.tokens import hash_token, new_token, read_token_file
 
@@ -247,8 +247,6 @@ def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> None:
     """
     if not allowed_roots:
         return
-    from tether.errors import ConfigError
-
     allowed = [Path(r).resolve() for r in allowed_roots]
     hint = f"deploy code under one of: {', '.join(map(str, allowed))} (daemon --allowed-roots)"
     code = spec.code

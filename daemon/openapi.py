@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tether import __version__
+from tether._version import __version__
 from tether.specs import ServiceSpec
 
 _ERROR = {"description": "a tether error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -32,6 +32,23 @@ _CALL_BODY = {
         "args": {"type": "array", "items": {}}, "kwargs": {"type": "object"}}}},
     "application/x-tether-pickle": {"schema": {"type": "string", "format": "binary"}},
 }
+_SPAWNED = {"description": "with Prefer: respond-async: the call is registered (re-attach with GET /calls/{id})",
+            "content": {"application/json": {"schema": {"type": "object", "required": ["call_id", "state"],
+                                                        "properties": {"call_id": {"type": "string"},
+                                                                       "state": {"type": "string"}}}}}}
+
+
+def _call_op(summary: str, params: list[str]) -> dict[str, Any]:
+    """A call route: its frames (200), or with ``Prefer: respond-async`` the spawned call's id (202)."""
+    op = _op(summary, params=params, body=_CALL_BODY)
+    op["responses"]["202"] = _SPAWNED
+    op["parameters"] += [
+        {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "respond-async: spawn the call (answer 202 once it is registered, not its result)"},
+    ]
+    return op
+
+
 _KEY_BODY = {"application/x-tether-pickle": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -62,9 +79,8 @@ def document() -> dict[str, Any]:
             "/autostop": {"post": _op("set autostop minutes or pause it", body={"application/json": {"schema": {
                 "type": "object", "properties": {"mins": {"type": "number", "nullable": True},
                                                  "paused": {"type": "boolean"}}}}})},
-            "/{name}/call": {"post": _op("call a function service", params=["name"], body=_CALL_BODY)},
-            "/{name}/{method}/call": {"post": _op("call a method of an instance", params=["name", "method"],
-                                                  body=_CALL_BODY)},
+            "/{name}/call": {"post": _call_op("call a function service", ["name"])},
+            "/{name}/{method}/call": {"post": _call_op("call a method of an instance", ["name", "method"])},
             "/calls/{call_id}": {"get": _op("re-attach to a call (frames) or its state with ?wait=0",
                                             params=["call_id"])},
             "/calls/{call_id}/logs": {"get": {**_op("a call's logs so far (from event ?since=N)", params=["call_id"]),

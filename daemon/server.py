@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import difflib
 import json
 import os
 import socket
@@ -16,12 +17,13 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from tether import __version__
+from tether._version import __version__
 from tether.daemon import protocol as p
 from tether.daemon import slabs
 from tether.daemon.auth import AccessPolicy, authorize, check_code_roots
 from tether.daemon.calls import FINAL, Call, CallTable, frame_body
 from tether.daemon.eventloop import loop_name
+from tether.daemon.openapi import document
 from tether.daemon.store import Manifest
 from tether.daemon.workers import WorkerPool, WorkerProcess
 from tether.errors import (
@@ -30,6 +32,7 @@ from tether.errors import (
     PayloadTooLarge,
     SerializationError,
     TetherError,
+    error_from_wire,
 )
 from tether.specs import ServiceSpec, validate_name
 
@@ -41,8 +44,6 @@ HEARTBEAT_SECONDS = 10.0
 
 
 def _close_matches(name: str, names: list[str]) -> list[str]:
-    import difflib
-
     return difflib.get_close_matches(name, names, n=3, cutoff=0.5)
 
 
@@ -224,8 +225,6 @@ def _hint(name: str, names: list[str]) -> str:
 
 
 def _as_error(meta: dict[str, Any]) -> TetherError:
-    from tether.errors import error_from_wire
-
     exc = error_from_wire(meta)
     return exc if isinstance(exc, TetherError) else TetherError(str(exc))
 
@@ -578,8 +577,6 @@ async def autostop(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from tether.daemon.openapi import document
-
     return web.json_response(document())
 
 

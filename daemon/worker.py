@@ -33,8 +33,10 @@ import cloudpickle
 
 from tether.daemon import eventloop
 from tether.daemon import protocol as p
+from tether.daemon.memory import apply_memory_limit
 from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, ResultSpill, SlabCache, keep_freed_memory
 from tether.errors import CallCancelled, ConfigError, NotFound, SerializationError, TetherError
+from tether.escalation.oom import classify_exception
 
 Body = bytes | mmap.mmap | memoryview  # a call's arguments: in the frame, a mapped file, or a view of a lent slab
 
@@ -562,10 +564,6 @@ def _unserializable(value: Any, exc: Exception) -> SerializationError:
 
 
 def _classify(exc: BaseException) -> BaseException:
-    try:
-        from tether.escalation.oom import classify_exception
-    except ImportError:
-        return exc
     oom = classify_exception(exc)
     return oom if oom is not None else exc
 
@@ -604,8 +602,6 @@ async def _main(fd: int) -> None:
 def main() -> None:
     limit = os.environ.get("TETHER_MEMORY_LIMIT")
     if limit:
-        from tether.daemon.memory import apply_memory_limit
-
         apply_memory_limit(int(limit))
     keep_freed_memory(int(limit) if limit else None)
     sys.stdout = _Router(sys.stdout, "stdout")  # type: ignore[assignment]

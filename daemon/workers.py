@@ -18,6 +18,7 @@ import structlog
 
 from tether.daemon import protocol as p
 from tether.daemon.memory import baseline_evidence, classify_exit
+from tether.daemon.venvs import ensure_venv
 from tether.errors import ConfigError, WorkerDied
 from tether.specs import EnvSpec
 
@@ -229,8 +230,6 @@ class WorkerPool:
             return env.python
         if not env.reqs:
             return sys.executable
-        from tether.daemon.venvs import ensure_venv
-
         return await ensure_venv(self.state_dir / "envs" / env.name, env.reqs)
 
     async def remove(self, name: str) -> bool:

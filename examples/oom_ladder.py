@@ -36,19 +36,21 @@ def train(epochs: int = 3, hidden_mib: int = 600) -> dict[str, float]:
 def main() -> None:
     policy = tether.Escalation(ladder=["local:256MB", "local:1GB", "local:4GB"], max_attempts=3)
     small = tether.cluster(name="oom-ladder", instance_type="local:256MB").up_if_not()
-    remote_train = tether.function(train).to(small, on_oom=policy)
+    attempts: list[tether.escalation.Attempt] = []
+    remote_train = tether.function(train).to(small, on_oom=policy).with_options(on_attempt=attempts.append)
     try:
         result = remote_train(epochs=3, hidden_mib=600)
         print(f"\nresult: {result}")
         print("attempts:")
-        for a in remote_train.attempts:
+        for a in attempts:
             cost = "n/a" if a.est_cost is None else f"${a.est_cost:.4f}"
             print(f"  {a.instance_type:<12} {a.outcome:<4} {a.seconds:6.2f}s  est. {cost}"
                   + (f"  ({a.error_type}: {a.details.get('reasons', [a.error])[0]})" if a.error else ""))  # fmt: skip
-        print(f"now running on: {remote_train.cluster.name} ({remote_train.cluster.spec.instance_type}); "
+        now = remote_train.current_cluster
+        print(f"now running on: {now.name} ({now.spec.instance_type}); "
               f"{small.name} is {small.status()}")  # fmt: skip
     finally:
-        remote_train.cluster.teardown()
+        (remote_train.current_cluster or small).teardown()
         small.teardown()
 
 

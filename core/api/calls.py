@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tether.api.clusters import Cluster, new_cluster
 from tether.client import AsyncClient, LogSink, default_log_sink
 from tether.client.loop import background_loop, run_sync
-from tether.errors import CallTimeout, NotFound
-
-if TYPE_CHECKING:
-    from tether.api.clusters import Cluster
+from tether.errors import CallTimeout, ClusterUnavailable, NotFound
 
 __all__ = ["CallHandle", "call"]
 
@@ -21,11 +19,21 @@ class CallHandle:
     """A running or finished remote call: ``.result(timeout)``, ``.cancel()``, ``.logs()``, ``.call_id``."""
 
     def __init__(self, client: AsyncClient, call_id: str, future: concurrent.futures.Future[Any] | None = None,
-                 on_log: LogSink | None = default_log_sink) -> None:
-        self.client = client
+                 on_log: LogSink | None = default_log_sink, *, attempts: list[Any] | None = None,
+                 cluster: Cluster | None = None) -> None:
+        self._client = client
+        self._cluster = cluster  # when known, its current client is used (a relaunched daemon has a new one)
         self.call_id = call_id
+        self.attempts: list[Any] = attempts if attempts is not None else []
+        """The escalation attempts of a spawned call with an ``on_oom`` policy (filled in as they end)."""
         self._future = future
         self._on_log = on_log
+
+    @property
+    def client(self) -> AsyncClient:
+        if self._cluster is not None and self._cluster._handle is not None:
+            return self._cluster.client
+        return self._client
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the result (raises the remote error, or ``CallTimeout`` after ``timeout`` seconds)."""
@@ -66,7 +74,7 @@ class CallHandle:
             try:
                 self.status()
                 return self
-            except NotFound:
+            except (NotFound, ClusterUnavailable):  # not there yet, or its daemon is being relaunched
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.005)
@@ -77,7 +85,5 @@ class CallHandle:
 
 def call(call_id: str, cluster: Cluster | None = None, *, on_log: LogSink | None = default_log_sink) -> CallHandle:
     """Re-attach to a call by id, from any process (default cluster: the local one)."""
-    from tether.api.clusters import cluster as make_cluster
-
-    c = (cluster or make_cluster()).connected()
+    c = (cluster or new_cluster()).connected()
     return CallHandle(c.client, call_id, on_log=on_log)

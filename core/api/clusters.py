@@ -7,13 +7,16 @@ from typing import Any
 
 import cloudpickle
 
+from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.client.loop import run_sync
 from tether.compute import ClusterHandle, get_backend
+from tether.compute.routing import plan
 from tether.errors import ClusterUnavailable, ConfigError, NotFound
+from tether.protocol.headers import PICKLE
 from tether.specs import ClusterSpec, build
 
-__all__ = ["Cluster", "cluster"]
+__all__ = ["Cluster", "new_cluster"]
 
 
 class Cluster:
@@ -67,8 +70,6 @@ class Cluster:
 
     def plan(self) -> Any:
         """The ranked candidates this cluster's spec would launch on, with reasons (launches nothing)."""
-        from tether.compute.routing import plan
-
         return plan(self.spec)
 
     @property
@@ -118,7 +119,7 @@ class Cluster:
     def put(self, key: str, obj: Any, env: str = "default") -> None:
         """Store ``obj`` under ``key`` in the env's worker."""
         self._req("PUT", f"/objects/{key}", data=cloudpickle.dumps(obj, protocol=5), params={"env": env},
-                  content_type="application/x-tether-pickle")
+                  content_type=PICKLE)
 
     def get(self, key: str, default: Any = ...) -> Any:
         """The object stored (or service held) under ``key``."""
@@ -168,26 +169,17 @@ class Cluster:
             raise ConfigError(f"not a cluster config (kind={config.get('kind')!r})")
         return cls(build(ClusterSpec, data))
 
-    def save(self, name: str | None = None) -> Any:
-        from tether.api.loading import save_resource
+    def derive(self, name: str, **fields: Any) -> Cluster:
+        """Another cluster described by ``fields`` (an escalation rung, say); nothing is launched."""
+        return new_cluster(name, **fields)
 
+    def save(self, name: str | None = None) -> Any:
         return save_resource(name or self.name, self.config())
 
     def __repr__(self) -> str:
         return f"Cluster({self.name!r}, backend={self.spec.backend!r})"
 
 
-def cluster(name: str | None = None, *, instance_type: str | None = None, provider: str | list[str] | None = None,
-            host: str | list[str] | None = None, ssh_creds: dict[str, str] | None = None,
-            autostop_mins: float | None = None, **kwargs: Any) -> Cluster:
-    """Describe a cluster. No arguments: the embedded local daemon. ``tether.cluster(name="lab")`` alone loads a
-    saved cluster of that name when one exists. ``endpoint=URL, token=...`` attaches to a daemon run elsewhere."""
-    if name and instance_type is None and host is None and provider is None and not kwargs:
-        from tether.api.loading import try_load
-
-        saved = try_load(name, "cluster")
-        if saved is not None:
-            return saved
-    spec = build(ClusterSpec, dict(name=name or "local", instance_type=instance_type, provider=provider, host=host,
-                                   ssh_creds=ssh_creds, autostop_mins=autostop_mins, **kwargs))
-    return Cluster(spec)
+def new_cluster(name: str | None = None, **fields: Any) -> Cluster:
+    """A cluster from its fields, never loaded from the registry (see ``tether.cluster`` for that)."""
+    return Cluster(build(ClusterSpec, dict(name=name or "local", **fields)))

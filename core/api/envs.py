@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tether.api.records import save_resource
 from tether.specs import EnvSpec, build
 
 __all__ = ["Env", "env"]
@@ -28,8 +29,6 @@ class Env:
         return cls(build(EnvSpec, data))
 
     def save(self, name: str | None = None) -> Any:
-        from tether.api.loading import save_resource
-
         return save_resource(name or self.name, self.config())
 
     def __repr__(self) -> str:

@@ -1,44 +1,29 @@
-"""Glue between resources (cluster, env, function, module) and the registry: save, load by name, usage."""
+"""Making API objects by name: ``tether.load``, and ``tether.cluster`` / ``function`` / ``module`` that load a saved
+resource when given only a name. The API's one edge to the registry for reading."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from tether.api.clusters import Cluster, new_cluster
+from tether.api.envs import Env
+from tether.api.services import Function, Module, service_from_config
 from tether.errors import ConfigError, NotFound
+from tether.registry import get_registry
 
-__all__ = ["load", "record_call", "save_resource", "try_load"]
-
-
-def _registry() -> Any:
-    from tether.registry import get_registry
-
-    return get_registry()
-
-
-def save_resource(name: str, config: dict[str, Any], *, code_hash: str | None = None) -> Any:
-    """Save ``config`` as a new version of ``name``; returns the registry's version record."""
-    return _registry().save(name, config, code_hash=code_hash)
+__all__ = ["cluster", "from_config", "function", "load", "module", "try_load"]
 
 
 def from_config(config: dict[str, Any], version: int | None = None) -> Any:
     """Rebuild the right resource type from a config dict."""
-    from tether.api.clusters import Cluster
-    from tether.api.envs import Env
-    from tether.api.services import Function
-
     kind = config.get("kind")
     if kind == "cluster":
         return Cluster.from_config(config)
     if kind == "env":
         return Env.from_config(config)
     if kind in ("function", "module", "instance"):
-        svc = Function.from_config(config)
-        if svc.spec is not None and version is not None:
-            svc.spec.version = version
-        return svc
+        return service_from_config(config, version=version)
     raise ConfigError(f"unknown resource kind {kind!r}", details={"field": "kind"})
 
 
@@ -48,7 +33,7 @@ def load(name: str) -> Any:
     A pinned version (``@2``, ``@prod``) of a service runs under its own daemon name (``embed.v2``), so it never
     replaces the latest version that other callers use.
     """
-    record = _registry().get(name)
+    record = get_registry().get(name)
     resource = from_config(record.config, getattr(record, "version", None))
     spec = getattr(resource, "spec", None)
     if spec is not None and hasattr(resource, "registry_name"):
@@ -58,31 +43,10 @@ def load(name: str) -> Any:
     return resource
 
 
-def snapshot_code(root: Path, code_hash: str) -> Path:
-    """A content-addressed copy of the Python files under ``root`` in ``$TETHER_HOME/code/`` (kept per version)."""
-    from tether.api.codesync import python_files
-    from tether.home import tether_home
-
-    dest = tether_home() / "code" / code_hash[:24]
-    if dest.is_dir():
-        return dest
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    for rel in python_files(root):
-        target = tmp / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, target)
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(dest)
-    except OSError:  # another process made it first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
 def try_load(name: str, kind: str) -> Any:
     """The saved resource ``name`` when it exists and is of ``kind``; else None."""
     try:
-        record = _registry().get(name)
+        record = get_registry().get(name)
     except (NotFound, ImportError):
         return None
     if record.config.get("kind") != kind:
@@ -90,16 +54,35 @@ def try_load(name: str, kind: str) -> Any:
     return from_config(record.config, getattr(record, "version", None))
 
 
-def record_call(service: Any, *, call_id: str, method: str | None, seconds: float, outcome: str) -> None:
-    """Record one call of a saved service (non-blocking: the registry batches writes)."""
-    try:
-        from tether.registry import CallRecord
-    except ImportError:
-        return
-    handle = service.cluster._handle if service.cluster is not None else None
-    record = CallRecord(
-        service=service.registry_name or service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
-        outcome=outcome, run_id=service.caller or os.environ.get("TETHER_RUN_ID"),
-        instance_type=getattr(handle, "instance_type", None),
-    )
-    _registry().record_call(record)
+def cluster(name: str | None = None, *, instance_type: str | None = None, provider: str | list[str] | None = None,
+            host: str | list[str] | None = None, ssh_creds: dict[str, str] | None = None,
+            autostop_mins: float | None = None, **kwargs: Any) -> Cluster:
+    """Describe a cluster. No arguments: the embedded local daemon. ``tether.cluster(name="lab")`` alone loads a
+    saved cluster of that name when one exists. ``endpoint=URL, token=...`` attaches to a daemon run elsewhere."""
+    if name and instance_type is None and host is None and provider is None and not kwargs:
+        saved = try_load(name, "cluster")
+        if saved is not None:
+            return saved  # type: ignore[no-any-return]
+    return new_cluster(name, instance_type=instance_type, provider=provider, host=host, ssh_creds=ssh_creds,
+                       autostop_mins=autostop_mins, **kwargs)
+
+
+def function(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Function:
+    """Wrap ``fn`` to deploy it (``.to(cluster)``), or load a saved service: ``tether.function(name="embed")``."""
+    if fn is None:
+        if not name:
+            raise ConfigError("pass a function or name=")
+        loaded = load(name)
+        if not isinstance(loaded, Function):
+            raise ConfigError(f"{name!r} is a {type(loaded).__name__}, not a function", hint="use tether.load(name)")
+        return loaded
+    return Function(fn, name=name)
+
+
+def module(cls: Any = None, *, name: str | None = None) -> Any:
+    """Wrap a class to deploy it, or load a saved class/instance by name."""
+    if cls is None:
+        if not name:
+            raise ConfigError("pass a class or name=")
+        return load(name)
+    return Module(cls, name=name)

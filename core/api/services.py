@@ -1,33 +1,72 @@
-"""``tether.function`` and ``tether.module``: deploy a callable or a class to a cluster and call it remotely."""
+"""``tether.function`` and ``tether.module``: deploy a callable or a class to a cluster and call it remotely.
+
+Handles are immutable: ``.to()``, :meth:`~_Service.with_cluster` and :meth:`~_Service.with_options` return new
+handles, so one handle can be shared by threads, cached by an orchestrator, or passed around without any caller
+changing where or how another one's calls run. What belongs to one call lives in its
+:class:`~tether.api.invocation.Invocation`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import copy
 import inspect
-import os
-import time
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
 from tether.api.calls import CallHandle
-from tether.api.clusters import Cluster
+from tether.api.clusters import Cluster, new_cluster
 from tether.api.codesync import code_ref, content_hash
 from tether.api.envs import Env
+from tether.api.invocation import Invocation
+from tether.api.records import save_resource, snapshot_code
 from tether.client import LogSink, default_log_sink
-from tether.client.loop import background_loop, iterate_sync, run_sync
-from tether.errors import ClusterUnavailable, ConfigError, NotFound
+from tether.client.loop import run_sync
+from tether.errors import ConfigError
+from tether.escalation import Attempt, Escalation, Ladder, Step
+from tether.registry import get_registry
 from tether.specs import ServiceSpec, build
 
-__all__ = ["Function", "Module", "RemoteClass", "RemoteInstance", "function", "module"]
+__all__ = ["Function", "Module", "RemoteClass", "RemoteInstance", "ServiceOptions", "service_from_config"]
+
+_UNCHANGED: Any = object()
 
 
-def _new_call_id() -> str:
-    return os.urandom(16).hex()  # as unique as uuid4().hex, a few µs cheaper per call
+@dataclass(frozen=True)
+class ServiceOptions:
+    """How a handle's calls are made (see :meth:`_Service.with_options`)."""
+
+    caller: str | None = None
+    """Who calls (an orchestrator run id), for lineage and usage records."""
+    on_oom: Escalation | None = None
+    """Escalate to the next rung of this ladder when a call runs out of memory."""
+    cancel_on_interrupt: bool = True
+    """Cancel the remote call when the caller is interrupted while it waits (Ctrl-C, a timeout, a kill)."""
+    on_log: LogSink | None = default_log_sink
+    """Where remote ``print``/``logging`` output goes (default: re-emitted locally)."""
+    on_attempt: Callable[[Attempt], Any] | None = None
+    """Called with every escalation attempt (rung, outcome, time, cost)."""
+
+
+class _Placement:
+    """Where an escalating handle's calls run now: the rung an earlier call succeeded on (shared by the copies
+    :meth:`_Service.with_options` makes, so every one of them starts there)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.index = 0
+        self.cluster: Cluster | None = None
+        self.target: _Service | None = None
+
+
+_FIELDS = frozenset({"obj", "name", "cluster", "env", "spec", "methods", "root", "options", "loaded",
+                     "registry_name"})
 
 
 class _Service:
@@ -43,14 +82,54 @@ class _Service:
         self.spec: ServiceSpec | None = None
         self.methods: dict[str, str] = {}
         self.root: Path | None = None
-        self.on_oom: Any = None
-        self.attempts: list[Any] = []
-        self.caller: str | None = None
+        self.options = ServiceOptions()
         self.loaded = False  # made from a registry record (its version is deployed before the first call)
-        self._verified = False
         self.registry_name: str | None = None  # the full registry name ('team/embed') usage is recorded under
+        self._verified = False
+        self._placement = _Placement()
 
-    # -- deploy ---------------------------------------------------------------------------------------------------
+    # -- new handles ------------------------------------------------------------------------------------------------
+    def _copy(self, **fields: Any) -> Any:
+        new = copy.copy(self)
+        new.methods = dict(self.methods)
+        for key, value in fields.items():
+            setattr(new, key, value)
+        return new
+
+    def with_cluster(self, cluster: Cluster, env: Env | str | None = None) -> Any:
+        """A new handle of this service deployed on ``cluster`` (brought up if needed); this one is unchanged."""
+        new = self._copy(_placement=_Placement(), _verified=False)
+        new._deploy(cluster, env, None)
+        return new
+
+    def with_options(self, *, caller: str | None = _UNCHANGED, on_oom: Any = _UNCHANGED,
+                     cancel_on_interrupt: bool = _UNCHANGED, on_log: LogSink | None = _UNCHANGED,
+                     on_attempt: Callable[[Attempt], Any] | None = _UNCHANGED) -> Any:
+        """A new handle of the same deployed service whose calls are made with these options (see
+        :class:`ServiceOptions`; ``on_oom=None`` turns escalation off)."""
+        changes: dict[str, Any] = {k: v for k, v in {
+            "caller": caller, "cancel_on_interrupt": cancel_on_interrupt, "on_log": on_log,
+            "on_attempt": on_attempt}.items() if v is not _UNCHANGED}
+        fields: dict[str, Any] = {}
+        if on_oom is not _UNCHANGED:
+            changes["on_oom"] = None if on_oom is None else Escalation.coerce(on_oom)
+            fields["_placement"] = _Placement()
+        return self._copy(options=replace(self.options, **changes), **fields)
+
+    @property
+    def on_oom(self) -> Escalation | None:
+        return self.options.on_oom
+
+    @property
+    def caller(self) -> str | None:
+        return self.options.caller
+
+    @property
+    def current_cluster(self) -> Cluster | None:
+        """Where the next call runs: the deployed cluster, or the rung an OOM escalation moved its calls to."""
+        return self._placement.cluster or self.cluster
+
+    # -- deploy -----------------------------------------------------------------------------------------------------
     def _build_spec(self, cluster: Cluster, env: Env, name: str) -> ServiceSpec:
         if self.obj is None:
             if self.spec is None:
@@ -63,7 +142,8 @@ class _Service:
         return ServiceSpec(name=name, kind=self.kind, env=env.spec, code=ref)  # type: ignore[arg-type]
 
     def _deploy(self, cluster: Cluster | None, env: Env | str | None, name: str | None) -> None:
-        cluster = (cluster or self.cluster or _default_cluster()).up_if_not()
+        """Deploy this (new, not yet shared) handle's service; called only on handles made for that."""
+        cluster = (cluster or self.cluster or new_cluster()).up_if_not()
         if isinstance(env, str):
             env = Env.from_config({"name": env})
         env = env or self.env or Env.from_config({})
@@ -77,6 +157,10 @@ class _Service:
                                               timeout=600))
         self.cluster, self.env, self.spec, self.name = cluster, env, spec, name
         self.methods = dict(out.get("methods", {}))
+
+    def _needs_preparing(self) -> bool:
+        """Whether :meth:`_ensure_deployed` has work to do (a launch or a version check), i.e. may block."""
+        return self.cluster is None or self.cluster._handle is None or (self.loaded and not self._verified)
 
     def _ensure_deployed(self) -> Cluster:
         if self.spec is None or self.cluster is None:
@@ -103,150 +187,101 @@ class _Service:
             self.spec.code.root = self.cluster.sync(Path(snapshot))
         out = run_sync(self.cluster.client.request("POST", "/deploy", json_body=self.spec.model_dump(mode="json"),
                                                    timeout=600))
-        self.methods = dict(out.get("methods", {})) or self.methods
+        self.methods.update(out.get("methods", {}))
 
     def _relaunch(self) -> bool:
-        """The daemon did not answer: bring the cluster back (it may have autostopped) and redeploy."""
+        """The daemon did not answer: bring the cluster back (it may have autostopped); whether it was tried."""
         if self.spec is None or self.cluster is None or self.cluster.spec.backend == "endpoint":
             return False
         self.cluster._handle = None
         self.cluster.up_if_not()  # a relaunched daemon restores its services from its manifest
         return True
 
-    def _redeploy_after(self, exc: NotFound) -> bool:
-        """The daemon lost our service (torn down and relaunched): deploy it again once."""
-        if self.spec is None or self.cluster is None or not self.name or self.name not in str(exc):
-            return False
-        self._redeploy_spec()
-        return True
+    # -- escalation ----------------------------------------------------------------------------------------------
+    def _ladder(self) -> Ladder:
+        """A fresh ladder for one call, starting where an earlier call of this handle succeeded."""
+        assert self.options.on_oom is not None and self.cluster is not None
+        place = self._placement
+        with place.lock:
+            start, cluster = place.index, place.cluster
+        return Ladder(self.options.on_oom, self.cluster, start=start, start_cluster=cluster,
+                      on_attempt=self.options.on_attempt)
 
-    # -- calls ----------------------------------------------------------------------------------------------------
-    def _call_sync(self, method: str | None, args: tuple, kwargs: dict, *, call_id: str | None = None,
-                   on_log: LogSink | None = default_log_sink) -> Any:
-        self._ensure_deployed()
-        lend = call_id is None  # an id nobody else knows: a big result may come back in a slab of ours
-        call_id = call_id or _new_call_id()
-        started = time.perf_counter()
-        outcome = "ok"
-        try:
-            recovered = set()
-            while True:
-                try:
-                    return self.cluster.client.call_sync(  # type: ignore[union-attr]
-                        self.name or "", method, args, kwargs, call_id=call_id, on_log=on_log, caller=self.caller,
-                        lend=lend)
-                except NotFound as exc:  # the daemon lost our service (torn down, fresh state): deploy again
-                    if "deploy" in recovered or not self._redeploy_after(exc):
-                        raise
-                    recovered.add("deploy")
-                except ClusterUnavailable as exc:  # nothing answers (e.g. autostopped): relaunch from the spec
-                    if "launch" in recovered or not exc.details.get("unreachable") or not self._relaunch():
-                        raise
-                    recovered.add("launch")
-        except BaseException as exc:
-            outcome = type(exc).__name__
-            raise
-        finally:
-            self._record(call_id, method, time.perf_counter() - started, outcome)
+    def _on_rung(self, step: Step) -> _Service:
+        """The handle a ladder step runs on (deployed there), itself without escalation."""
+        if step.cluster is self.cluster:
+            return self.with_options(on_oom=None) if self.options.on_oom is not None else self
+        place = self._placement
+        with place.lock:
+            if place.target is not None and place.cluster is step.cluster:
+                return place.target
+        step.cluster.up_if_not()
+        return self.with_options(on_oom=None).with_cluster(step.cluster, env=self.env)
 
-    async def _call_async(self, method: str | None, args: tuple, kwargs: dict, *, call_id: str | None = None,
-                          on_log: LogSink | None = default_log_sink) -> Any:
-        cluster = self._ensure_deployed()
-        return await cluster.client.call(self.name or "", method, args, kwargs, call_id=call_id or _new_call_id(),
-                                         on_log=on_log, caller=self.caller, lend=call_id is None)
+    def _remember(self, ladder: Ladder, step: Step, target: _Service) -> None:
+        """Later calls start on the rung that worked."""
+        place = self._placement
+        with place.lock:
+            place.index = ladder.rung_index(step)
+            place.cluster = None if step.cluster is self.cluster else step.cluster
+            place.target = None if step.cluster is self.cluster else target
 
-    def _stream_sync(self, method: str | None, args: tuple, kwargs: dict) -> Iterator[Any]:
-        cluster = self._ensure_deployed()
-        return iterate_sync(cluster.client.stream(self.name or "", method, args, kwargs, call_id=_new_call_id()))
+    # -- calls ------------------------------------------------------------------------------------------------------
+    def _invoke(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                call_id: str | None = None, on_log: LogSink | None = None) -> Invocation:
+        return Invocation(self, method, args, kwargs, call_id=call_id, on_log=on_log)
 
-    def _stream_async(self, method: str | None, args: tuple, kwargs: dict) -> AsyncIterator[Any]:
-        cluster = self._ensure_deployed()
-        return cluster.client.stream(self.name or "", method, args, kwargs, call_id=_new_call_id())
-
-    def _spawn(self, method: str | None, args: tuple, kwargs: dict, *, call_id: str | None = None,
-               on_log: LogSink | None = default_log_sink) -> CallHandle:
-        cluster = self._ensure_deployed()
-        call_id = call_id or _new_call_id()
-        coro = cluster.client.call(self.name or "", method, args, kwargs, call_id=call_id, on_log=on_log,
-                                   caller=self.caller)
-        future = asyncio.run_coroutine_threadsafe(coro, background_loop())
-        return CallHandle(cluster.client, call_id, future, on_log).wait_started()
-
-    def _dispatch(self, method: str | None, args: tuple, kwargs: dict) -> Any:
+    def _dispatch(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         kind = self.methods.get(method or "__call__", "sync")
+        inv = self._invoke(method, args, kwargs)
         if kind == "async":
-            return self._call_async(method, args, kwargs)
+            return inv.run_async()
         if kind == "gen":
-            return self._stream_sync(method, args, kwargs)
+            return inv.stream_sync()
         if kind == "agen":
-            return self._stream_async(method, args, kwargs)
-        if self.on_oom is not None and self.kind == "function":
-            from tether.escalation import run_with_escalation
+            return inv.stream_async()
+        return inv.run_sync()
 
-            return run_with_escalation(self, args, kwargs, self.on_oom, base_cluster=self.cluster)
-        return self._call_sync(method, args, kwargs)
+    def _remote_async(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        inv = self._invoke(method, args, kwargs)
+        if self.methods.get(method or "__call__") in ("gen", "agen"):
+            return inv.stream_async()
+        return inv.run_async()
 
-    def _record(self, call_id: str, method: str | None, seconds: float, outcome: str) -> None:
-        if self.spec is None or self.spec.version is None:
-            return
-        from tether.api.loading import record_call
+    def _stream_sync(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+        return self._invoke(method, args, kwargs).stream_sync()
 
-        record_call(self, call_id=call_id, method=method, seconds=seconds, outcome=outcome)
+    def _stream_async(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        return self._invoke(method, args, kwargs).stream_async()
 
     # -- config & registry ----------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         if self.spec is None or self.cluster is None:
             raise ConfigError(f"{self.name!r} is not deployed", hint="call .to(cluster) before config()/save()")
+        on_oom = self.options.on_oom
         return {"kind": self.kind, "name": self.name, "service": self.spec.model_dump(mode="json"),
                 "methods": self.methods, "cluster": self.cluster.config(),
-                "on_oom": self.on_oom.model_dump(mode="json") if self.on_oom is not None else None}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Any:
-        kinds = {"function": Function, "module": RemoteClass, "instance": RemoteInstance}
-        target = kinds.get(config.get("kind", ""))
-        # _Service and Function (behind ``tether.function(name=...)``) load any saved kind; other classes their own.
-        if target is None or not (cls in (_Service, Function) or issubclass(target, cls)):
-            raise ConfigError(f"not a service config (kind={config.get('kind')!r})")
-        svc = target.__new__(target)
-        _Service.__init__(svc, None, name=config["name"])
-        if "service" not in config or "cluster" not in config:
-            raise ConfigError("service config lacks 'service' or 'cluster'", details={"fields": ["service", "cluster"]})
-        svc.spec = build(ServiceSpec, config["service"])
-        svc.methods = dict(config.get("methods") or {})
-        svc.cluster = Cluster.from_config(config["cluster"])
-        svc.env = Env(svc.spec.env)
-        if config.get("on_oom"):
-            from tether.escalation import Escalation
-
-            svc.on_oom = Escalation.model_validate(config["on_oom"])
-        if isinstance(svc, RemoteClass):
-            svc.cls = None
-        svc.loaded = True
-        return svc
+                "on_oom": on_oom.model_dump(mode="json") if on_oom is not None else None}
 
     def save(self, name: str | None = None) -> Any:
-        """Save this service in the registry as a new version; returns the version record."""
-        from tether.api.loading import save_resource, snapshot_code
-
+        """Save this service in the registry as a new version; returns the version record. This handle then
+        stands for that version (its calls are recorded under it)."""
         config = self.config()
         code_hash = None
         if self.root is not None:  # freeze the code of this version: loading it later runs exactly this code
             code_hash = content_hash(self.root)
             config["service"]["metadata"]["snapshot"] = str(snapshot_code(self.root, code_hash))
         record = save_resource(name or self.name or "", config, code_hash=code_hash)
-        if self.spec is not None:
+        if self.spec is not None and self.cluster is not None:
             self.spec.version = record.version
             self.spec.metadata["snapshot"] = config["service"]["metadata"].get("snapshot")
-            run_sync(self.cluster.client.request(  # type: ignore[union-attr]
+            run_sync(self.cluster.client.request(
                 "POST", "/deploy", json_body=self.spec.model_dump(mode="json"), timeout=600))
         self.registry_name = getattr(record, "name", None)
         return record
 
     def share(self, principal: str, access_level: str = "read") -> None:
         """Give a user or team access: read = call, write = redeploy/save, owner = share."""
-        from tether.registry import get_registry
-
         get_registry().share(self.name or "", principal, access_level)
 
     def delete(self) -> None:
@@ -259,10 +294,29 @@ class _Service:
         return f"{type(self).__name__}({self.name!r} on {where})"
 
 
-def _default_cluster() -> Cluster:
-    from tether.api.clusters import cluster
-
-    return cluster()
+def service_from_config(config: dict[str, Any], *, version: int | None = None,
+                        cls: type[_Service] | None = None) -> Any:
+    """A service handle from its saved config (``cls``: only that kind is accepted)."""
+    kinds: dict[str, type[_Service]] = {"function": Function, "module": RemoteClass, "instance": RemoteInstance}
+    target = kinds.get(config.get("kind", ""))
+    if target is None or (cls is not None and not issubclass(target, cls)):
+        raise ConfigError(f"not a service config (kind={config.get('kind')!r})")
+    if "service" not in config or "cluster" not in config:
+        raise ConfigError("service config lacks 'service' or 'cluster'", details={"fields": ["service", "cluster"]})
+    svc = target.__new__(target)
+    _Service.__init__(svc, None, name=config["name"])
+    svc.spec = build(ServiceSpec, config["service"])
+    if version is not None:
+        svc.spec.version = version
+    svc.methods = dict(config.get("methods") or {})
+    svc.cluster = Cluster.from_config(config["cluster"])
+    svc.env = Env(svc.spec.env)
+    if config.get("on_oom"):
+        svc.options = replace(svc.options, on_oom=Escalation.model_validate(config["on_oom"]))
+    if isinstance(svc, RemoteClass):
+        svc.cls = None
+    svc.loaded = True
+    return svc
 
 
 class Function(_Service):
@@ -272,37 +326,40 @@ class Function(_Service):
 
     def to(self, cluster: Cluster | None = None, env: Env | str | None = None, name: str | None = None,
            on_oom: Any = None) -> Function:
-        """Deploy (or redeploy in place) on ``cluster``; ``on_oom`` takes a ``tether.Escalation`` policy."""
+        """A new handle of this function deployed on ``cluster``; ``on_oom`` takes a ``tether.Escalation`` policy.
+        (Deploying again under the same name replaces the service on the cluster.)"""
         if self.obj is not None and inspect.isclass(self.obj):
             raise ConfigError(f"{self.obj.__name__} is a class", hint="use tether.module(cls) for classes")
-        self._deploy(cluster, env, name)
+        new: Function = self._copy(_placement=_Placement(), _verified=False)
+        new._deploy(cluster, env, name)
         if on_oom is not None:
-            from tether.escalation import Escalation
+            new.options = replace(new.options, on_oom=Escalation.coerce(on_oom))
+        return new
 
-            self.on_oom = Escalation.coerce(on_oom)
-        return self
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Any:
+        """Any saved service kind (what ``tether.function(name=...)`` loads)."""
+        return service_from_config(config)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._dispatch(None, args, kwargs)
 
     def remote_async(self, *args: Any, **kwargs: Any) -> Any:
         """Call without blocking: a coroutine (or async iterator for generators)."""
-        if self.methods.get("__call__") in ("gen", "agen"):
-            return self._stream_async(None, args, kwargs)
-        return self._call_async(None, args, kwargs)
+        return self._remote_async(None, args, kwargs)
 
     def spawn(self, *args: Any, **kwargs: Any) -> CallHandle:
         """Start the call and return its handle at once."""
-        return self._spawn(None, args, kwargs)
+        return self._invoke(None, args, kwargs).spawn()
 
-    def call(self, args: tuple = (), kwargs: dict | None = None, *, call_id: str | None = None,
-             on_log: LogSink | None = default_log_sink) -> Any:
+    def call(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *, call_id: str | None = None,
+             on_log: LogSink | None = None) -> Any:
         """Explicit form for integrations: a chosen call id (same id twice runs once) and a log sink."""
-        return self._call_sync(None, tuple(args), dict(kwargs or {}), call_id=call_id, on_log=on_log)
+        return self._invoke(None, tuple(args), dict(kwargs or {}), call_id=call_id, on_log=on_log).run_sync()
 
-    def spawn_with(self, args: tuple = (), kwargs: dict | None = None, *, call_id: str | None = None,
-                   on_log: LogSink | None = default_log_sink) -> CallHandle:
-        return self._spawn(None, tuple(args), dict(kwargs or {}), call_id=call_id, on_log=on_log)
+    def spawn_with(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
+                   call_id: str | None = None, on_log: LogSink | None = None) -> CallHandle:
+        return self._invoke(None, tuple(args), dict(kwargs or {}), call_id=call_id, on_log=on_log).spawn()
 
 
 class _Method:
@@ -316,12 +373,10 @@ class _Method:
         return self.owner._dispatch(self.name, args, kwargs)
 
     def remote_async(self, *args: Any, **kwargs: Any) -> Any:
-        if self.owner.methods.get(self.name) in ("gen", "agen"):
-            return self.owner._stream_async(self.name, args, kwargs)
-        return self.owner._call_async(self.name, args, kwargs)
+        return self.owner._remote_async(self.name, args, kwargs)
 
     def spawn(self, *args: Any, **kwargs: Any) -> CallHandle:
-        return self.owner._spawn(self.name, args, kwargs)
+        return self.owner._invoke(self.name, args, kwargs).spawn()
 
 
 class _Attributes:
@@ -331,7 +386,7 @@ class _Attributes:
         object.__setattr__(self, "_owner", owner)
 
     def __getattr__(self, name: str) -> Any:
-        return self._owner._call_sync("__getattr__", (name,), {})
+        return self._owner._invoke("__getattr__", (name,), {}).run_sync()
 
 
 class RemoteInstance(_Service):
@@ -340,9 +395,7 @@ class RemoteInstance(_Service):
     kind = "instance"
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name in _Service.__dict__ or name in {"obj", "name", "cluster", "env", "spec",
-                                                                            "methods", "root", "on_oom", "attempts",
-                                                                            "caller"}:
+        if name.startswith("_") or name in _Service.__dict__ or name in _FIELDS:
             raise AttributeError(name)
         if self.methods and name not in self.methods:
             raise AttributeError(f"remote object {self.name!r} has no method {name!r} "
@@ -368,13 +421,14 @@ class RemoteClass(_Service):
         self.cls = cls
 
     def __call__(self, *args: Any, name: str | None = None, **kwargs: Any) -> RemoteInstance:
-        assert self.spec is not None and self.cluster is not None, "deploy the class first"
+        if self.spec is None or self.cluster is None:
+            raise ConfigError(f"class {self.name!r} is not deployed", hint="call tether.module(cls).to(cluster)")
         inst_name = name or f"{self.name}-{uuid.uuid4().hex[:8]}"
         inst = RemoteInstance(None, name=inst_name)
         init = base64.b64encode(cloudpickle.dumps((args, kwargs))).decode()
         inst.spec = self.spec.model_copy(update={"name": inst_name, "kind": "instance", "init_pickled_b64": init,
                                                  "of": self.name, "version": None})
-        inst.cluster, inst.env, inst.root = self.cluster, self.env, self.root
+        inst.cluster, inst.env, inst.root, inst.options = self.cluster, self.env, self.root, self.options
         out = run_sync(self.cluster.client.request("POST", "/deploy", json_body=inst.spec.model_dump(mode="json"),
                                                    timeout=600))
         inst.methods = dict(out.get("methods", {}))
@@ -395,28 +449,3 @@ class Module:
         remote = RemoteClass(self.cls, name=name or self.name)
         remote._deploy(cluster, env, name or self.name)
         return remote
-
-
-def function(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Function:
-    """Wrap ``fn`` to deploy it (``.to(cluster)``), or load a saved service: ``tether.function(name="embed")``."""
-    if fn is None:
-        if not name:
-            raise ConfigError("pass a function or name=")
-        from tether.api.loading import load
-
-        loaded = load(name)
-        if not isinstance(loaded, Function):
-            raise ConfigError(f"{name!r} is a {type(loaded).__name__}, not a function", hint="use tether.load(name)")
-        return loaded
-    return Function(fn, name=name)
-
-
-def module(cls: Any = None, *, name: str | None = None) -> Any:
-    """Wrap a class to deploy it, or load a saved class/instance by name."""
-    if cls is None:
-        if not name:
-            raise ConfigError("pass a class or name=")
-        from tether.api.loading import load
-
-        return load(name)
-    return Module(cls, name=name)

@@ -349,7 +349,7 @@ class AsyncClient:
                         ended = True
                         return
         except Dropped as exc:
-            raise ClusterUnavailable(str(exc), details={"call_id": call_id}) from exc
+            raise unavailable(exc, call_id) from exc
         finally:
             if lease is not None:
                 lease.end(ended)

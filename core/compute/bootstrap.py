@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata as md
+import importlib.util
 import json
 import os
 import re
@@ -17,12 +18,19 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from tether import _version
 from tether.errors import AuthError, ClusterUnavailable, ConfigError
 from tether.home import file_lock
 
@@ -145,9 +153,7 @@ def _cache_dir() -> Path:
 
 def project_root() -> Path:
     """The source tree the running tether was installed from (editable install)."""
-    import tether
-
-    root = Path(tether.__file__).resolve().parent.parent
+    root = Path(_version.__file__).resolve().parent.parent
     if not (root / "pyproject.toml").exists():
         raise ConfigError("tether is not installed from a source tree; cannot build its wheel",
                           hint="set TETHER_WHEEL to a built tether wheel")  # fmt: skip
@@ -167,7 +173,6 @@ def _tree_fingerprint(root: Path) -> str:
 
 def wheel_fingerprint(wheel: Path) -> str:
     """Hash of the wheel's member names and CRCs: equal for rebuilds of the same sources (zip dates differ)."""
-    import zipfile
 
     h = hashlib.sha256()
     with zipfile.ZipFile(wheel) as z:
@@ -210,9 +215,6 @@ def _build_wheel(root: Path) -> Path:
 
 def pinned_requirements(dist: str = "tether", env: dict[str, str] | None = None) -> list[str]:
     """``name==version`` for the dependency closure of ``dist`` as installed here, markers evaluated for ``env``."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     pins: dict[str, str] = {}
     todo = [(dist, frozenset[str]())]
     seen: set[tuple[str, frozenset[str]]] = set()
@@ -247,7 +249,6 @@ def _platforms(machine: str, glibc: str | None) -> list[str]:
 
 
 def _pip() -> list[str]:
-    import importlib.util
 
     if importlib.util.find_spec("pip") is not None:
         return [sys.executable, "-m", "pip"]
@@ -438,9 +439,6 @@ def bootstrap_hosts(
     autostop_mins: int | None = None, python: str = "python3", show_progress: bool = True,
 ) -> list[DaemonInfo]:  # fmt: skip
     """Bootstrap every host in parallel with a rich progress display; the first failure is raised."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     console = Console(stderr=True, quiet=not show_progress)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[host]}[/] {task.description}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:  # fmt: skip

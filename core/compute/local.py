@@ -21,6 +21,7 @@ from typing import ClassVar
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock
+from tether.protocol.tls import ensure_self_signed
 from tether.protocol.tokens import hash_token, new_token
 from tether.specs import ClusterSpec
 
@@ -103,8 +104,6 @@ class LocalBackend:
             cmd += ["--token-file", str(token_file)]
         fingerprint = None
         if spec.server_connection_type == "tls":
-            from tether.protocol.tls import ensure_self_signed
-
             cert, key = state_dir / "tls" / "cert.pem", state_dir / "tls" / "key.pem"
             fingerprint = ensure_self_signed(cert, key)
             cmd += ["--tls-cert", str(cert), "--tls-key", str(key)]

@@ -9,6 +9,7 @@ The client reaches the daemon through an ssh tunnel to the head (SkyPilot writes
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from pathlib import Path
 from typing import Any, ClassVar
@@ -225,7 +226,6 @@ class SkyBackend:
 
     def sync_code(self, spec: ClusterSpec, handle: ClusterHandle, root: Path) -> str:
         """rsync ``root`` to the head over SkyPilot's ssh alias; return its path there."""
-        import hashlib
 
         root = Path(root).resolve()
         head = SSHTarget(host=spec.name, connect_timeout=15)

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tether.compute import catalog
+from tether.compute.catalog import GPU_MEMORY_GIB
 from tether.errors import ConfigError, RemoteError
 from tether.escalation.oom import classify_exception
 from tether.specs import parse_bytes
@@ -109,8 +111,6 @@ class Escalation(BaseModel):
         """A ladder from the catalog: ``start``, then every accelerator with more GPU memory, by memory then
         price; rungs that add no memory, or cost more than a rung with more memory, are skipped. ``exclude``
         leaves accelerators out (e.g. ``["GH200"]``, an ARM host)."""
-        from tether.compute import catalog
-
         acc, count = _split_accelerator(start)
         named = [providers] if isinstance(providers, str) else list(providers or [])
         clouds = None if named in ([], ["cheapest"]) else named
@@ -162,8 +162,6 @@ class Escalation(BaseModel):
                 return (parse_bytes(rung.split(":", 1)[1]) or 0) / 2**30
             except ValueError:
                 return None
-        from tether.compute.catalog import GPU_MEMORY_GIB
-
         acc, count = _split_accelerator(rung)
         mem = GPU_MEMORY_GIB.get(acc)
         return mem * count if mem is not None else None

@@ -1,18 +1,21 @@
-"""Running a call under an :class:`~tether.escalation.policy.Escalation` policy: on OOM, the next rung."""
+"""Running a call under an :class:`~tether.escalation.policy.Escalation` policy: on OOM, the next rung.
+
+:class:`Ladder` is the state of one escalated call, step by step, with no I/O of its own besides bringing
+clusters down: whoever calls (``tether.api.invocation`` for sync, async, streamed and spawned calls, or
+:func:`run_with_escalation`) asks it for the next :class:`Step`, runs the call there, and reports how it ended.
+Each attempt is an :class:`Attempt`, returned to the caller (never written on a service handle).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_any, wait_none
-from tenacity.stop import stop_base
-
-from tether.errors import OutOfMemory
+from tether.compute import catalog
+from tether.errors import ConfigError, OutOfMemory
 from tether.escalation.oom import classify_exception
 from tether.escalation.policy import (
     _INHERITED,
@@ -24,86 +27,117 @@ from tether.escalation.policy import (
     log,
 )
 
-__all__ = ["run_with_escalation"]
+__all__ = ["Ladder", "Step", "run_with_escalation"]
 
-@dataclass
-class _Run:
-    """State of one escalated call across its attempts."""
 
-    function: Any
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    policy: Escalation
-    base_cluster: Any
-    env: Any
-    rungs: list[str | None]
-    on_attempt: Callable[[Attempt], Any] | None
-    call_options: dict[str, Any]
-    attempts: list[Attempt] = field(default_factory=list)
-    index: int = 0
-    budget_note: str | None = None
+class RungCluster(Protocol):
+    """What the runner needs of a cluster (``tether.Cluster`` is one)."""
 
-    def attempt(self) -> Any:
+    name: str
+
+    def config(self) -> dict[str, Any]: ...
+
+    def derive(self, name: str, **fields: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    """One attempt: its number (0 = the first of this call), the rung and the cluster it runs on."""
+
+    number: int
+    rung: str | None
+    cluster: Any
+    started: float
+
+
+class Ladder:
+    """The rungs one call may climb from ``base_cluster`` (or from ``start`` rungs up, with ``start_cluster``:
+    where an earlier call of the same handle succeeded), and what happened on each."""
+
+    def __init__(self, policy: Escalation | dict[str, Any] | str | Sequence[str], base_cluster: Any, *,
+                 start: int = 0, start_cluster: Any = None,
+                 on_attempt: Callable[[Attempt], Any] | None = None) -> None:
+        self.policy = Escalation.coerce(policy)
+        self.base_cluster = base_cluster
+        self.rungs = self.policy.rungs_from(_instance_type(base_cluster))
+        self.start = min(max(start, 0), len(self.rungs) - 1)
+        self.start_cluster = start_cluster if start_cluster is not None and self.start else base_cluster
+        self.on_attempt = on_attempt
+        self.attempts: list[Attempt] = []
+        self.index = self.start
+        self.budget_note: str | None = None
+        self._call_started: dict[int, float] = {}
+        self._limit = min(len(self.rungs) - self.start, self.policy.max_attempts or len(self.rungs))
+
+    def next_step(self) -> Step:
+        """The next attempt's rung and cluster (call :meth:`failed` or :meth:`succeeded` after it)."""
+        number = self.index - self.start
         rung = self.rungs[self.index]
-        number = self.index
+        cluster = self.start_cluster if number == 0 else _rung_cluster(self.base_cluster, rung, self.policy)
         self.index += 1
-        started = time.time()
-        call_started: float | None = None
-        cluster = self.base_cluster if number == 0 else _rung_cluster(self.base_cluster, rung, self.policy)
-        try:
-            if getattr(self.function, "cluster", None) is not cluster:
-                cluster.up_if_not()
-                self.function.to(cluster, env=self.env)  # redeploys in place: later calls go to this rung
-            call_started = time.time()
-            value = self.function.call(self.args, self.kwargs, **self._options(number))
-        except BaseException as exc:
-            oom = classify_exception(exc)
-            escalates = isinstance(exc, Exception) and self.policy.escalates(exc)
-            outcome: Outcome = "error" if not escalates else "oom" if oom is not None else "escalated"
-            self._record(rung, cluster, outcome, started, call_started, exc, oom)
-            if escalates:
-                _shrink(cluster, self.policy.on_smaller)
-            raise
-        self._record(rung, cluster, "ok", started, call_started, None, None)
-        return value
+        return Step(number=number, rung=rung, cluster=cluster, started=time.time())
 
-    def _options(self, number: int) -> dict[str, Any]:
-        """Call options for attempt ``number``: a given call id gets a per-rung suffix after the first."""
-        options = dict(self.call_options)
-        if options.get("call_id") and number > 0:
-            options["call_id"] = f"{options['call_id']}-oom{number}"
-        return options
+    def rung_index(self, step: Step) -> int:
+        """Where ``step`` stands on the whole ladder (what a later call may start from)."""
+        return self.start + step.number
 
-    def _record(self, rung: str | None, cluster: Any, outcome: Outcome, started: float,
-                call_started: float | None, exc: BaseException | None, oom: OutOfMemory | None) -> None:  # fmt: skip
+    @staticmethod
+    def call_id(base: str, step: Step) -> str:
+        """The call id of ``step``: the given one first, then ``<id>-oom<n>`` (each rung runs its own call)."""
+        return base if step.number == 0 else f"{base}-oom{step.number}"
+
+    def calling(self, step: Step) -> None:
+        """The target is up and deployed on ``step``'s cluster: the call itself starts now."""
+        self._call_started[step.number] = time.time()
+
+    def succeeded(self, step: Step) -> list[Attempt]:
+        self._record(step, "ok", None, None)
+        return self.attempts
+
+    def failed(self, step: Step, exc: BaseException) -> None:
+        """Record how ``step`` failed; return if the next rung may help, else raise (``exc`` itself, with the
+        attempts as a note, or :class:`OutOfMemory` listing them when the ladder or the budget ran out)."""
+        oom = classify_exception(exc)
+        escalates = isinstance(exc, Exception) and self.policy.escalates(exc)
+        outcome: Outcome = "error" if not escalates else "oom" if oom is not None else "escalated"
+        self._record(step, outcome, exc, oom)
+        if not escalates:
+            exc.add_note(_summary(self.attempts))
+            raise exc
+        _shrink(step.cluster, self.policy.on_smaller)
+        if len(self.attempts) < self._limit and self.index < len(self.rungs) and not self._over_budget():
+            return
+        if oom is None:  # a non-OOM type the policy escalates on: the last one is raised as it is
+            exc.add_note(_summary(self.attempts))
+            raise exc
+        raise self._exhausted(exc) from exc
+
+    # -- bookkeeping ------------------------------------------------------------------------------------------------
+    def _record(self, step: Step, outcome: Outcome, exc: BaseException | None, oom: OutOfMemory | None) -> None:
         ended = time.time()
-        price = _price(cluster, rung, self.policy)
+        price = _price(step.cluster, step.rung, self.policy)
+        call_started = self._call_started.pop(step.number, None)
         attempt = Attempt(
-            instance_type=rung, outcome=outcome, seconds=round(ended - started, 4),
-            est_cost=None if price is None else round(price * (ended - started) / 3600, 6),
-            cluster=getattr(cluster, "name", None), price_per_hour=price,
+            instance_type=step.rung, outcome=outcome, seconds=round(ended - step.started, 4),
+            est_cost=None if price is None else round(price * (ended - step.started) / 3600, 6),
+            cluster=getattr(step.cluster, "name", None), price_per_hour=price,
             call_seconds=None if call_started is None else round(ended - call_started, 4),
             error_type=None if exc is None else type(exc).__name__, error=None if exc is None else str(exc)[:500],
-            started_at=started, call_started_at=call_started, ended_at=ended,
+            started_at=step.started, call_started_at=call_started, ended_at=ended,
             details=dict(oom.details) if oom is not None else {},
         )  # fmt: skip
         attempt.details.pop("attempts", None)
         self.attempts.append(attempt)
-        log.info(
-            "escalation_attempt",
-            rung=rung,
-            outcome=outcome,
-            seconds=attempt.seconds,
-            est_cost=attempt.est_cost,
-        )
+        log.info("escalation_attempt", rung=step.rung, outcome=outcome, seconds=attempt.seconds,
+                 est_cost=attempt.est_cost)
         if self.on_attempt is not None:
             self.on_attempt(attempt)
 
     def spent(self) -> float:
         return sum(a.est_cost or 0.0 for a in self.attempts)
 
-    def over_budget(self, _state: Any = None) -> bool:
-        """tenacity stop: the next rung would push the call past ``max_cost``."""
+    def _over_budget(self) -> bool:
+        """Whether the next rung would push the call past ``max_cost``."""
         ceiling = self.policy.max_cost
         if ceiling is None or self.index >= len(self.rungs):
             return False
@@ -112,97 +146,94 @@ class _Run:
         last = self.attempts[-1].seconds if self.attempts else 0.0
         projected = self.spent() + price * last / 3600
         if projected > ceiling:
-            self.budget_note = f"the next rung {rung} would bring the call to about ${projected:.4f}, over max_cost ${ceiling}"
+            self.budget_note = (f"the next rung {rung} would bring the call to about ${projected:.4f}, "
+                                f"over max_cost ${ceiling}")
             return True
         return False
+
+    def _exhausted(self, exc: BaseException) -> OutOfMemory:
+        oom = classify_exception(exc)
+        details: dict[str, Any] = dict(oom.details) if oom is not None else {}
+        details["attempts"] = [a.model_dump(mode="json") for a in self.attempts]
+        details["spent"] = round(self.spent(), 6)
+        tried = ", ".join(str(a.instance_type) for a in self.attempts)
+        if self.budget_note:
+            why, hint = self.budget_note, "raise max_cost, or make the job fit a smaller rung"
+        elif self.index < len(self.rungs):
+            why, hint = "max_attempts reached", "raise max_attempts"
+        else:
+            why, hint = "no larger rung left", "add a larger instance type to the ladder, or reduce memory use"
+        return OutOfMemory(f"out of memory on every rung tried ({tried}): {why}", hint=hint, details=details)
+
+
+class ServiceHandle(Protocol):
+    """What :func:`run_with_escalation` needs of a service handle (``tether.Function`` is one)."""
+
+    cluster: Any
+
+    def with_cluster(self, cluster: Any, env: Any = None) -> Any: ...
+
+    def call(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, **options: Any) -> Any: ...
 
 
 def run_with_escalation(
     function: Any,
     args: Sequence[Any],
     kwargs: dict[str, Any],
-    policy: Escalation | dict[str, Any] | Sequence[str],
+    policy: Escalation | dict[str, Any] | str | Sequence[str],
     *,
     base_cluster: Any,
     env: Any = None,
     on_attempt: Callable[[Attempt], Any] | None = None,
     **call_options: Any,
 ) -> Any:
-    """Call ``function`` on ``base_cluster``; on OOM move up ``policy.ladder`` until it succeeds; the result.
+    """Call ``function`` (a ``tether.function`` handle) on ``base_cluster``; on OOM move up ``policy.ladder``
+    until it succeeds; returns the result.
 
-    Each rung is ``tether.cluster(name=<base>-<rung>, instance_type=rung)``; the function is redeployed there
-    in place with ``function.to(cluster, env=...)`` and called with ``function.call(args, kwargs,
-    **call_options)`` (``call_id``, ``on_log``). ``function.attempts`` lists every attempt. A non-escalating
-    error is re-raised as is; running out of rungs, attempts or budget raises :class:`OutOfMemory` whose
-    ``details["attempts"]`` lists them too.
+    Each rung is ``base_cluster.derive(name=<base>-<rung>, instance_type=rung)``; the function runs there as
+    ``function.with_cluster(cluster, env=env)`` (the handle passed in is left as it is) called with
+    ``.call(args, kwargs, **call_options)`` (``call_id``, ``on_log``). ``on_attempt`` gets every
+    :class:`Attempt`. A non-escalating error is re-raised as is; running out of rungs, attempts or budget raises
+    :class:`OutOfMemory` whose ``details["attempts"]`` lists them.
     """
-    import tether
-
-    pol = Escalation.coerce(policy)
-    if not hasattr(function, "call"):
-        function = tether.function(function)
-    base_type = _instance_type(base_cluster)
-    run = _Run(function=function, args=tuple(args), kwargs=dict(kwargs), policy=pol, base_cluster=base_cluster,
-               env=env if env is not None else getattr(function, "env", None), rungs=pol.rungs_from(base_type),
-               on_attempt=on_attempt, call_options={k: v for k, v in call_options.items() if v is not None})  # fmt: skip
-    with contextlib.suppress(AttributeError):
-        function.attempts = run.attempts
-    stops: list[stop_base] = [stop_after_attempt(min(len(run.rungs), pol.max_attempts or len(run.rungs)))]
-    if pol.max_cost is not None:
-        stops.append(_Stop(run.over_budget))
-    retrying = Retrying(
-        stop=stop_any(*stops), wait=wait_none(), reraise=True,
-        retry=retry_if_exception(lambda e: isinstance(e, Exception) and pol.escalates(e)),
-    )  # fmt: skip
-    try:
-        value = retrying(run.attempt)
-    except Exception as exc:
-        if not pol.escalates(exc) or classify_exception(exc) is None:
-            exc.add_note(_summary(run.attempts))  # not OOM (or a non-OOM type the policy escalates on)
-            raise
-        raise _exhausted(exc, run) from exc
-    return value
-
-
-class _Stop(stop_base):
-    def __init__(self, check: Callable[[Any], bool]) -> None:
-        self.check = check
-
-    def __call__(self, retry_state: Any) -> bool:
-        return self.check(retry_state)
-
-
-def _exhausted(exc: Exception, run: _Run) -> OutOfMemory:
-    oom = classify_exception(exc)
-    details: dict[str, Any] = dict(oom.details) if oom is not None else {}
-    details["attempts"] = [a.model_dump(mode="json") for a in run.attempts]
-    details["spent"] = round(run.spent(), 6)
-    tried = ", ".join(str(a.instance_type) for a in run.attempts)
-    if run.budget_note:
-        why, hint = run.budget_note, "raise max_cost, or make the job fit a smaller rung"
-    elif run.index < len(run.rungs):
-        why, hint = "max_attempts reached", "raise max_attempts"
-    else:
-        why, hint = "no larger rung left", "add a larger instance type to the ladder, or reduce memory use"
-    return OutOfMemory(f"out of memory on every rung tried ({tried}): {why}", hint=hint, details=details)
-
-
-def _summary(attempts: list[Attempt]) -> str:
-    return "tether escalation attempts: " + "; ".join(
-        f"{a.instance_type}: {a.outcome} after {a.seconds:.1f}s" for a in attempts
-    )
+    if not (hasattr(function, "with_cluster") and hasattr(function, "call")):
+        raise ConfigError(f"{function!r} is not a tether service handle",
+                          hint="pass tether.function(fn) (deployed or not); the runner deploys it on each rung")
+    ladder = Ladder(policy, base_cluster, on_attempt=on_attempt)
+    options = {k: v for k, v in call_options.items() if v is not None}
+    while True:
+        step = ladder.next_step()
+        try:
+            target = function
+            if getattr(function, "cluster", None) is not step.cluster or getattr(function, "spec", None) is None:
+                step.cluster.up_if_not()
+                target = function.with_cluster(step.cluster, env=env)
+            ladder.calling(step)
+            step_options = dict(options)
+            if "call_id" in step_options:
+                step_options["call_id"] = ladder.call_id(step_options["call_id"], step)
+            value = target.call(tuple(args), dict(kwargs), **step_options)
+        except BaseException as exc:
+            ladder.failed(step, exc)
+            continue
+        ladder.succeeded(step)
+        return value
 
 
 def _rung_cluster(base: Any, rung: str | None, policy: Escalation) -> Any:
-    import tether
-
     config = base.config() if hasattr(base, "config") else {}
     kw = {k: config[k] for k in _INHERITED if config.get(k) is not None}
     if policy.provider is not None:
         kw["provider"] = policy.provider
     base_name = getattr(base, "name", None) or config.get("name") or "tether"
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(rung)).strip("-").lower()
-    return tether.cluster(name=f"{base_name}-{slug}"[:128], instance_type=rung, **kw)
+    return base.derive(f"{base_name}-{slug}"[:128], instance_type=rung, **kw)
+
+
+def _summary(attempts: list[Attempt]) -> str:
+    return "tether escalation attempts: " + "; ".join(
+        f"{a.instance_type}: {a.outcome} after {a.seconds:.1f}s" for a in attempts
+    )
 
 
 def _shrink(cluster: Any, on_smaller: OnSmaller) -> None:
@@ -246,8 +277,6 @@ def _catalog_price(rung: str | None) -> float | None:
     if not rung or rung.lower().startswith("local"):
         return None
     try:
-        from tether.compute import catalog
-
         acc, count = _split_accelerator(rung)
         prices = [
             o.price for o in catalog.offerings(accelerator=acc) if o.accelerator_count == count and o.price

@@ -71,7 +71,7 @@ def test_a_call_whose_link_drops_mid_call_resumes_under_its_call_id(proxied: Any
         if api == "sync":
             outcome["value"] = fn.call((str(tmp_path),), on_log=on_log)
         else:
-            outcome["value"] = asyncio.run(fn._call_async(None, (str(tmp_path),), {}, on_log=on_log))
+            outcome["value"] = asyncio.run(fn.with_options(on_log=on_log).remote_async(str(tmp_path)))
 
     caller = threading.Thread(target=run)
     caller.start()

@@ -35,3 +35,15 @@ def cuda_oom_below(mib: int) -> str:
     if limit < mib * 2**20:
         raise RuntimeError(TORCH_CUDA_OOM)
     return f"fits in {limit // 2**20} MiB"
+
+
+def allocate_then_count(mib: int, n: int = 3):  # noqa: ANN201 - a generator service
+    """Allocate ``mib`` MiB before the first item (so an OOM comes before anything streamed), then yield."""
+    data = b"\x01" * (mib * 2**20)
+    for i in range(n):
+        yield i, len(data) // 2**20
+
+
+async def aallocate(mib: int) -> dict[str, int]:
+    """:func:`allocate` as a coroutine function (the daemon runs it on the worker's loop)."""
+    return allocate(mib)

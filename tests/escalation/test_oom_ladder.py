@@ -32,35 +32,42 @@ def _cluster(rung: str) -> tether.Cluster:
 def test_real_oom_on_the_first_rung_reruns_on_the_second(esc_home: Path) -> None:
     base = _cluster("local:256MB").up_if_not()
     daemon_pid = base.handle.pid
-    fn = tether.function(oom_jobs.allocate).to(base, on_oom=Escalation(ladder=LADDER))
+    seen: list[tether.escalation.Attempt] = []
+    fn = tether.function(oom_jobs.allocate).to(base, on_oom=Escalation(ladder=LADDER)).with_options(
+        on_attempt=seen.append)
     small = fn(8)  # fits: no escalation, and tells us the small worker's pid
-    assert [a.outcome for a in fn.attempts] == ["ok"]
+    assert [a.outcome for a in seen] == ["ok"]
 
+    seen.clear()
     out = fn(600)
 
     assert out["mib"] == 600 and out["pid"] != small["pid"]
-    assert [(a.instance_type, a.outcome) for a in fn.attempts] == [
+    assert [(a.instance_type, a.outcome) for a in seen] == [
         ("local:256MB", "oom"),
         ("local:1GB", "ok"),
     ]
-    first = fn.attempts[0]
+    first = seen[0]
     assert first.error_type == "OutOfMemory" and first.details["kind"] == "host"
-    assert first.seconds > 0 and first.est_cost == 0.0 and first.ended_at <= fn.attempts[1].started_at
+    assert first.seconds > 0 and first.est_cost == 0.0 and first.ended_at <= seen[1].started_at
     # the smaller rung is gone: daemon and worker processes, and the backend reports it down
     assert not _alive(small["pid"]) and daemon_pid is not None and not _alive(daemon_pid)
     assert base.status() == "down"
-    # later calls go straight to the rung that worked
-    assert fn.cluster.spec.instance_type == "local:1GB"
+    # later calls go straight to the rung that worked; the handle itself still names the cluster it was made for
+    assert fn.current_cluster is not None and fn.current_cluster.spec.instance_type == "local:1GB"
+    assert fn.cluster is base
+    seen.clear()
     assert fn(600)["pid"] == out["pid"]
-    assert [a.outcome for a in fn.attempts] == ["ok"]
+    assert [(a.instance_type, a.outcome) for a in seen] == [("local:1GB", "ok")]
 
 
 def test_a_non_oom_error_does_not_escalate(esc_home: Path) -> None:
     base = _cluster("local:256MB").up_if_not()
-    fn = tether.function(oom_jobs.fail).to(base, on_oom=Escalation(ladder=LADDER))
+    seen: list[tether.escalation.Attempt] = []
+    fn = tether.function(oom_jobs.fail).to(base, on_oom=Escalation(ladder=LADDER)).with_options(
+        on_attempt=seen.append)
     with pytest.raises(ValueError, match="not memory"):
         fn("not memory")
-    assert [(a.instance_type, a.outcome, a.error_type) for a in fn.attempts] == [
+    assert [(a.instance_type, a.outcome, a.error_type) for a in seen] == [
         ("local:256MB", "error", "ValueError")
     ]
     assert base.status() == "up", "a cluster that did not run out of memory is left alone"
@@ -70,6 +77,7 @@ def test_a_non_oom_error_does_not_escalate(esc_home: Path) -> None:
 def test_the_last_rung_failing_raises_out_of_memory_with_every_attempt(esc_home: Path) -> None:
     base = _cluster("local:128MB").up_if_not()
     fn = tether.function(oom_jobs.allocate).to(base, on_oom=Escalation(ladder=["local:128MB", "local:256MB"]))
+    last_rung = tether.cluster(name=f"{base.name}-local-256mb", instance_type="local:256MB")
     with pytest.raises(tether.OutOfMemory) as info:
         fn(600)
     attempts = info.value.details["attempts"]
@@ -78,17 +86,17 @@ def test_the_last_rung_failing_raises_out_of_memory_with_every_attempt(esc_home:
         ("local:256MB", "oom"),
     ]
     assert "no larger rung" in info.value.message
-    assert [a.instance_type for a in fn.attempts] == ["local:128MB", "local:256MB"]
-    assert base.status() == "down" and fn.cluster.status() == "down", "on_smaller='down' leaves no zombie"
+    assert base.status() == "down" and last_rung.status() == "down", "on_smaller='down' leaves no zombie"
 
 
 def test_pytorch_cuda_oom_raised_by_remote_code_escalates(esc_home: Path) -> None:
     base = _cluster("local:256MB").up_if_not()
+    seen: list[tether.escalation.Attempt] = []
     fn = tether.function(oom_jobs.cuda_oom_below).to(
         base, on_oom=Escalation(ladder=LADDER, on_smaller="keep")
-    )
+    ).with_options(on_attempt=seen.append)
     assert fn(512) == "fits in 1024 MiB"
-    first = fn.attempts[0]
+    first = seen[0]
     assert (first.outcome, first.details["pattern"], first.details["kind"]) == (
         "oom",
         "torch_cuda_oom",
@@ -102,9 +110,10 @@ def test_max_attempts_and_the_cost_ceiling_stop_early(esc_home: Path) -> None:
     base = _cluster("local:256MB").up_if_not()
     fn = tether.function(oom_jobs.cuda_oom_below).to(base)
     capped = Escalation(ladder=LADDER, max_attempts=1)
+    tried: list[tether.escalation.Attempt] = []
     with pytest.raises(tether.OutOfMemory, match="max_attempts"):
-        run_with_escalation(fn, (2048,), {}, capped, base_cluster=base)
-    assert len(fn.attempts) == 1
+        run_with_escalation(fn, (2048,), {}, capped, base_cluster=base, on_attempt=tried.append)
+    assert len(tried) == 1
 
     base = _cluster("local:256MB").up_if_not()
     # nominal prices for the free local rungs: $1/s on the first, $1000/s on the next
@@ -121,8 +130,10 @@ def test_max_attempts_and_the_cost_ceiling_stop_early(esc_home: Path) -> None:
 def test_a_plain_function_and_json_policy_work_as_orchestrators_pass_them(esc_home: Path) -> None:
     policy_json = Escalation(ladder=LADDER).model_dump_json()  # what an Airflow/Prefect/Dagster param carries
     base = _cluster("local:256MB")
-    out = run_with_escalation(oom_jobs.allocate, (600,), {}, policy_json, base_cluster=base)
+    out = run_with_escalation(tether.function(oom_jobs.allocate), (600,), {}, policy_json, base_cluster=base)
     assert out["mib"] == 600 and os.getpid() != out["pid"]
+    with pytest.raises(tether.ConfigError, match="not a tether service handle"):  # a bare callable: say how
+        run_with_escalation(oom_jobs.allocate, (1,), {}, policy_json, base_cluster=base)
 
 
 def test_the_oom_ladder_example_runs(esc_home: Path) -> None:
@@ -160,8 +171,10 @@ def test_the_rlimit_fallback_escalates_on_memory_error(
 ) -> None:
     monkeypatch.setenv("TETHER_MEMORY_LIMIT_MODE", "rlimit")  # as on a machine without a writable cgroup
     base = _cluster("local:256MB").up_if_not()
-    fn = tether.function(oom_jobs.allocate).to(base, on_oom=Escalation(ladder=LADDER))
+    seen: list[tether.escalation.Attempt] = []
+    fn = tether.function(oom_jobs.allocate).to(base, on_oom=Escalation(ladder=LADDER)).with_options(
+        on_attempt=seen.append)
     assert fn(600)["mib"] == 600
-    first = fn.attempts[0]
+    first = seen[0]
     assert (first.outcome, first.details["pattern"], first.details["kind"]) == ("oom", "MemoryError", "host")
-    assert [a.instance_type for a in fn.attempts] == ["local:256MB", "local:1GB"]
+    assert [a.instance_type for a in seen] == ["local:256MB", "local:1GB"]

@@ -1,0 +1,322 @@
+"""One call of a service, and the recovery policy every kind of call shares.
+
+An :class:`Invocation` holds what belongs to one call and not to the handle it was made from: the call id,
+who calls, whether a big result may come back in a slab of ours, the log sink, and the escalation attempts.
+Sync, async, streaming and spawned calls all go through it, so they recover the same way:
+
+- the daemon lost the service (``NotFound`` whose ``details["missing_service"]`` names it: torn down, or a
+  fresh daemon): deploy it again, once, and send the call again under the same id;
+- nothing answers (``ClusterUnavailable`` with ``details["unreachable"]``: e.g. autostopped): relaunch the
+  cluster from its spec, once, and send the call again;
+- out of memory with an ``on_oom`` policy: the next rung of the ladder (see :mod:`tether.escalation`);
+- the caller is interrupted while it waits (Ctrl-C, an orchestrator's timeout or kill: any exception that is
+  not an ``Exception``): the remote call is cancelled, unless ``cancel_on_interrupt=False``;
+- a call of a saved version is recorded in the registry's usage table, whatever its outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from tether.api.calls import CallHandle
+from tether.api.records import record_call
+from tether.client import LogSink
+from tether.client.loop import background_loop, run_sync
+from tether.errors import ClusterUnavailable, NotFound
+from tether.escalation import Attempt
+
+if TYPE_CHECKING:
+    from tether.api.services import _Service
+
+__all__ = ["Invocation", "new_call_id"]
+
+CANCEL_TIMEOUT = 5.0
+
+
+def new_call_id() -> str:
+    return os.urandom(16).hex()  # as unique as uuid4().hex, a few µs cheaper per call
+
+
+class Invocation:
+    """One call of ``service.method(*args, **kwargs)``; run it once with one of the ``run_*`` / ``stream_*`` /
+    :meth:`spawn` methods."""
+
+    __slots__ = ("args", "attempts", "call_id", "kwargs", "lend", "method", "on_log", "service", "_recovered")
+
+    def __init__(self, service: _Service, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
+                 call_id: str | None = None, on_log: LogSink | None = None) -> None:
+        self.service = service
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.lend = call_id is None  # an id nobody else knows: a big result may come back in a slab of ours
+        self.call_id = call_id or new_call_id()
+        self.on_log = on_log if on_log is not None else service.options.on_log
+        self.attempts: list[Attempt] = []
+        self._recovered: set[str] = set()
+
+    # -- the recovery policy, once ----------------------------------------------------------------------------------
+    def _recover(self, exc: BaseException) -> bool:
+        """After ``exc``, make the call sendable again (redeploy or relaunch, each at most once); whether it is."""
+        svc = self.service
+        if isinstance(exc, NotFound):
+            if "deploy" in self._recovered or not svc.name or exc.details.get("missing_service") != svc.name:
+                return False
+            self._recovered.add("deploy")
+            svc._redeploy_spec()
+            return True
+        if isinstance(exc, ClusterUnavailable) and exc.details.get("unreachable"):
+            if "launch" in self._recovered or not svc._relaunch():
+                return False
+            self._recovered.add("launch")
+            return True
+        return False
+
+    def _record(self, started: float, outcome: str) -> None:
+        svc = self.service
+        if svc.spec is not None and svc.spec.version is not None:
+            record_call(svc, call_id=self.call_id, method=self.method, seconds=time.perf_counter() - started,
+                        outcome=outcome)
+
+    def _cancels(self, exc: BaseException) -> bool:
+        return not isinstance(exc, Exception) and self.service.options.cancel_on_interrupt
+
+    def cancel_quietly(self) -> None:
+        """Cancel the remote call, ignoring every failure (the caller is already on its way out)."""
+        cluster = self.service.cluster
+        if cluster is None or cluster._handle is None:
+            return
+        with contextlib.suppress(Exception):
+            run_sync(cluster.client.request("POST", f"/calls/{self.call_id}/cancel", timeout=CANCEL_TIMEOUT),
+                     timeout=CANCEL_TIMEOUT)
+
+    async def cancel_quietly_async(self) -> None:
+        cluster = self.service.cluster
+        if cluster is None or cluster._handle is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(cluster.client.request(
+                "POST", f"/calls/{self.call_id}/cancel", timeout=CANCEL_TIMEOUT)), CANCEL_TIMEOUT)
+
+    # -- one attempt on the handle's cluster ----------------------------------------------------------------------
+    def run_sync(self) -> Any:
+        """Run the call to its end (escalating on OOM when the handle has an ``on_oom`` policy)."""
+        if self.service.options.on_oom is not None:
+            return self._escalate(lambda inv: inv.run_sync_once())
+        return self.run_sync_once()
+
+    def run_sync_once(self) -> Any:
+        svc = self.service
+        cluster = svc._ensure_deployed()
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            while True:
+                try:
+                    return cluster.client.call_sync(svc.name or "", self.method, self.args, self.kwargs,
+                                                    call_id=self.call_id, on_log=self.on_log,
+                                                    caller=svc.options.caller, lend=self.lend)
+                except Exception as exc:
+                    if not self._recover(exc):
+                        raise
+                    cluster = svc._ensure_deployed()
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            if self._cancels(exc):
+                self.cancel_quietly()
+            raise
+        finally:
+            self._record(started, outcome)
+
+    async def run_async(self) -> Any:
+        """:meth:`run_sync` for an async caller (bring-up, redeploys and escalation run in a thread)."""
+        if self.service.options.on_oom is not None:
+            return await asyncio.to_thread(self._escalate, lambda inv: inv.run_sync_once())
+        svc = self.service
+        cluster = await asyncio.to_thread(svc._ensure_deployed) if svc._needs_preparing() else svc.cluster
+        assert cluster is not None
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            while True:
+                try:
+                    return await cluster.client.call(svc.name or "", self.method, self.args, self.kwargs,
+                                                     call_id=self.call_id, on_log=self.on_log,
+                                                     caller=svc.options.caller, lend=self.lend)
+                except Exception as exc:
+                    if not await asyncio.to_thread(self._recover, exc):
+                        raise
+                    cluster = await asyncio.to_thread(svc._ensure_deployed)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            if self._cancels(exc):
+                await self.cancel_quietly_async()
+            raise
+        finally:
+            self._record(started, outcome)
+
+    async def stream_async(self) -> AsyncGenerator[Any, None]:
+        """A remote generator's items as they come. Recovery and escalation apply until the first item arrives;
+        closing the iterator early cancels the remote generator (unless ``cancel_on_interrupt=False``)."""
+        policy = self.service.options.on_oom
+        if policy is None:
+            async with contextlib.aclosing(self._stream_once()) as once:
+                async for item in once:
+                    yield item
+            return
+        ladder = await asyncio.to_thread(self.service._ladder)
+        while True:
+            step = await asyncio.to_thread(ladder.next_step)
+            target = await asyncio.to_thread(self.service._on_rung, step)
+            inv = Invocation(target, self.method, self.args, self.kwargs, call_id=ladder.call_id(self.call_id, step),
+                             on_log=self.on_log)
+            self.attempts = ladder.attempts
+            ladder.calling(step)
+            yielded = False
+            try:
+                async with contextlib.aclosing(inv._stream_once()) as once:
+                    async for item in once:
+                        yielded = True
+                        yield item
+            except Exception as exc:
+                if yielded:
+                    raise
+                await asyncio.to_thread(ladder.failed, step, exc)  # raises unless the next rung may help
+                continue
+            ladder.succeeded(step)
+            self.service._remember(ladder, step, target)
+            return
+
+    async def _stream_once(self) -> AsyncGenerator[Any, None]:
+        svc = self.service
+        cluster = await asyncio.to_thread(svc._ensure_deployed) if svc._needs_preparing() else svc.cluster
+        assert cluster is not None
+        started, outcome, yielded = time.perf_counter(), "ok", False
+        try:
+            while True:
+                try:
+                    async with contextlib.aclosing(cluster.client.stream(
+                            svc.name or "", self.method, self.args, self.kwargs, call_id=self.call_id,
+                            on_log=self.on_log, caller=svc.options.caller)) as items:
+                        async for item in items:
+                            yielded = True
+                            yield item
+                    return
+                except Exception as exc:
+                    if yielded or not await asyncio.to_thread(self._recover, exc):
+                        raise
+                    cluster = await asyncio.to_thread(svc._ensure_deployed)
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            if self._cancels(exc):
+                await self.cancel_quietly_async()
+            raise
+        finally:
+            self._record(started, outcome)
+
+    def stream_sync(self) -> Iterator[Any]:
+        """:meth:`stream_async` for a sync caller (the stream runs on the background loop). Closing this
+        iterator early, or an interrupt while it waits, closes the stream there at once (and so cancels it)."""
+        loop = background_loop()
+        items = self.stream_async()
+        try:
+            while True:
+                step: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(items.__anext__(), loop)
+                try:
+                    yield step.result()
+                except StopAsyncIteration:
+                    return
+                except BaseException:
+                    step.cancel()  # interrupted while waiting: the stream sees CancelledError (and cancels)
+                    raise
+        finally:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(_close(items), loop).result(CANCEL_TIMEOUT + 5)
+
+    def spawn(self) -> CallHandle:
+        """Start the call and return its handle once the daemon knows it (cancel and re-attach work from
+        anywhere then). The call runs to its end whatever the spawning caller does; with an ``on_oom`` policy
+        the handle's result is the escalated one and ``handle.attempts`` lists the rungs tried."""
+        svc = self.service
+        cluster = self._probe()
+        self.lend = False  # a spawned call's id is shown: its result must stay fetchable by anyone holding it
+        future: concurrent.futures.Future[Any]
+        if svc.options.on_oom is not None:
+            future = _SPAWNED.submit(self._escalate, _run_detached)
+        else:
+            future = asyncio.run_coroutine_threadsafe(_run_detached_async(self), background_loop())
+        return CallHandle(cluster.client, self.call_id, future, self.on_log, attempts=self.attempts,
+                          cluster=cluster).wait_started()
+
+    def _probe(self) -> Any:
+        """Before a spawn: make sure the daemon answers and holds the service (relaunch or redeploy as a call
+        would), so the spawned call starts at once and its handle can see it."""
+        svc = self.service
+        cluster = svc._ensure_deployed()
+        try:
+            names = {r["name"] for r in cluster.ls()}
+        except ClusterUnavailable:
+            if "launch" in self._recovered or not svc._relaunch():
+                raise
+            self._recovered.add("launch")
+            cluster = svc._ensure_deployed()
+            names = {r["name"] for r in cluster.ls()}
+        if svc.name not in names and "deploy" not in self._recovered:
+            self._recovered.add("deploy")
+            svc._redeploy_spec()
+        return cluster
+
+    # -- escalation -------------------------------------------------------------------------------------------------
+    def _escalate(self, once: Callable[[Invocation], Any]) -> Any:
+        """Run ``once`` on the rungs of the handle's ladder until one succeeds (blocking)."""
+        ladder = self.service._ladder()
+        self.attempts = ladder.attempts
+        while True:
+            step = ladder.next_step()
+            target = self.service._on_rung(step)
+            inv = Invocation(target, self.method, self.args, self.kwargs, call_id=ladder.call_id(self.call_id, step),
+                             on_log=self.on_log)
+            inv.lend = self.lend
+            ladder.calling(step)
+            try:
+                value = once(inv)
+            except BaseException as exc:
+                ladder.failed(step, exc)  # raises unless the next rung may help
+                continue
+            ladder.succeeded(step)
+            self.service._remember(ladder, step, target)
+            return value
+
+
+async def _close(items: AsyncGenerator[Any, None]) -> None:
+    """Close an async generator once it is not running (an interrupted step may still be finishing)."""
+    while getattr(items, "ag_running", False):
+        await asyncio.sleep(0.005)
+    await items.aclose()
+
+
+_SPAWNED = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="tether-spawn")
+
+
+def _run_detached(inv: Invocation) -> Any:
+    """One rung of a spawned escalating call: it outlives whoever spawned it, so nothing cancels it remotely."""
+    return run_sync(_run_detached_async(inv))
+
+
+async def _run_detached_async(inv: Invocation) -> Any:
+    """A spawned call's coroutine: it outlives whoever spawned it, so nothing here cancels it remotely."""
+    svc = inv.service
+    cluster = svc.cluster
+    assert cluster is not None
+    while True:
+        try:
+            return await cluster.client.call(svc.name or "", inv.method, inv.args, inv.kwargs, call_id=inv.call_id,
+                                             on_log=inv.on_log, caller=svc.options.caller)
+        except Exception as exc:
+            if not await asyncio.to_thread(inv._recover, exc):
+                raise
+            cluster = await asyncio.to_thread(svc._ensure_deployed)

@@ -1,0 +1,49 @@
+"""The API's one edge to the registry for writing: save a resource's config as a version, freeze a version's
+code, record a call of a saved service. (Reading saved resources by name is :mod:`tether.api.loading`.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tether.api.codesync import python_files
+from tether.home import tether_home
+from tether.registry import CallRecord, get_registry
+
+__all__ = ["record_call", "save_resource", "snapshot_code"]
+
+
+def save_resource(name: str, config: dict[str, Any], *, code_hash: str | None = None) -> Any:
+    """Save ``config`` as a new version of ``name``; returns the registry's version record."""
+    return get_registry().save(name, config, code_hash=code_hash)
+
+
+def snapshot_code(root: Path, code_hash: str) -> Path:
+    """A content-addressed copy of the Python files under ``root`` in ``$TETHER_HOME/code/`` (kept per version)."""
+    dest = tether_home() / "code" / code_hash[:24]
+    if dest.is_dir():
+        return dest
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    for rel in python_files(root):
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def record_call(service: Any, *, call_id: str, method: str | None, seconds: float, outcome: str) -> None:
+    """Record one call of a saved service (non-blocking: the registry batches writes)."""
+    handle = service.cluster._handle if service.cluster is not None else None
+    record = CallRecord(
+        service=service.registry_name or service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
+        outcome=outcome, run_id=service.caller or os.environ.get("TETHER_RUN_ID"),
+        instance_type=getattr(handle, "instance_type", None),
+    )
+    get_registry().record_call(record)
