@@ -119,6 +119,24 @@ class ClusterSpec(_Spec):
     def _hosts(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("ssh_creds", mode="before")
+    @classmethod
+    def _creds(cls, v: Any) -> Any:
+        """Runhouse's spellings (``ssh_user``, ``ssh_private_key``, ``ssh_port``) mean ours; any other key is
+        refused here, when the cluster is described, not at the first connection."""
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, Any] = {}
+        for key, value in v.items():
+            name = _SSH_CRED_ALIASES.get(key, key)
+            if name not in _SSH_CRED_KEYS:
+                raise ValueError(f"unknown ssh_creds key {key!r}: use {', '.join(sorted(_SSH_CRED_KEYS))} "
+                                 f"(or Runhouse's {', '.join(sorted(_SSH_CRED_ALIASES))})")
+            if name in out:
+                raise ValueError(f"ssh_creds gives {name!r} twice (as {key!r} too)")
+            out[name] = str(value)
+        return out
+
     @model_validator(mode="after")
     def _derive_backend(self) -> ClusterSpec:
         if self.backend is None:
@@ -131,6 +149,10 @@ class ClusterSpec(_Spec):
             else:
                 self.backend = "sky"
         return self
+
+
+_SSH_CRED_KEYS = frozenset({"user", "key", "port", "connect_timeout"})
+_SSH_CRED_ALIASES = {"ssh_user": "user", "ssh_private_key": "key", "ssh_port": "port", "private_key": "key"}
 
 
 class CodeRef(_Spec):

@@ -18,6 +18,7 @@ from typing import Any
 
 from tether.daemon import protocol as p
 from tether.daemon import slabs
+from tether.protocol.states import CallState
 
 FINAL = (p.RESULT, p.ERROR)
 GRACE_SECONDS = 1.0  # a file handed to a same-host client outlives its call this long, for the client to open it
@@ -52,13 +53,13 @@ class Call:
         return self.finished is not None
 
     @property
-    def state(self) -> str:
+    def state(self) -> CallState:
         if not self.done:
-            return "running"
+            return CallState.RUNNING
         kind, meta, _ = self.frames[-1]
         if kind == p.RESULT:
-            return "succeeded"
-        return "cancelled" if meta.get("error", {}).get("type") == "CallCancelled" else "failed"
+            return CallState.SUCCEEDED
+        return CallState.CANCELLED if meta.get("error", {}).get("type") == "CallCancelled" else CallState.FAILED
 
     def add(self, kind: int, meta: dict[str, Any], body: bytes) -> None:
         """Record a frame from the worker and wake whoever waits for one."""

@@ -11,6 +11,7 @@ from tether.api.clusters import Cluster, new_cluster
 from tether.client import AsyncClient, LogSink, default_log_sink
 from tether.client.loop import background_loop, run_sync
 from tether.errors import CallTimeout, ClusterUnavailable, NotFound
+from tether.protocol.states import CallState
 
 __all__ = ["CallHandle", "call"]
 
@@ -51,11 +52,11 @@ class CallHandle:
         return await self.client.call("", None, (), {}, call_id=self.call_id, on_log=self._on_log, attach=True)
 
     def status(self) -> dict[str, Any]:
-        """``{"state": "running" | "succeeded" | "failed" | "cancelled", ...}``."""
+        """``{"state": ..., ...}``: the state is a :class:`~tether.protocol.CallState` value."""
         return dict(run_sync(self.client.request("GET", f"/calls/{self.call_id}", params={"wait": "0"})))
 
     def done(self) -> bool:
-        return self.status()["state"] != "running"
+        return CallState(self.status()["state"]).finished
 
     def cancel(self) -> None:
         """Cancel the remote call (a no-op when it already finished)."""

@@ -69,6 +69,9 @@ def cluster(name: str | None = None, *, instance_type: str | None = None, provid
 
 def function(fn: Callable[..., Any] | None = None, *, name: str | None = None) -> Function:
     """Wrap ``fn`` to deploy it (``.to(cluster)``), or load a saved service: ``tether.function(name="embed")``."""
+    if isinstance(fn, str):
+        raise ConfigError(f"tether.function({fn!r}) got a string, not a function",
+                          hint=f"load a saved service with tether.function(name={fn!r}), or pass the function itself")
     if fn is None:
         if not name:
             raise ConfigError("pass a function or name=")
@@ -81,6 +84,9 @@ def function(fn: Callable[..., Any] | None = None, *, name: str | None = None) -
 
 def module(cls: Any = None, *, name: str | None = None) -> Any:
     """Wrap a class to deploy it, or load a saved class/instance by name."""
+    if isinstance(cls, str):
+        raise ConfigError(f"tether.module({cls!r}) got a string, not a class",
+                          hint=f"load a saved class or instance with tether.module(name={cls!r})")
     if cls is None:
         if not name:
             raise ConfigError("pass a class or name=")

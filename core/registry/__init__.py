@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from tether.home import tether_home
 from tether.registry.client import Registry
 from tether.registry.configs import register_validator
 from tether.registry.models import ACCESS_LEVELS, KINDS, CallRecord, Grant, ServiceEntry, UsageRow, Version
@@ -47,11 +48,6 @@ __all__ = [
 
 _CACHE: dict[tuple[Any, ...], Registry] = {}
 _LOCK = threading.Lock()
-
-
-def tether_home() -> Path:
-    """``TETHER_HOME`` or ``~/.tether``."""
-    return Path(os.environ.get("TETHER_HOME") or "~/.tether").expanduser()
 
 
 def open_registry(

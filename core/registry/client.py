@@ -13,10 +13,10 @@ from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Ve
 from tether.registry.names import Ref, current_user, parse_ref
 from tether.registry.usage import CallWriter
 
-__all__ = ["Backend", "Registry"]
+__all__ = ["RegistryBackend", "Registry"]
 
 
-class Backend(Protocol):
+class RegistryBackend(Protocol):
     """What a registry needs from storage: :class:`~tether.registry.store.Store` or the HTTP client."""
 
     def save(self, ref: Ref, config: dict[str, Any], *, by: str, code_hash: str | None = None) -> Version: ...
@@ -42,7 +42,7 @@ class Registry:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: RegistryBackend,
         *,
         where: str,
         user: str | None = None,
