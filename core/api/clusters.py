@@ -105,6 +105,20 @@ class Cluster:
             self._handle = handle
         return self
 
+    def refresh(self) -> bool:
+        """Adopt the daemon another process (re)started for this cluster, with its new endpoint and token:
+        re-read the backend's state; whether anything changed (and this object now talks to that daemon)."""
+        current = getattr(self.backend, "handle", lambda spec: None)(self.spec)
+        if current is None:
+            return False
+        old = self._handle
+        if old is not None and (old.endpoint, old.token, old.tls_fingerprint, old.unix_socket, old.pid) == (
+                current.endpoint, current.token, current.tls_fingerprint, current.unix_socket, current.pid):
+            return False
+        self._handle = current
+        self._client = None
+        return True
+
     def sync(self, root: Path) -> str:
         """Copy a code tree to the cluster (cached per root for this process); returns its path there."""
         key = str(root)

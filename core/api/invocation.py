@@ -6,6 +6,8 @@ Sync, async, streaming and spawned calls all go through it, so they recover the 
 
 - the daemon lost the service (``NotFound`` whose ``details["missing_service"]`` names it: torn down, or a
   fresh daemon): deploy it again, once, and send the call again under the same id;
+- another process restarted the daemon (``AuthError``: a new token; or unreachable at the old address):
+  adopt its current address and token from the backend's state, once, and send the call again;
 - nothing answers (``ClusterUnavailable`` with ``details["unreachable"]``: e.g. autostopped): relaunch the
   cluster from its spec, once, and send the call again;
 - out of memory with an ``on_oom`` policy: the next rung of the ladder (see :mod:`tether.escalation`);
@@ -28,7 +30,7 @@ from tether.api.calls import CallHandle
 from tether.api.records import record_call
 from tether.client import LogSink
 from tether.client.loop import background_loop, run_sync
-from tether.errors import ClusterUnavailable, NotFound
+from tether.errors import AuthError, ClusterUnavailable, NotFound
 from tether.escalation import Attempt
 
 if TYPE_CHECKING:
@@ -70,6 +72,10 @@ class Invocation:
                 return False
             self._recovered.add("deploy")
             svc._redeploy_spec()
+            return True
+        stale = isinstance(exc, AuthError) or (isinstance(exc, ClusterUnavailable) and exc.details.get("unreachable"))
+        if stale and "refresh" not in self._recovered and svc.cluster is not None and svc.cluster.refresh():
+            self._recovered.add("refresh")  # another process restarted the daemon: its new address and token
             return True
         if isinstance(exc, ClusterUnavailable) and exc.details.get("unreachable"):
             if "launch" in self._recovered or not svc._relaunch():

@@ -235,3 +235,17 @@ def test_handles_are_immutable(cluster: tether.Cluster, tether_home: Path) -> No
         assert moved(1, 2) == deployed(1, 2) == 3
     finally:
         other.teardown()
+
+
+def test_a_handle_outlives_a_daemon_another_process_restarted(cluster: tether.Cluster) -> None:
+    """Another process (here: another Cluster object of the same name) brings the daemon back up with a new
+    token; calls through the handle made before adopt the new daemon instead of failing with AuthError."""
+    fn = tether.function(svc.add).to(cluster, name="adder")
+    assert fn(1, 2) == 3
+    old_token = cluster.token
+    _kill_daemon(cluster)
+    other = tether.cluster(name=cluster.name).up_if_not()
+    assert other.token != old_token
+    assert fn(2, 3) == 5
+    assert cluster.token == other.token
+    assert asyncio.run(fn.remote_async(3, 4)) == 7
