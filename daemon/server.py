@@ -34,6 +34,7 @@ from tether.errors import (
     TetherError,
     error_from_wire,
 )
+from tether.protocol.headers import PREFER, RESPOND_ASYNC, wants_async
 from tether.specs import ServiceSpec, validate_name
 
 log = structlog.get_logger("tether.daemon")
@@ -306,6 +307,11 @@ async def call(request: web.Request) -> web.StreamResponse:
         raise ConfigError("X-Tether-Call-Id is longer than 200 characters")
     shm = request.headers.get("X-Tether-Shm")
     lent = _lent_slabs(request, json_mode)
+    spawn = wants_async(request.headers.get(PREFER))
+    if spawn and lent:
+        raise ConfigError(f"a spawned call (Prefer: {RESPOND_ASYNC}) lends no slab: its caller does not wait for "
+                          "the worker to be done with it", hint="send the arguments in the body")
+    reply = _spawned if spawn else respond
     arg_file = _claim_arg_file(request, shm, json_mode) if shm is not None else None
     existing = d.calls.get(call_id)
     if existing is not None:
@@ -314,9 +320,9 @@ async def call(request: web.Request) -> web.StreamResponse:
         if existing.service != name or existing.method != method:
             raise ConfigError(f"call id {call_id!r} belongs to {existing.service}.{existing.method or '__call__'}",
                               hint="use a new call id for a different service")
-        return await respond(request, existing)
+        return await reply(request, existing)
     if arg_file is not None or "_lent" in lent:
-        return await respond(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file, lent))
+        return await reply(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file, lent))
     body = await request.read()
     if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
@@ -325,7 +331,14 @@ async def call(request: web.Request) -> web.StreamResponse:
             json.loads(body)
         except ValueError as exc:
             raise SerializationError(f"the body is neither cloudpickle ({PICKLE}) nor JSON: {exc}") from None
-    return await respond(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent))
+    return await reply(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent))
+
+
+async def _spawned(request: web.Request, call: Call) -> web.Response:
+    """The answer to a spawn (``Prefer: respond-async``): the call is registered, here is its id and state.
+    Its frames are kept like any call's, for ``GET /calls/{id}``."""
+    return web.json_response(call.summary(), status=202,
+                             headers={"X-Tether-Call-Id": call.call_id, "Preference-Applied": RESPOND_ASYNC})
 
 
 def _lent_slabs(request: web.Request, json_mode: bool) -> dict[str, Any]:

@@ -1,11 +1,20 @@
-"""Talking to a daemon: the client, its transports (lean HTTP/1.1 sync and async, aiohttp for TLS), the
-outcome of a call's frames, same-host slabs, and the background event loop behind the sync API.
+"""Talking to a daemon: :class:`DaemonClient` (a typed method per route, calls with their retries) and its sync
+twin (``client.sync``), over one transport seam (blocking sockets, asyncio streams, aiohttp for TLS, an
+in-process :class:`MockTransport` for tests); the outcome of a call's frames, same-host slabs, the health probe
+and the background event loop behind the sync API.
 
 Depends only on ``tether.protocol``, ``tether.errors`` and ``tether.specs``.
 """
 
-from tether.client.daemon import AsyncClient
+from tether.client.daemon import AsyncClient, DaemonClient
+from tether.client.health import probe_health
+from tether.client.mock import MockRequest, MockResponse, MockTransport
 from tether.client.outcome import LogSink, default_log_sink
 from tether.client.sessions import close_all
+from tether.client.syncclient import SyncDaemonClient
+from tether.client.transport import Dropped, Unreachable, mount
 
-__all__ = ["AsyncClient", "LogSink", "close_all", "default_log_sink"]
+__all__ = [
+    "AsyncClient", "DaemonClient", "Dropped", "LogSink", "MockRequest", "MockResponse", "MockTransport",
+    "SyncDaemonClient", "Unreachable", "close_all", "default_log_sink", "mount", "probe_health",
+]

@@ -10,6 +10,7 @@ from typing import Any
 
 from tether.client import slabs
 from tether.client.payloads import load_file, loads, unpickle_error
+from tether.client.transport import Dropped, Unreachable
 from tether.errors import ClusterUnavailable, TetherError, error_from_wire
 from tether.protocol import frames as p
 
@@ -43,7 +44,8 @@ class Outcome:
     """Folds a call's frames into its outcome: logs to ``on_log``, items collected, the result or the error kept.
 
     Never raises while frames arrive (so the transport's error handling cannot mistake the remote error, or a
-    failing log sink, for a broken connection); :meth:`outcome` returns or raises at the end.
+    failing log sink, for a broken connection); :meth:`outcome` returns or raises at the end. A stream takes the
+    items from :attr:`items` as they come (:meth:`take_items`).
     """
 
     __slots__ = ("big_result", "done", "error", "failure", "final", "items", "lease", "on_log", "seen", "value")
@@ -110,6 +112,14 @@ class Outcome:
         except Exception as exc:
             raise unpickle_error(exc) from exc
 
+    def take_items(self) -> list[Any]:
+        """The items collected since the last time (a stream hands them out as they come)."""
+        items = self.items
+        if not items:
+            return []
+        self.items = []
+        return items
+
     def outcome(self, call_id: str) -> Any:
         if self.failure is not None:
             raise self.failure
@@ -121,20 +131,10 @@ class Outcome:
         return self.value
 
 
-def unavailable(exc: Dropped, call_id: str) -> ClusterUnavailable:
-    unreachable = isinstance(exc, Unreachable)
-    return ClusterUnavailable(
-        str(exc), hint="is the cluster up? cluster.up_if_not() relaunches it" if unreachable
-        else "the daemon may be down; re-attach with tether.call(call_id)",
-        details={"call_id": call_id, "unreachable": unreachable})
-
-
-class Dropped(Exception):
-    """The connection broke mid-call; retried with the same call id."""
-
-
-class Unreachable(Dropped):
-    """No connection could be made at all (the daemon is down or the address is wrong)."""
+def unavailable(exc: Dropped, call_id: str) -> Dropped:
+    """The link error of a call that could not be completed, naming the call (to re-attach to it)."""
+    exc.details["call_id"] = call_id
+    return exc
 
 
 def http_error(status: int, body: bytes) -> BaseException:

@@ -1,24 +1,38 @@
-"""The blocking HTTP/1.1 transport for sync callers: plain sockets, pooled keep-alive connections, no event loop.
+"""The blocking transport for sync callers: plain sockets (TCP, the local unix socket, or TLS pinned by the
+certificate's fingerprint), pooled keep-alive connections, no event loop; HTTP parsed by :mod:`tether.client.http11`.
 
-A sync call (``radd(1, 2)``) on a plain-HTTP daemon sends its request and reads its frames with blocking socket
-I/O on the calling thread: no loop iteration, task or future per call, and a thread waiting on the daemon holds
-no GIL. Idle connections are shared by all threads of the process. Any error closes the connection; callers see
-``ConnectionError`` / ``OSError`` / ``TimeoutError`` (``socket.timeout``).
+A sync call (``radd(1, 2)``) sends its request and reads its frames with blocking socket I/O on the calling
+thread: no loop iteration, task or future per call, and a thread waiting on the daemon holds no GIL. Idle
+connections are shared by all threads of the process and dropped in a forked child.
 """
 
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import socket
+import ssl
 import threading
-from collections.abc import Iterator
 from io import BufferedReader
+from urllib.parse import urlsplit
 
-from tether.client.wire import encode_head, parse_status_and_headers
-from tether.protocol.frames import CLIENT_HDR_SIZE, parse_client_header, split_client_frames
+from tether.client import http11
+from tether.client.transport import (
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    Dropped,
+    certificate_refused,
+    dropped,
+    fingerprint_mismatch,
+    is_certificate_error,
+    timed_out,
+    unreachable,
+)
+from tether.errors import AuthError
+from tether.protocol.frames import Frame
 
-__all__ = ["BlockingResponse", "close_pools", "request"]
+__all__ = ["BlockingResponse", "SyncTransport", "close_pools"]
 
 _MAX_IDLE = 64
 _pools: dict[tuple[str, str], list[_Conn]] = {}
@@ -40,137 +54,186 @@ class _Conn:
 
 
 class BlockingResponse:
-    """A response head plus its body, read as frames (``!BI`` kind + length, then the payload)."""
+    """A response of :class:`SyncTransport`: read it whole (:meth:`read`) or frame by frame (:meth:`next_frame`).
+    The connection goes back to the pool as soon as the body was read to its end."""
 
-    def __init__(self, status: int, headers: dict[str, str], conn: _Conn, key: tuple[str, str]) -> None:
+    __slots__ = ("_body", "_conn", "_transport", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], conn: _Conn, transport: SyncTransport) -> None:
         self.status = status
         self.headers = headers
-        self._conn = conn
-        self._key = key
-        self._done = False
-        length = headers.get("content-length")
-        self.length = int(length) if length is not None else None
-        if self.length is None and headers.get("transfer-encoding", "").lower() != "chunked":
-            conn.close()
-            raise ConnectionError("response with neither Content-Length nor chunked encoding")
+        self._conn: _Conn | None = conn
+        self._transport = transport
+        self._body = http11.BodyReader(headers)
+        if self._body.done:
+            self._finish()
+
+    def _more(self, framed: bool) -> None:
+        """Read the next piece of the body into :attr:`_body` (every failure closes the connection)."""
+        conn, body = self._conn, self._body
+        assert conn is not None
+        try:
+            n = body.want()
+            data = conn.file.read(n) if body.length is not None else conn.file.read1(n)
+            if not data or (body.length is not None and len(data) != n):
+                raise ConnectionResetError("the daemon closed the connection mid-response")
+            body.feed(data, framed)
+        except TimeoutError as exc:
+            self.close()
+            raise timed_out(self._transport.endpoint, conn.sock.gettimeout() or 0) from exc
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise dropped(self._transport.endpoint, exc) from exc
+        except BaseException:
+            self.close()
+            raise
+        if body.done:
+            self._finish()
 
     def read(self) -> bytes:
-        """The whole body (de-chunked)."""
-        if self.length is not None:
-            data = self._conn.file.read(self.length) if self.length else b""
-            if len(data) != self.length:
-                raise ConnectionError("the daemon closed the connection mid-response")
-            self._done = True
-            return data
-        return b"".join(self._chunks())
+        """The rest of the body."""
+        while not self._body.done:
+            self._more(False)
+        return self._body.take()
 
-    def _chunks(self) -> Iterator[bytes | memoryview]:
-        f = self._conn.file
-        while True:
-            line = f.readline(1024)
-            if not line.endswith(b"\r\n"):
-                raise ConnectionError("the daemon closed the connection mid-response")
-            size = int(line.split(b";", 1)[0], 16)
-            if size == 0:
-                f.readline(1024)  # the empty trailer line
-                self._done = True
-                return
-            data = f.read(size + 2)
-            if len(data) != size + 2:
-                raise ConnectionError("the daemon closed the connection mid-response")
-            yield memoryview(data)[:-2]
+    def next_frame(self) -> Frame | None:
+        """The body's next frame (heartbeats included), None at its end."""
+        body = self._body
+        while (frame := body.next_frame()) is None and not body.done:
+            self._more(True)
+        return frame
 
-    def frames(self) -> Iterator[tuple[int, bytes]]:
-        """The body's frames as they arrive."""
-        if self.length is not None:
-            yield from split_client_frames(self.read())
+    def _finish(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        size = CLIENT_HDR_SIZE
-        buf = bytearray()
-        for chunk in self._chunks():
-            buf += chunk
-            while len(buf) >= size:
-                kind, n = parse_client_header(buf[:size])
-                if len(buf) < size + n:
-                    break
-                payload = bytes(buf[size : size + n])
-                del buf[: size + n]
-                yield kind, payload
-        if buf:
-            raise ConnectionError("the response ended inside a frame")
-
-    def release(self) -> None:
-        """Return the connection to the pool when the body was read to its end, else close it."""
-        if self._done and self.headers.get("connection") != "close":
+        if self._body.reusable and self.headers.get("connection") != "close":
             with _pools_lock:
-                pool = _pools.setdefault(self._key, [])
+                pool = _pools.setdefault(self._transport.key, [])
                 if len(pool) < _MAX_IDLE:
-                    pool.append(self._conn)
+                    pool.append(conn)
                     return
-        self._conn.close()
+        conn.close()
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection unless the body was read and it went back to the pool (safe in a ``finally``)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
-def _connect(endpoint: str, unix_socket: str | None, timeout: float) -> _Conn:
-    if unix_socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
+class SyncTransport:
+    """Requests to one daemon over pooled blocking sockets: ``http://`` (TCP, or ``unix_socket``) or ``https://``
+    (pinned by ``tls_fingerprint``; without one, the certificate must verify unless ``verify=False``)."""
+
+    def __init__(self, endpoint: str, unix_socket: str | None = None, *, tls_fingerprint: str | None = None,
+                 verify: bool = True, connect_timeout: float = CONNECT_TIMEOUT,
+                 read_timeout: float = READ_TIMEOUT) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.unix_socket = unix_socket
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        u = urlsplit(self.endpoint)
+        self._tls = u.scheme == "https"
+        self._host = (u.hostname or "localhost", u.port or (443 if self._tls else 80))
+        self._pin = tls_fingerprint.replace(":", "").lower() if tls_fingerprint else None
+        self._ssl: ssl.SSLContext | None = None
+        if self._tls:
+            self._ssl = ssl.create_default_context()
+            if self._pin is not None or not verify:  # a pinned self-signed certificate needs no CA
+                self._ssl.check_hostname = False
+                self._ssl.verify_mode = ssl.CERT_NONE
+        self.key = (f"{self.endpoint}#{self._pin or ''}", unix_socket or "")
+
+    def _connect(self, timeout: float) -> _Conn:
         try:
-            sock.connect(unix_socket)
+            if self.unix_socket:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                try:
+                    sock.connect(self.unix_socket)
+                except BaseException:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection(self._host, timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._ssl is not None:
+                sock = self._wrap(sock)
+        except AuthError:
+            raise
+        except OSError as exc:
+            if is_certificate_error(exc):
+                raise certificate_refused(self.endpoint, exc) from None
+            raise unreachable(self.endpoint, exc) from exc
+        return _Conn(sock)
+
+    def _wrap(self, sock: socket.socket) -> socket.socket:
+        assert self._ssl is not None
+        try:
+            tls = self._ssl.wrap_socket(sock, server_hostname=self._host[0])
         except BaseException:
             sock.close()
             raise
-    else:
-        host, _, port = endpoint.split("://", 1)[1].split("/", 1)[0].rpartition(":")
-        sock = socket.create_connection((host.strip("[]"), int(port or 80)), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return _Conn(sock)
+        if self._pin is not None:
+            der = tls.getpeercert(binary_form=True) or b""
+            got = hashlib.sha256(der).hexdigest()
+            if got != self._pin:
+                tls.close()
+                raise fingerprint_mismatch(f"{self._host[0]}:{self._host[1]}", got, self._pin)
+        return tls
 
+    def send(self, method: str, path: str, headers: dict[str, str], body: bytes = b"", *,
+             timeout: float | None = None) -> BlockingResponse:
+        """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its
+        head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``)."""
+        data = http11.encode_head(self.endpoint, method, path, headers, len(body))
+        wait = timeout or self.read_timeout
+        for attempt in (0, 1):
+            conn = None
+            if attempt == 0:
+                with _pools_lock:
+                    pool = _pools.get(self.key)
+                    conn = pool.pop() if pool else None
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect(min(self.connect_timeout, wait))
+            try:
+                conn.sock.settimeout(wait)
+                if body and len(body) > 65536:
+                    conn.sock.sendall(data)
+                    conn.sock.sendall(body)
+                else:
+                    conn.sock.sendall(data + body)
+                status_line = conn.file.readline(65536)
+                if not status_line:
+                    raise ConnectionResetError("the daemon closed the connection")
+                lines = [status_line]
+                while lines[-1] != b"\r\n":
+                    line = conn.file.readline(65536)
+                    if not line:
+                        raise ConnectionResetError("the daemon closed the connection mid-head")
+                    lines.append(line)
+                status, hdrs = http11.parse_status_and_headers(b"".join(lines))
+                return BlockingResponse(status, hdrs, conn, self)
+            except TimeoutError as exc:
+                conn.close()
+                raise timed_out(self.endpoint, wait) from exc
+            except (OSError, ValueError) as exc:
+                conn.close()
+                if reused and not isinstance(exc, ValueError):
+                    continue  # the daemon (or the network) closed an idle keep-alive connection: once more, fresh
+                raise dropped(self.endpoint, exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+        raise Dropped("unreachable")  # pragma: no cover - the loop returns or raises
 
-def request(endpoint: str, unix_socket: str | None, method: str, path: str, headers: dict[str, str], body: bytes,
-            *, connect_timeout: float, read_timeout: float) -> BlockingResponse:
-    """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its head."""
-    key = (endpoint, unix_socket or "")
-    data = encode_head(endpoint, method, path, headers, len(body))
-    for attempt in (0, 1):
-        conn = None
-        if attempt == 0:
-            with _pools_lock:
-                pool = _pools.get(key)
-                conn = pool.pop() if pool else None
-        reused = conn is not None
-        if conn is None:
-            conn = _connect(endpoint, unix_socket, connect_timeout)
-        try:
-            conn.sock.settimeout(read_timeout)
-            if body and len(body) > 65536:
-                conn.sock.sendall(data)
-                conn.sock.sendall(body)
-            else:
-                conn.sock.sendall(data + body)
-            status_line = conn.file.readline(65536)
-            if not status_line:
-                raise ConnectionResetError("the daemon closed the connection")
-        except (ConnectionError, OSError):
+    def close(self) -> None:
+        with _pools_lock:
+            pool = _pools.pop(self.key, [])
+        for conn in pool:
             conn.close()
-            if reused:  # the daemon (or the network) closed an idle keep-alive connection: once more, fresh
-                continue
-            raise
-        try:
-            lines = [status_line]
-            while lines[-1] != b"\r\n":
-                line = conn.file.readline(65536)
-                if not line:
-                    raise ConnectionResetError("the daemon closed the connection mid-head")
-                lines.append(line)
-            status, hdrs = parse_status_and_headers(b"".join(lines))
-        except BaseException:
-            conn.close()
-            raise
-        return BlockingResponse(status, hdrs, conn, key)
-    raise ConnectionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 def close_pools() -> None:

@@ -1,195 +1,200 @@
-"""A lean HTTP/1.1 transport for the call path: one write per request, pooled keep-alive connections.
+"""The lean asyncio transport for plain-HTTP daemons (TCP or the local unix socket): one write per request,
+keep-alive connections pooled per event loop, HTTP parsed by :mod:`tether.client.http11`.
 
-aiohttp's client spends ~0.2 ms of CPU per request here (three sends, a session object per request); calls to a
-plain-HTTP daemon (TCP or unix socket) go through this instead. TLS endpoints and every other route keep aiohttp.
-Any error closes the connection; callers see ``ConnectionError`` / ``asyncio.IncompleteReadError`` / ``TimeoutError``.
+aiohttp's client spends ~0.2 ms of CPU per request here (three sends, a session object per request); every async
+request to a plain-HTTP daemon goes through this instead. A read deadline costs no timer per call: one timer per
+request checks, when it fires, whether anything was read since.
 """
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-__all__ = ["Response", "close_pools", "encode_head", "parse_status_and_headers", "request"]
+from tether.client import http11
+from tether.client.transport import CONNECT_TIMEOUT, READ_TIMEOUT, Dropped, dropped, timed_out, unreachable
+from tether.protocol.frames import Frame
+
+__all__ = ["AsyncTransport", "Response", "close_pools"]
 
 _MAX_IDLE = 64
-_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], list[_Conn]]] = (
-    weakref.WeakKeyDictionary())
+_Pools = dict[tuple[str, str], list["_Conn"]]
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pools] = weakref.WeakKeyDictionary()
 
 
-@dataclass
 class _Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    """One keep-alive connection, with the read deadline of the request it carries."""
+
+    __slots__ = ("expired", "last_read", "reader", "timeout", "timer", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.timer: asyncio.TimerHandle | None = None
+        self.timeout = READ_TIMEOUT
+        self.last_read = 0.0
+        self.expired = False
+
+    def arm(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        """Abort the connection once ``timeout`` seconds pass without a read (see :meth:`read`)."""
+        self.timeout = timeout
+        self.last_read = loop.time()
+        self.timer = loop.call_at(self.last_read + timeout, self._check, loop)
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        due = self.last_read + self.timeout
+        if loop.time() < due:
+            self.timer = loop.call_at(due, self._check, loop)
+        else:
+            self.timer = None
+            self.expired = True
+            self.writer.transport.abort()  # the pending read fails; the caller sees timed_out()
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def close(self) -> None:
+        self.disarm()
         self.writer.close()
 
 
-@dataclass
 class Response:
-    """A response whose body is read with :meth:`readexactly` / :meth:`read` (de-chunked as needed)."""
+    """A response of :class:`AsyncTransport`: read it whole (:meth:`aread`) or frame by frame
+    (:meth:`anext_frame`). The connection goes back to the pool as soon as the body was read to its end."""
 
-    status: int
-    headers: dict[str, str]
-    _conn: _Conn
-    _key: tuple[str, str]
-    _length: int | None = None
-    _chunked: bool = False
-    _chunk_left: int = 0
-    _done: bool = False
-    _buf: bytearray = field(default_factory=bytearray)
-    _released: bool = False
+    __slots__ = ("_body", "_conn", "_endpoint", "_pool", "headers", "status")
 
-    async def _fill(self, n: int) -> bool:
-        """Make ``n`` body bytes available in the buffer; False at the end of the body."""
-        r = self._conn.reader
-        while len(self._buf) < n:
-            if self._done:
-                return False
-            if not self._chunked:
-                assert self._length is not None
-                want = min(self._length, max(n - len(self._buf), 65536))
-                if want == 0:
-                    self._done = True
-                    continue
-                data = await r.readexactly(want) if want <= n - len(self._buf) else await r.read(want)
-                if not data:
-                    raise asyncio.IncompleteReadError(b"", self._length)
-                self._length -= len(data)
-                self._buf += data
-                if self._length == 0:
-                    self._done = True
-                continue
-            if self._chunk_left == 0:
-                size = int((await r.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-                if size == 0:
-                    await r.readuntil(b"\r\n")  # no trailers are sent
-                    self._done = True
-                    continue
-                self._chunk_left = size
-            take = min(self._chunk_left, max(n - len(self._buf), 1))
-            data = await r.readexactly(take)
-            self._chunk_left -= take
-            self._buf += data
-            if self._chunk_left == 0:
-                await r.readexactly(2)
-        return True
+    def __init__(self, status: int, headers: dict[str, str], conn: _Conn, endpoint: str, pool: list[_Conn]) -> None:
+        self.status = status
+        self.headers = headers
+        self._conn: _Conn | None = conn
+        self._endpoint = endpoint
+        self._pool = pool
+        self._body = http11.BodyReader(headers)
+        if self._body.done:
+            self._finish()
 
-    async def readexactly(self, n: int) -> bytes | None:
-        """``n`` body bytes, or None at a clean end of the body."""
-        if not await self._fill(n):
-            if self._buf:
-                raise asyncio.IncompleteReadError(bytes(self._buf), n)
-            return None
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        return out
+    async def _more(self, framed: bool) -> None:
+        """Read the next piece of the body into :attr:`_body` (every failure closes the connection)."""
+        conn, body = self._conn, self._body
+        assert conn is not None
+        try:
+            n = body.want()
+            data = await (conn.reader.readexactly(n) if body.length is not None else conn.reader.read(n))
+            if not data:
+                raise ConnectionResetError("the daemon closed the connection mid-response")
+            body.feed(data, framed)
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            self.close()
+            raise timed_out(self._endpoint, conn.timeout) if conn.expired else dropped(self._endpoint, exc) from exc
+        except BaseException:
+            self.close()
+            raise
+        conn.last_read = asyncio.get_running_loop().time()
+        if body.done:
+            self._finish()
 
-    async def read(self) -> bytes:
+    async def aread(self) -> bytes:
         """The rest of the body."""
-        if not self._chunked and not self._buf and not self._done and self._length:  # one read, no buffer
-            data = await self._conn.reader.readexactly(self._length)
-            self._length = 0
-            self._done = True
-            return data
-        while await self._fill(len(self._buf) + 65536):
-            pass
-        out = bytes(self._buf)
-        self._buf.clear()
-        return out
+        while not self._body.done:
+            await self._more(False)
+        return self._body.take()
 
-    def release(self) -> None:
-        """Return the connection to the pool when the body was read to its end, else close it."""
-        if self._released:
+    async def anext_frame(self) -> Frame | None:
+        """The body's next frame (heartbeats included), None at its end."""
+        body = self._body
+        while (frame := body.next_frame()) is None and not body.done:
+            await self._more(True)
+        return frame
+
+    def _finish(self) -> None:
+        """The body is read: the connection back to the pool (or closed when it cannot carry another request)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
             return
-        self._released = True
-        pool = _pools.get(asyncio.get_running_loop(), {}).setdefault(self._key, [])
-        if self._done and not self._buf and len(pool) < _MAX_IDLE and self.headers.get("connection") != "close":
-            pool.append(self._conn)
+        conn.disarm()
+        if (self._body.reusable and len(self._pool) < _MAX_IDLE and not conn.reader.at_eof()
+                and self.headers.get("connection") != "close"):
+            self._pool.append(conn)
         else:
-            self._conn.close()
+            conn.close()
 
     def close(self) -> None:
-        """Close the connection unless :meth:`release` already handed it back (safe in a ``finally``)."""
-        if not self._released:
-            self._released = True
-            self._conn.close()
+        """Close the connection unless the body was read and it went back to the pool (safe in a ``finally``)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
-_hosts: dict[str, str] = {}
+class AsyncTransport:
+    """Requests to one plain-HTTP daemon over pooled asyncio connections (TCP, or ``unix_socket``)."""
 
+    def __init__(self, endpoint: str, unix_socket: str | None = None, *, connect_timeout: float = CONNECT_TIMEOUT,
+                 read_timeout: float = READ_TIMEOUT) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.unix_socket = unix_socket
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._key = (self.endpoint, unix_socket or "")
 
-def encode_head(endpoint: str, method: str, path: str, headers: dict[str, str], body_length: int) -> bytes:
-    """The request line and headers of one HTTP/1.1 request, ready to send."""
-    host = _hosts.get(endpoint)
-    if host is None:
-        host = _hosts[endpoint] = urlsplit(endpoint).netloc or "localhost"
-    head = [f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body_length}\r\n"]
-    head += [f"{k}: {v}\r\n" for k, v in headers.items()]
-    head.append("\r\n")
-    return "".join(head).encode("latin-1")
+    def _pool(self) -> list[_Conn]:
+        loop = asyncio.get_running_loop()
+        pools = _pools.get(loop)
+        if pools is None:
+            pools = _pools[loop] = {}
+            _close_at_loop_shutdown(loop, pools)
+        pool = pools.get(self._key)
+        if pool is None:
+            pool = pools[self._key] = []
+        return pool
 
-
-def parse_status_and_headers(head: bytes) -> tuple[int, dict[str, str]]:
-    """The status code and (lower-cased) headers of a response head (up to and including the blank line)."""
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-    return status, headers
-
-
-async def _connect(endpoint: str, unix_socket: str | None) -> _Conn:
-    if unix_socket:
-        reader, writer = await asyncio.open_unix_connection(unix_socket, limit=2**22)
-    else:
-        u = urlsplit(endpoint)
-        reader, writer = await asyncio.open_connection(u.hostname, u.port or 80, limit=2**22)
-    return _Conn(reader, writer)
-
-
-async def request(endpoint: str, unix_socket: str | None, method: str, path: str, headers: dict[str, str],
-                  body: bytes, *, connect_timeout: float) -> Response:
-    """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its head."""
-    key = (endpoint, unix_socket or "")
-    pool = _pools.setdefault(asyncio.get_running_loop(), {}).setdefault(key, [])
-    data = encode_head(endpoint, method, path, headers, len(body))
-    for attempt in (0, 1):
-        reused = bool(pool) and attempt == 0
-        conn = pool.pop() if reused else await asyncio.wait_for(_connect(endpoint, unix_socket), connect_timeout)
+    async def _connect(self, timeout: float) -> _Conn:
         try:
-            conn.writer.writelines([data, body] if body else [data])
-            head = await conn.reader.readuntil(b"\r\n\r\n")
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            if self.unix_socket:
+                coro = asyncio.open_unix_connection(self.unix_socket, limit=2**22)
+            else:
+                u = urlsplit(self.endpoint)
+                coro = asyncio.open_connection(u.hostname, u.port or 80, limit=2**22)
+            reader, writer = await asyncio.wait_for(coro, timeout)
+        except (OSError, TimeoutError) as exc:
+            raise unreachable(self.endpoint, exc) from exc
+        return _Conn(reader, writer)
+
+    async def asend(self, method: str, path: str, headers: dict[str, str], body: bytes = b"", *,
+                    timeout: float | None = None) -> Response:
+        """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its
+        head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``)."""
+        pool = self._pool()
+        loop = asyncio.get_running_loop()
+        wait = timeout or self.read_timeout
+        data = http11.encode_head(self.endpoint, method, path, headers, len(body))
+        for attempt in (0, 1):
+            reused = bool(pool) and attempt == 0
+            conn = pool.pop() if reused else await self._connect(min(self.connect_timeout, wait))
+            conn.arm(loop, wait)
+            try:
+                conn.writer.writelines([data, body] if body else [data])
+                head = await conn.reader.readuntil(b"\r\n\r\n")
+                conn.last_read = loop.time()
+                status, hdrs = http11.parse_status_and_headers(head)
+                return Response(status, hdrs, conn, self.endpoint, pool)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+                conn.close()
+                if reused and not conn.expired and not isinstance(exc, ValueError):
+                    continue  # the daemon closed an idle keep-alive connection: once more on a fresh one
+                raise timed_out(self.endpoint, wait) if conn.expired else dropped(self.endpoint, exc) from exc
+            except BaseException:
+                conn.close()
+                raise
+        raise Dropped("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def aclose(self) -> None:
+        for conn in (_pools.get(asyncio.get_running_loop()) or {}).pop(self._key, []):
             conn.close()
-            if reused:  # the server closed an idle keep-alive connection: once more on a fresh one
-                continue
-            raise
-        except BaseException:
-            conn.close()
-            raise
-        try:
-            status, hdrs = parse_status_and_headers(head)
-        except BaseException:
-            conn.close()
-            raise
-        resp = Response(status, hdrs, conn, key)
-        if "content-length" in hdrs:
-            resp._length = int(hdrs["content-length"])
-            resp._done = resp._length == 0
-        elif hdrs.get("transfer-encoding", "").lower() == "chunked":
-            resp._chunked = True
-        else:
-            conn.close()
-            raise ConnectionError("response with neither Content-Length nor chunked encoding")
-        return resp
-    raise ConnectionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 async def close_pools() -> None:
@@ -197,3 +202,26 @@ async def close_pools() -> None:
     for pool in (_pools.pop(asyncio.get_running_loop(), None) or {}).values():
         for conn in pool:
             conn.close()
+
+
+def _close_at_loop_shutdown(loop: asyncio.AbstractEventLoop, pools: _Pools) -> None:
+    """Close ``pools`` when ``loop`` shuts its async generators down (``asyncio.run`` ends, a thread loop goes)."""
+    async def closer() -> AsyncIterator[None]:
+        try:
+            while True:
+                yield
+        finally:
+            for pool in pools.values():
+                for conn in pool:
+                    conn.close()
+            pools.clear()
+
+    async def start(agen: AsyncIterator[None]) -> None:
+        await agen.__anext__()  # a started generator: loop.shutdown_asyncgens() runs its finally
+
+    agen = closer()
+    _closers[loop] = agen
+    loop.create_task(start(agen))
+
+
+_closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = weakref.WeakKeyDictionary()

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 __all__ = [
     "CLIENT_HDR_SIZE", "ERROR", "FILE", "FINAL_KINDS", "HEARTBEAT", "ITEM", "LOG", "RESULT", "Frame",
-    "FrameDecoder", "client_frame", "client_header", "parse_client_header", "split_client_frames",
+    "FrameDecoder", "client_frame", "client_header", "decode_frames", "parse_client_header", "split_client_frames",
 ]
 
 LOG = ord("L")
@@ -60,25 +60,55 @@ def split_client_frames(raw: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+_new_frame = tuple.__new__  # Frame(kind, payload) without NamedTuple's Python-level __new__ (a frame per call)
+
+
+def decode_frames(data: bytes, out: list[Frame]) -> int:
+    """Append the whole frames at the start of ``data`` to ``out`` (heartbeats included); return how many bytes
+    they took (what is left is the start of an unfinished frame)."""
+    size, unpack, frame = _CLIENT_HDR.size, _CLIENT_HDR.unpack_from, _new_frame
+    i, n = 0, len(data)
+    while n - i >= size:
+        kind, length = unpack(data, i)
+        end = i + size + length
+        if end > n:
+            break
+        out.append(frame(Frame, (kind, data[i + size:end])))
+        i = end
+    return i
+
+
 class FrameDecoder:
-    """Splits a byte stream that arrives in pieces into frames (no I/O: the transports feed it what they read)."""
+    """Splits a byte stream that arrives in pieces into frames (no I/O: the transports feed it what they read).
+
+    A piece that holds whole frames is split in place; only the bytes of an unfinished frame are held back.
+    """
 
     __slots__ = ("_buf",)
 
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes | memoryview) -> list[Frame]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Take the next bytes; return the frames they complete (heartbeats included)."""
-        self._buf += data
         out: list[Frame] = []
-        buf, i, size = self._buf, 0, _CLIENT_HDR.size
-        while len(buf) - i >= size:
-            kind, length = _CLIENT_HDR.unpack_from(buf, i)
-            if len(buf) - i - size < length:
-                break
-            out.append(Frame(kind, bytes(buf[i + size:i + size + length])))
-            i += size + length
+        size, unpack, frame = _CLIENT_HDR.size, _CLIENT_HDR.unpack_from, _new_frame
+        if not self._buf and type(data) is bytes:  # the common case: frames sliced straight out of what was read
+            i = decode_frames(data, out)
+            if i < len(data):
+                self._buf += memoryview(data)[i:]
+            return out
+        buf = self._buf
+        buf += data
+        i, n = 0, len(buf)
+        with memoryview(buf) as view:
+            while n - i >= size:
+                kind, length = unpack(view, i)
+                end = i + size + length
+                if end > n:
+                    break
+                out.append(frame(Frame, (kind, bytes(view[i + size:end]))))
+                i = end
         del buf[:i]
         return out
 
@@ -86,3 +116,11 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes of an unfinished frame held back."""
         return len(self._buf)
+
+    @property
+    def need(self) -> int:
+        """Bytes still missing: to complete the header held back, else the frame it starts."""
+        buf, size = self._buf, _CLIENT_HDR.size
+        if len(buf) < size:
+            return size - len(buf)
+        return size + _CLIENT_HDR.unpack_from(buf, 0)[1] - len(buf)

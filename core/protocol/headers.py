@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
-    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ID", "FRAMES", "JSON", "PICKLE", "RESULT_SLAB", "SHM",
-    "SHM_LENT", "bearer",
+    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ID", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
+    "RESULT_SLAB", "SHM", "SHM_LENT", "bearer", "wants_async",
 ]
 
 PICKLE = "application/x-tether-pickle"
@@ -26,8 +26,19 @@ SHM_LENT = "X-Tether-Shm-Lent"
 """``<path>:<length>``: a lent slab holding the pickled arguments; it stays the client's."""
 RESULT_SLAB = "X-Tether-Result-Slab"
 """``<path>``: a lent slab a big result is pickled into; only this request may read it."""
+PREFER = "Prefer"
+RESPOND_ASYNC = "respond-async"
+"""``Prefer: respond-async`` (RFC 7240) on a call = spawn it: the daemon answers ``202 {"call_id", "state", ...}``
+once the call is registered, instead of its frames (re-attach with ``GET /calls/{id}``)."""
 
 
 def bearer(token: str | None) -> dict[str, str]:
     """The authorization header for ``token`` (none without one)."""
     return {AUTHORIZATION: f"Bearer {token}"} if token else {}
+
+
+def wants_async(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` header value asks for ``respond-async`` (among other preferences, any case)."""
+    if not prefer:
+        return False
+    return any(part.split(";", 1)[0].strip().lower() == RESPOND_ASYNC for part in prefer.split(","))

@@ -1,0 +1,12 @@
+"""``tether.client`` keeps its ``__all__`` honest (its layer is checked in tests/test_layers.py)."""
+
+from __future__ import annotations
+
+import tether.client
+
+
+def test_all_is_sorted_and_names_the_public_members():
+    public = {name for name in vars(tether.client) if not name.startswith("_")} - {
+        name for name, value in vars(tether.client).items() if type(value).__name__ == "module"}
+    assert tether.client.__all__ == sorted(tether.client.__all__)
+    assert set(tether.client.__all__) == public
