@@ -7,10 +7,10 @@ code must already be importable at the same path on its host (e.g. a shared chec
 from __future__ import annotations
 
 import os
-import urllib.request
 from pathlib import Path
 from typing import ClassVar
 
+from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.errors import ClusterUnavailable, ConfigError
 from tether.specs import ClusterSpec
@@ -43,11 +43,7 @@ class EndpointBackend:
         return handle
 
     def status(self, spec: ClusterSpec) -> ClusterStatus:
-        try:
-            with urllib.request.urlopen(self._url(spec) + "/health", timeout=5) as resp:
-                return "up" if resp.status == 200 else "down"
-        except OSError:
-            return "down"
+        return "up" if probe_health(self._url(spec), timeout=5) is not None else "down"
 
     def stop(self, spec: ClusterSpec) -> None:
         raise ConfigError(f"{self._url(spec)} is not managed from here", hint="stop it where it was started")

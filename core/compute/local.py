@@ -10,14 +10,13 @@ import json
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import ClassVar
 
+from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock
@@ -44,12 +43,7 @@ def _alive(pid: int) -> bool:
 
 def _healthy(endpoint: str) -> bool:
     # /health carries no secret; the client pins the certificate on every request that does
-    ctx = ssl._create_unverified_context() if endpoint.startswith("https") else None  # noqa: S323
-    try:
-        with urllib.request.urlopen(endpoint + "/health", timeout=2, context=ctx) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+    return probe_health(endpoint, timeout=2) is not None
 
 
 class LocalBackend:

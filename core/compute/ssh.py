@@ -11,13 +11,12 @@ import json
 import os
 import secrets
 import shlex
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
 from rich.console import Console
 
+from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
@@ -52,14 +51,7 @@ def _save(name: str, state: dict[str, Any]) -> None:
 
 
 def _health(endpoint: str, token: str | None, timeout: float = 5) -> bool:
-    req = urllib.request.Request(f"{endpoint}/health")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return bool(r.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
+    return probe_health(endpoint, token=token, timeout=timeout) is not None
 
 
 class SSHBackend:
