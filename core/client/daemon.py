@@ -16,25 +16,23 @@ from tether.client.outcome import LogSink, Outcome, default_log_sink, http_error
 from tether.client.payloads import dump_args, dumps_args, pickle_error
 from tether.client.sessions import AiohttpTransport
 from tether.client.syncclient import SyncDaemonClient
-from tether.client.transport import AsyncTransport, Dropped, SyncTransport, Unreachable, mounted
+from tether.client.transport import (
+    RETRIES,
+    AsyncTransport,
+    Dropped,
+    SyncTransport,
+    Unreachable,
+    link_dropped,
+    link_error,
+    mounted,
+    new_call_id,
+)
 from tether.protocol import frames as p
 from tether.protocol import headers as h
 from tether.specs import ServiceSpec
 
-__all__ = ["AsyncClient", "DaemonClient", "RETRIES"]
+__all__ = ["AsyncClient", "DaemonClient"]
 
-RETRIES = 5
-"""Attempts of a call whose link drops (the same call id each time; the daemon runs it once)."""
-
-
-def _dropped_link(exc: BaseException) -> bool:
-    """A link that broke after the request went out (a spawn retries it; nothing is retried for no daemon)."""
-    return isinstance(exc, Dropped) and not isinstance(exc, Unreachable)
-
-
-def _link_error(exc: BaseException) -> bool:
-    """Any broken or missing link (a call retries it under the same call id, frames already seen skipped)."""
-    return isinstance(exc, Dropped)
 
 
 @dataclass
@@ -130,7 +128,7 @@ class DaemonClient:
     async def delete_env(self, env: str) -> dict[str, Any]:
         return dict(await self.send(routes.delete_env(env)))
 
-    async def set_autostop(self, mins: float | None = routes._UNSET, *, paused: bool | None = None
+    async def set_autostop(self, mins: float | None = routes.UNSET, *, paused: bool | None = None
                            ) -> dict[str, Any]:
         return dict(await self.send(routes.set_autostop(mins, paused)))
 
@@ -147,22 +145,24 @@ class DaemonClient:
         return "POST", (f"/{name}/{method}/call" if method else f"/{name}/call"), headers
 
     def spawn_op(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                 call_id: str, caller: str | None = None) -> routes.Op:
+                 call_id: str | None = None, caller: str | None = None) -> routes.Op:
         """The request that spawns a call (its arguments inline: a spawned call lends no slab)."""
-        headers = {h.CALL_ID: call_id}
+        headers = {h.CALL_ID: call_id or new_call_id()}
         if caller:
             headers[h.CALLER] = caller
         return routes.spawn(name, method, dumps_args(args, kwargs), {**headers, "Content-Type": h.PICKLE})
 
     async def spawn(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                    call_id: str, caller: str | None = None) -> str:
+                    call_id: str | None = None, caller: str | None = None) -> str:
         """Start a call and return its id as soon as the daemon registered it (``status`` / ``attach`` /
-        ``cancel`` / ``logs`` work on it from anywhere then). The same call id again runs nothing new."""
+        ``cancel`` / ``logs`` work on it from anywhere then). The same call id again runs nothing new; without
+        one, a new id is made up."""
         op = self.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller)
+        call_id = op.headers[h.CALL_ID] if op.headers else ""
         try:
             async for attempt in AsyncRetrying(stop=stop_after_attempt(RETRIES), reraise=True,
                                                wait=wait_exponential(multiplier=0.1, max=2),
-                                               retry=retry_if_exception(_dropped_link)):
+                                               retry=retry_if_exception(link_dropped)):
                 with attempt:
                     return str(await self.send(op))
         except Dropped as exc:
@@ -184,7 +184,7 @@ class DaemonClient:
         """
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(RETRIES), wait=wait_exponential(multiplier=0.1, max=2),
-            retry=retry_if_exception(_link_error), reraise=True,
+            retry=retry_if_exception(link_error), reraise=True,
         ):
             with attempt:
                 index = 0

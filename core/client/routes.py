@@ -19,7 +19,7 @@ from tether.protocol import headers as h
 from tether.specs import ServiceSpec
 
 __all__ = [
-    "Op", "cancel", "daemon_status", "delete_env", "delete_object", "deploy", "get_object", "health", "keys",
+    "UNSET", "Op", "cancel", "daemon_status", "delete_env", "delete_object", "deploy", "get_object", "health", "keys",
     "logs", "put_object", "raw", "rename_object", "services", "set_autostop", "shutdown", "spawn", "status",
 ]
 
@@ -166,13 +166,14 @@ def delete_env(env: str) -> Op:
     return Op("DELETE", f"/envs/{_seg(env)}")
 
 
-_UNSET: Any = object()
+UNSET: Any = object()
+"""``set_autostop(mins=UNSET)``: leave the autostop minutes as they are."""
 
 
-def set_autostop(mins: float | None = _UNSET, paused: bool | None = None) -> Op:
+def set_autostop(mins: float | None = UNSET, paused: bool | None = None) -> Op:
     """``POST /autostop``: ``mins`` (None: never), and/or ``paused``."""
     data: dict[str, Any] = {}
-    if mins is not _UNSET:
+    if mins is not UNSET:
         data["mins"] = mins
     if paused is not None:
         data["paused"] = paused

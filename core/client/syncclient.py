@@ -16,17 +16,14 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from tether.client import routes
 from tether.client.loop import iterate_sync, run_sync
 from tether.client.outcome import LogSink, default_log_sink, unavailable
-from tether.client.transport import Dropped, Unreachable
+from tether.client.transport import RETRIES, Dropped, link_dropped
+from tether.protocol.headers import CALL_ID
 from tether.specs import ServiceSpec
 
 if TYPE_CHECKING:
     from tether.client.daemon import DaemonClient
 
 __all__ = ["SyncDaemonClient"]
-
-
-def _dropped_link(exc: BaseException) -> bool:
-    return isinstance(exc, Dropped) and not isinstance(exc, Unreachable)
 
 
 class SyncDaemonClient:
@@ -95,7 +92,7 @@ class SyncDaemonClient:
     def delete_env(self, env: str) -> dict[str, Any]:
         return dict(self.send(routes.delete_env(env)))
 
-    def set_autostop(self, mins: float | None = routes._UNSET, *, paused: bool | None = None) -> dict[str, Any]:
+    def set_autostop(self, mins: float | None = routes.UNSET, *, paused: bool | None = None) -> dict[str, Any]:
         return dict(self.send(routes.set_autostop(mins, paused)))
 
     # -- calls -----------------------------------------------------------------------------------------------------
@@ -106,12 +103,13 @@ class SyncDaemonClient:
                                       lend=lend)
 
     def spawn(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-              call_id: str, caller: str | None = None) -> str:
+              call_id: str | None = None, caller: str | None = None) -> str:
         """Start a call; its id once the daemon registered it (:meth:`DaemonClient.spawn`)."""
         op = self._client.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller)
+        call_id = op.headers[CALL_ID] if op.headers else ""
         try:
-            for attempt in Retrying(stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.1, max=2),
-                                    retry=retry_if_exception(_dropped_link), reraise=True):
+            for attempt in Retrying(stop=stop_after_attempt(RETRIES), wait=wait_exponential(multiplier=0.1, max=2),
+                                    retry=retry_if_exception(link_dropped), reraise=True):
                 with attempt:
                     return str(self.send(op))
         except Dropped as exc:

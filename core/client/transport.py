@@ -17,6 +17,7 @@ sessions.AiohttpTransport` (async TLS with fingerprint pinning) and :class:`teth
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -25,13 +26,15 @@ from tether.errors import AuthError, ClusterUnavailable
 from tether.protocol.frames import Frame
 
 __all__ = [
-    "CONNECT_TIMEOUT", "READ_TIMEOUT", "AsyncResponse", "AsyncTransport", "Dropped", "SyncResponse",
-    "SyncTransport", "Unreachable", "certificate_refused", "dropped", "fingerprint_mismatch", "mount", "mounted",
-    "timed_out", "unreachable",
+    "CONNECT_TIMEOUT", "READ_TIMEOUT", "RETRIES", "AsyncResponse", "AsyncTransport", "Dropped", "SyncResponse",
+    "SyncTransport", "Unreachable", "certificate_refused", "dropped", "fingerprint_mismatch", "is_certificate_error",
+    "link_dropped", "link_error", "mount", "mounted", "new_call_id", "timed_out", "unreachable",
 ]
 
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0  # the daemon sends a heartbeat frame at least every 10 s while a call runs
+RETRIES = 5
+"""Attempts of a call (or spawn) whose link drops: the same call id each time, so the daemon runs it once."""
 
 
 class SyncResponse(Protocol):
@@ -100,6 +103,21 @@ class Unreachable(Dropped):
                  details: dict[str, Any] | None = None) -> None:
         super().__init__(message, hint=hint or "is the cluster up? cluster.up_if_not() relaunches it",
                          retryable=retryable, details=details)
+
+
+def new_call_id() -> str:
+    """A fresh call id (as unique as ``uuid4().hex``, a few µs cheaper)."""
+    return os.urandom(16).hex()
+
+
+def link_error(exc: BaseException) -> bool:
+    """Any broken or missing link: a call retries it under the same call id (frames already seen skipped)."""
+    return isinstance(exc, Dropped)
+
+
+def link_dropped(exc: BaseException) -> bool:
+    """A link that broke after the request went out: a spawn retries it (with no daemon there, it fails at once)."""
+    return isinstance(exc, Dropped) and not isinstance(exc, Unreachable)
 
 
 def unreachable(endpoint: str, exc: BaseException) -> Unreachable:

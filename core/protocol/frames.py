@@ -47,16 +47,11 @@ def parse_client_header(data: bytes) -> tuple[int, int]:
     return _CLIENT_HDR.unpack(data)
 
 
-def split_client_frames(raw: bytes) -> list[tuple[int, bytes]]:
-    """The frames of a whole client response body, heartbeats included."""
-    out = []
-    size = _CLIENT_HDR.size
-    i = 0
-    while i < len(raw):
-        kind, length = _CLIENT_HDR.unpack_from(raw, i)
-        i += size
-        out.append((kind, raw[i : i + length]))
-        i += length
+def split_client_frames(raw: bytes) -> list[Frame]:
+    """The frames of a whole client response body, heartbeats included (``ValueError`` if it ends inside one)."""
+    out: list[Frame] = []
+    if decode_frames(bytes(raw), out) != len(raw):
+        raise ValueError("the body ends inside a frame")
     return out
 
 

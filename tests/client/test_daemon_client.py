@@ -124,6 +124,12 @@ def test_spawn_status_logs_attach_cancel(client: DaemonClient):
         client.sync.logs(call_id, since=-1)
 
 
+def test_a_spawn_without_a_call_id_gets_a_fresh_one(client: DaemonClient):
+    first, second = (client.sync.spawn("add", None, (1, 2), {}) for _ in range(2))
+    assert first != second and len(first) == 32 and client.transport.requests[-1].call_id == second
+    assert client.sync.attach(first, on_log=None) == 3
+
+
 async def test_the_async_routes(client: DaemonClient):
     assert await client.spawn("add", None, (1, 1), {}, call_id="s2") == "s2"
     assert await client.attach("s2", on_log=None) == 2
