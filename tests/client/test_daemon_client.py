@@ -12,6 +12,7 @@ import pytest
 
 import tether
 from tests.client.servers import free_port
+from tests.core import services as svc
 from tether.client import (
     DaemonClient,
     Dropped,
@@ -201,3 +202,14 @@ def test_a_mounted_transport_serves_every_client_of_its_endpoint_and_the_health_
         assert DaemonClient(endpoint).sync.call("add", None, (1, 2), {}, call_id="m1", on_log=None) == 3
         assert probe_health(endpoint) == {"status": "ok", "version": "test", "pid": 1}
     assert probe_health(endpoint, timeout=0.5) is None  # unmounted: nothing there
+
+
+def test_the_public_api_runs_against_a_mounted_mock_without_a_daemon(daemon: FakeDaemon, tether_home: Any,
+                                                                      capsys: pytest.CaptureFixture[str]):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with mount(endpoint, MockTransport(daemon)) as transport:
+        cluster = tether.cluster(name="mocked", endpoint=endpoint).up_if_not()
+        add = tether.function(svc.add).to(cluster, name="add")
+        assert add(1, 2) == 3
+    assert "adding\n" in capsys.readouterr().out  # the remote log, re-emitted here
+    assert ("POST", "/deploy") in [(r.method, r.route) for r in transport.requests]
