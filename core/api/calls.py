@@ -9,7 +9,7 @@ from typing import Any
 
 from tether.api.clusters import Cluster, new_cluster
 from tether.client import AsyncClient, LogSink, default_log_sink
-from tether.client.loop import background_loop, run_sync
+from tether.client.loop import background_loop
 from tether.errors import CallTimeout, ClusterUnavailable, NotFound
 from tether.protocol.states import CallState
 
@@ -39,7 +39,7 @@ class CallHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the result (raises the remote error, or ``CallTimeout`` after ``timeout`` seconds)."""
         if self._future is None:
-            coro = self.client.call("", None, (), {}, call_id=self.call_id, on_log=self._on_log, attach=True)
+            coro = self.client.attach(self.call_id, on_log=self._on_log)
             self._future = asyncio.run_coroutine_threadsafe(coro, background_loop())
         try:
             return self._future.result(timeout)
@@ -49,22 +49,22 @@ class CallHandle:
                               ) from None
 
     async def result_async(self) -> Any:
-        return await self.client.call("", None, (), {}, call_id=self.call_id, on_log=self._on_log, attach=True)
+        return await self.client.attach(self.call_id, on_log=self._on_log)
 
     def status(self) -> dict[str, Any]:
         """``{"state": ..., ...}``: the state is a :class:`~tether.protocol.CallState` value."""
-        return dict(run_sync(self.client.request("GET", f"/calls/{self.call_id}", params={"wait": "0"})))
+        return dict(self.client.sync.status(self.call_id))
 
     def done(self) -> bool:
         return CallState(self.status()["state"]).finished
 
     def cancel(self) -> None:
         """Cancel the remote call (a no-op when it already finished)."""
-        run_sync(self.client.request("POST", f"/calls/{self.call_id}/cancel"))
+        self.client.sync.cancel(self.call_id)
 
     def logs(self) -> list[dict[str, Any]]:
         """The call's log events so far."""
-        return list(run_sync(self.client.request("GET", f"/calls/{self.call_id}/logs"))["logs"])
+        return list(self.client.sync.logs(self.call_id))
 
     def wait_started(self, timeout: float = 10.0) -> CallHandle:
         """Block until the daemon knows the call (so cancel and re-attach work from anywhere)."""

@@ -5,15 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 from tether.api.records import save_resource
 from tether.client import AsyncClient
-from tether.client.loop import run_sync
 from tether.compute import ClusterHandle, get_backend
 from tether.compute.routing import plan
 from tether.errors import ClusterUnavailable, ConfigError, NotFound
-from tether.protocol.headers import PICKLE
 from tether.specs import ClusterSpec, build
 
 __all__ = ["Cluster", "new_cluster"]
@@ -127,18 +123,14 @@ class Cluster:
         return self._synced[key]
 
     # -- object store ---------------------------------------------------------------------------------------------
-    def _req(self, method: str, path: str, **kw: Any) -> Any:
-        return run_sync(self.client.request(method, path, **kw))
-
     def put(self, key: str, obj: Any, env: str = "default") -> None:
         """Store ``obj`` under ``key`` in the env's worker."""
-        self._req("PUT", f"/objects/{key}", data=cloudpickle.dumps(obj, protocol=5), params={"env": env},
-                  content_type=PICKLE)
+        self.client.sync.put_object(key, obj, env=env)
 
     def get(self, key: str, default: Any = ...) -> Any:
         """The object stored (or service held) under ``key``."""
         try:
-            return cloudpickle.loads(self._req("GET", f"/objects/{key}"))
+            return self.client.sync.get_object(key)
         except NotFound:
             if default is ...:
                 raise
@@ -146,31 +138,31 @@ class Cluster:
 
     def keys(self) -> list[str]:
         """Names of all services and objects on the cluster."""
-        return list(self._req("GET", "/objects")["keys"])
+        return list(self.client.sync.keys())
 
     def delete(self, name: str) -> None:
         """Delete a service or object; an env's name deletes the env's worker and everything in it."""
         try:
-            self._req("DELETE", f"/objects/{name}")
+            self.client.sync.delete_object(name)
         except NotFound:
-            self._req("DELETE", f"/envs/{name}")
+            self.client.sync.delete_env(name)
 
     def rename(self, old: str, new: str) -> None:
-        self._req("POST", f"/objects/{old}/rename", json_body={"to": new})
+        self.client.sync.rename_object(old, new)
 
     def ls(self) -> list[dict[str, Any]]:
         """Services and objects with their kind and env."""
-        return list(self._req("GET", "/status")["services"])
+        return list(self.client.sync.services())
 
     def daemon_status(self) -> dict[str, Any]:
-        return dict(self._req("GET", "/status"))
+        return dict(self.client.sync.daemon_status())
 
     def keep_warm(self) -> None:
         """Never autostop this cluster."""
-        self._req("POST", "/autostop", json_body={"mins": None})
+        self.client.sync.set_autostop(None)
 
     def pause_autostop(self, paused: bool = True) -> None:
-        self._req("POST", "/autostop", json_body={"paused": paused})
+        self.client.sync.set_autostop(paused=paused)
 
     # -- config ---------------------------------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:

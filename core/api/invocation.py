@@ -24,12 +24,13 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tether.api.calls import CallHandle
 from tether.api.records import record_call
-from tether.client import LogSink
-from tether.client.loop import background_loop, run_sync
+from tether.client import LogSink, routes
+from tether.client.loop import background_loop
 from tether.errors import AuthError, ClusterUnavailable, NotFound
 from tether.escalation import Attempt
 
@@ -99,16 +100,15 @@ class Invocation:
         if cluster is None or cluster._handle is None:
             return
         with contextlib.suppress(Exception):
-            run_sync(cluster.client.request("POST", f"/calls/{self.call_id}/cancel", timeout=CANCEL_TIMEOUT),
-                     timeout=CANCEL_TIMEOUT)
+            cluster.client.sync.send(replace(routes.cancel(self.call_id), timeout=CANCEL_TIMEOUT))
 
     async def cancel_quietly_async(self) -> None:
         cluster = self.service.cluster
         if cluster is None or cluster._handle is None:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(cluster.client.request(
-                "POST", f"/calls/{self.call_id}/cancel", timeout=CANCEL_TIMEOUT)), CANCEL_TIMEOUT)
+            op = replace(routes.cancel(self.call_id), timeout=CANCEL_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(cluster.client.send(op)), CANCEL_TIMEOUT)
 
     # -- one attempt on the handle's cluster ----------------------------------------------------------------------
     def run_sync(self) -> Any:
@@ -244,19 +244,26 @@ class Invocation:
                 asyncio.run_coroutine_threadsafe(_close(items), loop).result(CANCEL_TIMEOUT + 5)
 
     def spawn(self) -> CallHandle:
-        """Start the call and return its handle once the daemon knows it (cancel and re-attach work from
+        """Start the call and return its handle once the daemon registered it (cancel and re-attach work from
         anywhere then). The call runs to its end whatever the spawning caller does; with an ``on_oom`` policy
         the handle's result is the escalated one and ``handle.attempts`` lists the rungs tried."""
         svc = self.service
-        cluster = self._probe()
         self.lend = False  # a spawned call's id is shown: its result must stay fetchable by anyone holding it
-        future: concurrent.futures.Future[Any]
         if svc.options.on_oom is not None:
-            future = _SPAWNED.submit(self._escalate, _run_detached)
-        else:
-            future = asyncio.run_coroutine_threadsafe(_run_detached_async(self), background_loop())
-        return CallHandle(cluster.client, self.call_id, future, self.on_log, attempts=self.attempts,
-                          cluster=cluster).wait_started()
+            cluster = self._probe()
+            future = _SPAWNED.submit(self._escalate, lambda inv: inv.run_sync_once())
+            return CallHandle(cluster.client, self.call_id, future, self.on_log, attempts=self.attempts,
+                              cluster=cluster).wait_started()
+        cluster = svc._ensure_deployed()
+        while True:
+            try:
+                call_id = cluster.client.sync.spawn(svc.name or "", self.method, self.args, self.kwargs,
+                                                    call_id=self.call_id, caller=svc.options.caller)
+                return CallHandle(cluster.client, call_id, None, self.on_log, cluster=cluster)
+            except Exception as exc:
+                if not self._recover(exc):
+                    raise
+                cluster = svc._ensure_deployed()
 
     def _probe(self) -> Any:
         """Before a spawn: make sure the daemon answers and holds the service (relaunch or redeploy as a call
@@ -306,23 +313,3 @@ async def _close(items: AsyncGenerator[Any, None]) -> None:
 
 
 _SPAWNED = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="tether-spawn")
-
-
-def _run_detached(inv: Invocation) -> Any:
-    """One rung of a spawned escalating call: it outlives whoever spawned it, so nothing cancels it remotely."""
-    return run_sync(_run_detached_async(inv))
-
-
-async def _run_detached_async(inv: Invocation) -> Any:
-    """A spawned call's coroutine: it outlives whoever spawned it, so nothing here cancels it remotely."""
-    svc = inv.service
-    cluster = svc.cluster
-    assert cluster is not None
-    while True:
-        try:
-            return await cluster.client.call(svc.name or "", inv.method, inv.args, inv.kwargs, call_id=inv.call_id,
-                                             on_log=inv.on_log, caller=svc.options.caller)
-        except Exception as exc:
-            if not await asyncio.to_thread(inv._recover, exc):
-                raise
-            cluster = await asyncio.to_thread(svc._ensure_deployed)

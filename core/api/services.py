@@ -27,7 +27,6 @@ from tether.api.envs import Env
 from tether.api.invocation import Invocation
 from tether.api.records import save_resource, snapshot_code
 from tether.client import LogSink, default_log_sink
-from tether.client.loop import run_sync
 from tether.errors import ConfigError
 from tether.escalation import Attempt, Escalation, Ladder, Step
 from tether.registry import get_registry
@@ -153,8 +152,7 @@ class _Service:
         spec = self._build_spec(cluster, env, name)
         if self.spec is not None and self.spec.version is not None:
             spec.version = self.spec.version
-        out = run_sync(cluster.client.request("POST", "/deploy", json_body=spec.model_dump(mode="json"),
-                                              timeout=600))
+        out = cluster.client.sync.deploy(spec)
         self.cluster, self.env, self.spec, self.name = cluster, env, spec, name
         self.methods = dict(out.get("methods", {}))
 
@@ -185,8 +183,7 @@ class _Service:
         snapshot = self.spec.metadata.get("snapshot")
         if snapshot and Path(snapshot).is_dir():
             self.spec.code.root = self.cluster.sync(Path(snapshot))
-        out = run_sync(self.cluster.client.request("POST", "/deploy", json_body=self.spec.model_dump(mode="json"),
-                                                   timeout=600))
+        out = self.cluster.client.sync.deploy(self.spec)
         self.methods.update(out.get("methods", {}))
 
     def _relaunch(self) -> bool:
@@ -275,8 +272,7 @@ class _Service:
         if self.spec is not None and self.cluster is not None:
             self.spec.version = record.version
             self.spec.metadata["snapshot"] = config["service"]["metadata"].get("snapshot")
-            run_sync(self.cluster.client.request(
-                "POST", "/deploy", json_body=self.spec.model_dump(mode="json"), timeout=600))
+            self.cluster.client.sync.deploy(self.spec)
         self.registry_name = getattr(record, "name", None)
         return record
 
@@ -429,8 +425,7 @@ class RemoteClass(_Service):
         inst.spec = self.spec.model_copy(update={"name": inst_name, "kind": "instance", "init_pickled_b64": init,
                                                  "of": self.name, "version": None})
         inst.cluster, inst.env, inst.root, inst.options = self.cluster, self.env, self.root, self.options
-        out = run_sync(self.cluster.client.request("POST", "/deploy", json_body=inst.spec.model_dump(mode="json"),
-                                                   timeout=600))
+        out = self.cluster.client.sync.deploy(inst.spec)
         inst.methods = dict(out.get("methods", {}))
         return inst
 
