@@ -34,13 +34,12 @@ from tether.errors import (
     TetherError,
     error_from_wire,
 )
+from tether.protocol import headers as h
 from tether.protocol.headers import PREFER, RESPOND_ASYNC, wants_async
 from tether.specs import ServiceSpec, validate_name
 
 log = structlog.get_logger("tether.daemon")
 
-PICKLE = "application/x-tether-pickle"
-FRAMES = "application/x-tether-frames"
 HEARTBEAT_SECONDS = 10.0
 
 
@@ -301,11 +300,11 @@ async def call(request: web.Request) -> web.StreamResponse:
     method = request.match_info.get("method")
     if method is not None and (not method.isidentifier() or (method.startswith("_") and method != "__getattr__")):
         raise ConfigError(f"invalid method name {method!r}")
-    json_mode = request.content_type != PICKLE
-    call_id = request.headers.get("X-Tether-Call-Id") or uuid.uuid4().hex
+    json_mode = request.content_type != h.PICKLE
+    call_id = request.headers.get(h.CALL_ID) or uuid.uuid4().hex
     if len(call_id) > 200:
-        raise ConfigError("X-Tether-Call-Id is longer than 200 characters")
-    shm = request.headers.get("X-Tether-Shm")
+        raise ConfigError(f"{h.CALL_ID} is longer than 200 characters")
+    shm = request.headers.get(h.SHM)
     lent = _lent_slabs(request, json_mode)
     spawn = wants_async(request.headers.get(PREFER))
     if spawn and lent:
@@ -330,7 +329,7 @@ async def call(request: web.Request) -> web.StreamResponse:
         try:
             json.loads(body)
         except ValueError as exc:
-            raise SerializationError(f"the body is neither cloudpickle ({PICKLE}) nor JSON: {exc}") from None
+            raise SerializationError(f"the body is neither cloudpickle ({h.PICKLE}) nor JSON: {exc}") from None
     return await reply(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent))
 
 
@@ -338,7 +337,7 @@ async def _spawned(request: web.Request, call: Call) -> web.Response:
     """The answer to a spawn (``Prefer: respond-async``): the call is registered, here is its id and state.
     Its frames are kept like any call's, for ``GET /calls/{id}``."""
     return web.json_response(call.summary(), status=202,
-                             headers={"X-Tether-Call-Id": call.call_id, "Preference-Applied": RESPOND_ASYNC})
+                             headers={h.CALL_ID: call.call_id, "Preference-Applied": RESPOND_ASYNC})
 
 
 def _lent_slabs(request: web.Request, json_mode: bool) -> dict[str, Any]:
@@ -359,7 +358,7 @@ def _lent_slabs(request: web.Request, json_mode: bool) -> dict[str, Any]:
         if not slabs.is_slab_path(path) or not length.isdigit():
             raise ConfigError(f"{slabs.ARGS_HEADER} {args!r}: expected <path of a tether-* file directly inside "
                               "/dev/shm>:<length of the pickle in it>")
-        if request.body_exists or "X-Tether-Shm" in request.headers:
+        if request.body_exists or h.SHM in request.headers:
             raise ConfigError(f"send the arguments in one place: the body, X-Tether-Shm or {slabs.ARGS_HEADER}")
         out["_lent"] = [path, int(length)]
     return out
@@ -379,12 +378,12 @@ def _same_host_pickles(request: web.Request, header: str, json_mode: bool) -> No
         err.status = 400
         raise err
     if json_mode:
-        raise ConfigError(f"{header} carries pickles only (Content-Type: {PICKLE})")
+        raise ConfigError(f"{header} carries pickles only (Content-Type: {h.PICKLE})")
 
 
 def _claim_arg_file(request: web.Request, path: str, json_mode: bool) -> str:
     """The ``X-Tether-Shm`` file of a same-host client, now the daemon's (see ``protocol.claim_shm``)."""
-    _same_host_pickles(request, "X-Tether-Shm", json_mode)
+    _same_host_pickles(request, h.SHM, json_mode)
     if request.body_exists:
         raise ConfigError("send the arguments either in the body or in the X-Tether-Shm file, not both")
     return p.claim_shm(path)
@@ -397,9 +396,9 @@ async def respond(request: web.Request, call: Call) -> web.StreamResponse:
     """Answer with the call's frames: one plain response if it ends before anything was streamed, else a live
     stream (with a heartbeat frame every ``HEARTBEAT_SECONDS`` of silence)."""
     if call.json_mode:
-        return await _respond_json(call, {"X-Tether-Call-Id": call.call_id})
-    headers = {"X-Tether-Call-Id": call.call_id, "Content-Type": FRAMES}
-    files = request.headers.get("X-Tether-Accept-Shm") == "1" and _over_unix_socket(request)
+        return await _respond_json(call, {h.CALL_ID: call.call_id})
+    headers = {h.CALL_ID: call.call_id, "Content-Type": h.FRAMES}
+    files = request.headers.get(h.ACCEPT_SHM) == "1" and _over_unix_socket(request)
     mine = request.headers.get(slabs.RESULT_HEADER) if files else None  # a result slab this client lent
     frames = call.frames
     stream: web.StreamResponse | None = None
@@ -532,7 +531,7 @@ async def list_objects(request: web.Request) -> web.Response:
 
 async def get_object(request: web.Request) -> web.Response:
     _, body = await request.app[DAEMON].object_op("get", _name(request, "key"))
-    return web.Response(body=body, content_type=PICKLE)
+    return web.Response(body=body, content_type=h.PICKLE)
 
 
 async def put_object(request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from typing import ClassVar
 
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
+from tether.compute.state import write_private
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock
 from tether.protocol.tls import ensure_self_signed
@@ -123,10 +124,7 @@ class LocalBackend:
         info = json.loads(ready.read_text())
         state = {"pid": info["pid"], "port": info["port"], "token": token, "state_dir": str(state_dir),
                  "tls_fingerprint": fingerprint, "unix_socket": unix_socket, "spec": spec.model_dump(mode="json")}
-        tmp = state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.chmod(0o600)
-        os.replace(tmp, state_file)
+        write_private(state_file, json.dumps(state).encode())
         handle = self.handle(spec)
         assert handle is not None
         return handle

@@ -14,10 +14,11 @@ import secrets
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tether.client.health import probe_health
 from tether.compute import routing
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, SSHTarget, build_wheel
-from tether.compute.ssh import _health, _load, _save, state_path
+from tether.compute.state import load_state, save_state, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import AuthError, CapacityError, ClusterUnavailable, ConfigError, QuotaError, TetherError
 from tether.home import clusters_dir, file_lock
@@ -100,7 +101,7 @@ class SkyBackend:
         """Launch the first candidate that SkyPilot can provision; the returned plan records every attempt."""
         sky = _sky()
         the_plan = plan or routing.plan(spec)
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         token = st.get("token") or (secrets.token_urlsafe(32) if spec.auth else None)
         wheel = build_wheel()
 
@@ -122,7 +123,7 @@ class SkyBackend:
         routing.run_plan(the_plan, attempt)
         chosen = the_plan.chosen
         assert chosen is not None
-        _save(spec.name, {"backend": "sky", "token": token, "cloud": chosen.cloud, "region": chosen.region,
+        save_state(spec.name, {"backend": "sky", "token": token, "cloud": chosen.cloud, "region": chosen.region,
                           "instance_type": chosen.instance_type, "price_per_hour": chosen.price_per_hour,
                           "candidate": chosen.model_dump(),
                           "attempts": [a.model_dump() for a in the_plan.attempts]})  # fmt: skip
@@ -131,7 +132,7 @@ class SkyBackend:
     def restart(self, spec: ClusterSpec) -> None:
         """Start a stopped cluster where it was (``sky.start``) and run the daemon on it again (``sky.exec``)."""
         sky = _sky()
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         if "candidate" not in st:
             raise ClusterUnavailable(f"no record of where sky cluster {spec.name!r} was launched",
                                      hint="tear it down and launch again")  # fmt: skip
@@ -147,7 +148,7 @@ class SkyBackend:
         task.setup = None  # installed at launch; the disk survived the stop
         sky.stream_and_get(sky.exec(task, cluster_name=spec.name))
         st.update(tunnel_pid=None, local_port=None)
-        _save(spec.name, st)
+        save_state(spec.name, st)
 
     def _connect(self, spec: ClusterSpec, st: dict[str, Any]) -> ClusterHandle:
         head = SSHTarget(host=spec.name, connect_timeout=15)  # the ssh alias SkyPilot writes for the cluster
@@ -157,11 +158,11 @@ class SkyBackend:
             log = state_path(spec.name).with_suffix(".tunnel.log")
             tunnel = open_tunnel(head, port, log=log)
             st.update(tunnel_pid=tunnel.pid, local_port=tunnel.local_port)
-            _save(spec.name, st)
+            save_state(spec.name, st)
         handle = ClusterHandle(endpoint=f"http://127.0.0.1:{st['local_port']}", token=st.get("token"),
                                hosts=[spec.name], instance_type=st.get("instance_type"), cloud=st.get("cloud"),
                                region=st.get("region"), price_per_hour=st.get("price_per_hour"))  # fmt: skip
-        if not _health(handle.endpoint, handle.token, timeout=30):
+        if probe_health(handle.endpoint, token=handle.token, timeout=30) is None:
             raise ClusterUnavailable(f"daemon on sky cluster {spec.name!r} does not answer /health",
                                      details={"step": "health", "host": spec.name})  # fmt: skip
         return handle
@@ -172,15 +173,15 @@ class SkyBackend:
         """Launch (or restart) the cluster unless it is up, then tunnel to its daemon (one caller at a time)."""
         with file_lock(clusters_dir() / f"{spec.name}.lock"):
             status = self.status(spec)
-            if status == "stopped" and "candidate" in (_load(spec.name) or {}):
+            if status == "stopped" and "candidate" in (load_state(spec.name) or {}):
                 self.restart(spec)
-            elif status != "up" or not _load(spec.name):
+            elif status != "up" or not load_state(spec.name):
                 self.launch(spec)
-            return self._connect(spec, _load(spec.name) or {})
+            return self._connect(spec, load_state(spec.name) or {})
 
     def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The handle of a cluster that is already up (tunnel reopened if needed), or None."""
-        st = _load(spec.name)
+        st = load_state(spec.name)
         if not st or self.status(spec) != "up":
             return None
         return self._connect(spec, st)
@@ -205,16 +206,16 @@ class SkyBackend:
 
     def stop(self, spec: ClusterSpec) -> None:
         sky = _sky()
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         close_tunnel(st.get("tunnel_pid"))
         sky.get(sky.stop(spec.name))
         if st:
             st.update(tunnel_pid=None, local_port=None)
-            _save(spec.name, st)
+            save_state(spec.name, st)
 
     def down(self, spec: ClusterSpec) -> None:
         sky = _sky()
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         close_tunnel(st.get("tunnel_pid"))
         sky.get(sky.down(spec.name))
         state_path(spec.name).unlink(missing_ok=True)

@@ -7,7 +7,6 @@ daemon (the first host). State lives in ``$TETHER_HOME/clusters/<name>.json``.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import secrets
 import shlex
@@ -19,39 +18,16 @@ from rich.console import Console
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
+from tether.compute.state import load_state, save_state, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import ClusterUnavailable, ConfigError, TetherError
 from tether.home import clusters_dir, file_lock, tether_home
 from tether.specs import ClusterSpec
 
-__all__ = ["SSHBackend", "state_path"]
+__all__ = ["SSHBackend"]
 
 _SYNC_EXCLUDES = (".git", "__pycache__", "*.pyc", ".venv*", ".mypy_cache", ".pytest_cache", ".ruff_cache",
                   "node_modules", "*.egg-info")  # fmt: skip
-
-
-def state_path(name: str) -> Path:
-    return clusters_dir() / f"{name}.json"
-
-
-def _load(name: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(state_path(name).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _save(name: str, state: dict[str, Any]) -> None:
-    p = state_path(name)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, p)
-
-
-def _health(endpoint: str, token: str | None, timeout: float = 5) -> bool:
-    return probe_health(endpoint, token=token, timeout=timeout) is not None
 
 
 class SSHBackend:
@@ -88,12 +64,12 @@ class SSHBackend:
 
     def _up(self, spec: ClusterSpec) -> ClusterHandle:
         targets = self.targets(spec)
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         if st.get("hosts") != list(spec.host or []):
             st = {}
         if st and tunnel_alive(st.get("tunnel_pid"), st.get("local_port")):
             handle = self._handle(spec, st)
-            if _health(handle.endpoint, handle.token):
+            if probe_health(handle.endpoint, token=handle.token) is not None:
                 return handle
         token = st.get("token") or (secrets.token_urlsafe(32) if spec.auth else None)
         port = spec.server_port or DEFAULT_PORT
@@ -111,7 +87,7 @@ class SSHBackend:
         )
         self._ensure_tunnel(spec, st, targets[0])
         handle = self._handle(spec, st)
-        if not _health(handle.endpoint, token, timeout=30):
+        if probe_health(handle.endpoint, token=token, timeout=30) is None:
             raise ClusterUnavailable(f"daemon on {targets[0].host} does not answer /health through the tunnel",
                                      details={"step": "health", "host": targets[0].host})  # fmt: skip
         return handle
@@ -129,24 +105,24 @@ class SSHBackend:
                 raise
             tunnel = open_tunnel(head, st["remote_port"], log=log)  # the old port is taken: use a new one
         st.update(tunnel_pid=tunnel.pid, local_port=tunnel.local_port)
-        _save(spec.name, st)
+        save_state(spec.name, st)
 
     def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The handle of a running cluster (reconnecting the tunnel if needed), or None."""
         if self.status(spec) != "up":
             return None
-        st = _load(spec.name)
+        st = load_state(spec.name)
         return self._handle(spec, st) if st else None
 
     def status(self, spec: ClusterSpec) -> ClusterStatus:
         """``up`` when the head's daemon answers (the tunnel is reopened on its old port if it dropped),
         ``stopped`` when the hosts are there without a daemon, ``down`` when the cluster is unknown.
         Raises :class:`ClusterUnavailable` when the head cannot be reached at all."""
-        st = _load(spec.name)
+        st = load_state(spec.name)
         if not st or not st.get("remote_port"):
             return "down"
         endpoint = f"http://127.0.0.1:{st.get('local_port')}"
-        if tunnel_alive(st.get("tunnel_pid"), st.get("local_port")) and _health(endpoint, st.get("token")):
+        if tunnel_alive(st.get("tunnel_pid"), st.get("local_port")) and probe_health(endpoint, token=st.get("token")) is not None:
             return "up"
         head = self.targets(spec)[0]
         rdir = st.get("remote_dirs", {}).get(head.host, f"$HOME/{REMOTE_DIR}")
@@ -158,23 +134,23 @@ class SSHBackend:
         self._ensure_tunnel(spec, st, head)
         same = st.get("local_port") == old_port
         return (
-            "up" if same and _health(f"http://127.0.0.1:{st['local_port']}", st.get("token")) else "stopped"
+            "up" if same and probe_health(f"http://127.0.0.1:{st['local_port']}", token=st.get("token")) is not None else "stopped"
         )
 
     def stop(self, spec: ClusterSpec) -> None:
         """Stop the daemons (installs stay) and close the tunnel."""
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         close_tunnel(st.get("tunnel_pid"))
         errors = self._each_host(spec, st, lambda t, rdir: stop_daemon(t, rdir))
         if st:
             st["tunnel_pid"], st["local_port"] = None, None
-            _save(spec.name, st)
+            save_state(spec.name, st)
         if errors:
             raise errors[0]
 
     def down(self, spec: ClusterSpec) -> None:
         """Stop the daemons, remove their state and synced code on the hosts, forget the cluster locally."""
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         close_tunnel(st.get("tunnel_pid"))
 
         def clean(t: SSHTarget, rdir: str) -> None:
@@ -191,7 +167,7 @@ class SSHBackend:
 
     def sync_code(self, spec: ClusterSpec, handle: ClusterHandle, root: Path) -> str:
         """rsync ``root`` to every host (unchanged files are skipped); return its path on the head."""
-        st = _load(spec.name) or {}
+        st = load_state(spec.name) or {}
         root = Path(root).resolve()
         sub = f"code/{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
         excludes = [f"--exclude={e}" for e in _SYNC_EXCLUDES]
