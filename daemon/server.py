@@ -35,6 +35,7 @@ from tether.errors import (
     error_from_wire,
 )
 from tether.protocol import headers as h
+from tether.protocol.deployments import deployment_id
 from tether.protocol.headers import PREFER, RESPOND_ASYNC, wants_async
 from tether.specs import ServiceSpec, validate_name
 
@@ -149,6 +150,14 @@ class Daemon:
             worker.cancel(call.worker_tag)
         await worker.drain()
         return call
+
+    def check_expected(self, name: str, expect: str) -> None:
+        """A call that expects deployment ``expect`` (``X-Tether-Expect``) is answered only from that code."""
+        have = deployment_id(self.manifest.services.get(name))
+        if have != expect:
+            raise NotFound(f"{name!r} on this cluster is {have or 'not a deployed service'}, not the {expect} this "
+                           "call expects", hint="a tether client redeploys what it expects and calls again",
+                           details={"missing_service": name, "expected": expect, "running": have})
 
     def _call_meta(self, name: str, method: str | None, json_mode: bool) -> bytes:
         """The CALL frame's meta, JSON-encoded once per target."""
@@ -320,6 +329,14 @@ async def call(request: web.Request) -> web.StreamResponse:
             raise ConfigError(f"call id {call_id!r} belongs to {existing.service}.{existing.method or '__call__'}",
                               hint="use a new call id for a different service")
         return await reply(request, existing)
+    expect = request.headers.get(h.EXPECT)
+    if expect is not None:
+        try:
+            d.check_expected(name, expect)
+        except NotFound:
+            if arg_file is not None:
+                p.unlink_quietly(arg_file)
+            raise
     if arg_file is not None or "_lent" in lent:
         return await reply(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file, lent))
     body = await request.read()

@@ -126,7 +126,7 @@ class Invocation:
                 try:
                     return cluster.client.call_sync(svc.name or "", self.method, self.args, self.kwargs,
                                                     call_id=self.call_id, on_log=self.on_log,
-                                                    caller=svc.options.caller, lend=self.lend)
+                                                    caller=svc.options.caller, expect=svc.expects, lend=self.lend)
                 except Exception as exc:
                     if not self._recover(exc):
                         raise
@@ -152,7 +152,7 @@ class Invocation:
                 try:
                     return await cluster.client.call(svc.name or "", self.method, self.args, self.kwargs,
                                                      call_id=self.call_id, on_log=self.on_log,
-                                                     caller=svc.options.caller, lend=self.lend)
+                                                     caller=svc.options.caller, expect=svc.expects, lend=self.lend)
                 except Exception as exc:
                     if not await asyncio.to_thread(self._recover, exc):
                         raise
@@ -207,7 +207,7 @@ class Invocation:
                 try:
                     async with contextlib.aclosing(cluster.client.stream(
                             svc.name or "", self.method, self.args, self.kwargs, call_id=self.call_id,
-                            on_log=self.on_log, caller=svc.options.caller)) as items:
+                            on_log=self.on_log, caller=svc.options.caller, expect=svc.expects)) as items:
                         async for item in items:
                             yielded = True
                             yield item
@@ -258,7 +258,7 @@ class Invocation:
         while True:
             try:
                 call_id = cluster.client.sync.spawn(svc.name or "", self.method, self.args, self.kwargs,
-                                                    call_id=self.call_id, caller=svc.options.caller)
+                                                    call_id=self.call_id, caller=svc.options.caller, expect=svc.expects)
                 return CallHandle(cluster.client, call_id, None, self.on_log, cluster=cluster)
             except Exception as exc:
                 if not self._recover(exc):

@@ -29,6 +29,7 @@ from tether.api.records import save_resource, snapshot_code
 from tether.client import LogSink, default_log_sink
 from tether.errors import ConfigError
 from tether.escalation import Attempt, Escalation, Ladder, Step
+from tether.protocol.deployments import deployment_id
 from tether.registry import get_registry
 from tether.specs import ServiceSpec, build
 
@@ -122,6 +123,12 @@ class _Service:
     @property
     def caller(self) -> str | None:
         return self.options.caller
+
+    @property
+    def expects(self) -> str | None:
+        """The deployment this handle's calls expect (``v3``, ``h:<code hash>``): the daemon answers them only
+        from that code, and the handle redeploys it when the name holds other code (a teammate's ad-hoc deploy)."""
+        return deployment_id(self.spec)
 
     @property
     def current_cluster(self) -> Cluster | None:

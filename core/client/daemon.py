@@ -133,11 +133,13 @@ class DaemonClient:
         return dict(await self.send(routes.set_autostop(mins, paused)))
 
     # -- calls -----------------------------------------------------------------------------------------------------
-    def _route(self, name: str, method: str | None, call_id: str, caller: str | None, attach: bool
-               ) -> tuple[str, str, dict[str, str]]:
+    def _route(self, name: str, method: str | None, call_id: str, caller: str | None, attach: bool,
+               expect: str | None = None) -> tuple[str, str, dict[str, str]]:
         headers = {**self._headers, h.CALL_ID: call_id, "Content-Type": h.PICKLE}
         if caller:
             headers[h.CALLER] = caller
+        if expect:
+            headers[h.EXPECT] = expect
         if self._shm:
             headers[h.ACCEPT_SHM] = "1"
         if attach:
@@ -145,19 +147,21 @@ class DaemonClient:
         return "POST", (f"/{name}/{method}/call" if method else f"/{name}/call"), headers
 
     def spawn_op(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                 call_id: str | None = None, caller: str | None = None) -> routes.Op:
+                 call_id: str | None = None, caller: str | None = None, expect: str | None = None) -> routes.Op:
         """The request that spawns a call (its arguments inline: a spawned call lends no slab)."""
         headers = {h.CALL_ID: call_id or new_call_id()}
         if caller:
             headers[h.CALLER] = caller
+        if expect:
+            headers[h.EXPECT] = expect
         return routes.spawn(name, method, dumps_args(args, kwargs), {**headers, "Content-Type": h.PICKLE})
 
     async def spawn(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                    call_id: str | None = None, caller: str | None = None) -> str:
+                    call_id: str | None = None, caller: str | None = None, expect: str | None = None) -> str:
         """Start a call and return its id as soon as the daemon registered it (``status`` / ``attach`` /
         ``cancel`` / ``logs`` work on it from anywhere then). The same call id again runs nothing new; without
         one, a new id is made up."""
-        op = self.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller)
+        op = self.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller, expect=expect)
         call_id = op.headers[h.CALL_ID] if op.headers else ""
         try:
             async for attempt in AsyncRetrying(stop=stop_after_attempt(RETRIES), reraise=True,
@@ -175,7 +179,7 @@ class DaemonClient:
         return await self.call("", None, (), {}, call_id=call_id, on_log=on_log, attach=True)
 
     async def frames(self, name: str, method: str | None, body: bytes, *, call_id: str,
-                     caller: str | None = None, attach: bool = False, seen: int = 0,
+                     caller: str | None = None, expect: str | None = None, attach: bool = False, seen: int = 0,
                      extra: dict[str, str] | None = None) -> AsyncGenerator[tuple[int, bytes], None]:
         """Send a call (or re-attach to ``call_id``) and yield its frames after the first ``seen`` as they arrive.
 
@@ -188,7 +192,7 @@ class DaemonClient:
         ):
             with attempt:
                 index = 0
-                verb, path, headers = self._route(name, method, call_id, caller, attach)
+                verb, path, headers = self._route(name, method, call_id, caller, attach, expect)
                 headers.update(extra or {})
                 resp = await self._async.asend(verb, path, headers, b"" if attach else body)
                 try:
@@ -205,7 +209,7 @@ class DaemonClient:
                     resp.close()
 
     async def call(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                   call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None,
+                   call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None,
                    attach: bool = False, resume: Outcome | None = None, lend: bool = False) -> Any:
         """Run a call to completion; logs go to ``on_log``; returns the result or raises the remote error.
 
@@ -216,7 +220,7 @@ class DaemonClient:
         out = resume or Outcome(on_log)
         try:
             if resume is None:  # one request in one coroutine, no generator: the common case
-                verb, path, headers = self._route(name, method, call_id, caller, attach)
+                verb, path, headers = self._route(name, method, call_id, caller, attach, expect)
                 body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
                 try:
                     resp = await self._async.asend(verb, path, headers, body)
@@ -238,7 +242,7 @@ class DaemonClient:
                     # the same call id again, on the retrying path below
             body = b"" if attach else dumps_args(args, kwargs)
             extra = out.lease.headers(result_only=True) if out.lease is not None else None
-            async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller,
+            async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller, expect=expect,
                                                        attach=attach, seen=out.seen, extra=extra)) as frames:
                 async for kind, payload in frames:
                     if out.feed(kind, payload):
@@ -251,16 +255,16 @@ class DaemonClient:
         return out.outcome(call_id)
 
     def call_sync(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                  call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None,
+                  call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None,
                   lend: bool = False, attach: bool = False) -> Any:
         """:meth:`call` for a sync caller: blocking sockets on this thread (no event loop in the way). A dropped
         link resumes on the async path's retries."""
         transport = self._sync
         if transport is None:
-            return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller,
+            return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller, expect=expect,
                                       attach=attach))
         out = Outcome(on_log)
-        verb, path, headers = self._route(name, method, call_id, caller, attach)
+        verb, path, headers = self._route(name, method, call_id, caller, attach, expect)
         resumed = False
         try:
             body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
@@ -283,7 +287,7 @@ class DaemonClient:
             if out.done:  # the outcome arrived before the link dropped
                 return out.outcome(call_id)
             resumed = True  # the async path settles the call
-            return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller,
+            return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller, expect=expect,
                                       attach=attach, resume=out))
         finally:
             if not resumed:
@@ -324,7 +328,7 @@ class DaemonClient:
         return (b"" if big else dumps_args(args, kwargs)), lease
 
     async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                     call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None
+                     call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None
                      ) -> AsyncIterator[Any]:
         """Yield a remote generator's items as they are produced (big arguments go in a lent slab, as for
         :meth:`call`; it is reused only if the stream reached its end)."""
@@ -332,7 +336,7 @@ class DaemonClient:
         body, lease = self._body(name, method, args, kwargs, extra, False, False)
         out = Outcome(on_log)
         try:
-            async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller,
+            async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller, expect=expect,
                                                        extra=extra)) as frames:
                 async for kind, payload in frames:
                     done = out.feed(kind, payload)

@@ -97,15 +97,15 @@ class SyncDaemonClient:
 
     # -- calls -----------------------------------------------------------------------------------------------------
     def call(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *, call_id: str,
-             on_log: LogSink | None = default_log_sink, caller: str | None = None, lend: bool = False) -> Any:
+             on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None, lend: bool = False) -> Any:
         """Run a call to completion (:meth:`DaemonClient.call_sync`)."""
-        return self._client.call_sync(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller,
+        return self._client.call_sync(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller, expect=expect,
                                       lend=lend)
 
     def spawn(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-              call_id: str | None = None, caller: str | None = None) -> str:
+              call_id: str | None = None, caller: str | None = None, expect: str | None = None) -> str:
         """Start a call; its id once the daemon registered it (:meth:`DaemonClient.spawn`)."""
-        op = self._client.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller)
+        op = self._client.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller, expect=expect)
         call_id = op.headers[CALL_ID] if op.headers else ""
         try:
             for attempt in Retrying(stop=stop_after_attempt(RETRIES), wait=wait_exponential(multiplier=0.1, max=2),
@@ -122,8 +122,8 @@ class SyncDaemonClient:
         return self._client.call_sync("", None, (), {}, call_id=call_id, on_log=on_log, attach=True)
 
     def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-               call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None
+               call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None
                ) -> Iterator[Any]:
         """A remote generator's items as they come (the stream runs on the background loop)."""
         return iterate_sync(self._client.stream(name, method, args, kwargs, call_id=call_id, on_log=on_log,
-                                                caller=caller))
+                                                caller=caller, expect=expect))

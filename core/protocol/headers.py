@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ID", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
+    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ID", "EXPECT", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
     "RESULT_SLAB", "SHM", "SHM_LENT", "bearer", "wants_async",
 ]
 
@@ -18,6 +18,10 @@ CALL_ID = "X-Tether-Call-Id"
 """Optional on a call; the same id twice runs once. Echoed on the response."""
 CALLER = "X-Tether-Caller"
 """Who calls, for lineage and usage records."""
+EXPECT = "X-Tether-Expect"
+"""The deployment a call expects: ``v<version>`` of a saved service or ``h:<code hash>`` of an ad-hoc one. The
+daemon answers only from that code; another deployment under the name is a ``NotFound`` naming both (the client
+then redeploys what it expects)."""
 ACCEPT_SHM = "X-Tether-Accept-Shm"
 """``1``: a same-host client takes big results and items as ``/dev/shm`` files (``F`` frames)."""
 SHM = "X-Tether-Shm"

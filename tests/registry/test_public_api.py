@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,34 @@ def test_a_saved_version_keeps_its_code_after_the_source_changes(local: Any, tmp
     assert tether.function(name="answer")() == "v2"
     assert tether.function(name="answer@1")() == "v1"  # from the snapshot taken when v1 was saved
     assert tether.function(name="answer")() == "v2"
+
+
+def test_an_ad_hoc_deploy_never_answers_a_loaded_saved_version(local: Any, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A teammate's ``tether.function(train).to(c)`` under the saved name does not make a handle loaded earlier
+    run the teammate's code: calls carry the deployment they expect and the daemon answers only from it."""
+    import importlib
+
+    for name, text in (("team_train", "def train():\n    return 'saved v1'\n"),
+                       ("my_train", "def train():\n    return 'ad hoc'\n")):
+        proj = tmp_path / name
+        proj.mkdir()
+        (proj / "pyproject.toml").write_text(f"[project]\nname='{name}'\n")
+        (proj / f"{name}.py").write_text(text)
+        monkeypatch.syspath_prepend(str(proj))
+    saved = importlib.import_module("team_train")
+    mine = importlib.import_module("my_train")
+    tether.function(saved.train).to(local, name="train").save()
+    loaded = tether.function(name="train")
+    assert loaded() == "saved v1"
+
+    adhoc = tether.function(mine.train).to(local, name="train")  # replaces "train" on the daemon
+    assert adhoc() == "ad hoc"
+    assert loaded() == "saved v1", "the loaded handle runs the version it loaded, not the ad-hoc code"
+    assert adhoc() == "ad hoc", "and the ad-hoc handle its own code"
+    assert loaded.expects == "v1" and adhoc.expects is not None and adhoc.expects.startswith("h:")
+
+    client = local.client.sync  # a caller that expects what is not there gets a typed error naming both
+    with pytest.raises(NotFound) as info:
+        client.call("train", None, (), {}, call_id=uuid.uuid4().hex, expect="v7")
+    assert info.value.details["expected"] == "v7" and info.value.details["running"] == adhoc.expects
