@@ -1,6 +1,13 @@
 """Memory of worker processes: why a dead worker died (``classify_exit``: killed for memory, or not), and
-``apply_memory_limit``, which puts a worker under a cgroup v1 memory limit (the kernel OOM-kills it like a real
-box) or under ``RLIMIT_AS`` (allocations fail with ``MemoryError``) where cgroups cannot be written.
+``apply_memory_limit``, which puts a worker under a memory cgroup limit (the kernel OOM-kills it like a real box)
+or under ``RLIMIT_AS`` (allocations fail with ``MemoryError``) where no cgroup can be written.
+
+Both cgroup versions: with a v1 ``memory`` hierarchy the worker's cgroup ``tether-<daemon pid>-<worker pid>`` is
+made inside the daemon's own memory cgroup (``memory.limit_in_bytes``, counters in ``memory.oom_control``); with
+cgroup v2 (the unified hierarchy, the default on current distributions) it is made beside the daemon's cgroup,
+in its parent (``memory.max``, counters in ``memory.events``): a v2 cgroup that holds processes cannot give
+controllers to children of its own, while its parent already gives the memory controller to its children. In
+the v2 root cgroup, which may do both, the worker's cgroup goes inside it.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ def _vmstat_oom_kills() -> int:
 
 
 def exit_evidence(pid: int | None = None) -> dict[str, Any]:
-    """Read (and remove) the memory cgroup a dead worker ran in: OOM kills, failures, peak usage, limit.
+    """Read (and remove) the memory cgroup (v1 or v2) a dead worker ran in: OOM kills, failures, peak usage, limit.
 
     With ``pid`` None, the dead worker cgroups of this process's children are read (the one with an OOM kill
     wins). Returns ``{}`` when nothing is found, e.g. when workers ran under the rlimit fallback.
@@ -79,20 +86,23 @@ def baseline_evidence() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class MemoryLimit:
-    """How a worker's memory is limited: ``cgroup`` (kernel OOM kill) or ``rlimit`` (MemoryError)."""
+    """How a worker's memory is limited: ``cgroup`` (kernel OOM kill; ``cgroup_version`` 1 or 2) or ``rlimit``
+    (MemoryError)."""
 
     mode: Literal["cgroup", "rlimit"]
     nbytes: int
     cgroup: str | None = None
     address_space: int | None = None
+    cgroup_version: int | None = None
 
 
 def apply_memory_limit(nbytes: int | str, *, mode: str | None = None) -> MemoryLimit:
     """Limit this process (and its children) to ``nbytes`` more memory than it uses now; call at worker start.
 
-    ``mode`` (default ``$TETHER_MEMORY_LIMIT_MODE`` or ``auto``): ``cgroup`` creates a cgroup v1 memory cgroup
-    ``tether-<ppid>-<pid>`` under this process's own and moves into it; ``rlimit`` sets ``RLIMIT_AS`` to the
-    address space in use plus ``nbytes``; ``auto`` tries the cgroup and falls back to the rlimit.
+    ``mode`` (default ``$TETHER_MEMORY_LIMIT_MODE`` or ``auto``): ``cgroup`` creates a memory cgroup
+    ``tether-<ppid>-<pid>`` (cgroup v1 or v2, see the module's docstring) and moves into it; ``rlimit`` sets
+    ``RLIMIT_AS`` to the address space in use plus ``nbytes``; ``auto`` tries the cgroup and falls back to the
+    rlimit.
     """
     limit = parse_bytes(nbytes)
     if not limit or limit <= 0:
@@ -107,7 +117,8 @@ def apply_memory_limit(nbytes: int | str, *, mode: str | None = None) -> MemoryL
             if chosen == "cgroup":
                 raise ConfigError(
                     f"could not put the worker in a memory cgroup: {exc}",
-                    hint="cgroup v1 memory controller writable by this user is needed; or use mode 'rlimit'",
+                    hint="a memory cgroup this user may write is needed (a cgroup v1 memory hierarchy, or cgroup "
+                         "v2 with the memory controller given to this process's cgroup); or use mode 'rlimit'",
                 ) from exc
     return _set_rlimit(limit)
 
@@ -130,53 +141,107 @@ def _vm_size() -> int:
     return 0
 
 
-def _memory_cgroup_dir() -> Path | None:
-    """This process's own cgroup v1 memory directory, or None when there is no v1 memory controller."""
-    mount = None
+_PROC_SELF = Path("/proc/self")  # where this process's mounts and cgroups are read (tests point it elsewhere)
+
+
+@dataclass(frozen=True)
+class _Hierarchy:
+    """Where this process's worker cgroups go: ``parent`` holds them; ``home`` is the cgroup this process is in."""
+
+    version: Literal[1, 2]
+    home: Path
+    parent: Path
+
+
+def _mounts() -> tuple[tuple[str, Path] | None, tuple[str, Path] | None]:
+    """(root, mount point) of the cgroup v1 hierarchy holding ``memory`` and of the cgroup v2 hierarchy."""
+    v1 = v2 = None
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        for line in (_PROC_SELF / "mountinfo").read_text().splitlines():
             left, _, right = line.partition(" - ")
             fields, extra = left.split(), right.split()
-            if len(extra) >= 3 and extra[0] == "cgroup" and "memory" in extra[2].split(","):
-                mount = (fields[3], Path(fields[4]))
-                break
-    if mount is None:
-        return None
+            if len(fields) < 5 or not extra:
+                continue
+            if v1 is None and extra[0] == "cgroup" and len(extra) >= 3 and "memory" in extra[2].split(","):
+                v1 = (fields[3], Path(fields[4]))
+            elif v2 is None and extra[0] == "cgroup2":
+                v2 = (fields[3], Path(fields[4]))
+    return v1, v2
+
+
+def _own_cgroup(mount: tuple[str, Path], wanted: str | None) -> Path | None:
+    """This process's cgroup directory in ``mount``: the v1 line naming controller ``wanted``, or v2's ``0::``."""
     mount_root, mount_point = mount
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, controllers, path = line.split(":", 2)
-            if "memory" in controllers.split(","):
+    with contextlib.suppress(OSError, ValueError):
+        for line in (_PROC_SELF / "cgroup").read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            if (wanted in controllers.split(",")) if wanted else (number == "0" and controllers == ""):
                 rel = os.path.relpath(path, mount_root) if path.startswith(mount_root) else path
                 directory = (mount_point / rel.lstrip("/")).resolve()
                 return directory if directory.is_dir() else None
     return None
 
 
+def _words(path: Path) -> list[str]:
+    with contextlib.suppress(OSError):
+        return path.read_text().split()
+    return []
+
+
+def _memory_hierarchy() -> _Hierarchy | None:
+    """Where worker memory cgroups go (see the module's docstring); None when no memory controller can be used."""
+    v1, v2 = _mounts()
+    if v1 is not None:
+        own = _own_cgroup(v1, "memory")
+        return _Hierarchy(1, own, own) if own is not None else None
+    if v2 is None:
+        return None
+    own = _own_cgroup(v2, None)
+    if own is None:
+        return None
+    if "memory" in _words(own / "cgroup.subtree_control"):  # the root cgroup (or an empty one): children inside
+        return _Hierarchy(2, own, own)
+    if own != v2[1].resolve() and "memory" in _words(own / "cgroup.controllers"):  # the parent gives memory
+        return _Hierarchy(2, own, own.parent)
+    return None
+
+
+def _memory_cgroup_dir() -> Path | None:
+    """The directory worker memory cgroups are made in (v1: this process's own; v2: see above), or None."""
+    hierarchy = _memory_hierarchy()
+    return hierarchy.parent if hierarchy else None
+
+
 def _join_cgroup(limit: int) -> MemoryLimit:
-    parent = _memory_cgroup_dir()
-    if parent is None:
-        raise OSError(errno.ENOENT, "no cgroup v1 memory controller is mounted")
+    hierarchy = _memory_hierarchy()
+    if hierarchy is None:
+        raise OSError(errno.ENOENT, "no memory cgroup can be used here (no cgroup v1 memory hierarchy, and "
+                                    "cgroup v2 does not give the memory controller to this process's cgroup)")
+    parent = hierarchy.parent
     _remove_stale(parent)
     group = parent / f"tether-{os.getppid()}-{os.getpid()}"
     group.mkdir(exist_ok=True)
+    if hierarchy.version == 1:
+        limit_file, swap_file, swap_value = "memory.limit_in_bytes", "memory.memsw.limit_in_bytes", str(limit)
+    else:
+        limit_file, swap_file, swap_value = "memory.max", "memory.swap.max", "0"
     try:
-        (group / "memory.limit_in_bytes").write_text(str(limit))
-        if (group / "memory.memsw.limit_in_bytes").exists():  # no swapping past the limit either
+        (group / limit_file).write_text(str(limit))
+        if (group / swap_file).exists():  # no swapping past the limit either
             with contextlib.suppress(OSError):
-                (group / "memory.memsw.limit_in_bytes").write_text(str(limit))
+                (group / swap_file).write_text(swap_value)
         (group / "cgroup.procs").write_text(str(os.getpid()))
     except OSError:
         _remove_cgroup(group)
         raise
-    atexit.register(_leave_cgroup, parent, group)
-    return MemoryLimit(mode="cgroup", nbytes=limit, cgroup=str(group))
+    atexit.register(_leave_cgroup, hierarchy.home, group)
+    return MemoryLimit(mode="cgroup", nbytes=limit, cgroup=str(group), cgroup_version=hierarchy.version)
 
 
-def _leave_cgroup(parent: Path, group: Path) -> None:
-    """On a clean exit: move back to the parent so the (then empty) cgroup can be removed."""
+def _leave_cgroup(home: Path, group: Path) -> None:
+    """On a clean exit: move back to the cgroup the worker started in, so the (then empty) one can be removed."""
     with contextlib.suppress(OSError):
-        (parent / "cgroup.procs").write_text(str(os.getpid()))
+        (home / "cgroup.procs").write_text(str(os.getpid()))
         if not _tasks(group):
             group.rmdir()
 
@@ -188,6 +253,10 @@ def _tasks(group: Path) -> list[int]:
 
 
 def _cgroup_stats(group: Path) -> dict[str, Any]:
+    """The counters of a worker's cgroup, by the same names in both versions: ``oom_kill``, ``failcnt`` (times
+    the limit was hit), ``max_usage`` (peak bytes), ``limit`` (bytes), and ``under_oom`` (v1 only)."""
+    if (group / "memory.events").exists():  # cgroup v2
+        return _cgroup2_stats(group)
     stats: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):
         for line in (group / "memory.oom_control").read_text().splitlines():
@@ -198,6 +267,21 @@ def _cgroup_stats(group: Path) -> dict[str, Any]:
                       ("memory.limit_in_bytes", "limit")):  # fmt: skip
         with contextlib.suppress(OSError, ValueError):
             stats[key] = int((group / name).read_text().strip())
+    return stats
+
+
+def _cgroup2_stats(group: Path) -> dict[str, Any]:
+    stats: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        for line in (group / "memory.events").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                stats["oom_kill"] = int(value)
+            elif key == "max":
+                stats["failcnt"] = int(value)
+    for name, key in (("memory.peak", "max_usage"), ("memory.max", "limit")):
+        with contextlib.suppress(OSError, ValueError):
+            stats[key] = int((group / name).read_text().strip())  # memory.max may say "max": no limit
     return stats
 
 

@@ -8,6 +8,7 @@ import sys
 
 import tether
 from tests.core import services as svc
+from tests.processes import assert_local_cluster_removed
 
 
 def run_cli(*args: str, home) -> subprocess.CompletedProcess:
@@ -31,5 +32,8 @@ def test_server_start_status_ls_logs_stop(tether_home):
     assert "cli 0" in logs.stdout and "cli 1" in logs.stdout
     missing = run_cli("logs", "no-such-call", "--cluster", "clitest", home=tether_home)
     assert missing.returncode == 1 and "no call" in missing.stdout
+    pid, workers = c.handle.pid, [w["pid"] for w in c.daemon_status()["workers"]]
+    assert workers
     stop = run_cli("server", "stop", "--cluster", "clitest", "--teardown", home=tether_home)
-    assert stop.returncode == 0 and c.status() == "down"
+    assert stop.returncode == 0 and c.status() == "down", stop.stderr
+    assert_local_cluster_removed(tether_home, "clitest", pid, workers)  # no process left, nothing on disk

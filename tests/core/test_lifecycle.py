@@ -8,6 +8,7 @@ import pytest
 
 import tether
 from tests.core import services as svc
+from tests.processes import assert_local_cluster_removed, wait_gone
 
 
 def test_up_if_not_is_idempotent_and_teardown_removes_all(tether_home):
@@ -15,8 +16,12 @@ def test_up_if_not_is_idempotent_and_teardown_removes_all(tether_home):
     pid = c.handle.pid
     assert tether.cluster(name="life").up_if_not().handle.pid == pid
     assert c.status() == "up"
+    assert tether.function(svc.add).to(c)(1, 2) == 3  # a worker runs too
+    workers = [w["pid"] for w in c.daemon_status()["workers"]]
+    assert workers and (tether_home / "clusters" / "life" / "manifest.json").exists()
     c.teardown()
     assert c.status() == "down"
+    assert_local_cluster_removed(tether_home, "life", pid, workers)  # no process left, nothing on disk
     with pytest.raises(tether.ClusterUnavailable):
         _ = c.endpoint
 
@@ -79,3 +84,25 @@ def test_daemon_runs_on_the_stdlib_loop_or_uvloop(tether_home, monkeypatch, loop
         assert c.daemon_status()["loop"] == expected
     finally:
         c.teardown()
+
+
+def test_fixtures_clean_up_what_a_failing_test_left_running(tmp_path, monkeypatch):
+    """What ``tether_home`` / ``module_home`` do after every test, passed or failed: tear down each cluster started
+    under the home; and the session's last sweep kills a daemon whose state no teardown can find any more."""
+    from tests.processes import daemons_under, kill_daemons_under, teardown_clusters
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("TETHER_HOME", str(home))
+    left = tether.cluster(name="left-running").up_if_not()
+    assert tether.function(svc.add).to(left)(2, 3) == 5
+    pid, workers = left.handle.pid, [w["pid"] for w in left.daemon_status()["workers"]]
+    assert teardown_clusters(home) == ["left-running"]
+    assert_local_cluster_removed(home, "left-running", pid, workers)
+
+    orphan = tether.cluster(name="orphan").up_if_not()
+    orphan_pid = orphan.handle.pid
+    (home / "clusters" / "orphan.json").unlink()  # its client-side state is lost: no teardown finds it
+    assert teardown_clusters(home) == []
+    assert [p for p, _ in daemons_under(tmp_path)] == [orphan_pid]
+    assert [p for p, _ in kill_daemons_under(tmp_path)] == [orphan_pid]
+    assert not wait_gone([orphan_pid]) and daemons_under(tmp_path) == []

@@ -29,9 +29,13 @@ class _CountingTransport:
         return getattr(self.real, name)
 
 
-async def _pair() -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamWriter]:
-    """A writer, and the reader (and its writer, kept open) of the socket's other end."""
+async def _pair(kernel_buffer: int | None = None) -> tuple[asyncio.StreamWriter, asyncio.StreamReader, asyncio.StreamWriter]:
+    """A writer, and the reader (and its writer, kept open) of the socket's other end; ``kernel_buffer`` caps the
+    socket buffers so that unread bytes pile up in the writer's transport, where back-pressure can see them."""
     a, b = socket.socketpair()
+    if kernel_buffer:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, kernel_buffer)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, kernel_buffer)
     _, writer_a = await asyncio.open_unix_connection(sock=a)
     reader_b, writer_b = await asyncio.open_unix_connection(sock=b)
     return writer_a, reader_b, writer_b
@@ -57,28 +61,52 @@ def test_first_frame_goes_at_once_and_the_rest_of_the_iteration_in_one_write_in_
 
 
 def test_a_large_queue_is_written_at_once_and_drain_waits_for_the_socket():
-    async def go() -> tuple[int, int]:
-        writer, reader, _peer = await _pair()
+    FRAMES = 96  # of FLUSH_AT / 4 = 64 KiB each: 6 MiB in all, above DRAIN_AT (4 MiB)
+    assert FRAMES * p.FLUSH_AT // 4 > p.DRAIN_AT * 1.25
+
+    async def go() -> dict[str, Any]:
+        writer, reader, _peer = await _pair(kernel_buffer=64 * 1024)
         counting = _CountingTransport(writer.transport)
         writer._transport = counting  # type: ignore[attr-defined]
         link = p.FrameWriter(writer)
+        seen: dict[str, Any] = {}
         chunk = b"y" * (p.FLUSH_AT // 4)
         for tag in range(4):
             link.send(p.ITEM, tag, None, chunk)
-        at_threshold = counting.writes  # the fourth frame crossed FLUSH_AT: written without waiting
-        for tag in range(4, 40):  # ~9 MiB > DRAIN_AT: drain() must wait until the reader takes some
+        seen["at_threshold"] = counting.writes  # the fourth frame crossed FLUSH_AT: written without waiting
+        little = asyncio.ensure_future(link.drain())  # ~1 MiB buffered, below DRAIN_AT: no waiting
+        await asyncio.sleep(0)
+        seen["little_done"] = little.done()
+        for tag in range(4, FRAMES):  # 6 MiB > DRAIN_AT: drain() must wait until the reader takes some
             link.send(p.ITEM, tag, None, chunk)
-        drained = asyncio.ensure_future(link.drain())
-        total = 0
-        while total < 40:
-            await p.read_frame(reader)
-            total += 1
-        await asyncio.wait_for(drained, 30)
-        writer.close()
-        return at_threshold, total
+        seen["buffered_before"] = link.buffered()
 
-    at_threshold, total = asyncio.run(go())
-    assert at_threshold == 1 and total == 40
+        async def drain_then_measure() -> int:
+            await link.drain()
+            return link.buffered()
+
+        drained = asyncio.ensure_future(drain_then_measure())
+        await asyncio.sleep(0.2)  # nobody reads: the socket buffer is full, so drain() must still be waiting
+        seen["waited"] = not drained.done()
+        frames = []
+        while not drained.done():  # reading makes room; drain() returns once the buffer has gone down
+            frames.append(await p.read_frame(reader))
+        seen["frames_read_before_drain_returned"] = len(frames)
+        seen["buffered_when_drained"] = drained.result()
+        while len(frames) < FRAMES:
+            frames.append(await p.read_frame(reader))
+        seen["tags"] = [tag for _, tag, _, _ in frames]
+        writer.close()
+        return seen
+
+    seen = asyncio.run(go())
+    assert seen["at_threshold"] == 1
+    assert seen["little_done"], "drain() waited although less than DRAIN_AT was buffered"
+    assert seen["buffered_before"] > p.DRAIN_AT
+    assert seen["waited"], "drain() returned while more than DRAIN_AT bytes sat unread in the socket buffer"
+    assert seen["frames_read_before_drain_returned"] >= 1
+    assert seen["buffered_when_drained"] <= p.DRAIN_AT, "drain() returned before the buffer went down"
+    assert seen["tags"] == list(range(FRAMES))
 
 
 def test_waits_end_with_the_next_frame_or_time_out(monkeypatch):

@@ -1,10 +1,19 @@
 """Property-based API fuzzing with schemathesis: every operation of an OpenAPI document, valid and invalid
-inputs, bounded; records what a server answered instead of stopping at the first surprise."""
+inputs, bounded; records what a server answered instead of stopping at the first surprise.
+
+Runs are seeded: the same ``seed`` generates the same cases (``FuzzReport.digest`` says so), so a run that found
+a problem can be replayed (``TETHER_FUZZ_SEED``, see :func:`choose_seed`). Hypothesis prints no seed here
+itself: a case that finds a problem is recorded, it does not fail the property.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
+import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,6 +23,7 @@ from typing import Any
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as seed_with
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
@@ -34,6 +44,13 @@ class FuzzReport:
     bad_error_bodies: list[str] = field(default_factory=list)
     transport_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    seed: int | None = None
+    _digest: Any = field(default_factory=hashlib.sha256, repr=False)
+
+    @property
+    def digest(self) -> str:
+        """A hash of every case sent, in order: equal for two runs with the same seed against the same schema."""
+        return self._digest.hexdigest()[:16]
 
     @property
     def problems(self) -> list[str]:
@@ -41,6 +58,8 @@ class FuzzReport:
 
     def summary(self) -> dict[str, Any]:
         return {
+            "seed": self.seed,
+            "cases_digest": self.digest,
             "cases": self.cases,
             "5xx": len(self.server_errors),
             "non_json_errors": len(self.bad_error_bodies),
@@ -51,8 +70,13 @@ class FuzzReport:
         }
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
 def _record(report: FuzzReport, label: str, case: Any, response: requests.Response) -> None:
     report.cases += 1
+    body = _ADDRESS.sub("", repr(case.body))  # e.g. schemathesis' NotSet: no object address in the digest
+    report._digest.update(f"{label}|{case.method}|{case.formatted_path}|{case.query!r}|{body}\n".encode())
     report.per_operation[label] += 1
     report.statuses[response.status_code] += 1
     where = f"{label}: {case.method} {case.formatted_path} body={str(case.body)[:200]!r}"
@@ -77,15 +101,17 @@ def fuzz(
     path_parameters: dict[str, dict[str, Any]] | None = None,
     order: Callable[[str], Any] | None = None,
     verify: Any = True,
+    seed: int | None = None,
 ) -> FuzzReport:
     """Fuzz every operation of ``schema_url`` in positive and negative mode against ``base_url``.
 
     ``per_operation`` caps examples by label ("POST /deploy"); ``prepare`` edits a case before it is sent (to keep
     a fuzz run from, say, installing random pip packages); ``path_parameters`` adds extra runs of an operation
-    with fixed path parameters (label suffixed with " @fixed").
+    with fixed path parameters (label suffixed with " @fixed"). ``seed`` (default :func:`choose_seed`) seeds every
+    operation's generation; it is in the report.
     """
     schema = schemathesis.openapi.from_url(schema_url, verify=verify)
-    report = FuzzReport()
+    report = FuzzReport(seed=choose_seed() if seed is None else seed)
     started = time.monotonic()
     session = requests.Session()
     session.verify = verify
@@ -96,9 +122,9 @@ def fuzz(
         if path_parameters and op.label in path_parameters:
             runs.append((op.label + " @fixed", op, path_parameters[op.label]))
     runs.sort(key=lambda r: order(r[0]) if order else 0)
-    for label, op, fixed in runs:
+    for index, (label, op, fixed) in enumerate(runs):
         n = (per_operation or {}).get(label.replace(" @fixed", ""), max_examples)
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+        for mode_index, mode in enumerate((GenerationMode.POSITIVE, GenerationMode.NEGATIVE)):
             try:
                 strategy = op.as_strategy(generation_mode=mode, path_parameters=fixed)
             except Exception as exc:  # noqa: BLE001 - an operation schemathesis cannot negate is skipped, not fatal
@@ -115,6 +141,7 @@ def fuzz(
                 n,
                 hook,
                 lambda case: case.call(base_url=base_url, session=session, headers=headers, timeout=30),
+                seed=report.seed + 2 * index + mode_index,
             )
     report.seconds = time.monotonic() - started
     return report
@@ -127,7 +154,10 @@ def _examples(
     n: int,
     hook: Prepare | None,
     send: Callable[[Any], requests.Response],
+    *,
+    seed: int,
 ) -> None:
+    @seed_with(seed)
     @settings(
         max_examples=n,
         deadline=None,
@@ -150,6 +180,12 @@ def _examples(
         Unsatisfiable
     ):  # e.g. no invalid input exists for an operation without parameters
         run()
+
+
+def choose_seed() -> int:
+    """``$TETHER_FUZZ_SEED`` (to replay a run), else a fresh random seed."""
+    given_seed = os.environ.get("TETHER_FUZZ_SEED")
+    return int(given_seed) if given_seed else random.SystemRandom().randrange(2**32)
 
 
 def dump(report: FuzzReport) -> str:

@@ -33,9 +33,13 @@ def _autostop_paused(case: Any) -> None:
 
 
 def _save(name: str, report: Any) -> None:
-    print(f"\n{name}: {dump(report)}")
+    print(f"\n{name}: {dump(report)}\n{_replay(report)}")
     if REPORT_DIR:
         Path(REPORT_DIR, f"{name}.json").write_text(json.dumps(report.summary()))
+
+
+def _replay(report: Any) -> str:
+    return f"fuzz seed {report.seed} (cases {report.digest}): replay with TETHER_FUZZ_SEED={report.seed}"
 
 
 def test_daemon_api_fuzz(tmp_path):
@@ -56,7 +60,7 @@ def test_daemon_api_fuzz(tmp_path):
         )
         _save("daemon", report)
         assert report.cases > 500
-        assert not report.problems, json.dumps(grouped(report.problems), indent=1)
+        assert not report.problems, _replay(report) + "\n" + json.dumps(grouped(report.problems), indent=1)
         assert d.proc.poll() is None and d.get("/health").status_code == 200
         assert d.call("add", 2, 2).json()["result"] == 4  # still serving what it held
     finally:
@@ -98,5 +102,72 @@ def test_registry_api_fuzz(registry_server):
     report = fuzz(url + "/openapi.json", url, headers=headers, max_examples=15)
     _save("registry", report)
     assert report.cases > 200
-    assert not report.problems, "\n".join(report.problems[:20])
+    assert not report.problems, _replay(report) + "\n" + "\n".join(report.problems[:20])
     assert proc.poll() is None and requests.get(url + "/health", timeout=10).status_code == 200
+
+
+TINY_API = {
+    "openapi": "3.0.3",
+    "info": {"title": "tiny", "version": "1"},
+    "paths": {
+        "/items/{key}": {
+            "post": {
+                "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["n"],
+                        "properties": {"n": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}}},
+                    }}},
+                },
+                "responses": {"200": {"description": "ok"}},
+            }
+        }
+    },
+}
+
+
+@pytest.fixture
+def tiny_server() -> Any:
+    """An HTTP server on 127.0.0.1 serving TINY_API's schema and answering every POST with 200."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer(json.dumps(TINY_API).encode())
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self._answer(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_fuzz_run_is_replayed_exactly_from_its_seed(tiny_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def run(seed: int | None) -> Any:
+        return fuzz(tiny_server + "/openapi.json", tiny_server, headers={}, max_examples=25, seed=seed)
+
+    first, again, other = run(1234), run(1234), run(1235)
+    assert first.seed == 1234 and first.cases >= 25 and not first.problems
+    assert first.summary()["seed"] == 1234 and first.summary()["cases_digest"] == first.digest
+    assert (again.digest, again.cases) == (first.digest, first.cases)  # the same seed sent the same cases
+    assert other.digest != first.digest
+    monkeypatch.setenv("TETHER_FUZZ_SEED", "1234")
+    assert run(None).digest == first.digest  # TETHER_FUZZ_SEED replays a run that chose no seed
+    monkeypatch.delenv("TETHER_FUZZ_SEED")
+    assert len({run(None).seed for _ in range(3)}) == 3  # without it, every run draws a seed of its own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,25 @@ from tether.client.loop import run_sync
 from tether.daemon.auth import add_grant
 
 
-def test_non_loopback_bind_without_token_exits_with_a_clear_message(state_dir):
-    cmd = daemon_cmd(state_dir)
-    cmd[cmd.index("127.0.0.1")] = "0.0.0.0"
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert out.returncode != 0
-    assert "refusing to bind 0.0.0.0 without auth" in out.stderr and "--token-file" in out.stderr
+@pytest.mark.parametrize("host", ["0.0.0.0", "::"])
+def test_non_loopback_bind_without_token_exits_with_a_clear_message(state_dir, host):
+    ready = state_dir.parent / "ready.json"
+    cmd = [*daemon_cmd(state_dir), "--ready-file", str(ready)]
+    cmd[cmd.index("127.0.0.1")] = host
+    log = state_dir.parent / "daemon.err"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 30  # the check comes before any socket is opened: the exit comes at once
+    while proc.poll() is None and not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the daemon kept running on {host} without a token (serving: {ready.exists()})")
+    stderr = log.read_text()
+    assert not ready.exists(), f"the daemon served on {host} without a token before exiting"
+    assert proc.returncode == 1, (proc.returncode, stderr)
+    assert f"refusing to bind {host} without auth: pass --token-file (or bind 127.0.0.1)" in stderr, stderr
 
 
 def test_daemon_keeps_only_the_token_hash(tether_home):

@@ -1,18 +1,30 @@
-"""A task instance's base call id: (dag, task, run, map index) and never the try number.
-
-Which id a retry uses (re-attach to the base call, or a successor after a failure) is the one scheme all
-providers share, ``tether.runs.attempt_call_id``: see ``tests/core/test_runs.py``.
+"""A task instance's call id: (dag, task, run, map index) and never the try number; each try asks the daemon
+which id it uses (``call_id_for_task``): the base call while it runs or once it succeeded, a successor after it
+failed. The scheme itself (``tether.runs.choose_call_id``) is tested in ``tests/core/test_runs.py``; these tests
+check that the operator's tries go through it with the task instance's own base id.
 """
 
 from __future__ import annotations
 
-from tether.providers.airflow.operators import base_call_id
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import tether
+import tether.runs
+from tests.core import services as svc
+from tether.protocol import CallState
+from tether.providers.airflow.operators import base_call_id, call_id_for_task
 
 BASE = base_call_id("dag", "task", "manual__2024-01-01", -1)
 
 
 def test_base_id_depends_on_dag_task_run_and_map_index_only() -> None:
     assert base_call_id("dag", "task", "manual__2024-01-01", -1) == BASE
+    assert tether.runs.call_id_for("airflow", "dag", "task", "manual__2024-01-01", -1) == BASE
     others = {
         base_call_id("dag2", "task", "manual__2024-01-01", -1),
         base_call_id("dag", "task2", "manual__2024-01-01", -1),
@@ -20,3 +32,36 @@ def test_base_id_depends_on_dag_task_run_and_map_index_only() -> None:
         base_call_id("dag", "task", "manual__2024-01-01", 0),
     }
     assert BASE not in others and len(others) == 4
+
+
+def _context(run_id: str, try_number: int, map_index: int = -1) -> dict[str, Any]:
+    """The part of an Airflow task context ``call_id_for_task`` reads."""
+    ti = SimpleNamespace(dag_id="ids_dag", task_id="ids_task", map_index=map_index, try_number=try_number)
+    return {"ti": ti, "run_id": run_id}
+
+
+def test_each_try_reattaches_to_a_running_or_succeeded_call_and_reruns_after_a_failure(
+    cluster: Any, tmp_path: Path
+) -> None:
+    run_id = f"manual__{uuid.uuid4().hex}"
+    base = base_call_id("ids_dag", "ids_task", run_id, -1)
+    assert call_id_for_task(_context(run_id, 1), cluster) == base  # the first try
+    assert call_id_for_task(_context(run_id, 2), cluster) == base  # nothing ran yet: the try number changes nothing
+
+    boom = tether.function(svc.raises_value_error).to(cluster, name="ids_boom")
+    with pytest.raises(ValueError):
+        boom.call(("try 2 failed",), call_id=base)
+    assert call_id_for_task(_context(run_id, 3), cluster) == f"{base}-r1"  # a failure is run again, not replayed
+
+    waiting = tether.function(svc.log_wait_count).to(cluster, name="ids_wait")
+    running = waiting.spawn_with((str(tmp_path),), {}, call_id=f"{base}-r1", on_log=None).wait_started()
+    try:
+        assert tether.runs.call_state(f"{base}-r1", cluster) is CallState.RUNNING
+        assert call_id_for_task(_context(run_id, 4), cluster) == f"{base}-r1"  # the lost try's call still runs
+    finally:
+        (tmp_path / "release").touch()
+    assert running.result(timeout=60) == 1
+    assert call_id_for_task(_context(run_id, 5), cluster) == f"{base}-r1"  # it succeeded: take its result
+
+    mapped = base_call_id("ids_dag", "ids_task", run_id, 3)
+    assert mapped != base and call_id_for_task(_context(run_id, 2, map_index=3), cluster) == mapped

@@ -107,6 +107,23 @@ def test_the_token_is_masked_in_logs(monkeypatch: pytest.MonkeyPatch, airflow_db
     conn_id = _connection(monkeypatch, f"tether_{where}", **fields)
 
     assert TetherHook(conn_id).get_conn().token == token
+    assert redact(f"calling with {token}") == "calling with ***"  # end to end (Airflow masks these itself too)
+
+
+def test_tether_masks_the_token_of_a_connection_airflow_did_not_mask(airflow_db) -> None:
+    """What tether adds to Airflow's masking: Airflow masks a connection's password when *it* fetches the
+    connection (and the values of ``extra`` when they are parsed); a ``Connection`` tether is handed otherwise
+    (built in code, deserialized by a trigger) has its token masked by ``connection_settings`` alone."""
+    from airflow.sdk import Connection
+    from airflow.sdk._shared.secrets_masker import redact
+
+    from tether.providers.airflow.hook import connection_settings
+
+    token = "tok-built-in-code-0123456789"
+    conn = Connection(conn_id="tether_built", conn_type="tether", password=token)
+    assert redact(f"calling with {token}") == f"calling with {token}"  # nobody has masked it yet
+
+    assert connection_settings(conn).token == token
     assert redact(f"calling with {token}") == "calling with ***"
 
 

@@ -1,5 +1,9 @@
 """Assets and ops call tether services through ``TetherResource``: value, logs, metadata, re-attach on retry."""
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -7,7 +11,9 @@ from dagster_support import EMBED, FNS, SERVICES, run_logs
 
 import tether
 import tether.runs
+import tether.runs as tether_runs  # the op's `tether` parameter shadows the package
 from examples.services.embed import embed
+from tether.protocol import CallState
 from tether.providers.dagster import TetherResource
 
 
@@ -112,6 +118,75 @@ def test_step_retry_reattaches_to_the_same_remote_call(local_cluster, instance, 
         "start",
         "end",
     ]  # the remote function ran once for both attempts
+
+
+class WorkerLost(Exception):
+    """Stands for the step's process dying mid-call: the attempt ends, the remote call is not cancelled."""
+
+
+def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, instance, tmp_path: Path) -> None:
+    """The first attempt fails while its remote call runs; the retry attaches to that call instead of starting a
+    second run, and gets its result once it finishes (as the Airflow and Prefect retry tests do)."""
+    attempts: list[tuple[int, str]] = []  # (retry number, call id) as each attempt starts waiting
+
+    def lose_the_worker(signum: int, frame: object) -> None:
+        raise WorkerLost("the step's worker died mid-call")
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():  # the remote function runs (first attempt)
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGUSR1)  # the first attempt ends while the call runs
+        while len(attempts) < 2:  # the retry has started ...
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+        state_on_retry.append(tether_runs.call_state(attempts[1][1], local_cluster))
+        time.sleep(0.5)  # ... and waits on the call, which still runs
+        (tmp_path / "release").touch()
+
+    @dg.op(retry_policy=dg.RetryPolicy(max_retries=1))
+    def slow(context: dg.OpExecutionContext, tether: TetherResource) -> int:
+        target = f"{SERVICES}:log_wait_count"
+        base_id = tether_runs.call_id_for("dagster", context.run_id, "slow", "", target, "0")
+        attempts.append((context.retry_number, base_id))
+        try:
+            run = tether.run(context, target, args=(str(tmp_path),))
+        except WorkerLost:
+            lost.append(context.retry_number)
+            raise
+        return run.value
+
+    @dg.job
+    def job() -> None:
+        slow()
+
+    state_on_retry: list[object] = []
+    lost: list[int] = []
+    saved = signal.signal(signal.SIGUSR1, lose_the_worker)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = job.execute_in_process(
+            resources={"tether": TetherResource(cluster_name=local_cluster.name)}, instance=instance,
+            raise_on_error=False,
+        )
+    finally:
+        signal.signal(signal.SIGUSR1, saved)
+        (tmp_path / "release").touch()
+        watcher.join(10)
+
+    logs = run_logs(instance, result.run_id)
+    ids = [line.rsplit("(call id ", 1)[1].rstrip(")") for line in logs if "(call id " in line]
+    assert lost == [0], logs  # attempt 0 ended mid-call
+    assert result.success, logs
+    assert [n for n, _ in attempts] == [0, 1]
+    assert ids == [attempts[0][1]] * 2  # the retry used the running call's id ...
+    assert state_on_retry == [CallState.RUNNING]  # ... while that call was still running
+    assert result.output_for_node("slow") == 1  # its result: the first (and only) run
+    assert (tmp_path / "runs").read_text().splitlines() == ["run"]  # the remote function ran once
 
 
 def test_step_retry_reruns_a_remote_call_that_failed(local_cluster, instance, tmp_path: Path) -> None:
