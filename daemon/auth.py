@@ -159,6 +159,7 @@ _ROUTES: dict[tuple[str, str], tuple[Level | None, str | None]] = {
     ("POST", "/deploy"): ("write", "body"),
     ("POST", "/shutdown"): ("owner", None),
     ("POST", "/autostop"): ("owner", None),
+    ("GET", "/envs"): ("read", None),
     ("DELETE", "/envs/{env}"): ("owner", None),
     ("POST", "/{name}/call"): ("read", "name"),
     ("POST", "/{name}/{method}/call"): ("read", "name"),

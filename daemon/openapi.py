@@ -74,8 +74,12 @@ def document() -> dict[str, Any]:
         "paths": {
             "/health": {"get": {**_op("liveness", codes=()), "security": []}},
             "/status": {"get": _op("services, workers, running calls, autostop", codes=(401,))},
-            "/deploy": {"post": _op("deploy a function, class or instance", body={
-                "application/json": {"schema": {"$ref": "#/components/schemas/ServiceSpec"}}})},
+            "/deploy": {"post": {**_op("deploy a function, class or instance (another spec under a known env name is "
+                                       "a 422 unless ?replace_env=1)", body={
+                "application/json": {"schema": {"$ref": "#/components/schemas/ServiceSpec"}}}),
+                "parameters": [{"name": "replace_env", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["0", "1"]}}]}},
+            "/envs": {"get": _op("the spec of every env the daemon knows", codes=(401,))},
             "/autostop": {"post": _op("set autostop minutes or pause it", body={"application/json": {"schema": {
                 "type": "object", "properties": {"mins": {"type": "number", "nullable": True},
                                                  "paused": {"type": "boolean"}}}}})},

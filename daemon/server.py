@@ -37,7 +37,7 @@ from tether.errors import (
 from tether.protocol import headers as h
 from tether.protocol.deployments import deployment_id
 from tether.protocol.headers import PREFER, RESPOND_ASYNC, wants_async
-from tether.specs import ServiceSpec, validate_name
+from tether.specs import EnvSpec, ServiceSpec, validate_name
 
 log = structlog.get_logger("tether.daemon")
 
@@ -77,6 +77,7 @@ class Daemon:
         self.last_activity = time.time()
         self.stop_event = asyncio.Event()
         self._call_metas: dict[tuple[str, str | None, bool], bytes] = {}
+        self._deploy_locks: dict[str, asyncio.Lock] = {}
 
     # -- workers -------------------------------------------------------------------------------------------------
     async def _restore(self, worker: WorkerProcess) -> None:
@@ -115,7 +116,44 @@ class Daemon:
         return await self.pool.get(spec_env, name=env)
 
     # -- operations ----------------------------------------------------------------------------------------------
-    async def deploy(self, spec: ServiceSpec) -> dict[str, Any]:
+    def env_spec(self, name: str) -> EnvSpec | None:
+        """The spec env ``name`` runs (or ran) with, if the daemon knows it."""
+        known = self.pool.envs.get(name)
+        if known is not None:
+            return known
+        return next((s.env for s in self.manifest.services.values() if s.env.name == name), None)
+
+    def env_specs(self) -> dict[str, EnvSpec]:
+        names = {s.env.name for s in self.manifest.services.values()} | set(self.pool.envs)
+        return {n: spec for n in sorted(names) if (spec := self.env_spec(n)) is not None}
+
+    async def deploy(self, spec: ServiceSpec, *, replace_env: bool = False) -> dict[str, Any]:
+        """Deploy ``spec`` into its env. An env name means one env spec: another spec under a known name is a
+        ``ConfigError`` showing the difference, unless ``replace_env``: the env then restarts with the new spec
+        (its other services with it) once the calls running in it have ended."""
+        lock = self._deploy_locks.setdefault(spec.env.name, asyncio.Lock())
+        async with lock:
+            current = self.env_spec(spec.env.name)
+            if current is not None and current != spec.env:
+                changed = _differences(current, spec.env)
+                if not replace_env:
+                    raise ConfigError(
+                        f"env {spec.env.name!r} on this cluster has another spec ({'; '.join(changed)})",
+                        hint="use the env as it is (env='<name>'), deploy into another env name, or pass "
+                             "replace_env=True to restart the env with this spec",
+                        details={"env": spec.env.name, "differences": changed})
+                await self._wait_env_idle(spec.env.name)
+                for other in self.manifest.services.values():
+                    if other.env.name == spec.env.name:
+                        other.env = spec.env
+            return await self._deploy(spec)
+
+    async def _wait_env_idle(self, env: str) -> None:
+        """Wait until no call runs in env ``env`` (a restart would kill them)."""
+        while any(c.worker is not None and c.worker.env.name == env for c in self.calls.running()):
+            await asyncio.sleep(0.05)
+
+    async def _deploy(self, spec: ServiceSpec) -> dict[str, Any]:
         worker = await self.pool.get(spec.env)
         meta, _ = await self._ask(worker, p.DEPLOY, {"spec": spec.model_dump(mode="json")})
         self.manifest.services[spec.name] = spec
@@ -300,7 +338,28 @@ async def status(request: web.Request) -> web.Response:
 async def deploy(request: web.Request) -> web.Response:
     spec = ServiceSpec.model_validate(await request.json())
     check_code_roots(spec, request.app[DAEMON].allowed_roots)
-    return web.json_response(await request.app[DAEMON].deploy(spec))
+    replace_env = request.query.get("replace_env", "0") not in ("", "0", "false")
+    return web.json_response(await request.app[DAEMON].deploy(spec, replace_env=replace_env))
+
+
+async def list_envs(request: web.Request) -> web.Response:
+    specs = request.app[DAEMON].env_specs()
+    return web.json_response({"envs": {name: spec.model_dump(mode="json") for name, spec in specs.items()}})
+
+
+def _differences(old: EnvSpec, new: EnvSpec) -> list[str]:
+    """What differs between two specs of one env, field by field (values of env vars are not shown)."""
+    out = []
+    for field in type(old).model_fields:
+        a, b = getattr(old, field), getattr(new, field)
+        if a == b:
+            continue
+        if field == "env_vars":
+            keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            out.append(f"env_vars differ in {', '.join(keys)}")
+        else:
+            out.append(f"{field}: {a!r} here, {b!r} in this deploy")
+    return out
 
 
 async def call(request: web.Request) -> web.StreamResponse:
@@ -629,6 +688,7 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_delete("/objects/{key}", delete_object)
     app.router.add_post("/objects/{key}/rename", rename_object)
     app.router.add_delete("/services/{key}", delete_object)
+    app.router.add_get("/envs", list_envs)
     app.router.add_delete("/envs/{env}", delete_env)
     app.router.add_get("/calls/{call_id}", get_call)
     app.router.add_get("/calls/{call_id}/logs", call_logs)

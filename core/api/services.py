@@ -96,10 +96,11 @@ class _Service:
             setattr(new, key, value)
         return new
 
-    def with_cluster(self, cluster: Cluster, env: Env | str | None = None) -> Any:
-        """A new handle of this service deployed on ``cluster`` (brought up if needed); this one is unchanged."""
+    def with_cluster(self, cluster: Cluster, env: Env | str | None = None, *, replace_env: bool = False) -> Any:
+        """A new handle of this service deployed on ``cluster`` (brought up if needed); this one is unchanged.
+        ``env``: as for :meth:`Function.to`."""
         new = self._copy(_placement=_Placement(), _verified=False)
-        new._deploy(cluster, env, None)
+        new._deploy(cluster, env, None, replace_env=replace_env)
         return new
 
     def with_options(self, *, caller: str | None = _UNCHANGED, on_oom: Any = _UNCHANGED,
@@ -147,19 +148,18 @@ class _Service:
         self.root = root
         return ServiceSpec(name=name, kind=self.kind, env=env.spec, code=ref)  # type: ignore[arg-type]
 
-    def _deploy(self, cluster: Cluster | None, env: Env | str | None, name: str | None) -> None:
+    def _deploy(self, cluster: Cluster | None, env: Env | str | None, name: str | None, *,
+                replace_env: bool = False) -> None:
         """Deploy this (new, not yet shared) handle's service; called only on handles made for that."""
         cluster = (cluster or self.cluster or new_cluster()).up_if_not()
-        if isinstance(env, str):
-            env = Env.from_config({"name": env})
-        env = env or self.env or Env.from_config({})
+        env = _resolve_env(cluster, env if env is not None else self.env)
         name = name or self.name
         if not name:
             raise ConfigError("this service needs a name", hint="pass name=... to .to()")
         spec = self._build_spec(cluster, env, name)
         if self.spec is not None and self.spec.version is not None:
             spec.version = self.spec.version
-        out = cluster.client.sync.deploy(spec)
+        out = cluster.client.sync.deploy(spec, replace_env=replace_env)
         self.cluster, self.env, self.spec, self.name = cluster, env, spec, name
         self.methods = dict(out.get("methods", {}))
 
@@ -297,6 +297,16 @@ class _Service:
         return f"{type(self).__name__}({self.name!r} on {where})"
 
 
+def _resolve_env(cluster: Cluster, env: Env | str | None) -> Env:
+    """``env`` as an Env: a name (or none: ``"default"``) means that env as the cluster has it, or a new empty one
+    when the cluster does not know it."""
+    if isinstance(env, Env):
+        return env
+    name = env or "default"
+    known = cluster.client.sync.envs().get(name)
+    return Env.from_config(known if known is not None else {"name": name})
+
+
 def service_from_config(config: dict[str, Any], *, version: int | None = None,
                         cls: type[_Service] | None = None) -> Any:
     """A service handle from its saved config (``cls``: only that kind is accepted)."""
@@ -328,13 +338,17 @@ class Function(_Service):
     kind = "function"
 
     def to(self, cluster: Cluster | None = None, env: Env | str | None = None, name: str | None = None,
-           on_oom: Any = None) -> Function:
+           on_oom: Any = None, *, replace_env: bool = False) -> Function:
         """A new handle of this function deployed on ``cluster``; ``on_oom`` takes a ``tether.Escalation`` policy.
-        (Deploying again under the same name replaces the service on the cluster.)"""
+
+        ``env``: a ``tether.env(...)``, or the name of an env on the cluster, used as it is (none: ``"default"``
+        as it is). An env name means one spec: deploying another spec under a name the cluster knows is a
+        ``ConfigError`` showing the difference, unless ``replace_env=True`` (the env restarts with the new spec
+        once its running calls end). Deploying again under the same service name replaces the service."""
         if self.obj is not None and inspect.isclass(self.obj):
             raise ConfigError(f"{self.obj.__name__} is a class", hint="use tether.module(cls) for classes")
         new: Function = self._copy(_placement=_Placement(), _verified=False)
-        new._deploy(cluster, env, name)
+        new._deploy(cluster, env, name, replace_env=replace_env)
         if on_oom is not None:
             new.options = replace(new.options, on_oom=Escalation.coerce(on_oom))
         return new
@@ -446,8 +460,9 @@ class Module:
         self.cls = cls
         self.name = name or cls.__name__
 
-    def to(self, cluster: Cluster | None = None, env: Env | str | None = None, name: str | None = None
-           ) -> RemoteClass:
+    def to(self, cluster: Cluster | None = None, env: Env | str | None = None, name: str | None = None, *,
+           replace_env: bool = False) -> RemoteClass:
+        """Deploy the class; ``env`` and ``replace_env`` as for :meth:`Function.to`."""
         remote = RemoteClass(self.cls, name=name or self.name)
-        remote._deploy(cluster, env, name or self.name)
+        remote._deploy(cluster, env, name or self.name, replace_env=replace_env)
         return remote

@@ -98,8 +98,11 @@ class DaemonClient:
     async def services(self) -> list[dict[str, Any]]:
         return list(await self.send(routes.services()))
 
-    async def deploy(self, spec: ServiceSpec | dict[str, Any]) -> dict[str, Any]:
-        return dict(await self.send(routes.deploy(spec)))
+    async def envs(self) -> dict[str, dict[str, Any]]:
+        return dict(await self.send(routes.envs()))
+
+    async def deploy(self, spec: ServiceSpec | dict[str, Any], *, replace_env: bool = False) -> dict[str, Any]:
+        return dict(await self.send(routes.deploy(spec, replace_env=replace_env)))
 
     async def status(self, call_id: str) -> dict[str, Any]:
         return dict(await self.send(routes.status(call_id)))

@@ -19,7 +19,7 @@ from tether.protocol import headers as h
 from tether.specs import ServiceSpec
 
 __all__ = [
-    "UNSET", "Op", "cancel", "daemon_status", "delete_env", "delete_object", "deploy", "get_object", "health", "keys",
+    "UNSET", "Op", "cancel", "daemon_status", "delete_env", "delete_object", "deploy", "envs", "get_object", "health", "keys",
     "logs", "put_object", "raw", "rename_object", "services", "set_autostop", "shutdown", "spawn", "status",
 ]
 
@@ -75,6 +75,7 @@ def _key(name: str) -> Reader:
 
 
 _CALL_ID, _LOGS, _KEYS, _SERVICES = _key("call_id"), _key("logs"), _key("keys"), _key("services")
+_ENVS = _key("envs")
 
 
 def raw(method: str, path: str, *, json_body: Any = None, data: bytes | None = None,
@@ -102,10 +103,17 @@ def services() -> Op:
     return Op("GET", "/status", read=_SERVICES)
 
 
-def deploy(spec: ServiceSpec | dict[str, Any]) -> Op:
-    """``POST /deploy``: ``{"name", "env", "methods", "pid"}``."""
+def deploy(spec: ServiceSpec | dict[str, Any], *, replace_env: bool = False) -> Op:
+    """``POST /deploy``: ``{"name", "env", "methods", "pid"}``. An env of the same name with another spec is a
+    ``ConfigError`` unless ``replace_env`` (the env then restarts with this spec once its running calls end)."""
     data = spec.model_dump(mode="json") if isinstance(spec, ServiceSpec) else spec
-    return Op("POST", "/deploy", json.dumps(data).encode(), h.JSON, timeout=None)
+    path = "/deploy?replace_env=1" if replace_env else "/deploy"
+    return Op("POST", path, json.dumps(data).encode(), h.JSON, timeout=None)
+
+
+def envs() -> Op:
+    """``GET /envs``: ``{name: EnvSpec as JSON}`` for every env the daemon knows."""
+    return Op("GET", "/envs", read=_ENVS)
 
 
 def spawn(name: str, method: str | None, body: bytes, headers: dict[str, str]) -> Op:

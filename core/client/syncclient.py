@@ -62,8 +62,11 @@ class SyncDaemonClient:
     def services(self) -> list[dict[str, Any]]:
         return list(self.send(routes.services()))
 
-    def deploy(self, spec: ServiceSpec | dict[str, Any]) -> dict[str, Any]:
-        return dict(self.send(routes.deploy(spec)))
+    def envs(self) -> dict[str, dict[str, Any]]:
+        return dict(self.send(routes.envs()))
+
+    def deploy(self, spec: ServiceSpec | dict[str, Any], *, replace_env: bool = False) -> dict[str, Any]:
+        return dict(self.send(routes.deploy(spec, replace_env=replace_env)))
 
     def status(self, call_id: str) -> dict[str, Any]:
         return dict(self.send(routes.status(call_id)))
