@@ -222,6 +222,8 @@ async def authorize(
                 f"{grant.principal!r} may not deploy pickled code or arguments",
                 hint="deploy code by import path, or ask the owner for allow_pickle",
             )
+    if request.match_info.get("method") == "__setattr__":
+        level = "write"  # setting an attribute changes the service's state for every caller
     if grant.level(service) < _RANK[level]:
         what = f"service {service!r}" if service else "this route"
         return AuthError(

@@ -154,6 +154,17 @@ class Daemon:
             await asyncio.sleep(0.05)
 
     async def _deploy(self, spec: ServiceSpec) -> dict[str, Any]:
+        current = self.manifest.services.get(spec.name)
+        live = self.pool.live(spec.env.name)
+        if current is not None and live is not None and current.version != spec.version \
+                and _without_version(current) == _without_version(spec):
+            # the deployment saved as a version (or tagged): the same code and arguments keep running as they
+            # are, so a live instance keeps its state and nothing is imported again
+            self.manifest.services[spec.name] = spec
+            self.manifest.save()
+            methods = self.manifest.methods.get(spec.name, {})
+            log.info("versioned", service=spec.name, version=spec.version)
+            return {"name": spec.name, "env": spec.env.name, "methods": methods, "pid": live.pid}
         worker = await self.pool.get(spec.env)
         meta, _ = await self._ask(worker, p.DEPLOY, {"spec": spec.model_dump(mode="json")})
         self.manifest.services[spec.name] = spec
@@ -347,6 +358,10 @@ async def list_envs(request: web.Request) -> web.Response:
     return web.json_response({"envs": {name: spec.model_dump(mode="json") for name, spec in specs.items()}})
 
 
+def _without_version(spec: ServiceSpec) -> dict[str, Any]:
+    return spec.model_dump(mode="json", exclude={"version", "metadata"})
+
+
 def _differences(old: EnvSpec, new: EnvSpec) -> list[str]:
     """What differs between two specs of one env, field by field (values of env vars are not shown)."""
     out = []
@@ -366,7 +381,7 @@ async def call(request: web.Request) -> web.StreamResponse:
     d = request.app[DAEMON]
     name = _name(request)
     method = request.match_info.get("method")
-    if method is not None and (not method.isidentifier() or (method.startswith("_") and method != "__getattr__")):
+    if method is not None and (not method.isidentifier() or (method.startswith("_") and method not in ("__getattr__", "__setattr__"))):
         raise ConfigError(f"invalid method name {method!r}")
     json_mode = request.content_type != h.PICKLE
     call_id = request.headers.get(h.CALL_ID) or uuid.uuid4().hex

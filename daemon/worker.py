@@ -305,7 +305,7 @@ class Worker:
         """
         name, method = meta.get("name", ""), meta.get("method")
         obj = self.objects.get(name)
-        if obj is None or method == "__getattr__":
+        if obj is None or method in ("__getattr__", "__setattr__"):
             return False
         target = getattr(obj, method, None) if method else obj
         key = (name, getattr(target, "__name__", ""))
@@ -366,6 +366,9 @@ class Worker:
             obj = self.objects[name]
             if method == "__getattr__":
                 result = getattr(obj, args[0])
+            elif method == "__setattr__":
+                setattr(obj, args[0], args[1])
+                result = None
             else:
                 target = getattr(obj, method) if method else obj
                 result = await self._invoke(ctx, target, args, kwargs, json_mode)

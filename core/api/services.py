@@ -397,13 +397,22 @@ class _Method:
 
 
 class _Attributes:
-    """``instance.remote.attr`` reads an attribute of the remote object."""
+    """``instance.remote.attr`` reads an attribute of the remote object; ``instance.remote.attr = v`` sets it
+    (needs write access to the service)."""
 
     def __init__(self, owner: _Service) -> None:
         object.__setattr__(self, "_owner", owner)
 
     def __getattr__(self, name: str) -> Any:
         return self._owner._invoke("__getattr__", (name,), {}).run_sync()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_"):
+            raise AttributeError(f"cannot set the private attribute {name!r} of a remote object")
+        self._owner._invoke("__setattr__", (name, value), {}).run_sync()
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete {name!r} of a remote object; set it instead")
 
 
 class RemoteInstance(_Service):
