@@ -9,8 +9,10 @@ from typing import Any
 from tether.api.clusters import Cluster, new_cluster
 from tether.api.envs import Env
 from tether.api.services import Function, Module, service_from_config
+from tether.compute.state import saved_spec
 from tether.errors import ConfigError, NotFound
 from tether.registry import get_registry
+from tether.specs import ClusterSpec, build
 
 __all__ = ["cluster", "from_config", "function", "load", "module", "try_load"]
 
@@ -63,6 +65,9 @@ def cluster(name: str | None = None, *, instance_type: str | None = None, provid
         saved = try_load(name, "cluster")
         if saved is not None:
             return saved  # type: ignore[no-any-return]
+        brought_up = saved_spec(name)  # a cluster of that name brought up here, whatever its backend
+        if brought_up is not None:
+            return Cluster(build(ClusterSpec, brought_up))
     return new_cluster(name, instance_type=instance_type, provider=provider, host=host, ssh_creds=ssh_creds,
                        autostop_mins=autostop_mins, **kwargs)
 

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
-from tether.compute.state import write_private
+from tether.compute.state import claim_name, write_private
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock
 from tether.protocol.tls import ensure_self_signed
@@ -78,6 +78,7 @@ class LocalBackend:
     def up(self, spec: ClusterSpec) -> ClusterHandle:
         state_file, state_dir = self._paths(spec)
         with file_lock(state_file.with_suffix(".lock")):
+            claim_name(spec.name, "local")
             handle = self.handle(spec)
             if handle is not None and _healthy(handle.endpoint):
                 return handle
@@ -122,7 +123,7 @@ class LocalBackend:
                                          hint=f"see {state_dir / 'daemon.log'}")
             time.sleep(0.02)
         info = json.loads(ready.read_text())
-        state = {"pid": info["pid"], "port": info["port"], "token": token, "state_dir": str(state_dir),
+        state = {"backend": "local", "pid": info["pid"], "port": info["port"], "token": token, "state_dir": str(state_dir),
                  "tls_fingerprint": fingerprint, "unix_socket": unix_socket, "spec": spec.model_dump(mode="json")}
         write_private(state_file, json.dumps(state).encode())
         handle = self.handle(spec)
@@ -157,7 +158,7 @@ class LocalBackend:
             if state:
                 self._kill(state.get("pid"))
                 state["pid"] = None
-                state_file.write_text(json.dumps(state))
+                write_private(state_file, json.dumps(state).encode())
 
     def down(self, spec: ClusterSpec) -> None:
         """Stop the daemon and delete everything it held."""

@@ -18,7 +18,7 @@ from tether.client.health import probe_health
 from tether.compute import routing
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, SSHTarget, build_wheel
-from tether.compute.state import load_state, save_state, state_path
+from tether.compute.state import claim_name, load_state, save_state, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import AuthError, CapacityError, ClusterUnavailable, ConfigError, QuotaError, TetherError
 from tether.home import clusters_dir, file_lock
@@ -123,7 +123,7 @@ class SkyBackend:
         routing.run_plan(the_plan, attempt)
         chosen = the_plan.chosen
         assert chosen is not None
-        save_state(spec.name, {"backend": "sky", "token": token, "cloud": chosen.cloud, "region": chosen.region,
+        save_state(spec.name, {"backend": "sky", "spec": spec.model_dump(mode="json"), "token": token, "cloud": chosen.cloud, "region": chosen.region,
                           "instance_type": chosen.instance_type, "price_per_hour": chosen.price_per_hour,
                           "candidate": chosen.model_dump(),
                           "attempts": [a.model_dump() for a in the_plan.attempts]})  # fmt: skip
@@ -172,6 +172,7 @@ class SkyBackend:
     def up(self, spec: ClusterSpec) -> ClusterHandle:
         """Launch (or restart) the cluster unless it is up, then tunnel to its daemon (one caller at a time)."""
         with file_lock(clusters_dir() / f"{spec.name}.lock"):
+            claim_name(spec.name, "sky")
             status = self.status(spec)
             if status == "stopped" and "candidate" in (load_state(spec.name) or {}):
                 self.restart(spec)

@@ -18,7 +18,7 @@ from rich.console import Console
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
-from tether.compute.state import load_state, save_state, state_path
+from tether.compute.state import claim_name, load_state, save_state, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import ClusterUnavailable, ConfigError, TetherError
 from tether.home import clusters_dir, file_lock, tether_home
@@ -63,6 +63,7 @@ class SSHBackend:
             return self._up(spec)
 
     def _up(self, spec: ClusterSpec) -> ClusterHandle:
+        claim_name(spec.name, "ssh")
         targets = self.targets(spec)
         st = load_state(spec.name) or {}
         if st.get("hosts") != list(spec.host or []):
@@ -78,6 +79,7 @@ class SSHBackend:
         st.update(
             {
                 "backend": "ssh",
+                "spec": spec.model_dump(mode="json"),
                 "hosts": list(spec.host or []),
                 "token": token,
                 "remote_port": infos[0].port,

@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tether.errors import ConfigError
 from tether.home import clusters_dir
 
-__all__ = ["load_state", "save_state", "state_path", "write_private"]
+__all__ = ["claim_name", "load_state", "save_state", "saved_spec", "state_backend", "state_path", "write_private"]
 
 
 def state_path(name: str) -> Path:
@@ -47,3 +48,26 @@ def write_private(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def state_backend(state: dict[str, Any]) -> str:
+    """The backend that wrote a state file (local state files of older versions name none)."""
+    spec = state.get("spec") if isinstance(state.get("spec"), dict) else {}
+    return str(state.get("backend") or spec.get("backend") or "local")
+
+
+def saved_spec(name: str) -> dict[str, Any] | None:
+    """The ClusterSpec fields a backend recorded for cluster ``name`` when it brought it up, if any."""
+    state = load_state(name)
+    spec = state.get("spec") if state else None
+    return spec if isinstance(spec, dict) else None
+
+
+def claim_name(name: str, backend: str) -> None:
+    """Refuse to bring up cluster ``name`` with ``backend`` when another backend's cluster has that name here:
+    its state file (tokens, tunnels, hosts) is never overwritten."""
+    state = load_state(name)
+    if state is not None and (other := state_backend(state)) != backend:
+        raise ConfigError(f"cluster {name!r} is already a {other} cluster here, not a {backend} one",
+                          hint=f"tether.cluster(name={name!r}) alone reconnects to it; tear it down first, or pick "
+                               "another name", details={"cluster": name, "backend": other})

@@ -1,6 +1,9 @@
-"""Mistakes fail at once, where they are made, with a typed error that says what to do."""
+"""A name means one thing: typed errors where a mistake is made, a saved instance keeps its state, a cluster name
+finds the cluster brought up here whatever its backend."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -55,5 +58,34 @@ def test_setting_a_remote_attribute_sets_it(tether_home: object) -> None:
         assert ctr.remote.n == 41 and ctr.incr() == 42
         with pytest.raises(AttributeError):
             ctr.remote._secret = 1
+    finally:
+        c.teardown()
+
+
+def test_a_cluster_name_finds_the_cluster_brought_up_here_whatever_its_backend(tether_home: Path) -> None:
+    """``tether.cluster(name=X)`` reconnects to the ssh cluster X brought up here (its state file, as the ssh
+    backend writes it) instead of making a new local one, and no local daemon overwrites that state."""
+    from tether.compute.state import save_state, state_path
+
+    ssh_spec = tether.cluster(name="lab", host=["10.9.9.9"], ssh_creds={"user": "me"}).spec
+    save_state("lab", {"backend": "ssh", "spec": ssh_spec.model_dump(mode="json"), "hosts": ["10.9.9.9"],
+                       "token": "t0k3n", "remote_port": 32300})
+    before = state_path("lab").read_bytes()
+    found = tether.cluster(name="lab")
+    assert found.spec.backend == "ssh" and found.spec.host == ["10.9.9.9"]
+    with pytest.raises(tether.ConfigError, match="already a ssh cluster"):
+        tether.cluster(name="lab", backend="local").up()
+    assert state_path("lab").read_bytes() == before, "the ssh cluster's state (its token) is untouched"
+
+
+def test_local_state_is_written_privately_and_names_its_backend(tether_home: Path) -> None:
+    from tether.compute.state import load_state, state_path
+
+    c = tether.cluster(name="private").up_if_not()
+    try:
+        assert state_path("private").stat().st_mode & 0o077 == 0
+        state = load_state("private")
+        assert state is not None and state["backend"] == "local" and state["spec"]["name"] == "private"
+        assert not list(state_path("private").parent.glob(".*.tmp"))
     finally:
         c.teardown()
