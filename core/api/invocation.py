@@ -23,7 +23,7 @@ import concurrent.futures
 import contextlib
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +91,34 @@ class Invocation:
             record_call(svc, call_id=self.call_id, method=self.method, seconds=time.perf_counter() - started,
                         outcome=outcome)
 
+    @contextlib.contextmanager
+    def _settling(self) -> Iterator[None]:
+        """Around one attempt: cancel the remote call if the caller is interrupted, record the outcome."""
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            yield
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            if self._cancels(exc):
+                self.cancel_quietly()
+            raise
+        finally:
+            self._record(started, outcome)
+
+    @contextlib.asynccontextmanager
+    async def _settling_async(self) -> AsyncIterator[None]:
+        """:meth:`_settling` for the async paths."""
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            yield
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            if self._cancels(exc):
+                await self.cancel_quietly_async()
+            raise
+        finally:
+            self._record(started, outcome)
+
     def _cancels(self, exc: BaseException) -> bool:
         return not isinstance(exc, Exception) and self.service.options.cancel_on_interrupt
 
@@ -120,8 +148,7 @@ class Invocation:
     def run_sync_once(self) -> Any:
         svc = self.service
         cluster = svc._ensure_deployed()
-        started, outcome = time.perf_counter(), "ok"
-        try:
+        with self._settling():
             while True:
                 try:
                     return cluster.client.call_sync(svc.name or "", self.method, self.args, self.kwargs,
@@ -131,13 +158,6 @@ class Invocation:
                     if not self._recover(exc):
                         raise
                     cluster = svc._ensure_deployed()
-        except BaseException as exc:
-            outcome = type(exc).__name__
-            if self._cancels(exc):
-                self.cancel_quietly()
-            raise
-        finally:
-            self._record(started, outcome)
 
     async def run_async(self) -> Any:
         """:meth:`run_sync` for an async caller (bring-up, redeploys and escalation run in a thread)."""
@@ -146,8 +166,7 @@ class Invocation:
         svc = self.service
         cluster = await asyncio.to_thread(svc._ensure_deployed) if svc._needs_preparing() else svc.cluster
         assert cluster is not None
-        started, outcome = time.perf_counter(), "ok"
-        try:
+        async with self._settling_async():
             while True:
                 try:
                     return await cluster.client.call(svc.name or "", self.method, self.args, self.kwargs,
@@ -157,13 +176,6 @@ class Invocation:
                     if not await asyncio.to_thread(self._recover, exc):
                         raise
                     cluster = await asyncio.to_thread(svc._ensure_deployed)
-        except BaseException as exc:
-            outcome = type(exc).__name__
-            if self._cancels(exc):
-                await self.cancel_quietly_async()
-            raise
-        finally:
-            self._record(started, outcome)
 
     async def stream_async(self) -> AsyncGenerator[Any, None]:
         """A remote generator's items as they come. Recovery and escalation apply until the first item arrives;
@@ -201,8 +213,8 @@ class Invocation:
         svc = self.service
         cluster = await asyncio.to_thread(svc._ensure_deployed) if svc._needs_preparing() else svc.cluster
         assert cluster is not None
-        started, outcome, yielded = time.perf_counter(), "ok", False
-        try:
+        yielded = False
+        async with self._settling_async():
             while True:
                 try:
                     async with contextlib.aclosing(cluster.client.stream(
@@ -216,13 +228,6 @@ class Invocation:
                     if yielded or not await asyncio.to_thread(self._recover, exc):
                         raise
                     cluster = await asyncio.to_thread(svc._ensure_deployed)
-        except BaseException as exc:
-            outcome = type(exc).__name__
-            if self._cancels(exc):
-                await self.cancel_quietly_async()
-            raise
-        finally:
-            self._record(started, outcome)
 
     def stream_sync(self) -> Iterator[Any]:
         """:meth:`stream_async` for a sync caller (the stream runs on the background loop). Closing this
