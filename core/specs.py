@@ -103,6 +103,10 @@ class ClusterSpec(_Spec):
     server_port: int | None = Field(None, description="daemon port (default: a free port for local, 32300 remote)")
     server_connection_type: Literal["none", "tls", "ssh"] = Field("none", description="how the client reaches it")
     auth: bool = Field(True, description="require a bearer token")
+    disk_size: int | None = Field(None, gt=0, description="sky: boot disk in GB (SkyPilot's default, 256, is billed "
+                                                          "while stopped too)")
+    image_id: str | None = Field(None, description="sky: machine image or 'docker:<image>'")
+    ports: list[int | str] | None = Field(None, description="sky: ports to open to the internet ('8080', '9000-9010')")
 
     @field_validator("name")
     @classmethod
@@ -148,7 +152,23 @@ class ClusterSpec(_Spec):
                 self.backend = "local"
             else:
                 self.backend = "sky"
+        if self.backend == "sky":
+            _check_sky(self)
         return self
+
+
+#: the cluster names SkyPilot accepts (``sky.skylet.constants.CLUSTER_NAME_VALID_REGEX``)
+_SKY_NAME_RE = re.compile(r"[a-zA-Z]([-_.a-zA-Z0-9]*[a-zA-Z0-9])?")
+
+
+def _check_sky(spec: ClusterSpec) -> None:
+    """What SkyPilot would refuse only at launch, refused when the cluster is described."""
+    if not _SKY_NAME_RE.fullmatch(spec.name):
+        raise ValueError(f"invalid sky cluster name {spec.name!r}: SkyPilot needs a letter first, then letters, "
+                         "digits, '-', '_' or '.', not ending in one of those three")
+    mins = spec.autostop_mins
+    if mins is not None and (mins < 0 or not float(mins).is_integer()):
+        raise ValueError(f"autostop_mins={mins!r}: a sky cluster stops after a whole number of idle minutes (>= 0)")
 
 
 _SSH_CRED_KEYS = frozenset({"user", "key", "port", "connect_timeout"})

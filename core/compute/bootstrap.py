@@ -52,9 +52,10 @@ class SSHTarget:
     host: str
     user: str | None = None
     key: str | None = None
-    port: int = 22
+    port: int | None = 22  # None: the port the ssh config gives (SkyPilot's 10022 for docker, a probed one on k8s)
     known_hosts: str | None = None
     connect_timeout: int = 5
+    config_file: str | None = None  # ``ssh -F``: a config that defines ``host`` (a cluster's own alias)
 
     @classmethod
     def from_creds(
@@ -76,7 +77,11 @@ class SSHTarget:
     def options(self) -> list[str]:
         opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
                 "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR",
-                "-o", "StrictHostKeyChecking=accept-new", "-p", str(self.port)]  # fmt: skip
+                "-o", "StrictHostKeyChecking=accept-new"]  # fmt: skip
+        if self.config_file:
+            opts = ["-F", self.config_file, *opts]
+        if self.port is not None:
+            opts += ["-p", str(self.port)]
         if self.known_hosts:
             opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
         if self.key:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,7 +15,6 @@ pytestmark = pytest.mark.sky
 
 import sky  # noqa: E402
 from sky import exceptions as sky_exceptions  # noqa: E402
-from sky.utils.status_lib import ClusterStatus  # noqa: E402
 
 from tether import catalog, routing  # noqa: E402
 from tether.compute import get_backend  # noqa: E402
@@ -25,93 +22,7 @@ from tether.compute.sky import SkyBackend, build_task, translate_error  # noqa: 
 from tether.errors import AuthError, CapacityError, ClusterUnavailable, QuotaError  # noqa: E402
 from tether.specs import ClusterSpec  # noqa: E402
 
-
-@dataclass
-class StatusRecord:
-    name: str
-    status: ClusterStatus
-
-
-@dataclass
-class FakeCloud:
-    """Answers SkyPilot's client API the way a cloud would: capacity per (cloud, region), clusters by name."""
-
-    no_capacity: set[tuple[str, str]] = field(default_factory=set)
-    no_quota: set[tuple[str, str]] = field(default_factory=set)
-    no_auth: set[str] = field(default_factory=set)
-    launches: list[dict[str, Any]] = field(default_factory=list)
-    clusters: dict[str, ClusterStatus] = field(default_factory=dict)
-    autostops: list[tuple[str, int, bool]] = field(default_factory=list)
-    starts: list[tuple[str, int | None]] = field(default_factory=list)
-    execs: list[Any] = field(default_factory=list)
-
-    def launch(self, task: Any, cluster_name: str | None = None, **kw: Any) -> tuple[str, Any]:
-        (res,) = list(task.resources)
-        where = (str(res.cloud).lower(), res.region)
-        self.launches.append(
-            {
-                "where": where,
-                "instance_type": res.instance_type,
-                "accelerators": res.accelerators,
-                "use_spot": res.use_spot,
-                "cluster": cluster_name,
-                "task": task,
-                **kw,
-            }
-        )
-        return ("launch", (cluster_name, where))
-
-    def stream_and_get(self, request: tuple[str, Any]) -> Any:
-        return self.get(request)
-
-    def get(self, request: tuple[str, Any]) -> Any:
-        op, arg = request
-        if op == "launch":
-            name, (cloud, region) = arg
-            if cloud in self.no_auth:
-                raise sky_exceptions.CloudUserIdentityError(f"{cloud}: credentials are not valid")
-            if (cloud, region) in self.no_quota:
-                raise sky_exceptions.ResourcesUnavailableError(
-                    f"Quota exceeded in {region}: VcpuLimitExceeded"
-                )
-            if (cloud, region) in self.no_capacity:
-                raise sky_exceptions.ResourcesUnavailableError(f"Failed to acquire resources in {region}")
-            self.clusters[name] = ClusterStatus.UP
-            return (1, None)
-        if op == "status":
-            return [StatusRecord(n, self.clusters[n]) for n in arg if n in self.clusters]
-        if op == "stop":
-            self.clusters[arg] = ClusterStatus.STOPPED
-        if op == "start":
-            self.clusters[arg] = ClusterStatus.UP
-        if op == "exec":
-            self.execs.append(arg)
-            return (2, None)
-        if op == "down":
-            self.clusters.pop(arg, None)
-        return None
-
-    def install(self, mp: pytest.MonkeyPatch) -> FakeCloud:
-        mp.setattr(sky, "launch", self.launch)
-        mp.setattr(sky, "stream_and_get", self.stream_and_get)
-        mp.setattr(sky, "get", self.get)
-        mp.setattr(sky, "status", lambda names=None, **kw: ("status", names or []))
-        mp.setattr(sky, "stop", lambda name, **kw: ("stop", name))
-        mp.setattr(sky, "down", lambda name, **kw: ("down", name))
-
-        def start(name: str, idle_minutes_to_autostop: int | None = None, **kw: Any) -> tuple[str, Any]:
-            self.starts.append((name, idle_minutes_to_autostop))
-            return ("start", name)
-
-        mp.setattr(sky, "start", start)
-        mp.setattr(sky, "exec", lambda task, cluster_name=None, **kw: ("exec", (cluster_name, task)))
-
-        def autostop(name: str, idle: int, down: bool = False, **kw: Any) -> tuple[str, Any]:
-            self.autostops.append((name, idle, down))
-            return ("autostop", name)
-
-        mp.setattr(sky, "autostop", autostop)
-        return self
+from .fake import FakeSky as FakeCloud  # noqa: E402
 
 
 @pytest.fixture
@@ -166,7 +77,9 @@ def test_capacity_error_in_one_region_fails_over_to_the_next(sky_home, wheel, te
     plan = SkyBackend().launch(spec)
     assert [launch["where"] for launch in cloud.launches] == [("aws", "us-east-1"), ("aws", "us-west-2")]
     assert all(launch["instance_type"] == "g5.xlarge" for launch in cloud.launches)
-    assert all(launch["idle_minutes_to_autostop"] == 30 for launch in cloud.launches)
+    # one idle clock, the daemon's (--autostop-mins 30): SkyPilot stops the cluster a minute after its job ends
+    assert all(launch["idle_minutes_to_autostop"] == 1 for launch in cloud.launches)
+    assert all("--autostop-mins 30" in launch["task"].run for launch in cloud.launches)
     assert [(a.outcome, a.candidate) for a in plan.attempts] == [
         ("capacity", "aws/us-east-1/g5.xlarge"),
         ("ok", "aws/us-west-2/g5.xlarge"),
@@ -289,13 +202,15 @@ def test_a_stopped_cluster_restarts_where_it_was_and_reruns_the_daemon(
     assert backend.status(spec) == "stopped"
     backend.restart(spec)
     assert backend.status(spec) == "up"
-    assert cloud.starts == [("a10", 15)]
-    ((name, task),) = cloud.execs
-    (res,) = list(task.resources)
-    assert name == "a10" and (str(res.cloud).lower(), res.region, res.instance_type) == (
+    # sky.launch on the stopped cluster: started where it was (no failover), the wheel shipped and set up again
+    *_, again = cloud.launches
+    (res,) = list(again["task"].resources)
+    assert again["cluster"] == "a10" and (str(res.cloud).lower(), res.region, res.instance_type) == (
         "aws",
         "us-west-2",
         "g5.xlarge",
     )
-    assert task.setup is None and "-m tether.daemon" in task.run
-    assert len(cloud.launches) == 2  # the failed us-east-1 try and the launch; the restart launched nothing
+    assert "--reinstall-package tether" in again["task"].setup and "-m tether.daemon" in again["task"].run
+    assert again["idle_minutes_to_autostop"] == 1 and "--autostop-mins 15" in again["task"].run
+    assert len(cloud.launches) == 3  # the failed us-east-1 try, the launch, the restart
+    assert len(cloud.nodes["a10"].jobs) == 2
