@@ -13,10 +13,11 @@ from pathlib import Path
 from aiohttp import web
 
 from tether.daemon import eventloop
-from tether.daemon.auth import is_loopback, read_token_file
+from tether.daemon.auth import ROOTS_ENV, is_loopback, read_token_file
 from tether.daemon.protocol import sweep_stale_shm
 from tether.daemon.server import Daemon, make_app
 from tether.daemon.tls import server_context
+from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
 from tether.specs import parse_bytes
 
@@ -79,8 +80,13 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _args(argv)
+    # everything the daemon creates (state dir, manifest, objects, journal, sockets, ready file) is its user's
+    # alone from creation; workers put the caller's umask back for the code they run (see worker.main)
+    os.environ[USER_UMASK_ENV] = oct(os.umask(0o077))
+    if args.allowed_roots:  # workers check what each import reached (see auth.check_imported)
+        os.environ[ROOTS_ENV] = os.pathsep.join(str(r.resolve()) for r in args.allowed_roots)
     configure_logging()
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(args.state_dir)
     sweep_stale_shm()
     eventloop.run(serve(args))
 

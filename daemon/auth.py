@@ -9,10 +9,13 @@ unpickling what a caller sends runs the caller's code on the cluster.
 from __future__ import annotations
 
 import hmac
+import importlib.machinery
 import ipaddress
 import json
 import os
+import sys
 import tempfile
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,9 @@ __all__ = [
     "add_grant",
     "authorize",
     "check_code_roots",
+    "ROOTS_ENV",
+    "check_imported",
+    "forbidden_env_var",
     "hash_token",
     "is_loopback",
     "new_token",
@@ -243,15 +249,57 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> None:
-    """Refuse a deployment whose code (or worker python / working dir) lies outside ``allowed_roots``.
+ROOTS_ENV = "TETHER_ALLOWED_ROOTS"  # the daemon's resolved --allowed-roots, for its workers (os.pathsep-joined)
 
-    By-value code and code imported from no root are refused too: neither comes from an allowed tree.
+# env vars that change what the worker's interpreter (or a program it starts) loads and runs, whatever code is
+# deployed: refused under --allowed-roots. HOME moves the user site-packages, whose .pth files run at start-up.
+FORBIDDEN_ENV_PREFIXES = ("PYTHON", "LD_", "DYLD_", "TETHER_")
+FORBIDDEN_ENV_VARS = frozenset({
+    "PATH", "HOME", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "IFS", "CDPATH", "GCONV_PATH",
+    "PERL5OPT", "PERL5LIB", "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS", "GIT_EXEC_PATH", "GIT_SSH", "GIT_SSH_COMMAND", "GIT_CONFIG_GLOBAL", "SSL_CERT_FILE",
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "VIRTUAL_ENV",
+    "CONDA_PREFIX", "MALLOC_CONF", "GLIBC_TUNABLES", "OPENSSL_CONF", "OPENSSL_MODULES",
+})
+
+
+def forbidden_env_var(name: str) -> bool:
+    upper = name.upper()
+    return upper in FORBIDDEN_ENV_VARS or upper.startswith(FORBIDDEN_ENV_PREFIXES)
+
+
+def _dotted(value: str | None, what: str, spec_name: str) -> list[str]:
+    parts = (value or "").split(".") if value else []
+    if any(not part.isidentifier() for part in parts):
+        raise ConfigError(f"invalid {what} {value!r} of service {spec_name!r}: dotted Python names only")
+    return parts
+
+
+def _in_root(root: Path, top: str) -> bool:
+    """Whether the top-level module ``top`` is found in ``root`` itself (a package, namespace folder or module
+    file), not elsewhere on the worker's path."""
+    if (root / top).is_dir():
+        return True
+    return any((root / f"{top}{suffix}").is_file() for suffix in importlib.machinery.all_suffixes())
+
+
+def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> Any:
+    """Refuse a deployment that would run anything not under ``allowed_roots``; return the spec to run, its paths
+    resolved (symlinks, ``..``) once, here: the worker imports from and runs what was checked, not a path whose
+    symlink may be swapped afterwards. Without ``allowed_roots`` the spec is returned as it is.
+
+    Refused with ``AuthError``: by-value code or init arguments (pickles run code); code with no root; a module
+    not found in its root itself (``builtins:exec``, ``os:system`` with an allowed root; the worker also checks
+    that what the qualname reaches is defined under the root); a code root, env ``working_dir`` or the folder of
+    env ``python`` outside the roots; env vars that change what the interpreter loads (PYTHONPATH, PYTHONHOME,
+    PYTHONSTARTUP, LD_PRELOAD, HOME, PATH, ...: :func:`forbidden_env_var`); requirements that are paths, URLs or
+    pip options (names from the package index are still installed: see docs/RELIABILITY.md).
     """
     if not allowed_roots:
-        return
+        return spec
     allowed = [Path(r).resolve() for r in allowed_roots]
     hint = f"deploy code under one of: {', '.join(map(str, allowed))} (daemon --allowed-roots)"
+    details = {"allowed_roots": [str(a) for a in allowed]}
     code = spec.code
     if code.pickled_b64 or spec.init_pickled_b64:
         raise AuthError(
@@ -263,20 +311,65 @@ def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> None:
             f"service {spec.name!r} has no code root, but this daemon deploys only from allowed roots",
             hint=hint,
         )
-    for what, value in (
-        ("code root", code.root),
-        ("env python", spec.env.python),
-        ("env working_dir", spec.env.working_dir),
-    ):
-        if value is None:
-            continue
+
+    def inside(what: str, value: str, *, keep_name: bool = False) -> str:
         try:
-            path = Path(value).resolve()
+            raw = Path(value)
+            # a venv's bin/python is a symlink out of the venv: the folder holding it is what must be inside
+            path = raw.parent.resolve() / raw.name if keep_name else raw.resolve()
         except (OSError, ValueError) as exc:
             raise ConfigError(f"invalid {what} {value!r}: {exc}") from None
-        if not any(path.is_relative_to(a) for a in allowed):
-            raise AuthError(
-                f"{what} {str(path)!r} of service {spec.name!r} is outside the allowed roots",
-                hint=hint,
-                details={"allowed_roots": [str(a) for a in allowed]},
-            )
+        if not raw.is_absolute() or not any(path.is_relative_to(a) for a in allowed):
+            raise AuthError(f"{what} {str(path)!r} of service {spec.name!r} is outside the allowed roots",
+                            hint=hint, details=details)
+        return str(path)
+
+    root = inside("code root", code.root)
+    parts = _dotted(code.import_path, "import path", spec.name)
+    _dotted(code.qualname, "qualname", spec.name)
+    if not parts or not _in_root(Path(root), parts[0]):
+        raise AuthError(
+            f"module {code.import_path!r} of service {spec.name!r} is not in its code root {root!r}: this daemon "
+            "runs only code from the allowed roots",
+            hint=hint, details=details,
+        )
+    env = spec.env
+    updates: dict[str, Any] = {}
+    if env.python is not None:
+        updates["python"] = inside("env python", env.python, keep_name=True)
+    if env.working_dir is not None:
+        updates["working_dir"] = inside("env working_dir", env.working_dir)
+    bad = sorted(k for k in env.env_vars if forbidden_env_var(k))
+    if bad:
+        raise AuthError(
+            f"env {env.name!r} of service {spec.name!r} sets {', '.join(bad)}, which change what the worker's "
+            "interpreter loads: refused under allowed roots",
+            hint="drop those env vars (put code under an allowed root instead)",
+            details={**details, "env_vars": bad},
+        )
+    odd = [r for r in env.reqs if r.startswith((".", "-")) or any(c in r for c in "/\\:@")]
+    if odd:
+        raise AuthError(
+            f"env {env.name!r} of service {spec.name!r} requires {odd!r}: paths, URLs and pip options are refused "
+            "under allowed roots",
+            hint="require packages by name and version", details={**details, "reqs": odd},
+        )
+    return spec.model_copy(update={"code": code.model_copy(update={"root": root}),
+                                   "env": env.model_copy(update=updates)})
+
+
+def check_imported(obj: Any, root: str | None) -> None:
+    """Under ``--allowed-roots`` (the worker's side): what an import path and qualname reached must be defined in
+    a module loaded from ``root`` (the resolved, checked root), not reached through it (``mypkg:os.system``)."""
+    if not root:
+        raise AuthError("code without a root cannot be deployed under allowed roots")
+    base = Path(root).resolve()
+    module = obj if isinstance(obj, types.ModuleType) else sys.modules.get(getattr(obj, "__module__", None) or "")
+    paths = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])] if module else []
+    if not any(p and Path(p).resolve().is_relative_to(base) for p in paths):
+        where = getattr(module, "__name__", None) or getattr(obj, "__module__", None) or type(obj).__name__
+        raise AuthError(
+            f"{getattr(obj, '__qualname__', repr(obj)[:80])!r} is defined in {where!r}, not under the code root "
+            f"{root!r}: this daemon runs only code from its allowed roots",
+            hint="deploy a function or class defined in a module under the allowed roots",
+        )

@@ -67,6 +67,7 @@ class Daemon:
         self.manifest = Manifest(state_dir)
         self.auth = AccessPolicy(token_hash, access_file)
         self.allowed_roots = allowed_roots
+        self._confine_manifest()
         self.pool = WorkerPool(state_dir, memory_limit, self._restore)
         self.calls = CallTable()
         self._cancelled_early: dict[str, float] = {}  # call id -> when a cancel came before the call
@@ -78,6 +79,20 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self._call_metas: dict[tuple[str, str | None, bool], bytes] = {}
         self._deploy_locks: dict[str, asyncio.Lock] = {}
+
+    def _confine_manifest(self) -> None:
+        """Under --allowed-roots a restored deployment passes the check a new one does (the daemon may have been
+        restarted with other roots, or first ran without): one that fails is not restored, nor its env started;
+        one that passes runs its resolved paths."""
+        if not self.allowed_roots:
+            return
+        for name, spec in list(self.manifest.services.items()):
+            try:
+                self.manifest.services[name] = check_code_roots(spec, self.allowed_roots)
+            except TetherError as exc:
+                log.warning("restore_refused", service=name, error=str(exc))
+                del self.manifest.services[name]
+                self.manifest.methods.pop(name, None)
 
     # -- workers -------------------------------------------------------------------------------------------------
     async def _restore(self, worker: WorkerProcess) -> None:
@@ -348,7 +363,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def deploy(request: web.Request) -> web.Response:
     spec = ServiceSpec.model_validate(await request.json())
-    check_code_roots(spec, request.app[DAEMON].allowed_roots)
+    spec = check_code_roots(spec, request.app[DAEMON].allowed_roots)  # its paths resolved: what runs is what passed
     replace_env = request.query.get("replace_env", "0") not in ("", "0", "false")
     return web.json_response(await request.app[DAEMON].deploy(spec, replace_env=replace_env))
 

@@ -33,11 +33,14 @@ import cloudpickle
 
 from tether.daemon import eventloop
 from tether.daemon import protocol as p
+from tether.daemon.auth import ROOTS_ENV, check_imported
 from tether.daemon.memory import apply_memory_limit
 from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, ResultSpill, SlabCache, keep_freed_memory
 from tether.errors import CallCancelled, ConfigError, NotFound, SerializationError, TetherError
 from tether.escalation.oom import classify_exception
+from tether.home import USER_UMASK_ENV
 
+CONFINED = bool(os.environ.get(ROOTS_ENV))  # read at start, before any deployed code runs
 Body = bytes | mmap.mmap | memoryview  # a call's arguments: in the frame, a mapped file, or a view of a lent slab
 
 _current: contextvars.ContextVar[_CallCtx | None] = contextvars.ContextVar("tether_call", default=None)
@@ -231,6 +234,8 @@ class Worker:
             obj = cloudpickle.loads(base64.b64decode(code["pickled_b64"]))
         else:
             obj = self._import(code)
+            if CONFINED:  # --allowed-roots: what the qualname reached must be defined under the checked root
+                check_imported(obj, code["root"])
         if spec["kind"] == "instance":
             args, kwargs = cloudpickle.loads(base64.b64decode(spec["init_pickled_b64"])) if spec.get(
                 "init_pickled_b64") else ((), {})
@@ -603,6 +608,8 @@ async def _main(fd: int) -> None:
 
 
 def main() -> None:
+    with contextlib.suppress(KeyError, ValueError):  # the daemon's files are private; user code gets its umask
+        os.umask(int(os.environ.pop(USER_UMASK_ENV), 8) & 0o777)
     limit = os.environ.get("TETHER_MEMORY_LIMIT")
     if limit:
         apply_memory_limit(int(limit))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.api.codesync import python_files
-from tether.home import tether_home
+from tether.home import open_private, private_dir, tether_home
 from tether.registry import CallRecord, get_registry
 
 __all__ = ["record_call", "save_resource", "snapshot_code"]
@@ -22,15 +22,19 @@ def save_resource(name: str, config: dict[str, Any], *, code_hash: str | None = 
 
 def snapshot_code(root: Path, code_hash: str) -> Path:
     """A content-addressed copy of the Python files under ``root`` in ``$TETHER_HOME/code/`` (kept per version)."""
-    dest = tether_home() / "code" / code_hash[:24]
+    dest = private_dir(tether_home() / "code") / code_hash[:24]
     if dest.is_dir():
         return dest
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    private_dir(tmp)
     for rel in python_files(root):
         target = tmp / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, target)
-    tmp.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
+        source = root / rel
+        with open(source, "rb") as src, os.fdopen(open_private(target), "wb") as out:  # 0600, whatever the source
+            shutil.copyfileobj(src, out)
+        st = source.stat()
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
     try:
         tmp.rename(dest)
     except OSError:  # another process made it first

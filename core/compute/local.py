@@ -20,7 +20,7 @@ from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.state import claim_name, write_private
 from tether.errors import ClusterUnavailable
-from tether.home import clusters_dir, file_lock
+from tether.home import clusters_dir, file_lock, open_private, private_dir
 from tether.protocol.tls import ensure_self_signed
 from tether.protocol.tokens import hash_token, new_token
 from tether.specs import ClusterSpec
@@ -87,7 +87,7 @@ class LocalBackend:
             return self._start(spec, state_file, state_dir)
 
     def _start(self, spec: ClusterSpec, state_file: Path, state_dir: Path) -> ClusterHandle:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
         token = new_token() if spec.auth else None
         ready = state_dir / "ready.json"
         ready.unlink(missing_ok=True)
@@ -95,8 +95,8 @@ class LocalBackend:
                "--state-dir", str(state_dir), "--ready-file", str(ready)]
         if token:
             token_file = state_dir / "token"
-            token_file.write_text(f"sha256:{hash_token(token)}")  # the daemon's dir keeps only the hash
-            token_file.chmod(0o600)
+            with os.fdopen(open_private(token_file), "w") as f:  # 0600 from creation, never chmodded later
+                f.write(f"sha256:{hash_token(token)}")  # the daemon's dir keeps only the hash
             cmd += ["--token-file", str(token_file)]
         fingerprint = None
         if spec.server_connection_type == "tls":
@@ -111,7 +111,8 @@ class LocalBackend:
         unix_socket = str(sock) if fingerprint is None and len(str(sock)) < 100 else None  # AF_UNIX path limit
         if unix_socket:
             cmd += ["--unix-socket", unix_socket]
-        with open(state_dir / "daemon.log", "ab") as log:
+        log_fd = open_private(state_dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(log_fd, "ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():

@@ -52,7 +52,8 @@ def write_private(path: Path, data: bytes) -> None:
 
 def state_backend(state: dict[str, Any]) -> str:
     """The backend that wrote a state file (local state files of older versions name none)."""
-    spec = state.get("spec") if isinstance(state.get("spec"), dict) else {}
+    raw = state.get("spec")
+    spec: dict[str, Any] = raw if isinstance(raw, dict) else {}
     return str(state.get("backend") or spec.get("backend") or "local")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -14,6 +15,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from tether.home import open_private
 from tether.registry import schema
 
 __all__ = ["FORK_GATE", "create_schema", "database_url", "make_engine", "transaction"]
@@ -90,12 +92,22 @@ def database_url(url_or_path: str | Path) -> str:
     return text
 
 
+def _private_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite opens it (it holds saved env vars, i.e. API keys); SQLite gives
+    its -wal, -shm and -journal files the database file's mode. One we own that others may read is tightened."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(open_private(path, os.O_RDWR | os.O_CREAT))
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):
+            os.close(open_private(path.with_name(path.name + suffix), os.O_RDONLY))
+
+
 def make_engine(url: str) -> Engine:
     """An engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE so concurrent writers queue, not fail."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _private_sqlite_file(Path(path))
         engine = create_engine(url, connect_args={"timeout": 60})
 
         @event.listens_for(engine, "connect")
