@@ -3,14 +3,16 @@
 Providers (Airflow, Prefect, Dagster) map their idioms onto these and nothing else, so no behaviour is written
 twice across them:
 
-- ids: :func:`call_id_for` (deterministic, from the orchestrator's names), :class:`CallCounter` (the n-th call of
-  an attempt), :func:`attempt_call_id` (the one retry scheme: re-attach to a running or succeeded call, run again
-  under ``<id>-r<n>`` after a failure);
-- where: :func:`cluster_config` / :func:`cluster_from_config` (a cluster from a name, JSON, a spec dict or an
-  endpoint and token);
+- ids: :func:`call_id_for` (deterministic, from the orchestrator's names), :func:`call_identity` (what a call
+  runs: the service's version or code and a digest of its arguments), :class:`CallCounter` (the n-th call of an
+  attempt), :func:`choose_attempt` / :func:`attempt_call_id` (the one retry scheme: re-attach to a running or
+  succeeded call, run again under ``<id>-r<n>`` after a failure), :func:`check_reattach` (the users' choice);
+- where: :func:`where` (the orchestrator's settings decide the cluster; no daemon is started on the worker
+  implicitly), :func:`cluster_config` / :func:`cluster_from_config` (a cluster from a name, JSON, a spec dict or
+  an endpoint and token);
 - what: :func:`target_label`, :func:`resolve_target`;
 - running: :func:`run_remote` (blocking) and :class:`CallWatch` (async polling, logs read with ``since``);
-- logs: :func:`log_event_line` (one format), :func:`log_sink`, :func:`labelled_log`;
+- logs: :func:`log_event_line` (one format), :func:`log_sink`, :func:`labelled_log`, :func:`describe_call`;
 - stopping: :func:`cancel`, :func:`cancel_quietly` (for interrupt handlers).
 
 ``runs`` is the top layer of ``tether``: it imports the API, escalation, errors and protocol; nothing in
@@ -23,13 +25,19 @@ import asyncio
 import contextlib
 import hashlib
 import importlib
+import inspect
 import json
+import os
+import pickle
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeAlias
+
+import cloudpickle
 
 from tether.api.calls import call as attach
 from tether.api.clusters import Cluster
@@ -41,33 +49,55 @@ from tether.escalation import run_with_escalation
 from tether.protocol import CallState
 
 __all__ = [
+    "ALLOW_LOCAL_DAEMON_ENV",
+    "REATTACH_SCOPES",
+    "CallChoice",
     "CallCounter",
     "CallWatch",
     "ClusterRef",
     "LogEvent",
     "RunResult",
+    "Where",
+    "args_digest",
     "attempt_call_id",
     "call_id_for",
+    "call_identity",
     "call_state",
     "cancel",
     "cancel_quietly",
+    "check_reattach",
+    "choose_attempt",
     "choose_call_id",
     "cluster_config",
     "cluster_from_config",
+    "describe_call",
     "is_retryable",
     "labelled_log",
+    "local_daemon_allowed",
     "log_event_line",
     "log_sink",
+    "remote_seconds",
     "resolve_target",
     "run_remote",
+    "service_version",
     "target_label",
+    "where",
 ]
 
 LogEvent: TypeAlias = dict[str, Any]
 """One remote log event as the daemon sends it: ``{"text": ...}`` (printed) or ``{"name", "msg", ...}`` (logging)."""
 
-ClusterRef: TypeAlias = Cluster | Mapping[str, Any] | str | None
-"""A cluster as providers get it from settings: a ``Cluster``, a spec dict, a saved name or JSON text, or None."""
+ClusterRef: TypeAlias = "Where | Cluster | Mapping[str, Any] | str | None"
+"""A cluster as providers get it: a :class:`Where` (from :func:`where`), a ``Cluster``, a spec dict, a saved name
+or JSON text, or None."""
+
+REATTACH_SCOPES = ("retries", "run")
+"""What a try may re-attach to (``reattach=`` of every provider): ``"retries"`` (default) the call an earlier try
+of the same attempt started; ``"run"`` also a call of an earlier attempt in the same run with the same service
+version and arguments (an Airflow Clear, a Dagster re-execution of the same root run)."""
+
+ALLOW_LOCAL_DAEMON_ENV = "TETHER_ALLOW_LOCAL_DAEMON"
+"""Set to ``1`` to let providers start a local daemon on the orchestrator's worker (see :func:`where`)."""
 
 
 # -- call ids --------------------------------------------------------------------------------------------------------
@@ -132,8 +162,117 @@ def attempt_call_id(base_id: str, cluster: ClusterRef = None, *, limit: int = 10
     The one retry scheme of every provider (see :func:`choose_call_id`); the daemon of ``cluster`` (brought up if
     needed; None: the embedded local cluster) decides, so any process on any worker picks the same id.
     """
+    return choose_attempt(base_id, cluster, limit=limit).call_id
+
+
+@dataclass(frozen=True)
+class CallChoice:
+    """The call id one try uses, and the daemon's state of that call when it was chosen."""
+
+    call_id: str
+    state: CallState | None = None
+    """RUNNING or SUCCEEDED: the try re-attaches to that call; None: the daemon has no such call, a new one starts."""
+
+    @property
+    def reattached(self) -> bool:
+        return self.state is not None and self.state in CallState.reattachable()
+
+
+def choose_attempt(base_id: str, cluster: ClusterRef = None, *, limit: int = 100) -> CallChoice:
+    """:func:`attempt_call_id` with the state it found: whether the try re-attaches, and to what."""
     c = _cluster(cluster).up_if_not()
-    return choose_call_id(base_id, lambda call_id: call_state(call_id, c), limit=limit)
+    seen: dict[str, CallState | None] = {}
+
+    def state_of(call_id: str) -> CallState | None:
+        seen[call_id] = call_state(call_id, c)
+        return seen[call_id]
+
+    chosen = choose_call_id(base_id, state_of, limit=limit)
+    return CallChoice(chosen, seen.get(chosen))
+
+
+def check_reattach(value: Any) -> str:
+    """A provider's ``reattach=`` argument, checked (one of :data:`REATTACH_SCOPES`)."""
+    if value not in REATTACH_SCOPES:
+        raise ConfigError(f"reattach={value!r} is not one of {', '.join(map(repr, REATTACH_SCOPES))}",
+                          hint="'retries': only retries of a try re-attach; 'run': a Clear or re-execution with "
+                               "the same version and arguments does too; force_rerun=True: never",
+                          details={"field": "reattach"})
+    return str(value)
+
+
+def call_identity(service: Any, args: tuple | list = (), kwargs: Mapping[str, Any] | None = None) -> str:
+    """What one call runs, as a digest: the service's version (or its code) and its arguments.
+
+    Part of every provider's call id, so a call with other arguments, or of another version of the service,
+    never re-attaches to an earlier one's result.
+    """
+    raw = "\x1f".join((service_version(service), args_digest(args, kwargs)))
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def service_version(service: Any) -> str:
+    """What identifies the code a call of ``service`` runs: a saved service's name and registry version; else the
+    name, import path and a digest of its module's source (or of the pickled code shipped by value)."""
+    spec = getattr(service, "spec", None)
+    name = getattr(service, "registry_name", None) or target_label(service)
+    if spec is not None and spec.version is not None:
+        return f"{name}@{spec.version}"
+    code = spec.code if spec is not None else None
+    where = f"{code.import_path}:{code.qualname}" if code is not None else ""
+    source = _source_digest(getattr(service, "obj", None))
+    if source is None and code is not None and code.pickled_b64:
+        source = hashlib.sha256(code.pickled_b64.encode()).hexdigest()[:32]
+    return f"{name}:{where}:{source or (code.code_hash if code is not None else '')}"
+
+
+def _source_digest(obj: Any) -> str | None:
+    """A digest of the source file ``obj`` is defined in (edited code is other code), or None."""
+    if obj is None:
+        return None
+    try:
+        path = inspect.getsourcefile(obj)
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32] if path else None
+    except (TypeError, OSError):
+        return None
+
+
+def args_digest(args: tuple | list = (), kwargs: Mapping[str, Any] | None = None) -> str:
+    """A digest of a call's arguments: equal arguments give equal digests, in any process.
+
+    Plain containers are put in a canonical order first (dict items and set members sorted), so neither
+    insertion order nor string-hash randomisation changes the digest; the rest is pickled (protocol 5, big
+    buffers hashed in place). Arguments that cannot be pickled get a digest of their own every time (such a call
+    is never mistaken for another; it cannot be sent anyway).
+    """
+    h = hashlib.blake2b(digest_size=16)
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        h.update(cloudpickle.dumps(_canonical((tuple(args), dict(kwargs or {}))), protocol=5,
+                                   buffer_callback=buffers.append))
+    except Exception:  # noqa: BLE001 - see the docstring: unique, never equal to another call's
+        return os.urandom(16).hex()
+    for buf in buffers:
+        h.update(buf.raw())
+    return h.hexdigest()
+
+
+def _canonical(obj: Any) -> Any:
+    kind = type(obj)
+    if kind in (list, tuple):
+        return (kind.__name__, [_canonical(x) for x in obj])
+    if kind is dict:
+        return ("dict", sorted(((_canonical(k), _canonical(v)) for k, v in obj.items()), key=_order))
+    if kind in (set, frozenset):
+        return (kind.__name__, sorted((_canonical(x) for x in obj), key=_order))
+    return obj
+
+
+def _order(item: Any) -> bytes:
+    try:
+        return pickle.dumps(item, protocol=5)
+    except Exception:  # noqa: BLE001 - an order for things pickle refuses (cloudpickle takes them later)
+        return repr(item).encode()
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -198,8 +337,86 @@ def cluster_from_config(config: Any = None, *, name: str | None = None, endpoint
     return make_cluster(**data)
 
 
+def local_daemon_allowed(value: bool | None = None) -> bool:
+    """Whether a provider may start a local daemon on this machine: ``value`` if given, else
+    ``$TETHER_ALLOW_LOCAL_DAEMON`` (``1``/``true``/``yes``)."""
+    if value is not None:
+        return bool(value)
+    return os.environ.get(ALLOW_LOCAL_DAEMON_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where an orchestrator's calls go, as its settings (a connection, a block, a resource) say.
+
+    ``cluster`` runs every target, saved services included; None: a saved service runs on the cluster it was
+    saved with, anything else has nowhere to run. No daemon is started on the orchestrator's worker without
+    being asked: a local cluster that is not running is started only when the settings describe it themselves
+    (``described``: a ``Cluster`` object or spec fields, not just a name) or the user opted in
+    (``allow_local_daemon``); otherwise :meth:`check` raises a ``ConfigError`` that names ``setting``.
+    """
+
+    cluster: Cluster | None = None
+    setting: str = "the orchestrator's tether cluster setting"
+    """What the user sets to choose the cluster, as error messages name it."""
+    described: bool = False
+    allow_local_daemon: bool = False
+    opt_in: str = f"{ALLOW_LOCAL_DAEMON_ENV}=1"
+    """How the user opts in to a local daemon on the worker, as error messages name it."""
+
+    def check(self, cluster: Cluster, label: str = "the call") -> Cluster:
+        """``cluster``, unless running on it would start a daemon on this machine unasked (a ``ConfigError``)."""
+        if self.allow_local_daemon or cluster.spec.backend != "local":
+            return cluster
+        if self.described and cluster is self.cluster:
+            return cluster
+        if cluster.is_up():
+            return cluster
+        raise ConfigError(
+            f"{label} would start a tether daemon inside this orchestrator worker: cluster {cluster.name!r} is a "
+            "local cluster that is not running",
+            hint=f"set {self.setting} to the cluster to run on (a saved cluster, a spec or an endpoint), start "
+                 f"{cluster.name!r} yourself, or opt in to a daemon on this worker with {self.opt_in}",
+            details={"cluster": cluster.name, "setting": self.setting})
+
+    def deploy_target(self, label: str = "the call") -> Cluster:
+        """The cluster a target without one (a function, an import path) is deployed to."""
+        if self.cluster is not None:
+            return self.check(self.cluster, label)
+        if self.allow_local_daemon:
+            return make_cluster()
+        raise ConfigError(
+            f"no cluster to run {label} on",
+            hint=f"set {self.setting}, or opt in to the embedded local cluster on this worker with {self.opt_in}",
+            details={"setting": self.setting})
+
+
+def where(config: Any = None, *, setting: str, name: str | None = None, endpoint: str | None = None,
+          token: str | None = None, default_name: str = "tether", allow_local_daemon: bool | None = None,
+          opt_in: str | None = None) -> Where:
+    """Where a provider's calls go: its cluster settings (as :func:`cluster_from_config` takes them), what the
+    user sets to change them (``setting``, for error messages) and whether a local daemon may be started here
+    (:func:`local_daemon_allowed`; ``opt_in`` says how, for error messages)."""
+    cluster = cluster_from_config(config, name=name, endpoint=endpoint, token=token, default_name=default_name)
+    data = cluster_config(config) if not isinstance(config, Cluster) else None
+    described = isinstance(config, Cluster) or bool(data and set(data) - {"name"})
+    allowed = local_daemon_allowed(allow_local_daemon)
+    hint = f"{opt_in} or {ALLOW_LOCAL_DAEMON_ENV}=1" if opt_in else f"{ALLOW_LOCAL_DAEMON_ENV}=1"
+    return Where(cluster, setting, described=described, allow_local_daemon=allowed, opt_in=hint)
+
+
+def _where(cluster: ClusterRef) -> Where:
+    """A cluster reference as a :class:`Where`; a plain one (not from :func:`where`) is used as given, and without
+    one the embedded local cluster is used (callers outside an orchestrator)."""
+    if isinstance(cluster, Where):
+        return cluster
+    return Where(cluster_from_config(cluster), "cluster=", described=True, allow_local_daemon=True)
+
+
 def _cluster(cluster: ClusterRef) -> Cluster:
     """A cluster reference as a ``Cluster``; None (or an empty reference) is the embedded local cluster."""
+    if isinstance(cluster, Where):
+        return cluster.cluster or make_cluster()
     return cluster_from_config(cluster) or make_cluster()
 
 
@@ -219,9 +436,21 @@ def target_label(target: Any) -> str:
 
 
 def resolve_target(target: Any, cluster: ClusterRef = None, *, env: Any = None) -> Any:
-    """A deployed service from a saved name, a ``Function``, a callable, or an import path ``"pkg.mod:fn"``."""
+    """A deployed service from a saved name, a ``Function``, a callable, or an import path ``"pkg.mod:fn"``.
+
+    The given cluster decides where it runs, saved services included: a saved name (or a handle loaded from the
+    registry) is deployed there at its saved version (``with_cluster``). Without one, a saved service runs where
+    it was saved and a deployed handle where it is. With a :class:`Where` (what providers pass), nothing is
+    deployed to or run on a cluster whose use would start a daemon on this machine unasked (``Where.check``).
+    """
+    place = _where(cluster)
+    label = target_label(target)
     if isinstance(target, Function | RemoteClass | RemoteInstance):
-        return target if target.spec is not None else target.to(_cluster(cluster), env=env)
+        if target.spec is None:
+            return target.to(place.deploy_target(label), env=env)
+        if target.loaded:
+            return _on(target, place, label, env)
+        return target  # deployed in code: where its caller put it
     if isinstance(target, str) and ":" in target:
         module, _, attr = target.partition(":")
         try:
@@ -230,12 +459,28 @@ def resolve_target(target: Any, cluster: ClusterRef = None, *, env: Any = None) 
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"cannot import {target!r}: {exc}", hint="use 'package.module:function'") from exc
-        return function(obj).to(_cluster(cluster), env=env)
+        return function(obj).to(place.deploy_target(label), env=env)
     if isinstance(target, str):
-        return function(name=target)
+        return _on(function(name=target), place, label, env)
     if callable(target):
-        return function(target).to(_cluster(cluster), env=env)
+        return function(target).to(place.deploy_target(label), env=env)
     raise ConfigError(f"cannot call {target!r}", hint="pass a saved name, a Function, a callable or 'pkg.mod:fn'")
+
+
+def _on(saved: Any, place: Where, label: str, env: Any) -> Any:
+    """A saved service on the cluster ``place`` names (deployed there at its version), else on its own."""
+    given = place.cluster
+    if given is None:
+        if saved.cluster is not None:
+            place.check(saved.cluster, label)
+        return saved
+    place.check(given, label)
+    if saved.cluster is given:
+        return saved  # resolved here before
+    same = saved.cluster is not None and given.config() == saved.cluster.config()
+    if same and env is None and given.spec.backend != "endpoint":  # an endpoint's token is in `given` only
+        return saved  # saved on this very cluster: nothing to move
+    return saved.with_cluster(given, env=env)
 
 
 # -- logs ------------------------------------------------------------------------------------------------------------
@@ -271,10 +516,25 @@ def labelled_log(log: Callable[[str], None], label: str) -> Callable[[str], None
     return emit
 
 
+def describe_call(label: str, choice: CallChoice) -> str:
+    """The line a provider logs before it waits: a new call, or the call it re-attaches to (and its state).
+
+    Both end with ``(call id <id>)``, which is what a reader (or a test) takes the id from.
+    """
+    if choice.reattached:
+        how = "running" if choice.state is CallState.RUNNING else "finished"
+        return f"tether: re-attaching {label} to its {how} call (call id {choice.call_id})"
+    return f"tether: calling {label} (call id {choice.call_id})"
+
+
 # -- running ---------------------------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
-    """The outcome of a provider's remote call, with what to show in the orchestrator's UI."""
+    """The outcome of a provider's remote call, with what to show in the orchestrator's UI.
+
+    ``seconds`` is the remote call's own duration as its daemon recorded it (from start to finish), not how long
+    this caller waited: a re-attach to a call that ran for a minute records a minute.
+    """
 
     value: Any
     call_id: str
@@ -283,29 +543,34 @@ class RunResult:
     instance_type: str | None
     seconds: float
     attempts: list[Any] = field(default_factory=list)
+    reattached: bool = False
+    """The call was already running or finished under ``call_id`` when this caller attached to it."""
 
     def metadata(self) -> dict[str, Any]:
         return {"service": self.service, "version": self.version, "call_id": self.call_id,
                 "instance_type": self.instance_type, "seconds": round(self.seconds, 3),
+                "reattached": self.reattached,
                 "attempts": [a.model_dump(mode="json") if hasattr(a, "model_dump") else a for a in self.attempts]}
 
 
 def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None, *, call_id: str,
                log: Callable[[str], None] | None = None, escalation: Any = None,
                cluster: ClusterRef = None, env: Any = None, run_id: str | None = None,
-               retry_failed: bool = True) -> RunResult:
+               retry_failed: bool = True, reattached: bool | None = None) -> RunResult:
     """Run ``target`` remotely under ``call_id``; remote logs go to ``log`` one line at a time.
 
     The same ``call_id`` again re-attaches to the running or finished call (the work runs once). With
-    ``retry_failed`` the id first goes through :func:`attempt_call_id`: a call under it that failed or was
+    ``retry_failed`` the id first goes through :func:`choose_attempt`: a call under it that failed or was
     cancelled is not re-attached, its successor ``<call_id>-r<n>`` runs it again. Pass ``retry_failed=False``
-    with an id :func:`attempt_call_id` already chose. ``RunResult.call_id`` is the id used.
+    with an id :func:`choose_attempt` already chose, and its ``reattached``. ``RunResult.call_id`` is the id used,
+    ``RunResult.seconds`` the remote call's duration.
     """
     attempts: list[Any] = []
     # a new handle for this run: the resolved one may be cached and shared by the orchestrator's threads
     svc = resolve_target(target, cluster, env=env).with_options(caller=run_id, on_attempt=attempts.append)
     if retry_failed and svc.cluster is not None:
-        call_id = attempt_call_id(call_id, svc.cluster)
+        choice = choose_attempt(call_id, svc.cluster)
+        call_id, reattached = choice.call_id, choice.reattached
     sink = log_sink(log) if log is not None else None
     started = time.perf_counter()
     if escalation is not None:
@@ -314,11 +579,32 @@ def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None,
                                     on_attempt=attempts.append)
     else:
         value = svc.call(tuple(args), dict(kwargs or {}), call_id=call_id, on_log=sink)
+    waited = time.perf_counter() - started
     where = svc.current_cluster
     handle = where._handle if where is not None else None
     instance_type = attempts[-1].instance_type if attempts else getattr(handle, "instance_type", None)
+    if attempts:  # escalated: each rung ran its own call; their time inside the calls adds up
+        seconds = sum(a.call_seconds if a.call_seconds is not None else a.seconds for a in attempts)
+    else:
+        seconds = remote_seconds(call_id, where)
     return RunResult(value=value, call_id=call_id, service=svc.name or "", version=svc.spec.version if svc.spec else None,
-                     instance_type=instance_type, seconds=time.perf_counter() - started, attempts=attempts)
+                     instance_type=instance_type, seconds=waited if seconds is None else seconds, attempts=attempts,
+                     reattached=bool(reattached))
+
+
+def remote_seconds(call_id: str, cluster: Cluster | None) -> float | None:
+    """How long the call ran on its daemon (started to finished, from ``GET /calls/{id}``); None if unknown."""
+    if cluster is None:
+        return None
+    try:
+        summary = attach(call_id, cluster, on_log=None).status()
+    except TetherError:
+        return None
+    started, finished = summary.get("started"), summary.get("finished")
+    if isinstance(started, int | float) and isinstance(finished, int | float):
+        return max(0.0, float(finished) - float(started))
+    seconds = summary.get("seconds")
+    return float(seconds) if isinstance(seconds, int | float) else None
 
 
 class CallWatch:

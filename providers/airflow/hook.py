@@ -89,6 +89,21 @@ class TetherHook(BaseHook):
         """
         return make_cluster(override, self.get_conn())
 
+    def where(self, override: Any = None, *, allow_local_daemon: bool | None = None) -> tether.runs.Where:
+        """Where calls go (:meth:`get_cluster`), and what to set when it is nowhere: a task never starts a
+        tether daemon on the Airflow worker unless ``allow_local_daemon`` (or ``TETHER_ALLOW_LOCAL_DAEMON=1``)."""
+        conn = self.get_conn()
+        config = override if override is not None and override != "" else conn.cluster
+        return tether.runs.where(
+            config,
+            setting=f'the "cluster" of the Airflow connection {self.tether_conn_id!r} (its extra) or '
+            "RunhouseOperator(cluster=...)",
+            token=conn.cluster_token or conn.token,
+            default_name="airflow",
+            allow_local_daemon=allow_local_daemon,
+            opt_in="RunhouseOperator(allow_local_daemon=True)",
+        )
+
     @contextmanager
     def environment(self) -> Iterator[TetherConnection]:
         """Expose the registry address and token to tether (``TETHER_REGISTRY_URL``/``TETHER_TOKEN``)."""

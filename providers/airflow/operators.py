@@ -1,8 +1,11 @@
 """``RunhouseOperator``: an Airflow task whose body is one call to a tether service.
 
-The call id comes from (dag_id, task_id, run_id, map_index) — never the try number — so a retry re-attaches
-to the remote call the previous try started instead of paying for it twice, or runs again under a successor id
-after that call failed (``tether.runs.attempt_call_id``); ``on_kill`` cancels it.
+A call's identity is the task instance (dag_id, task_id, run_id, map index), the attempt within its DAG run (a
+Clear starts a new one), the service's version and a digest of the arguments — never the try number. So a
+retry re-attaches to the remote call the previous try started instead of paying for it twice (or runs again
+under a successor id after that call failed: ``tether.runs.choose_attempt``), while a Clear, a new run, new
+arguments or a new version run the function again; ``reattach=`` and ``force_rerun=`` change that. ``on_kill``
+cancels the call.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from tether.errors import ConfigError, error_from_wire
 from tether.providers.airflow.hook import TetherHook, make_cluster
 from tether.providers.airflow.triggers import TetherCallTrigger
 
-__all__ = ["RunhouseOperator", "base_call_id", "call_id_for_task"]
+__all__ = ["RunhouseOperator", "base_call_id", "call_id_for_task", "first_try_number", "task_call_id"]
 
 CALL_ID_KEY = "call_id"
 """XCom key holding the remote call id, pushed before the task waits for the call."""
@@ -28,38 +31,77 @@ METADATA_KEY = "tether"
 
 
 def base_call_id(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
-    """The call id of a task instance (never involves the try number): what every try starts from."""
+    """The id of a task instance (never involves the try number): what each of its calls' ids starts from."""
     return tether.runs.call_id_for("airflow", dag_id, task_id, run_id, map_index)
 
 
-def call_id_for_task(context: Context, cluster: Any = None) -> str:
-    """The call id this try uses: the task instance's base id, or a successor once that call failed."""
+def first_try_number(ti: Any, retries: int | None) -> int:
+    """The first try of the attempt ``ti``'s current try belongs to: 1, or the try after the last Clear.
+
+    Airflow's own arithmetic (``RuntimeTaskInstance.get_first_reschedule_date``): a Clear raises ``max_tries``
+    to the last try number plus ``retries``, a retry leaves it alone.
+    """
+    return int(ti.max_tries) - int(retries or 0) + 1
+
+
+def task_call_id(context: Context, identity: str, *, retries: int | None = None, reattach: str = "retries",
+                 force_rerun: bool = False) -> str:
+    """The base call id of this try: its task instance, its DAG run, its attempt and the call's ``identity``.
+
+    ``reattach="retries"``: the tries of one attempt share it (a Clear starts another attempt);
+    ``reattach="run"``: every attempt in the DAG run does (a Clear with the same version and arguments
+    re-attaches too); ``force_rerun``: this try alone has it.
+    """
     ti = context["ti"]
-    return tether.runs.attempt_call_id(base_call_id(ti.dag_id, ti.task_id, context["run_id"], ti.map_index), cluster)
+    tether.runs.check_reattach(reattach)
+    base = base_call_id(ti.dag_id, ti.task_id, context["run_id"], ti.map_index)
+    dag_run = context.get("dag_run")
+    run_after = getattr(dag_run, "run_after", None)  # a DAG run deleted and made again has another
+    if force_rerun:
+        return tether.runs.call_id_for(base, run_after, "try", ti.try_number, identity)
+    if reattach == "run":
+        return tether.runs.call_id_for(base, run_after, identity)
+    retries = ti.task.retries if retries is None else retries
+    return tether.runs.call_id_for(base, run_after, "attempt", first_try_number(ti, retries), identity)
+
+
+def call_id_for_task(context: Context, cluster: Any = None, *, identity: str = "", reattach: str = "retries",
+                     force_rerun: bool = False) -> str:
+    """The call id this try uses (:func:`task_call_id`, or a successor once that call failed)."""
+    return tether.runs.attempt_call_id(
+        task_call_id(context, identity, reattach=reattach, force_rerun=force_rerun), cluster
+    )
 
 
 class RunhouseOperator(BaseOperator):
     """Call a tether service and return its result as the task's XCom ``return_value``.
 
     Give either ``service`` (a saved service: ``"embed"``, ``"team/embed@prod"``) or ``function`` (a callable,
-    or an import path ``"pkg.mod:fn"``, deployed to ``cluster``). ``args``/``kwargs`` are templated.
+    or an import path ``"pkg.mod:fn"``). ``args``/``kwargs`` are templated.
 
     :param service: name of a saved service.
     :param function: a callable or ``"pkg.mod:fn"`` to deploy and call.
     :param args: positional arguments (templated).
     :param kwargs: keyword arguments (templated).
-    :param cluster: where a ``function`` runs — a cluster name, a ClusterSpec dict or a ``tether.Cluster``;
-        default: the connection's cluster, else the embedded local cluster. A saved ``service`` runs where it
-        was saved.
+    :param cluster: where the call runs — a cluster name, a ClusterSpec dict or a ``tether.Cluster``; default:
+        the connection's ``cluster``. A saved ``service`` runs there too, at its saved version; with no cluster
+        at all it runs where it was saved.
     :param escalation: a ``tether.Escalation`` (or its dict form): on out-of-memory, retry on the next rung.
     :param tether_conn_id: the ``tether`` connection (registry address, token, default cluster).
     :param deferrable: wait in the triggerer instead of holding a worker slot.
     :param poll_interval: seconds between polls of the daemon in deferrable mode.
+    :param reattach: ``"retries"`` (default): a retry re-attaches to the call an earlier try of the same attempt
+        started (running, or finished successfully); a Clear, a new DAG run, other arguments or another version
+        run it again. ``"run"``: a Clear re-attaches too when the service version and arguments are the same
+        (while the daemon still has that call: an hour).
+    :param force_rerun: run the call again on every try, never re-attach.
+    :param allow_local_daemon: let the task start a tether daemon on the Airflow worker itself (the embedded
+        local cluster when no cluster is set; a local cluster that is not running). Default: only with
+        ``TETHER_ALLOW_LOCAL_DAEMON=1``; otherwise such a task fails with a ``ConfigError`` naming the
+        connection to set.
 
-    XComs: ``call_id`` (pushed before the task waits), ``return_value`` and ``tether`` (the call's metadata).
-    A retry re-attaches to the previous try's call while it runs or once it succeeded, and runs the function
-    again after it failed; clearing a task whose call succeeded within the daemon's retention (an hour) gets
-    that result back — start a new DAG run to compute it afresh.
+    XComs: ``call_id`` (pushed before the task waits), ``return_value`` and ``tether`` (the call's metadata:
+    service, version, call id, instance type, the remote call's ``seconds``, whether it was ``reattached``).
 
     Example::
 
@@ -84,6 +126,9 @@ class RunhouseOperator(BaseOperator):
         tether_conn_id: str = TetherHook.default_conn_name,
         deferrable: bool = False,
         poll_interval: float = 2.0,
+        reattach: str = "retries",
+        force_rerun: bool = False,
+        allow_local_daemon: bool | None = None,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(**base_kwargs)
@@ -103,6 +148,9 @@ class RunhouseOperator(BaseOperator):
         self.tether_conn_id = tether_conn_id
         self.deferrable = deferrable
         self.poll_interval = poll_interval
+        self.reattach = tether.runs.check_reattach(reattach)
+        self.force_rerun = bool(force_rerun)
+        self.allow_local_daemon = allow_local_daemon
         self._call_id: str | None = None
         self._cluster: Any = None
 
@@ -114,27 +162,43 @@ class RunhouseOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         hook = TetherHook(self.tether_conn_id)
+        label = tether.runs.target_label(self.target)
         with hook.environment():
-            service = tether.runs.resolve_target(self.target, hook.get_cluster(self.cluster))
+            where = hook.where(self.cluster, allow_local_daemon=self.allow_local_daemon)
+            service = tether.runs.resolve_target(self.target, where)
             self._cluster = service.cluster
-            call_id = self._call_id = call_id_for_task(context, service.cluster)
+            args, kwargs = tuple(self.call_args), dict(self.call_kwargs)
+            base_id = task_call_id(
+                context,
+                tether.runs.call_identity(service, args, kwargs),
+                retries=self.retries,
+                reattach=self.reattach,
+                force_rerun=self.force_rerun,
+            )
+            choice = tether.runs.choose_attempt(base_id, service.cluster)
+            call_id = self._call_id = choice.call_id
             context["ti"].xcom_push(key=CALL_ID_KEY, value=call_id)
-            self.log.info("tether: calling %s as call %s", tether.runs.target_label(self.target), call_id)
+            self.log.info("%s", tether.runs.describe_call(label, choice))
             if self.deferrable:
                 return self._start_and_defer(service, call_id)
             result = tether.runs.run_remote(
                 service,
-                tuple(self.call_args),
-                dict(self.call_kwargs),
+                args,
+                kwargs,
                 call_id=call_id,
                 log=self._remote_log,
                 escalation=self.escalation,
                 run_id=context["run_id"],
-                retry_failed=False,  # call_id_for_task chose the id
+                retry_failed=False,  # choose_attempt chose the id
+                reattached=choice.reattached,
             )
         context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result.metadata()))
         self.log.info(
-            "tether: call %s finished in %.2fs on %s", call_id, result.seconds, result.instance_type
+            "tether: call %s finished: it ran %.2fs on %s%s",
+            call_id,
+            result.seconds,
+            result.instance_type,
+            " (re-attached)" if result.reattached else "",
         )
         return result.value
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from tether.runs import RunResult, call_id_for
+from tether.runs import RunResult, call_id_for, check_reattach
 
 __all__ = [
     "METADATA_PREFIX",
@@ -37,11 +37,23 @@ class StepIdentity:
     run_id: str
     step_key: str
     partition: str
-    attempt: int = 0  # Dagster's retry number: counts calls per attempt, never part of the call id
+    attempt: int = 0  # Dagster's retry number: counts calls per attempt, part of the id only with force_rerun
+    root_run_id: str = ""  # the run a re-execution started from (its own id when it is none)
 
-    def call_id(self, target: str, index: int) -> str:
-        """The deterministic call id of the ``index``-th call to ``target`` made by this step."""
-        return call_id_for("dagster", self.run_id, self.step_key, self.partition, target, str(index))
+    def call_id(
+        self, target: str, index: int, identity: str = "", *, reattach: str = "retries", force_rerun: bool = False
+    ) -> str:
+        """The deterministic call id of the ``index``-th call to ``target`` made by this step.
+
+        ``identity`` is the call's ``tether.runs.call_identity`` (service version, arguments). The run is this
+        run (``reattach="retries"``: a re-execution is a new run and runs again), or the root run of its
+        re-executions (``reattach="run"``: a re-execution with the same version and arguments re-attaches);
+        ``force_rerun`` makes the call this attempt's own.
+        """
+        check_reattach(reattach)
+        run = (self.root_run_id or self.run_id) if reattach == "run" else self.run_id
+        nonce = f"attempt-{self.attempt}" if force_rerun else ""
+        return call_id_for("dagster", run, self.step_key, self.partition, target, str(index), identity, nonce)
 
 
 def step_identity(context: AnyContext) -> StepIdentity:
@@ -55,7 +67,11 @@ def step_identity(context: AnyContext) -> StepIdentity:
         key_range = context.partition_key_range
         partition = f"{key_range.start}...{key_range.end}"
     return StepIdentity(
-        run_id=context.run.run_id, step_key=step_key, partition=partition, attempt=context.retry_number
+        run_id=context.run.run_id,
+        step_key=step_key,
+        partition=partition,
+        attempt=context.retry_number,
+        root_run_id=context.run.root_run_id or context.run.run_id,
     )
 
 
@@ -68,6 +84,7 @@ def call_metadata(result: RunResult) -> dict[str, dg.MetadataValue]:
         "call_id": result.call_id,
         "instance_type": _last_rung(attempts) or result.instance_type,
         "duration_s": round(float(result.seconds), 3),
+        "reattached": bool(result.reattached),
         "attempts": max(len(attempts), 1),
         "attempt_log": attempts or None,
     }

@@ -37,11 +37,16 @@ class TetherResource(dg.ConfigurableResource):
 
     With a parameter ``tether: TetherResource``, ``tether.call(context, "embed", text)`` returns the value;
     ``tether.run(...)`` returns a :class:`TetherRun` whose ``get_materialize_result()`` carries the call metadata.
+    The resource's cluster (``endpoint``, ``cluster_name``, ``cluster_spec``) runs every call, saved services
+    included; with none, a saved service runs where it was saved. A step never starts a tether daemon on the
+    Dagster worker unasked (``allow_local_daemon``).
     """
 
     cluster_name: str | None = Field(
         default=None,
-        description="Name of the cluster to call on. None with no spec: the embedded local cluster.",
+        description="Name of the cluster to call on (a saved cluster, or a local one that is running). None with "
+        "no spec and no endpoint: saved services run where they were saved; other targets need "
+        "allow_local_daemon to run on the embedded local cluster.",
     )
     cluster_spec: dict[str, Any] | None = Field(
         default=None,
@@ -62,6 +67,21 @@ class TetherResource(dg.ConfigurableResource):
         default=None,
         description="tether.Escalation fields (e.g. an instance ladder) applied when a call runs out of memory.",
     )
+    reattach: str = Field(
+        default="retries",
+        description="What a call may re-attach to: 'retries' — the call an earlier attempt of the same step in "
+        "the same run started (a re-execution runs again); 'run' — also one of an earlier run of the same root "
+        "run, with the same service version and arguments (a re-execution re-attaches).",
+    )
+    force_rerun: bool = Field(
+        default=False, description="Run every call again on every attempt; never re-attach."
+    )
+    allow_local_daemon: bool | None = Field(
+        default=None,
+        description="Let steps start a tether daemon on the machine they run on (the embedded local cluster when "
+        "no cluster is set, a local cluster that is not running). Default: only with TETHER_ALLOW_LOCAL_DAEMON=1; "
+        "otherwise such a call fails with a ConfigError naming the setting.",
+    )
     cleanup: CleanupPolicy = Field(
         default="never",
         description="What to do with a cluster this resource brought up: 'never' tear it down, 'always' at the "
@@ -76,15 +96,17 @@ class TetherResource(dg.ConfigurableResource):
     _rungs: dict[str, str | None] = PrivateAttr(default_factory=dict)
     _failed: bool = PrivateAttr(default=False)
     _calls: tether.runs.CallCounter = PrivateAttr(default_factory=tether.runs.CallCounter)
-    # saved names and import paths resolved (and deployed) once per execution
-    _services: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # saved names and import paths resolved (and deployed) once per attempt: (target, retry number) -> service
+    _services: dict[tuple[str, int], Any] = PrivateAttr(default_factory=dict)
+    _where: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        """Refuse a malformed escalation policy before any step runs."""
+        """Refuse a malformed escalation policy or ``reattach`` before any step runs."""
         self._policy = self._escalation(None)
+        tether.runs.check_reattach(self.reattach)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         """Tear down a cluster this resource created, as the cleanup policy says (runs even if steps failed)."""
@@ -120,20 +142,32 @@ class TetherResource(dg.ConfigurableResource):
         escalation: Any = None,
         output_name: str | None = None,
         attach_metadata: bool = True,
+        reattach: str | None = None,
+        force_rerun: bool | None = None,
     ) -> TetherRun:
         """Call ``target`` remotely as part of this step.
 
-        The call id is derived from (run, step, partition, target, n-th call of the step), so a retry of the step
-        re-attaches to the call instead of running it again (a call that failed or was cancelled is run again under
-        a successor id: ``tether.runs.attempt_call_id``). An interrupt (run terminated) cancels the call.
+        The call id is derived from (run, step, partition, target, n-th call of the step, service version,
+        arguments), so a retry of the step re-attaches to the call instead of running it again (a call that
+        failed or was cancelled is run again under a successor id: ``tether.runs.choose_attempt``), while a
+        re-execution, other arguments or another version run it again. ``reattach`` and ``force_rerun`` override
+        the resource's. An interrupt (run terminated) cancels the call.
         """
         label = tether.runs.target_label(target)
         identity = step_identity(context)
-        service = self._service(context, target)
-        base_id = call_id if call_id is not None else self._next_call_id(identity, label)
-        call_id = tether.runs.attempt_call_id(base_id, service.cluster)
+        service = self._service(context, target, identity.attempt)
+        if call_id is None:
+            call_id = self._next_call_id(
+                identity,
+                label,
+                tether.runs.call_identity(service, tuple(args), dict(kwargs or {})),
+                reattach=self.reattach if reattach is None else reattach,
+                force_rerun=self.force_rerun if force_rerun is None else force_rerun,
+            )
+        choice = tether.runs.choose_attempt(call_id, service.cluster)
+        call_id = choice.call_id
         policy = self._escalation(escalation)
-        context.log.info(f"tether: calling {label} (call id {call_id})")
+        context.log.info(tether.runs.describe_call(label, choice))
         try:
             result = tether.runs.run_remote(
                 service,
@@ -143,7 +177,8 @@ class TetherResource(dg.ConfigurableResource):
                 log=tether.runs.labelled_log(context.log.info, label),
                 escalation=policy,
                 run_id=f"dagster:{identity.run_id}/{identity.step_key}",
-                retry_failed=False,  # attempt_call_id chose the id
+                retry_failed=False,  # choose_attempt chose the id
+                reattached=choice.reattached,
             )
         except BaseException as exc:
             self._failed = True
@@ -165,19 +200,23 @@ class TetherResource(dg.ConfigurableResource):
 
     # -- internals -------------------------------------------------------------------------------------------
 
-    def _next_call_id(self, identity: StepIdentity, label: str) -> str:
+    def _next_call_id(
+        self, identity: StepIdentity, label: str, call: str, *, reattach: str, force_rerun: bool
+    ) -> str:
         # the n-th call to ``label`` in this attempt of the step: a retry counts from 0 again and re-attaches
         index = self._calls.next((identity.step_key, identity.partition, label, identity.attempt))
-        return identity.call_id(label, index)
+        return identity.call_id(label, index, call, reattach=reattach, force_rerun=force_rerun)
 
-    def _service(self, context: AnyContext, target: Any) -> Any:
-        """The deployed service ``target`` names; a name or import path is resolved (and deployed) once."""
-        if isinstance(target, str) and target in self._services:
-            return self._services[target]
-        cluster = None if _brings_its_own_cluster(target) else self._ensure_cluster(context)
-        service = tether.runs.resolve_target(target, cluster)
-        if isinstance(target, str):
-            self._services[target] = service
+    def _service(self, context: AnyContext, target: Any, attempt: int) -> Any:
+        """The deployed service ``target`` names, on the resource's cluster when it has one; a name or import
+        path is resolved (and deployed) once per attempt (a retry picks up a version saved meanwhile)."""
+        key = (target, attempt) if isinstance(target, str) else None
+        if key is not None and key in self._services:
+            return self._services[key]
+        self._ensure_cluster(context)
+        service = tether.runs.resolve_target(target, self._where)
+        if key is not None:
+            self._services[key] = service
         return service
 
     def _note_rungs(self, attempts: Sequence[Any] | None) -> None:
@@ -191,25 +230,34 @@ class TetherResource(dg.ConfigurableResource):
                 self._rungs[name] = data.get("instance_type")
 
     def _ensure_cluster(self, context: AnyContext) -> Any:
-        """The cluster calls go to, brought up on first use; None lets a saved service use its own cluster."""
+        """The cluster calls go to, brought up on first use (None: saved services use their own cluster).
+
+        A local cluster this resource would have to start is started only when the resource describes it
+        (``cluster_spec``) or allows it (``allow_local_daemon``): never a daemon on the worker unasked.
+        """
         with self._lock:
-            if self._cluster is not None:
+            if self._where is not None:
                 return self._cluster
-            cluster = tether.runs.cluster_from_config(
+            where = tether.runs.where(
                 self.cluster_spec,
+                setting="TetherResource(endpoint=..., cluster_name=... or cluster_spec=...)",
                 name=self.cluster_name,
                 endpoint=self.endpoint,
                 token=self.token,
                 default_name="dagster-endpoint",
+                allow_local_daemon=self.allow_local_daemon,
+                opt_in="TetherResource(allow_local_daemon=True)",
             )
+            cluster = where.cluster
             if cluster is None or self.endpoint is not None:  # a daemon someone else runs: never brought up
-                self._cluster = cluster
+                self._cluster, self._where = cluster, where
                 return cluster
             was_up = cluster.is_up()
             if not was_up:
+                where.check(cluster)
                 context.log.info(f"tether: bringing up cluster {cluster.name!r}")
             cluster.up_if_not()
-            self._cluster, self._created = cluster, not was_up
+            self._cluster, self._created, self._where = cluster, not was_up, where
             return cluster
 
     def _escalation(self, override: Any) -> Any:
@@ -225,13 +273,6 @@ class TetherResource(dg.ConfigurableResource):
                 f"invalid escalation policy: {exc}", hint="see tether.Escalation's fields"
             ) from exc
         return self._policy
-
-
-def _brings_its_own_cluster(target: Any) -> bool:
-    """A saved name or an already deployed service runs where it lives; only other targets need our cluster."""
-    if isinstance(target, str):
-        return ":" not in target
-    return getattr(target, "spec", None) is not None
 
 
 def _attach(context: AnyContext, metadata: Mapping[str, dg.MetadataValue], output_name: str | None) -> None:

@@ -15,8 +15,12 @@ __all__ = ["TetherCluster"]
 
 
 class TetherCluster(Block):
-    """Where a flow's tether calls run: an already running daemon (``endpoint`` + ``token``), or a cluster
-    brought up on first use from ``cluster_spec`` / ``cluster_name``. Empty: the embedded local cluster.
+    """Where a flow's tether calls run, saved services included: an already running daemon (``endpoint`` +
+    ``token``), or a cluster brought up on first use from ``cluster_spec`` / ``cluster_name``.
+
+    A flow never starts a tether daemon on the machine it runs on unasked: an empty block, or a
+    ``cluster_name`` alone that names a local cluster that is not running, fails the call with a
+    ``ConfigError`` (opt in with ``allow_local_daemon=True`` on the call, or ``TETHER_ALLOW_LOCAL_DAEMON=1``).
     """
 
     _block_type_name: ClassVar[str] = "Tether Cluster"
@@ -66,11 +70,21 @@ def pipeline(text: str) -> list[float]:
         return value
 
     def get_cluster(self) -> Any:
-        """The ``tether`` cluster this block points at (connected, not yet brought up); None: the default."""
-        return tether.runs.cluster_from_config(
+        """The ``tether`` cluster this block points at (connected, not yet brought up); None: none given."""
+        return self.where().cluster
+
+    def where(self, *, allow_local_daemon: bool | None = None) -> tether.runs.Where:
+        """Where calls through this block go, and what to set when that is nowhere."""
+        name = self._block_document_name
+        return tether.runs.where(
             self.cluster_spec,
+            setting=f"the TetherCluster block {name!r} (endpoint, cluster_name or cluster_spec)"
+            if name
+            else "a TetherCluster block (endpoint, cluster_name or cluster_spec) as cluster=",
             name=self.cluster_name,
             endpoint=self.endpoint,
             token=self.token.get_secret_value() if self.token is not None else None,
             default_name="prefect",
+            allow_local_daemon=allow_local_daemon,
+            opt_in="allow_local_daemon=True",
         )

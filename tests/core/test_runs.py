@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -305,3 +306,122 @@ async def test_call_watch_cancels_and_reports_unknown_calls(local_cluster, tmp_p
     assert await nobody.cancel() is False
     with pytest.raises(tether.NotFound):
         await nobody.poll()
+
+
+# -- call identity ---------------------------------------------------------------------------------------------------
+def test_args_digest_is_equal_for_equal_arguments_in_any_process():
+    import subprocess
+    import sys
+
+    digest = tether.runs.args_digest
+    assert digest((1, "a"), {"x": [1, 2]}) == digest([1, "a"], {"x": [1, 2]})  # the tuple of args, as given
+    assert digest((), {"a": 1, "b": 2}) == digest((), {"b": 2, "a": 1})  # keyword order does not matter
+    assert digest(({"k1": 1, "k2": 2},)) == digest(({"k2": 2, "k1": 1},))
+    others = {digest((1,)), digest((2,)), digest((1.0,)), digest(("1",)), digest(((1,),)), digest(([1],)),
+              digest((), {"a": 1}), digest((True,))}
+    assert len(others) == 8  # different values (and types) are different calls
+    big = bytes(range(256)) * 8192  # 2 MiB: hashed as a buffer, not copied into a pickle
+    assert digest((big,)) == digest((bytes(big),)) != digest((big[:-1] + b"x",))
+    code = ("import tether.runs; print(tether.runs.args_digest(({'alpha', 'beta', 'gamma', 'delta'},), "
+            "{'m': {'x': frozenset({'p', 'q', 'r'})}}))")
+    seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                           capture_output=True, text=True, check=True).stdout for seed in ("1", "2", "3")}
+    assert len(seen) == 1  # string hashing differs per process; set order must not leak into the digest
+
+
+def test_call_identity_changes_with_the_arguments_and_the_version(local_cluster):
+    add = tether.function(svc.add).to(local_cluster, name="add_identity")
+    same = tether.runs.call_identity(add, (1, 2))
+    assert same == tether.runs.call_identity(add, [1, 2], {}) != tether.runs.call_identity(add, (2, 1))
+    v1 = add.save()
+    loaded = tether.function(name="add_identity")
+    assert tether.runs.service_version(loaded).endswith(f"add_identity@{v1.version}")  # owner/name@version
+    tether.function(svc.echo).to(local_cluster, name="add_identity").save()
+    newer = tether.function(name="add_identity")
+    assert tether.runs.call_identity(newer, (1, 2)) != tether.runs.call_identity(loaded, (1, 2))
+
+
+def test_choose_attempt_says_whether_it_reattaches(local_cluster, tmp_path):
+    fresh = tether.runs.choose_attempt("choice-new", local_cluster)
+    assert fresh == tether.runs.CallChoice("choice-new", None) and not fresh.reattached
+    assert tether.runs.describe_call("add", fresh) == "tether: calling add (call id choice-new)"
+    tether.function(svc.add).to(local_cluster, name="add_choice").call((1, 1), call_id="choice-done")
+    done = tether.runs.choose_attempt("choice-done", local_cluster)
+    assert done.reattached and done.state is CallState.SUCCEEDED
+    assert tether.runs.describe_call("add", done) == (
+        "tether: re-attaching add to its finished call (call id choice-done)")
+    for bad in ("always", None, True):
+        with pytest.raises(tether.ConfigError):
+            tether.runs.check_reattach(bad)
+    assert tether.runs.check_reattach("run") == "run"
+
+
+def test_run_remote_records_the_remote_duration_of_a_call_it_reattached_to(local_cluster, tmp_path):
+    sleepy = tether.function(svc.sleep_then).to(local_cluster, name="sleep_duration")
+    marker = tmp_path / "marker"
+    sleepy.spawn_with((1.5, str(marker)), {}, call_id="duration-1", on_log=None).wait_started()
+    time.sleep(1.2)  # the orchestrator's retry comes late: it waits ~0.3 s of the call's 1.5 s
+    started = time.perf_counter()
+    result = tether.runs.run_remote(sleepy, (1.5, str(marker)), call_id="duration-1")
+    waited = time.perf_counter() - started
+    assert result.seconds >= 1.45 > waited  # the call's own duration, not this caller's wait
+    assert result.reattached and result.call_id == "duration-1"
+    assert result.metadata()["reattached"] is True
+    assert marker.read_text().count("start") == 1
+    fresh = tether.runs.run_remote(svc.add, (1, 2), call_id="duration-2", cluster=local_cluster)
+    assert not fresh.reattached and 0 <= fresh.seconds < 5
+
+
+# -- where: the orchestrator's settings decide, and no daemon starts unasked ------------------------------------------
+@pytest.fixture
+def other_cluster(module_home):
+    c = tether.cluster(name="runs-other").up_if_not()
+    try:
+        yield c
+    finally:
+        c.teardown()
+
+
+def test_a_saved_service_runs_on_the_cluster_given(local_cluster, other_cluster):
+    tether.function(svc.add).to(local_cluster, name="add_where").save()
+    result = tether.runs.run_remote("add_where", (2, 3), call_id="where-1", cluster=other_cluster)
+    assert result.value == 5
+    assert "add_where" in {r["name"] for r in other_cluster.ls()}
+    assert tether.runs.call_state("where-1", other_cluster) is CallState.SUCCEEDED
+    assert tether.runs.call_state("where-1", local_cluster) is None  # not where it was saved
+    # an endpoint (a daemon someone else runs) is a cluster given too; its token comes with the settings
+    place = tether.runs.where({"name": "other-ep"}, endpoint=other_cluster.endpoint, token=other_cluster.token,
+                              setting="the block")
+    via = tether.runs.run_remote("add_where", (3, 4), call_id="where-2", cluster=place)
+    assert via.value == 7 and tether.runs.call_state("where-2", other_cluster) is CallState.SUCCEEDED
+    # no cluster given: the saved service runs where it was saved (that daemon runs: nothing is started)
+    home = tether.runs.run_remote("add_where", (1, 1), call_id="where-3", cluster=tether.runs.where(None, setting="x"))
+    assert home.value == 2 and tether.runs.call_state("where-3", local_cluster) is CallState.SUCCEEDED
+
+
+def test_providers_never_start_a_daemon_unasked(local_cluster, module_home, monkeypatch):
+    monkeypatch.delenv(tether.runs.ALLOW_LOCAL_DAEMON_ENV, raising=False)
+    nowhere = tether.runs.where(None, setting="the connection 'tether_default'")
+    with pytest.raises(tether.ConfigError, match="no cluster to run add") as info:
+        tether.runs.resolve_target(svc.add, nowhere)
+    assert "the connection 'tether_default'" in (info.value.hint or "")
+    assert "TETHER_ALLOW_LOCAL_DAEMON=1" in (info.value.hint or "")
+    by_name = tether.runs.where("runs-not-running", setting="the block 'lab'")  # names no saved cluster
+    with pytest.raises(tether.ConfigError, match="would start a tether daemon") as info:
+        tether.runs.resolve_target("tests.core.services:add", by_name)
+    assert info.value.details["cluster"] == "runs-not-running" and "the block 'lab'" in (info.value.hint or "")
+    tether.cluster(name="runs-saved-down").save()  # a saved local cluster that is not up on this worker
+    tether.function(svc.add).to(local_cluster, name="add_on_down").save()
+    saved = tether.load("add_on_down").config()
+    saved["cluster"] = tether.cluster(name="runs-saved-down").config()
+    tether.registry.get_registry().save("add_down", saved)
+    with pytest.raises(tether.ConfigError, match="would start a tether daemon"):
+        tether.runs.resolve_target("add_down", nowhere)
+    assert not (module_home / "clusters" / "runs-not-running").exists()
+    assert tether.cluster(name="runs-saved-down").status() == "down"
+    assert tether.cluster(name="local").status() == "down"  # the embedded local cluster was not started
+    # a running local cluster is fine, and so is a spec the settings describe themselves
+    assert tether.runs.resolve_target(svc.add, tether.runs.where(local_cluster.name, setting="x"))(1, 2) == 3
+    assert tether.runs.where({"name": "runs-spec", "instance_type": "local:256MB"}, setting="x").described
+    monkeypatch.setenv(tether.runs.ALLOW_LOCAL_DAEMON_ENV, "1")  # the user opted in
+    assert tether.runs.where(None, setting="x").allow_local_daemon

@@ -58,3 +58,12 @@ def fail_first_time(ledger: str) -> str:
     if runs == 0:
         raise ConnectionError("transient: the database was restarting")
     return f"ok after {runs + 1} runs"
+
+
+def slow_echo(ledger: str, marker_dir: str, value: str, seconds: float = 1.5) -> str:
+    """Count the run, say it started (a file), take ``seconds``, return ``"echo <value>"``."""
+    with open(ledger, "a") as f:
+        f.write(f"ran {value}\n")
+    (Path(marker_dir) / "started").write_text("1")
+    time.sleep(seconds)
+    return f"echo {value}"

@@ -91,33 +91,79 @@ class DagResult:
     states: dict[str, str] = field(default_factory=dict)  # task_id -> final state
 
 
-def run_dag(source: str, dag_id: str, **test_kwargs: Any) -> DagResult:
-    """Write ``source`` as ``<dag_id>.py`` into the dags folder, load it like the DAG processor, run dag.test()."""
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
+def load_dag(source: str, dag_id: str) -> Any:
+    """Write ``source`` as ``<dag_id>.py`` into the dags folder and load it like the DAG processor."""
     path = DAGS / f"{dag_id}.py"
     path.write_text(textwrap.dedent(source))
     spec = importlib.util.spec_from_file_location(f"dagfile_{dag_id}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    dag = next(v for v in vars(module).values() if getattr(v, "dag_id", None) == dag_id)
-    dr = dag.test(**test_kwargs)
-    result = DagResult(state=str(dr.state), run_id=dr.run_id)
+    return next(v for v in vars(module).values() if getattr(v, "dag_id", None) == dag_id)
+
+
+def run_dag(source: str, dag_id: str, **test_kwargs: Any) -> DagResult:
+    """Write ``source`` as ``<dag_id>.py`` into the dags folder, load it like the DAG processor, run dag.test()."""
+    dr = load_dag(source, dag_id).test(**test_kwargs)
+    return dag_result(dag_id, dr.run_id, str(dr.state))
+
+
+def dag_result(dag_id: str, run_id: str, state: str) -> DagResult:
+    """What the metadata DB holds of one DAG run: XComs, tries and states of its task instances."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    result = DagResult(state=state, run_id=run_id)
     with create_session() as s:
-        for x in s.scalars(
-            select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == dr.run_id)
-        ):
+        for x in s.scalars(select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)):
             result.xcoms.setdefault(x.task_id, {})[x.key] = XComModel.deserialize_value(x)
         for ti in s.scalars(
-            select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == dr.run_id)
+            select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)
         ):
             result.tries[ti.task_id] = ti.try_number
             result.states[ti.task_id] = str(ti.state)
     return result
+
+
+def clear_and_rerun(dag_id: str, run_id: str, source: str | None = None) -> DagResult:
+    """Clear every task instance of a finished DAG run the way the UI's "Clear" does (Airflow's own
+    ``clear_task_instances``: the same run, ``max_tries`` raised) and run them again as ``dag.test()`` runs
+    tasks. ``source``: the DAG file was edited in between (the new task definitions run)."""
+    from airflow import settings
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import TaskInstance, clear_task_instances
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from sqlalchemy import select
+
+    path = DAGS / f"{dag_id}.py"
+    dag = load_dag(source if source is not None else path.read_text(), dag_id)
+    with create_session() as s:
+        tis = list(s.scalars(select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)))
+        clear_task_instances(tis, s, dag_run_state=DagRunState.RUNNING)
+    session = settings.Session()
+    try:
+        dr = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        assert dr is not None
+        dr.dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+        for _ in range(100):
+            if dr.state != DagRunState.RUNNING:
+                break
+            session.expire_all()
+            schedulable, _ = dr.update_state(session=session)
+            for ti in schedulable:
+                ti.try_number += 1
+                ti.state = TaskInstanceState.SCHEDULED
+            session.commit()
+            for ti in [t for t in dr.get_task_instances(session=session) if t.state == TaskInstanceState.SCHEDULED]:
+                _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+        return dag_result(dag_id, run_id, str(dr.state))
+    finally:
+        session.close()
 
 
 @pytest.fixture
@@ -136,6 +182,12 @@ def operator_dag(dag_id: str, task_id: str, **operator_kwargs: Any) -> str:
         f"with DAG({dag_id!r}, schedule=None, start_date=pendulum.datetime(2024, 1, 1)) as dag:\n"
         f"    RunhouseOperator(\n        task_id={task_id!r},\n{args}    )\n"
     )
+
+
+@pytest.fixture
+def clear_dag_run(airflow_db: Path) -> Any:
+    """``clear_dag_run(dag_id, run_id, source=None) -> DagResult``: see :func:`clear_and_rerun`."""
+    return clear_and_rerun
 
 
 @pytest.fixture

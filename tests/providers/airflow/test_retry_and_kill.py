@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import tether
-import tether.runs
 
 FNS = "af_remote_fns"  # airflow_fns.py, deployed from its own code root (conftest)
 
@@ -55,7 +54,7 @@ def _pushed_call_id(dag_id: str) -> str | None:
 
 
 def test_retry_reattaches_to_the_call_the_killed_try_started(
-    run_operator, cluster, tmp_path: Path, when_started
+    run_operator, cluster, tmp_path: Path, when_started, capfd
 ) -> None:
     """The first try dies mid-call the way a lost worker does: it stops waiting, on_kill is never called.
 
@@ -72,6 +71,7 @@ def test_retry_reattaches_to_the_call_the_killed_try_started(
 
     def kill_first_try() -> None:
         seen["call_id_before_wait"] = _pushed_call_id("retry_reattach")
+        time.sleep(0.8)  # the call runs on: the retry then waits for less than the call's 2 s
         os.kill(os.getpid(), signal.SIGUSR1)
 
     signal.signal(signal.SIGUSR1, die)
@@ -88,13 +88,17 @@ def test_retry_reattaches_to_the_call_the_killed_try_started(
     )
 
     assert seen.get("killed"), "the first try was never killed"
-    expected_id = tether.runs.call_id_for("airflow", "retry_reattach", "slow", result.run_id, -1)
+    expected_id = result.xcoms["slow"]["call_id"]
     assert seen["call_id_before_wait"] == expected_id  # pushed before the task started waiting
     assert result.state == "success"
     assert result.tries["slow"] == 2
     assert result.xcoms["slow"]["return_value"] == 42
-    assert result.xcoms["slow"]["call_id"] == expected_id
     assert ledger.read_text().count("ran") == 1  # the second try got the first call's result
+    metadata = result.xcoms["slow"]["tether"]
+    assert metadata["seconds"] >= 1.9  # the remote call's 2 s, not the retry's shorter wait for it
+    assert metadata["reattached"] is True
+    out = capfd.readouterr()
+    assert f"re-attaching {FNS}:slow_count to its running call (call id {expected_id})" in out.out + out.err
 
 
 def test_killing_the_task_cancels_the_remote_call(
@@ -138,6 +142,7 @@ def test_a_retry_after_a_remote_failure_runs_the_function_again(
     assert result.tries["flaky"] == 2
     assert result.xcoms["flaky"]["return_value"] == "ok after 2 runs"
     assert ledger.read_text().count("ran") == 2
-    first_id = tether.runs.call_id_for("airflow", "retry_after_failure", "flaky", result.run_id, -1)
-    assert result.xcoms["flaky"]["call_id"] != first_id
+    rerun_id = result.xcoms["flaky"]["call_id"]
+    assert rerun_id.endswith("-r1")  # the failed call's successor
+    first_id = rerun_id.removesuffix("-r1")
     assert tether.call(first_id, cluster, on_log=None).status()["state"] == "failed"

@@ -12,3 +12,15 @@ def fail_first_time(ledger: str) -> str:
     if runs == 1:
         raise ConnectionResetError("transient: the feature store hung up")
     return f"ok after {runs} runs"
+
+
+def multiply(a: int, b: int) -> int:
+    """What a teammate's next version of a two-argument service does."""
+    return a * b
+
+
+def count_call(ledger: str, value: int) -> int:
+    """Append one line to ``ledger`` per execution and return ``value``."""
+    with open(ledger, "a") as f:
+        f.write("ran\n")
+    return value

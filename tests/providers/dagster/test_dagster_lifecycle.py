@@ -39,7 +39,7 @@ def test_cleanup_policy_for_a_cluster_the_resource_created(
     module_home: Path, instance: dg.DagsterInstance, policy: str, fail: bool, torn_down: bool
 ) -> None:
     name = f"dg-{policy.replace('_', '-')}-{int(fail)}"
-    resource = TetherResource(cluster_name=name, cleanup=policy)
+    resource = TetherResource(cluster_name=name, cleanup=policy, allow_local_daemon=True)  # a daemon here, asked for
     assert tether.cluster(name=name).status() != "up"
 
     result = _job(fail).execute_in_process(
@@ -110,7 +110,7 @@ def test_run_termination_cancels_the_remote_call(local_cluster, instance, tmp_pa
 def test_termination_cancels_first_then_tears_down_a_cluster_it_created(
     module_home: Path, instance, tmp_path: Path
 ) -> None:
-    resource = TetherResource(cluster_name="dg-terminated", cleanup="on_exception")
+    resource = TetherResource(cluster_name="dg-terminated", cleanup="on_exception", allow_local_daemon=True)
     try:
         result = _terminated_run(resource, instance, tmp_path / "marker")
 

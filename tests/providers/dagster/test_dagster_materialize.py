@@ -15,6 +15,7 @@ import tether.runs as tether_runs  # the op's `tether` parameter shadows the pac
 from examples.services.embed import embed
 from tether.protocol import CallState
 from tether.providers.dagster import TetherResource
+from tether.providers.dagster.reporting import StepIdentity
 
 
 def test_asset_gets_remote_value_logs_and_call_metadata(local_cluster, instance) -> None:
@@ -33,9 +34,8 @@ def test_asset_gets_remote_value_logs_and_call_metadata(local_cluster, instance)
     assert any("embedded 3 tokens" in line for line in logs), logs  # remote logging record
     (mat,) = result.asset_materializations_for_node("vectors")
     md = {k: v.value for k, v in mat.metadata.items()}
-    assert md["tether/call_id"] == tether.runs.call_id_for(
-        "dagster", result.run_id, "vectors", "", EMBED, "0"
-    )
+    assert md["tether/call_id"].startswith("run-")
+    assert md["tether/reattached"] is False
     assert md["tether/service"] == "embed"
     assert md["tether/instance_type"] == "local"
     assert md["tether/attempts"] == 1
@@ -57,8 +57,13 @@ def test_call_id_is_deterministic_per_run_step_and_partition(local_cluster, inst
     second = dg.materialize([part], partition_key="b", resources=resources, instance=instance)
 
     assert first.success and second.success
-    assert seen["a"] == tether.runs.call_id_for("dagster", first.run_id, "part", "a", EMBED, "0")
-    assert seen["b"] == tether.runs.call_id_for("dagster", second.run_id, "part", "b", EMBED, "0")
+    assert seen["a"].startswith("run-") and seen["b"].startswith("run-") and seen["a"] != seen["b"]
+    step = StepIdentity(run_id=first.run_id, step_key="part", partition="a")
+    identity = tether.runs.call_identity(tether.function(embed), ("a",))  # as the resource computes it
+    assert step.call_id(EMBED, 0, identity) != step.call_id(EMBED, 1, identity)  # the n-th call of the step
+    assert StepIdentity(run_id=first.run_id, step_key="part", partition="b").call_id(EMBED, 0, identity) != (
+        step.call_id(EMBED, 0, identity)
+    )
     (mat,) = first.asset_materializations_for_node("part")
     assert mat.metadata["tether/call_id"].value == seen["a"]
     assert mat.metadata["partition"].value == "a"
@@ -126,11 +131,17 @@ class WorkerLost(Exception):
 
 def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, instance, tmp_path: Path) -> None:
     """The first attempt fails while its remote call runs; the retry attaches to that call instead of starting a
-    second run, and gets its result once it finishes (as the Airflow and Prefect retry tests do)."""
-    attempts: list[tuple[int, str]] = []  # (retry number, call id) as each attempt starts waiting
+    second run, and gets its result once it finishes (as the Airflow and Prefect retry tests do); the call's
+    metadata records the remote call's duration, not the retry's shorter wait."""
+    attempts: list[tuple[int, str]] = []  # (retry number, run id) as each attempt starts
+    times: dict[str, float] = {}
 
     def lose_the_worker(signum: int, frame: object) -> None:
         raise WorkerLost("the step's worker died mid-call")
+
+    def call_ids() -> list[str]:
+        logs = run_logs(instance, attempts[0][1]) if attempts else []
+        return [line.rsplit("(call id ", 1)[1].rstrip(")") for line in logs if "(call id " in line]
 
     def watch() -> None:
         deadline = time.monotonic() + 60
@@ -138,22 +149,22 @@ def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, i
             if time.monotonic() > deadline:
                 return
             time.sleep(0.02)
+        times["started"] = time.monotonic()
         os.kill(os.getpid(), signal.SIGUSR1)  # the first attempt ends while the call runs
-        while len(attempts) < 2:  # the retry has started ...
+        while len(call_ids()) < 2:  # the retry has chosen its call ...
             if time.monotonic() > deadline:
                 return
             time.sleep(0.02)
-        state_on_retry.append(tether_runs.call_state(attempts[1][1], local_cluster))
-        time.sleep(0.5)  # ... and waits on the call, which still runs
+        state_on_retry.append(tether_runs.call_state(call_ids()[1], local_cluster))
+        time.sleep(1.0)  # ... and waits on the call, which still runs
+        times["released"] = time.monotonic()
         (tmp_path / "release").touch()
 
     @dg.op(retry_policy=dg.RetryPolicy(max_retries=1))
     def slow(context: dg.OpExecutionContext, tether: TetherResource) -> int:
-        target = f"{SERVICES}:log_wait_count"
-        base_id = tether_runs.call_id_for("dagster", context.run_id, "slow", "", target, "0")
-        attempts.append((context.retry_number, base_id))
+        attempts.append((context.retry_number, context.run_id))
         try:
-            run = tether.run(context, target, args=(str(tmp_path),))
+            run = tether.run(context, f"{SERVICES}:log_wait_count", args=(str(tmp_path),))
         except WorkerLost:
             lost.append(context.retry_number)
             raise
@@ -179,14 +190,20 @@ def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, i
         watcher.join(10)
 
     logs = run_logs(instance, result.run_id)
-    ids = [line.rsplit("(call id ", 1)[1].rstrip(")") for line in logs if "(call id " in line]
+    ids = call_ids()
     assert lost == [0], logs  # attempt 0 ended mid-call
     assert result.success, logs
     assert [n for n, _ in attempts] == [0, 1]
-    assert ids == [attempts[0][1]] * 2  # the retry used the running call's id ...
+    assert len(ids) == 2 and ids[0] == ids[1]  # the retry used the running call's id ...
     assert state_on_retry == [CallState.RUNNING]  # ... while that call was still running
+    assert any(f"re-attaching {SERVICES}:log_wait_count to its running call (call id {ids[0]})" in line
+               for line in logs), logs
     assert result.output_for_node("slow") == 1  # its result: the first (and only) run
     assert (tmp_path / "runs").read_text().splitlines() == ["run"]  # the remote function ran once
+    outputs = [e.step_output_data.metadata for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    (metadata,) = outputs
+    assert metadata["tether/reattached"].value is True
+    assert metadata["tether/duration_s"].value >= times["released"] - times["started"] - 0.2  # the remote call's
 
 
 def test_step_retry_reruns_a_remote_call_that_failed(local_cluster, instance, tmp_path: Path) -> None:

@@ -60,3 +60,11 @@ def grow(marker_dir: str, nbytes: int) -> int:
     _count(marker_dir)
     block = bytearray(nbytes)
     return len(block)
+
+
+def value_error_on_first_run(marker_dir: str) -> str:
+    """A remote error of the user's code on the first run (bad data that was fixed meanwhile); later runs pass."""
+    n = _count(marker_dir)
+    if n == 1:
+        raise ValueError("bad input on run 1")
+    return f"ok on run {n}"

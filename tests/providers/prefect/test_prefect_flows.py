@@ -164,8 +164,12 @@ def test_retryable_remote_failure_runs_a_new_call_on_retry(
     assert runs_of(markers) == 2
 
 
-def test_bug_in_remote_code_is_not_retried(steps: ModuleType, cluster: Any, markers: Path) -> None:
-    @tether_task(service=steps.fail_with_value_error, cluster=cluster, retries=3)
+def test_retry_on_tether_errors_does_not_retry_a_bug_in_remote_code(
+    steps: ModuleType, cluster: Any, markers: Path
+) -> None:
+    @tether_task(
+        service=steps.fail_with_value_error, cluster=cluster, retries=3, retry_condition_fn=retry_on_tether_errors
+    )
     def buggy(marker_dir: str) -> str: ...
 
     @flow
