@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,30 +54,53 @@ def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     return fd
 
 
-def _fresh_lock_file(path: Path) -> None:
-    """Put a new 0600 file at ``path``: whoever holds the old one (another user who opened a 0644 lock file an
-    older tether made) keeps a lock on a file no one looks at any more."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600))
-    os.replace(tmp, path)
+def _loose(fd: int) -> bool:
+    st = os.fstat(fd)
+    return st.st_uid != os.geteuid() or bool(stat.S_IMODE(st.st_mode) & 0o077)
+
+
+def _replace_loose_lock_file(path: Path) -> None:
+    """Put a new 0600 file at ``path`` if the one there is not private: whoever holds the old one (another user
+    who opened a 0644 lock file an older tether made) keeps a lock on a file no one looks at any more. Done under
+    ``<path>.guard`` (a name older tethers never made: always ours and private), from a fresh look at ``path``,
+    so a private lock file someone holds is never replaced."""
+    guard = os.open(path.with_name(path.name + ".guard"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            if not _loose(fd):
+                return  # another locker replaced it already
+        finally:
+            os.close(fd)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600
+        os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        os.close(guard)
 
 
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """An exclusive inter-process lock held while the block runs, on a 0600 file in a 0700 folder (another user
     cannot open it, so cannot hold it to hang us). A lock file that others could open (made by an older tether, or
-    not ours) is replaced, and the lock is taken on the file that is at ``path`` once it is held."""
+    not ours) is replaced first, and the lock is taken on the file that is at ``path`` once it is held."""
     private_dir(path.parent)
+    replaced = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+            if not replaced and _loose(fd):  # once: a filesystem that maps owners (root_squash) stays "loose"
                 os.close(fd)
                 fd = -1
-                _fresh_lock_file(path)
+                _replace_loose_lock_file(path)
+                replaced = True
                 continue
             fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
             try:
                 now = os.stat(path)
             except FileNotFoundError:

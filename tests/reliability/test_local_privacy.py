@@ -278,20 +278,46 @@ def test_file_lock_replaces_a_loose_lock_file_and_still_excludes(home):
     lock = home / "x.lock"
     lock.write_text("")
     lock.chmod(0o644)
-    inside = []
+    inside: list[int] = []
+    done: list[int] = []
+    errors: list[BaseException] = []
     barrier = threading.Barrier(4)
 
     def worker() -> None:
-        barrier.wait()
-        for _ in range(20):
-            with file_lock(lock):
-                inside.append(1)
-                assert len(inside) == 1
-                inside.pop()
+        try:
+            barrier.wait()
+            for _ in range(20):
+                with file_lock(lock):
+                    inside.append(1)
+                    time.sleep(0.001)
+                    assert len(inside) == 1, "two lockers inside at once"
+                    inside.pop()
+                    done.append(1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    assert errors == [] and len(done) == 80
     assert _mode(lock) == 0o600
+
+
+@pytest.mark.filterwarnings("ignore:'umask' is defined in __main__")  # os.umask goes by value: fine here
+def test_deployed_code_keeps_the_callers_umask(home):
+    """The daemon runs under umask 077 (its own files are private); the code it runs gets the umask back."""
+    old = os.umask(0o022)
+    try:
+        c = tether.cluster(name="priv-umask").up_if_not()
+    finally:
+        os.umask(old)
+    try:
+        umask = tether.function(os.umask).to(c)
+        assert umask(0o022) == 0o022  # os.umask returns the worker's umask before the call
+        with open(f"/proc/{c.handle.pid}/status") as f:
+            daemon_umask = next(line.split()[1] for line in f if line.startswith("Umask:"))
+        assert int(daemon_umask, 8) == 0o077
+    finally:
+        c.teardown()
