@@ -141,7 +141,11 @@ class _Service:
         if self.obj is None:
             if self.spec is None:
                 raise ConfigError(f"{name!r} has no local code to deploy", hint="load it by name or pass the object")
-            return self.spec.model_copy(update={"name": name, "env": env.spec})
+            spec = self.spec.model_copy(deep=True, update={"name": name, "env": env.spec})
+            snapshot = spec.metadata.get("snapshot")
+            if snapshot and Path(snapshot).is_dir():  # a saved version's code travels from its snapshot
+                spec.code.root = cluster.sync(Path(snapshot))
+            return spec
         ref, root = code_ref(self.obj)
         if root is not None:
             ref.root = cluster.sync(root)

@@ -189,3 +189,25 @@ def test_an_ad_hoc_deploy_never_answers_a_loaded_saved_version(local: Any, tmp_p
     with pytest.raises(NotFound) as info:
         client.call("train", None, (), {}, call_id=uuid.uuid4().hex, expect="v7")
     assert info.value.details["expected"] == "v7" and info.value.details["running"] == adhoc.expects
+
+
+def test_a_loaded_version_moved_to_another_cluster_runs_its_saved_code(local: Any, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``with_cluster`` of a loaded handle ships the version's code snapshot, not whatever the source tree holds
+    now (an orchestrator's connection moves saved services to its own cluster this way)."""
+    import importlib
+
+    proj = tmp_path / "moved"
+    proj.mkdir()
+    (proj / "pyproject.toml").write_text("[project]\nname='moved'\n")
+    (proj / "moved_mod.py").write_text("def answer():\n    return 'saved'\n")
+    monkeypatch.syspath_prepend(str(proj))
+    mod = importlib.import_module("moved_mod")
+    tether.function(mod.answer).to(local, name="moved").save()
+    (proj / "moved_mod.py").write_text("def answer():\n    return 'edited, never saved'\n")
+    other = tether.cluster(name=f"other-{uuid.uuid4().hex[:6]}")
+    try:
+        moved = tether.function(name="moved").with_cluster(other)
+        assert moved() == "saved"
+    finally:
+        other.teardown()
