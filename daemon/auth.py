@@ -326,7 +326,12 @@ def check_code_roots(spec: Any, allowed_roots: list[Path] | None) -> Any:
 
     root = inside("code root", code.root)
     parts = _dotted(code.import_path, "import path", spec.name)
-    _dotted(code.qualname, "qualname", spec.name)
+    if not _dotted(code.qualname, "qualname", spec.name):
+        raise AuthError(
+            f"service {spec.name!r} names the module {code.import_path!r} itself: under allowed roots a service is "
+            "a function or class (the method route would reach everything the module imported)",
+            hint="name a function or class in the module (import_path:qualname)", details=details,
+        )
     if not parts or not _in_root(Path(root), parts[0]):
         raise AuthError(
             f"module {code.import_path!r} of service {spec.name!r} is not in its code root {root!r}: this daemon "
@@ -363,6 +368,9 @@ def check_imported(obj: Any, root: str | None) -> None:
     a module loaded from ``root`` (the resolved, checked root), not reached through it (``mypkg:os.system``)."""
     if not root:
         raise AuthError("code without a root cannot be deployed under allowed roots")
+    if isinstance(obj, types.ModuleType):
+        raise AuthError(f"module {obj.__name__!r} is no service under allowed roots: name a function or class",
+                        hint="deploy import_path:qualname of a function or class defined under the allowed roots")
     base = Path(root).resolve()
     module = obj if isinstance(obj, types.ModuleType) else sys.modules.get(getattr(obj, "__module__", None) or "")
     paths = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])] if module else []

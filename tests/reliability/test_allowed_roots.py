@@ -117,6 +117,15 @@ ESCAPES = {
 }
 
 
+def test_a_module_from_the_root_is_no_service_whose_methods_reach_its_imports(confined, tree):
+    """The method route calls any attribute: a module as the target would expose everything it imported."""
+    r = confined.post("/deploy", json={"name": "wholemod", "code": tree.code("okpkg", "")})
+    if r.status_code == 200:
+        confined.post("/wholemod/run/call", json={"args": [f"touch {tree.marker}"], "kwargs": {}})
+    assert not tree.pwned, "okpkg.run (os.system) ran through the method route"
+    _refused(r)
+
+
 @pytest.mark.parametrize("attack", list(ESCAPES))
 def test_an_allowed_root_reaches_no_code_outside_it(confined, tree, attack):
     import_path, qualname, args = ESCAPES[attack]
