@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import weakref
 from collections.abc import Iterator
@@ -15,7 +16,6 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from tether.home import open_private
 from tether.registry import schema
 
 __all__ = ["FORK_GATE", "create_schema", "database_url", "make_engine", "transaction"]
@@ -94,18 +94,23 @@ def database_url(url_or_path: str | Path) -> str:
 
 def _private_sqlite_file(path: Path) -> None:
     """Create the database file 0600 before SQLite opens it (it holds saved env vars, i.e. API keys); SQLite gives
-    its -wal, -shm and -journal files the database file's mode. One we own that others may read is tightened."""
+    its -wal, -shm and -journal files the database file's mode. An existing one is opened as it is (it may be a
+    file another user shares with us), except that one of ours loses its world bits."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(open_private(path, os.O_RDWR | os.O_CREAT))
-    for suffix in ("-wal", "-shm", "-journal"):
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    for each in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
         with contextlib.suppress(OSError):
-            os.close(open_private(path.with_name(path.name + suffix), os.O_RDONLY))
+            st = os.stat(each)
+            if st.st_uid == os.geteuid() and st.st_mode & 0o007:
+                os.chmod(each, stat.S_IMODE(st.st_mode) & ~0o007)
 
 
 def make_engine(url: str) -> Engine:
     """An engine; SQLite gets WAL, a busy timeout and BEGIN IMMEDIATE so concurrent writers queue, not fail."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[1] if "///" in url else ""
+        path = path.split("?", 1)[0]  # URL parameters (?mode=ro) are not part of the file name
         if path and path != ":memory:" and not path.startswith("file:"):
             _private_sqlite_file(Path(path))
         engine = create_engine(url, connect_args={"timeout": 60})
