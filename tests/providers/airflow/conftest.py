@@ -185,6 +185,13 @@ def operator_dag(dag_id: str, task_id: str, **operator_kwargs: Any) -> str:
 
 
 @pytest.fixture
+def operator_dag_source() -> Any:
+    """:func:`operator_dag` for tests (a test module cannot import ``conftest``: with several test folders in one
+    run, that name is another folder's conftest)."""
+    return operator_dag
+
+
+@pytest.fixture
 def clear_dag_run(airflow_db: Path) -> Any:
     """``clear_dag_run(dag_id, run_id, source=None) -> DagResult``: see :func:`clear_and_rerun`."""
     return clear_and_rerun

@@ -121,9 +121,9 @@ def test_a_clear_runs_the_task_again(run_operator, clear_dag_run, cluster, tmp_p
 
 
 def test_reattach_run_lets_a_clear_reattach_unless_the_arguments_changed(
-    dag_run, clear_dag_run, cluster, tmp_path: Path
+    dag_run, clear_dag_run, cluster, tmp_path: Path, operator_dag_source: Any
 ) -> None:
-    from conftest import operator_dag
+    operator_dag = operator_dag_source
 
     ledger = tmp_path / "ledger"
 
