@@ -25,6 +25,7 @@ from tether.errors import (
     QuotaError,
     RemoteError,
     SerializationError,
+    StorageFull,
     TetherError,
     WorkerDied,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "RemoteInstance",
     "RoutingPolicy",
     "SerializationError",
+    "StorageFull",
     "TetherError",
     "WorkerDied",
     "__version__",

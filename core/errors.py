@@ -15,7 +15,8 @@ Every error a user can see is a :class:`TetherError`; each subclass says what we
     ├── CallCancelled            the call was cancelled
     ├── CallTimeout              no answer within the timeout
     ├── ConfigError              a config or spec failed validation
-    └── PayloadTooLarge          the request body is over the daemon's limit
+    ├── PayloadTooLarge          the request body is over the daemon's limit
+    └── StorageFull              the daemon's disk is full: nothing was written, the previous copy is intact
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "QuotaError",
     "RemoteError",
     "SerializationError",
+    "StorageFull",
     "TetherError",
     "WorkerDied",
     "error_from_wire",
@@ -175,6 +177,12 @@ class PayloadTooLarge(TetherError):
     status = 413
 
 
+class StorageFull(TetherError):
+    """The daemon could not store state because its disk is full (or over quota); nothing was changed on disk."""
+
+    status = 507
+
+
 _BY_NAME: dict[str, type[TetherError]] = {
     cls.__name__: cls
     for cls in (
@@ -192,6 +200,7 @@ _BY_NAME: dict[str, type[TetherError]] = {
         CallTimeout,
         ConfigError,
         PayloadTooLarge,
+        StorageFull,
     )
 }
 

@@ -16,6 +16,7 @@ from tether.daemon import eventloop
 from tether.daemon.auth import ROOTS_ENV, is_loopback, read_token_file
 from tether.daemon.protocol import sweep_stale_shm
 from tether.daemon.server import Daemon, make_app
+from tether.daemon.store import write_atomic
 from tether.daemon.tls import server_context
 from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
@@ -47,6 +48,7 @@ async def serve(args: argparse.Namespace) -> None:
     daemon = Daemon(args.state_dir, token_hash=token_hash, memory_limit=parse_bytes(args.memory_limit),
                     autostop_mins=args.autostop_mins, max_body=parse_bytes(args.max_body) or 2 * 1024**3,
                     access_file=args.access_file, allowed_roots=args.allowed_roots)
+    sweep_stale_shm()  # only now: the call journal adopted the result files of the calls it restored
     ssl_ctx = None
     if args.tls_cert:
         ssl_ctx = server_context(args.tls_cert, args.tls_key or args.tls_cert)
@@ -68,9 +70,8 @@ async def serve(args: argparse.Namespace) -> None:
             asyncio.ensure_future(daemon.worker_for(next(n for n in daemon.manifest.names()
                                                          if daemon.manifest.env_of(n) == env)))
     if args.ready_file:
-        tmp = args.ready_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), "host": args.host}))
-        os.replace(tmp, args.ready_file)
+        write_atomic(args.ready_file, json.dumps({"port": port, "pid": os.getpid(), "host": args.host}).encode(),
+                     what="the ready file")
     print(f"tether daemon serving on {args.host}:{port}", file=sys.stderr, flush=True)
     watcher = asyncio.ensure_future(daemon.idle_watch())
     await daemon.stop_event.wait()
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[ROOTS_ENV] = os.pathsep.join(str(r.resolve()) for r in args.allowed_roots)
     configure_logging()
     private_dir(args.state_dir)
-    sweep_stale_shm()
     eventloop.run(serve(args))
 
 

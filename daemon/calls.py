@@ -1,5 +1,11 @@
 """Calls the daemon knows about: running or finished, by call id, so a second request with the same id
-attaches to the first instead of running again.
+attaches to the first instead of running again — also after the daemon crashed and restarted: the table writes
+each call to the call journal (``journal.py``) and a restarted daemon's table is rebuilt from it
+(:meth:`CallTable.recover`). A call that was running when the daemon died is *lost*: it answers a typed,
+retryable ``WorkerDied`` (``details["lost_in"] == "daemon_restart"``), and the next request with its id runs it
+again (once: that request's call replaces it in the table). A call that finished keeps answering as it did; if
+its large result's ``/dev/shm`` file did not survive, it answers ``NotFound`` (``details["result_gone"]``) and
+is not run again.
 
 A RESULT or ITEM body of 1 MiB or more stays in the shared-memory file the worker wrote (frame meta ``_shm`` =
 its path, ``_size`` = its length, body empty): it counts in the table's byte budget and is deleted when the call
@@ -14,10 +20,13 @@ import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tether.daemon import protocol as p
 from tether.daemon import slabs
+from tether.daemon.journal import Journal, Replayed, kill_orphans
+from tether.errors import NotFound, WorkerDied
 from tether.protocol.states import CallState
 
 FINAL = (p.RESULT, p.ERROR)
@@ -43,6 +52,8 @@ class Call:
     worker: Any = None
     on_finish: Any = None
     shared: bool = False  # a file of this call was handed to a client (see :meth:`release`)
+    lost: bool = False  # it was running when the daemon died: the next request with its id runs it again
+    journal_seg: int | None = None  # the journal segment holding its finish record
     _files: list[str] = field(default_factory=list)
     _pins: int = 0
     _released: bool = False
@@ -214,27 +225,62 @@ _deadlines = _Deadlines()
 
 
 class CallTable:
-    """Running calls, plus finished ones kept for re-attach within a count, byte and age budget."""
+    """Running calls, plus finished ones kept for re-attach within a count, byte and age budget; written to the
+    call journal when there is one."""
 
-    def __init__(self, max_finished: int = 10_000, max_bytes: int = 512 * 1024**2, ttl: float = 3600.0) -> None:
+    def __init__(self, max_finished: int = 10_000, max_bytes: int = 512 * 1024**2, ttl: float = 3600.0,
+                 journal: Journal | None = None) -> None:
         self.calls: dict[str, Call] = {}
         self.max_finished = max_finished
         self.max_bytes = max_bytes
         self.ttl = ttl
+        self.journal = journal
         self._finished: deque[Call] = deque()
         self._finished_bytes = 0
+
+    @classmethod
+    def recover(cls, state_dir: Path, **budgets: Any) -> CallTable:
+        """The table of a daemon starting on ``state_dir``: its call journal replayed, the workers a dead daemon
+        left running killed (before anything runs again), the calls it knew restored."""
+        journal = Journal(state_dir / "calls")
+        replayed = journal.replay()
+        kill_orphans(replayed.workers)
+        table = cls(journal=journal, **budgets)
+        table.restore(replayed)
+        return table
 
     def get(self, call_id: str) -> Call | None:
         return self.calls.get(call_id)
 
+    def attachable(self, call_id: str) -> Call | None:
+        """The call a request with this id attaches to; None when it should run (unknown, or lost)."""
+        call = self.calls.get(call_id)
+        return None if call is None or call.lost else call
+
     def add(self, call: Call) -> None:
         call.on_finish = self._on_finish
         self.calls[call.call_id] = call
+        if self.journal is not None:
+            self.journal.started(call.call_id, call.service, call.method, call.json_mode, call.started)
+
+    def discard(self, call: Call) -> None:
+        """Forget a call that never reached its worker."""
+        if self.calls.get(call.call_id) is call:
+            del self.calls[call.call_id]
+            if self.journal is not None:
+                self.journal.dropped(call.call_id)
 
     def running(self) -> list[Call]:
         return [c for c in self.calls.values() if not c.done]
 
     def _on_finish(self, call: Call) -> None:
+        if self.journal is not None:
+            call.journal_seg = self.journal.finished(call.call_id, call.service, call.method, call.json_mode,
+                                                     call.started, call.finished or time.time(), call.frames,
+                                                     lost=call.lost)
+        self._keep(call)
+
+    def _keep(self, call: Call) -> None:
         self._finished.append(call)
         self._finished_bytes += call.nbytes
         now = time.time()
@@ -248,11 +294,81 @@ class CallTable:
             if self.calls.get(old.call_id) is old:
                 del self.calls[old.call_id]
             old.release()
+            if self.journal is not None:
+                self.journal.evicted(old.journal_seg)
+
+    # -- after a restart ---------------------------------------------------------------------------------------
+    def restore(self, replayed: Replayed) -> None:
+        """Rebuild the table from the journal: finished calls as they were (large bodies: their ``/dev/shm``
+        files adopted), calls that were running as lost ones."""
+        for seq, header, frames in replayed.finished:
+            call = Call(header["id"], header["service"], header.get("method"), bool(header.get("json")),
+                        started=float(header["started"]))
+            call.lost, call.journal_seg = bool(header.get("lost")), seq
+            moved = gone = False
+            for kind, meta, body in frames:
+                if "_shm" in meta:
+                    try:
+                        meta["_shm"], meta["_size"] = p.adopt_shm(meta["_shm"])
+                        moved = True
+                    except OSError:  # another tether process swept it, or the host rebooted
+                        gone = True
+                        break
+                call.add(kind, meta, body)
+            if gone or not call.done:  # it ran to its end, but its result is gone: an error takes its place
+                call.delete_files_now()
+                call = Call(header["id"], header["service"], header.get("method"), bool(header.get("json")),
+                            started=float(header["started"]))
+                call.add(p.ERROR, result_gone_error(call).to_wire(), b"")
+                moved = True
+            call.finished = float(header["finished"])
+            if moved and self.journal is not None:  # its record names files that are renamed or gone: anew
+                self.journal.evicted(seq)
+                call.journal_seg = self.journal.finished(call.call_id, call.service, call.method, call.json_mode,
+                                                         call.started, call.finished, call.frames, lost=call.lost)
+            call.on_finish = self._on_finish
+            self.calls[call.call_id] = call
+            self._keep(call)  # in finish order: the budget lets go of the same calls as before the restart
+        for header in replayed.running:
+            self._lose(header)
+        if self.journal is not None:
+            self.journal.collect()
+
+    def _lose(self, header: dict[str, Any]) -> None:
+        """Record a call that was running when the daemon died: its error frame answers every attach, and the
+        next request with its id runs it again."""
+        call = Call(header["id"], header["service"], header.get("method"), bool(header.get("json")),
+                    started=float(header["started"]))
+        call.lost = True
+        call.on_finish = self._on_finish
+        self.calls[call.call_id] = call
+        call.add(p.ERROR, lost_error(call).to_wire(), b"")
 
     def close(self) -> None:
-        """Delete every call's shared-memory files (the daemon stops)."""
+        """Delete every call's shared-memory files and close the journal (the daemon stops)."""
         for call in self.calls.values():
             call.delete_files_now()
         for call in self._finished:
             call.delete_files_now()
         _unlink_all(list(_doomed))
+        if self.journal is not None:
+            self.journal.close()
+
+
+def lost_error(call: Call) -> WorkerDied:
+    """The typed, retryable error of a call that was running when its daemon died."""
+    return WorkerDied(f"call {call.call_id!r} was lost in a daemon restart: it was running when the daemon "
+                      "stopped, and its worker was stopped with it",
+                      hint="retry it with the same call id: it runs again, once",
+                      details={"call_id": call.call_id, "lost_in": "daemon_restart", "service": call.service,
+                               "method": call.method, "started": call.started})
+
+
+def result_gone_error(call: Call) -> NotFound:
+    """What a call that finished before a daemon restart answers when its large result's ``/dev/shm`` file did
+    not survive the restart (a reboot, or another tether process swept the dead daemon's files first)."""
+    return NotFound(f"call {call.call_id!r} ran to its end before a daemon restart, but its result (in shared "
+                    "memory) did not survive the restart", hint="it is not run again under this call id; start it "
+                    "under a new call id to run it again",
+                    details={"call_id": call.call_id, "lost_in": "daemon_restart", "result_gone": True,
+                             "service": call.service, "method": call.method, "started": call.started})

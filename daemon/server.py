@@ -24,7 +24,7 @@ from tether.daemon.auth import AccessPolicy, authorize, check_code_roots
 from tether.daemon.calls import FINAL, Call, CallTable, frame_body
 from tether.daemon.eventloop import loop_name
 from tether.daemon.openapi import document
-from tether.daemon.store import Manifest
+from tether.daemon.store import Manifest, discard
 from tether.daemon.workers import WorkerPool, WorkerProcess
 from tether.errors import (
     ConfigError,
@@ -69,7 +69,8 @@ class Daemon:
         self.allowed_roots = allowed_roots
         self._confine_manifest()
         self.pool = WorkerPool(state_dir, memory_limit, self._restore)
-        self.calls = CallTable()
+        self.calls = CallTable.recover(state_dir)  # the call journal: the ids a crashed daemon had, orphans killed
+        self.pool.journal = self.calls.journal
         self._cancelled_early: dict[str, float] = {}  # call id -> when a cancel came before the call
         self.autostop_mins = autostop_mins
         self.autostop_paused = False
@@ -196,6 +197,14 @@ class Daemon:
         ``_slab`` CALL meta, see ``tether.daemon.slabs``)."""
         try:
             worker = await self.worker_for(name)
+            existing = self.calls.attachable(call_id)  # the same id arrived while this one waited: attach to it
+            if existing is not None:
+                if existing.service != name or existing.method != method:
+                    raise ConfigError(f"call id {call_id!r} belongs to {existing.service}."
+                                      f"{existing.method or '__call__'}", hint="use a new call id for a different service")
+                if arg_file is not None:
+                    p.unlink_quietly(arg_file)
+                return existing
             call = Call(call_id, name, method, json_mode, arg_file)
             meta: dict[str, Any] | bytes = self._call_meta(name, method, json_mode)
             if arg_file is not None or lent:
@@ -203,12 +212,16 @@ class Daemon:
                 if arg_file is not None:
                     meta["_shm"] = arg_file
             call.worker = worker
-            call.worker_tag = worker.request(p.CALL, meta, body, call.add)
+            self.calls.add(call)  # journaled before the worker sees it
+            try:
+                call.worker_tag = worker.request(p.CALL, meta, body, call.add)
+            except BaseException:
+                self.calls.discard(call)
+                raise
         except BaseException:
             if arg_file is not None:
                 p.unlink_quietly(arg_file)
             raise
-        self.calls.add(call)
         cancelled_at = self._cancelled_early.pop(call_id, None)
         if cancelled_at is not None and time.monotonic() - cancelled_at < 60:  # its caller gave up on the way
             worker.cancel(call.worker_tag)
@@ -256,10 +269,15 @@ class Daemon:
 
     async def object_op(self, op: str, key: str, body: bytes = b"", env: str = "default", to: str | None = None
                         ) -> tuple[dict[str, Any], bytes]:
-        if op == "put":
-            worker = await self.pool.get(name=env)
-            await self._ask(worker, p.OBJECT, {"op": "put", "key": key}, body)
-            self.manifest.put_object(key, env, body)
+        if op == "put":  # on disk first (StorageFull: nothing changed anywhere), in place once the worker has it
+            staged = self.manifest.stage_object(key, body)
+            try:
+                worker = await self.pool.get(name=env)
+                await self._ask(worker, p.OBJECT, {"op": "put", "key": key}, body)
+            except BaseException:
+                discard(staged)
+                raise
+            self.manifest.commit_object(key, env, staged)
             return {}, b""
         worker = await self.worker_for(key)
         meta = {"op": op, "key": key, **({"to": to} if to else {})}
@@ -410,7 +428,7 @@ async def call(request: web.Request) -> web.StreamResponse:
                           "the worker to be done with it", hint="send the arguments in the body")
     reply = _spawned if spawn else respond
     arg_file = _claim_arg_file(request, shm, json_mode) if shm is not None else None
-    existing = d.calls.get(call_id)
+    existing = d.calls.attachable(call_id)  # a call lost in a daemon restart runs again
     if existing is not None:
         if arg_file is not None:
             p.unlink_quietly(arg_file)

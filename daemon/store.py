@@ -1,14 +1,87 @@
-"""The daemon's deployment manifest: what is deployed where, persisted so a restarted daemon restores it."""
+"""The daemon's deployment manifest: what is deployed where, persisted so a restarted daemon restores it; and
+how the daemon writes stored state at all (:func:`write_atomic`).
+
+Every file of stored state (``manifest.json``, ``objects/<key>.pkl``) is replaced atomically: written whole to
+a temporary file beside it (named ``.<name>.<random>``), fsynced, renamed over the old one, and the directory
+fsynced. A crash at any point leaves either the old file or the new one, never a mix; a full disk (ENOSPC,
+EDQUOT) raises :class:`~tether.errors.StorageFull` and removes the temporary file, so the old copy stays as it was.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from tether.errors import StorageFull
 from tether.specs import ServiceSpec, validate_name
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_full(exc: OSError, what: str, path: Path, **details: Any) -> StorageFull:
+    """The typed error for a write of ``what`` that found no space (``exc.errno`` in :data:`NO_SPACE`)."""
+    return StorageFull(f"no space left on the daemon's disk to store {what}: {exc.strerror}",
+                       hint=f"free space on the disk holding {path.parent} (the previous copy is intact)",
+                       details={"path": str(path), "errno": exc.errno, **details})
+
+
+def stage(path: Path, data: bytes, *, what: str, **details: Any) -> Path:
+    """Write ``data`` to a new temporary file beside ``path`` and fsync it (see :func:`commit`); raises
+    :class:`StorageFull` on a full disk (nothing is left behind)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with memoryview(data) as view:
+            while view:
+                view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        discard(Path(tmp))
+        if exc.errno in NO_SPACE:
+            raise storage_full(exc, what, path, **details) from None
+        raise
+    os.close(fd)
+    return Path(tmp)
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Rename a staged file over ``path`` and fsync the directory (the rename itself survives a power cut)."""
+    os.replace(tmp, path)
+    sync_dir(path.parent)
+
+
+def discard(tmp: Path) -> None:
+    """Remove a staged file that will not be committed."""
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+def sync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, what: str, **details: Any) -> None:
+    """Replace ``path`` with ``data`` atomically and durably; :class:`StorageFull` (old copy intact) on a full disk."""
+    commit(stage(path, data, what=what, **details), path)
+
+
+def remove_staged(directory: Path) -> None:
+    """Remove temporary files a crash left in ``directory`` (``.<name>.<random>`` beside the file they replace)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 class Manifest:
@@ -23,22 +96,34 @@ class Manifest:
         self.objects: dict[str, str] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         self.objects_dir.mkdir(exist_ok=True)
-        if self.path.exists():
-            data = json.loads(self.path.read_text())
-            self.services = {k: ServiceSpec.model_validate(v) for k, v in data.get("services", {}).items()}
-            self.methods = data.get("methods", {})
-            self.objects = data.get("objects", {})
+        remove_staged(self.objects_dir)  # what a crash mid-write left behind
+        for entry in self.dir.glob(f".{self.path.name}.*"):
+            discard(entry)
+        self._saved = self.path.read_bytes() if self.path.exists() else b"{}"
+        self._load(self._saved)
+
+    def _load(self, raw: bytes) -> None:
+        data = json.loads(raw)
+        self.services = {k: ServiceSpec.model_validate(v) for k, v in data.get("services", {}).items()}
+        self.methods = data.get("methods", {})
+        self.objects = data.get("objects", {})
 
     def save(self) -> None:
+        """Write the manifest (atomically). A write that fails (:class:`StorageFull` on a full disk) leaves the
+        file as it was and puts this object back to what the file says: a change that is not on disk did not
+        happen."""
         data = {
             "services": {k: v.model_dump(mode="json") for k, v in self.services.items()},
             "methods": self.methods,
             "objects": self.objects,
         }
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".manifest.")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.path)
+        raw = json.dumps(data).encode()
+        try:
+            write_atomic(self.path, raw, what="the deployment manifest")
+        except BaseException:
+            self._load(self._saved)
+            raise
+        self._saved = raw
 
     def env_of(self, name: str) -> str | None:
         if name in self.services:
@@ -57,12 +142,29 @@ class Manifest:
     def object_path(self, key: str) -> Path:
         return self.objects_dir / f"{validate_name(key, 'object key')}.pkl"
 
+    def stage_object(self, key: str, body: bytes) -> Path:
+        """The object's new bytes in a temporary file, fsynced (:meth:`commit_object` puts it in place);
+        :class:`StorageFull` on a full disk."""
+        return stage(self.object_path(key), body, what=f"object {key!r}", key=key)
+
+    def commit_object(self, key: str, env: str, staged: Path) -> None:
+        """Put a staged object in place (and record its env when that is new). On any failure the staged file
+        is removed and the stored object and the manifest are as they were."""
+        try:
+            if self.objects.get(key) != env:
+                self.objects[key] = env
+                self.save()  # a failure puts the manifest back as it was
+            commit(staged, self.object_path(key))
+        except BaseException:
+            discard(staged)
+            raise
+
     def put_object(self, key: str, env: str, body: bytes) -> None:
-        self.object_path(key).write_bytes(body)
-        self.objects[key] = env
-        self.save()
+        self.commit_object(key, env, self.stage_object(key, body))
 
     def forget(self, name: str) -> None:
+        """Drop a service or object. An object's file goes first: on a full disk that makes the room the
+        manifest needs."""
         self.services.pop(name, None)
         self.methods.pop(name, None)
         if self.objects.pop(name, None) is not None:
@@ -70,14 +172,22 @@ class Manifest:
         self.save()
 
     def rename(self, old: str, new: str) -> None:
+        moved = False
         if old in self.services:
             spec = self.services.pop(old)
             self.services[new] = spec.model_copy(update={"name": new})
             self.methods[new] = self.methods.pop(old, {})
         if old in self.objects:
             self.objects[new] = self.objects.pop(old)
-            self.object_path(old).rename(self.object_path(new))
-        self.save()
+            if self.object_path(old).exists():
+                os.replace(self.object_path(old), self.object_path(new))
+                moved = True
+        try:
+            self.save()  # a failure puts the manifest back as it was
+        except BaseException:
+            if moved:
+                os.replace(self.object_path(new), self.object_path(old))
+            raise
 
     def status(self) -> list[dict[str, Any]]:
         out = [{"name": n, "kind": s.kind, "env": s.env.name, "version": s.version} for n, s in self.services.items()]

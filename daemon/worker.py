@@ -20,6 +20,7 @@ import logging
 import mmap
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -605,11 +606,38 @@ async def _main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=p.LINK_BUFFER)
     await Worker(reader, writer).serve()
+    os._exit(0)  # the daemon closed our socket (it stopped or died): no call's thread may run on without it
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_daemon() -> None:
+    """On Linux, have the kernel SIGKILL this worker the moment the process that started it dies: a worker
+    orphaned by a killed daemon must not finish its calls while a restarted daemon runs them again. A daemon
+    that died before this took effect is checked for by pid (``TETHER_DAEMON_PID``); a worker started through a
+    launcher that does not exec is killed by the restarted daemon instead (it finds it in its call journal)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    daemon = os.environ.get("TETHER_DAEMON_PID", "")
+    if daemon.isdigit():
+        try:
+            os.kill(int(daemon), 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass
 
 
 def main() -> None:
     with contextlib.suppress(KeyError, ValueError):  # the daemon's files are private; user code gets its umask
         os.umask(int(os.environ.pop(USER_UMASK_ENV), 8) & 0o777)
+    die_with_daemon()
     limit = os.environ.get("TETHER_MEMORY_LIMIT")
     if limit:
         apply_memory_limit(int(limit))
@@ -621,7 +649,7 @@ def main() -> None:
         root.setLevel(logging.INFO)
     root.addHandler(_LogForwarder())
     eventloop.run(_main(int(sys.argv[1])))
-    os._exit(0)  # the daemon closed our socket (it stopped or died): do not wait for running calls' threads
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from tether.daemon import protocol as p
+from tether.daemon.journal import Journal
 from tether.daemon.memory import baseline_evidence, classify_exit
 from tether.daemon.venvs import ensure_venv
 from tether.errors import ConfigError, WorkerDied
@@ -41,6 +42,8 @@ class WorkerProcess:
         self.alive = False
         self.death: BaseException | None = None
         self.evidence: dict[str, Any] = {}
+        self.worker_pid: int | None = None  # the worker's own pid (READY): not ``pid`` when a launcher started it
+        self.on_exit: Callable[[WorkerProcess], None] | None = None
         self._tags = itertools.count(1)
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -55,6 +58,7 @@ class WorkerProcess:
         env.update(self.env.env_vars)
         env["TETHER_ENV"] = self.env.name
         env["PYTHONUNBUFFERED"] = "1"
+        env["TETHER_DAEMON_PID"] = str(os.getpid())  # the worker dies with this daemon (see worker.py)
         if self.memory_limit:
             env["TETHER_MEMORY_LIMIT"] = str(self.memory_limit)
         try:
@@ -70,13 +74,14 @@ class WorkerProcess:
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=p.LINK_BUFFER)
         self.link = p.FrameWriter(writer)
         try:
-            kind, _, _, _ = await asyncio.wait_for(p.read_frame(reader), timeout=60)
+            kind, _, ready, _ = await asyncio.wait_for(p.read_frame(reader), timeout=60)
         except (asyncio.IncompleteReadError, TimeoutError) as exc:
             rc = await self.proc.wait()
             raise WorkerDied(f"worker for env {self.env.name!r} exited at start (code {rc})",
                              hint="check the env's requirements and the daemon log") from exc
         if kind != p.READY:
             raise WorkerDied(f"worker for env {self.env.name!r} sent no READY frame")
+        self.worker_pid = ready.get("pid")
         self.alive = True
         self._reader_task = asyncio.ensure_future(self._read_loop(reader))
 
@@ -100,6 +105,8 @@ class WorkerProcess:
         self.death = _death_error(self.env.name, rc, self.memory_limit, {**self.evidence, "pid": self.proc.pid})
         log.warning("worker_died", env=self.env.name, pid=self.proc.pid, returncode=rc,
                     error=type(self.death).__name__)
+        if self.on_exit is not None:
+            self.on_exit(self)
         wire = self.death.to_wire() if hasattr(self.death, "to_wire") else {"error": {"message": str(self.death)}}
         pending, self.pending = self.pending, {}
         for sink in pending.values():
@@ -190,6 +197,7 @@ class WorkerPool:
         self.on_start = on_start
         self.workers: dict[str, WorkerProcess] = {}
         self.envs: dict[str, EnvSpec] = {}
+        self.journal: Journal | None = None  # records each worker's pids: a restarted daemon kills orphans
         self._locks: dict[str, asyncio.Lock] = {}
 
     def live(self, name: str) -> WorkerProcess | None:
@@ -216,6 +224,10 @@ class WorkerPool:
             worker = WorkerProcess(env, self.memory_limit)
             await worker.start(python, env.working_dir)
             log.info("worker_started", env=env.name, pid=worker.pid)
+            if self.journal is not None:
+                journal = self.journal
+                journal.worker_started(env.name, [worker.pid, worker.worker_pid])
+                worker.on_exit = lambda w: journal.worker_stopped(w.pid)
             try:
                 await self.on_start(worker)
             except BaseException:
