@@ -210,13 +210,14 @@ class SkyBackend:
 
     # -- SkyPilot calls -----------------------------------------------------------------------------------
 
-    def _record(self, name: str, *, credentials: bool = False) -> Any | None:
-        """SkyPilot's record of the cluster, its status asked of the cloud (autostop, preemption), or None."""
+    def _record(self, name: str, *, credentials: bool = False, refresh: bool = True) -> Any | None:
+        """SkyPilot's record of the cluster, its status asked of the cloud (autostop, preemption: SkyPilot's own
+        table is refreshed only every 60 s), or None."""
         sky = _sky()
         from sky.utils import common
 
-        records = sky.stream_and_get(sky.status([name], refresh=common.StatusRefreshMode.FORCE,
-                                                _include_credentials=credentials))  # fmt: skip
+        mode = common.StatusRefreshMode.FORCE if refresh else common.StatusRefreshMode.NONE
+        records = sky.stream_and_get(sky.status([name], refresh=mode, _include_credentials=credentials))
         for rec in records or []:
             if _field(rec, "name") == name:
                 return rec
@@ -358,7 +359,7 @@ class SkyBackend:
     def ssh_target(self, spec: ClusterSpec) -> SSHTarget:
         """How to reach the head: an ssh config tether writes from SkyPilot's credentials (the API server may be
         remote, so SkyPilot's own alias may not exist here); SkyPilot's alias where no credentials come back."""
-        rec = self._record(spec.name, credentials=True)
+        rec = self._record(spec.name, credentials=True, refresh=False)  # the status was just asked of the cloud
         creds = _field(rec, "credentials") if rec is not None else None
         handle = _field(rec, "handle") if rec is not None else None
         ips = getattr(handle, "cached_external_ips", None) if handle is not None else None
@@ -449,7 +450,7 @@ class SkyBackend:
                 self.restart(spec)
             elif status != "up" or "candidate" not in st:
                 self.launch(spec)
-            elif st.get("wheel") != wheel_fingerprint(build_wheel()):
+            elif (now := _current_wheel()) is not None and st.get("wheel") != now:
                 self.restart(spec)  # tether changed here since the launch: ship and install the new wheel
             return self._connect(spec, load_state(spec.name) or {})
 
@@ -525,6 +526,14 @@ class SkyBackend:
         head.rsync([f"{root}/"], f"{dest}/", step="sync code",
                    extra=["--delete", "--exclude=.git", "--exclude=__pycache__", "--exclude=.venv*"])  # fmt: skip
         return dest
+
+
+def _current_wheel() -> str | None:
+    """The fingerprint of the wheel a launch would ship now (None when none can be built here)."""
+    try:
+        return wheel_fingerprint(build_wheel())
+    except ConfigError:
+        return None
 
 
 def _field(rec: Any, key: str) -> Any:
