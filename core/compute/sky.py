@@ -377,7 +377,11 @@ class SkyBackend:
         alias = f"tether-sky-{spec.name}"
         host, port, proxy = ips[0], int(ports[0]), creds.get("ssh_proxy_command")
         ssh_opts = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes"
-        if docker_user:  # the container's sshd, reached through the VM (as SkyPilot's own alias does)
+        if _is_kubernetes(handle):  # pods (and SSH node pools) are reached through the API server's websocket
+            proxy = _kubernetes_proxy(spec.name, key, user)
+            if proxy is None:
+                return SSHTarget(host=spec.name, port=None, connect_timeout=15)
+        elif docker_user:  # the container's sshd, reached through the VM (as SkyPilot's own alias does)
             inner = f" -o ProxyCommand={shlex.quote(proxy.replace('%h', host).replace('%p', str(port)))}" if proxy else ""
             key_opt = f"-i {shlex.quote(os.path.expanduser(key))} " if key else ""
             proxy = f"ssh {key_opt}{ssh_opts}{inner} -p {port} -W %h:%p {user}@{host}"
@@ -526,6 +530,30 @@ class SkyBackend:
         head.rsync([f"{root}/"], f"{dest}/", step="sync code",
                    extra=["--delete", "--exclude=.git", "--exclude=__pycache__", "--exclude=.venv*"])  # fmt: skip
         return dest
+
+
+def _is_kubernetes(handle: Any) -> bool:
+    from sky import clouds
+
+    cloud = getattr(getattr(handle, "launched_resources", None), "cloud", None)
+    return isinstance(cloud, clouds.Kubernetes)  # SSH node pools too (clouds.SSH is one)
+
+
+def _kubernetes_proxy(name: str, key: str | None, user: str | None) -> str | None:
+    """The ProxyCommand SkyPilot's CLI writes for a pod: ssh to the pod through the API server's websocket
+    (``templates/websocket_proxy.py``), wherever that server runs; None when this SkyPilot has no such proxy."""
+    try:
+        from sky.server import common as server_common
+        from sky.utils import directory_utils
+    except ImportError:
+        return None
+    script = Path(directory_utils.get_sky_dir()) / "templates" / "websocket_proxy.py"
+    if not script.exists() or not key:
+        return None
+    ws = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))}"
+    return (f"ssh -tt -i {shlex.quote(os.path.expanduser(key))} -o StrictHostKeyChecking=no "
+            f"-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -W '[%h]:%p' {user}@127.0.0.1 "
+            f'-o ProxyCommand="{ws} {server_common.get_server_url()} {name} kubernetes-pod-ssh-proxy"')  # fmt: skip
 
 
 def _current_wheel() -> str | None:

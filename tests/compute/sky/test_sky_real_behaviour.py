@@ -254,3 +254,9 @@ def test_disk_size_image_and_ports_reach_skypilots_resources(sky_home, wheel):
                        ports=[8080, "9000-9001"])  # fmt: skip
     (res,) = list(build_task(spec, routing.plan(spec).candidates[0], wheel=wheel, token=None).resources)
     assert res.disk_size == 64 and res.image_id and res.ports == ["8080", "9000-9001"]
+
+
+def test_a_kubernetes_pod_is_reached_through_the_api_servers_websocket(cloud, tether_home):
+    SkyBackend().up(ClusterSpec(name="k", instance_type="A10G:1", provider=["k8s/lab"]))
+    config = Path(cloud.tunnels[-1].config_file).read_text()
+    assert "websocket_proxy.py" in config and "kubernetes-pod-ssh-proxy" in config and " k " in config
