@@ -291,7 +291,7 @@ class SkyBackend:
                 return self._sky_launch(spec, cand, task)
             except BaseException as exc:
                 mapped = translate_error(exc, cand.label()) if isinstance(exc, Exception) else None
-                if not isinstance(mapped, (CapacityError, QuotaError, AuthError)):
+                if _may_have_left_a_cluster(mapped):
                     self._discard(spec, cand, existed=existing is not None, why=f"{type(exc).__name__}: {exc}")
                 if mapped is None:
                     raise
@@ -332,7 +332,7 @@ class SkyBackend:
             self._sky_launch(spec, cand, task)
         except Exception as exc:  # noqa: BLE001 - SkyPilot errors are translated, the rest propagate
             mapped = translate_error(exc, cand.label())
-            if not isinstance(mapped, (CapacityError, QuotaError, AuthError)):
+            if _may_have_left_a_cluster(mapped):
                 self._discard(spec, cand, existed=True, why=f"{type(exc).__name__}: {exc}")
             if mapped is None:
                 raise
@@ -554,6 +554,14 @@ def _kubernetes_proxy(name: str, key: str | None, user: str | None) -> str | Non
     return (f"ssh -tt -i {shlex.quote(os.path.expanduser(key))} -o StrictHostKeyChecking=no "
             f"-o UserKnownHostsFile=/dev/null -o IdentitiesOnly=yes -W '[%h]:%p' {user}@127.0.0.1 "
             f'-o ProxyCommand="{ws} {server_common.get_server_url()} {name} kubernetes-pod-ssh-proxy"')  # fmt: skip
+
+
+def _may_have_left_a_cluster(mapped: TetherError | None) -> bool:
+    """After a failed launch: whether a cluster may be up (setup failed, an interrupt, an unknown error). SkyPilot
+    refused (capacity, quota, credentials, names, features) before anything ran, or cleaned up itself."""
+    if mapped is None:
+        return True
+    return isinstance(mapped, ClusterUnavailable) and (mapped.details or {}).get("step") == "setup"
 
 
 def _current_wheel() -> str | None:

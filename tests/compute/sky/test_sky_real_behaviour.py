@@ -122,6 +122,7 @@ def test_an_unsupported_feature_does_not_fail_over(cloud, tether_home, monkeypat
     monkeypatch.setattr(cloud, "_do_launch", refuse)
     with pytest.raises(ConfigError):
         SkyBackend().launch(spec)
+    assert state(tether_home, "a10") is None and cloud.downs == []  # refused before anything ran
 
 
 # 4 -------------------------------------------------------------------------------------------------------------
