@@ -27,7 +27,7 @@ from tether.api.envs import Env
 from tether.api.invocation import Invocation
 from tether.api.records import save_resource, snapshot_code
 from tether.client import LogSink, default_log_sink
-from tether.errors import ConfigError
+from tether.errors import ConfigError, NotFound
 from tether.escalation import Attempt, Escalation, Ladder, Step
 from tether.protocol.deployments import deployment_id
 from tether.registry import get_registry
@@ -307,7 +307,10 @@ def _resolve_env(cluster: Cluster, env: Env | str | None) -> Env:
     if isinstance(env, Env):
         return env
     name = env or "default"
-    known = cluster.client.sync.envs().get(name)
+    try:
+        known = cluster.client.sync.envs().get(name)
+    except NotFound:  # a daemon from before envs were listed: it knows no env by name
+        known = None
     return Env.from_config(known if known is not None else {"name": name})
 
 
