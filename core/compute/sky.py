@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import shlex
 import sys
@@ -59,6 +60,8 @@ REMOTE_DIR = f"{REMOTE_HOME}/daemon"
 SKY_IDLE_GRACE_MINS = 1
 #: clouds (SkyPilot names) that cannot stop a cluster; autostop there must be autodown
 _NO_STOP_CLOUDS = frozenset({"kubernetes", "ssh", "lambda", "runpod", "fluidstack", "vast", "hyperbolic", "slurm"})
+#: ``sky.optimizer``'s message for a pinned cloud/infra that ``sky check`` did not enable
+_NOT_ENABLED_RE = re.compile(r"which (is|are) not enabled\. To enable access", re.I)
 _QUOTA_WORDS = ("quota", "limitexceeded", "vcpulimitexceeded", "insufficient quota")
 _AUTH_ERRORS = ("CloudUserIdentityError", "NoCloudAccessError", "InvalidCloudCredentials", "InvalidCloudConfigs",
                 "ClusterOwnerIdentityMismatchError")  # fmt: skip
@@ -103,6 +106,8 @@ def translate_error(exc: BaseException, where: str) -> TetherError | None:
         return ConfigError(f"{where}: SkyPilot refused the request: {config}", details=details,
                            hint="change the cluster spec (name, features) — no other region or cloud would help")  # fmt: skip
     auth = next((c for c in causes if isinstance(c, _types(_AUTH_ERRORS))), None)
+    if auth is None and isinstance(exc, sx.ResourcesUnavailableError) and _NOT_ENABLED_RE.search(str(exc)):
+        auth = exc  # the optimizer's answer for a cloud `sky check` did not enable (no credentials): no history
     if auth is not None:
         return AuthError(f"{where}: {auth}", hint="check this cloud's credentials (`sky check`)", details=details)
     if isinstance(exc, sx.ResourcesUnavailableError) or any(isinstance(c, sx.ResourcesUnavailableError) for c in causes):

@@ -65,6 +65,7 @@ class FakeSky:
     no_capacity: set[tuple[str, str]] = field(default_factory=set)
     no_quota: set[tuple[str, str]] = field(default_factory=set)
     no_auth: set[str] = field(default_factory=set)
+    not_enabled: set[str] = field(default_factory=set)  # clouds `sky check` did not enable (no credentials at all)
     setup_fails: str | None = None
     node_python: str = "3.10.12"
     ssh_port: int = 22
@@ -119,6 +120,10 @@ class FakeSky:
                 common_utils.check_cluster_name_is_valid(name)
             except sx.InvalidClusterNameError as exc:
                 raise _unavailable(exc) from None
+            if cloud in self.not_enabled:  # sky.optimizer, before any provisioning: no failover_history
+                raise sx.ResourcesUnavailableError(
+                    f"Task {task.name!r} requires {cloud.upper()} which is not enabled. To enable access, change the "
+                    f"task cloud requirement or run: sky check {cloud}")  # fmt: skip
             if cloud in self.no_auth:
                 raise _unavailable(sx.CloudUserIdentityError(
                     f"Failed to get {cloud} user identity with unknown exception.\n  Reason: credentials are not "

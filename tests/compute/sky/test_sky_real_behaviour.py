@@ -113,6 +113,17 @@ def test_cheapest_without_credentials_ends_in_auth_error_not_cluster_unavailable
     assert len(clouds_tried) == len(set(clouds_tried))  # one try per cloud, not every region of it
 
 
+def test_clouds_sky_check_did_not_enable_are_auth_errors_one_try_each(cloud, tether_home):
+    cloud.not_enabled = {"aws", "gcp", "azure"}
+    plan_clouds = {c.cloud for c in routing.plan(ClusterSpec(name="x", instance_type="A10G:1",
+                                                             provider="cheapest")).candidates}  # fmt: skip
+    cloud.not_enabled = plan_clouds
+    with pytest.raises(AuthError):
+        SkyBackend().launch(ClusterSpec(name="a10", instance_type="A10G:1", provider="cheapest"))
+    tried = [x["where"][0] for x in cloud.launches]
+    assert sorted(tried) == sorted(plan_clouds)
+
+
 def test_an_unsupported_feature_does_not_fail_over(cloud, tether_home, monkeypatch):
     spec = ClusterSpec(name="a10", instance_type="A10G:1", provider="aws")
 
