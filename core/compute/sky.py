@@ -428,9 +428,26 @@ class SkyBackend:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
-    def _connect(self, spec: ClusterSpec, st: dict[str, Any], *, rerun: bool = True) -> ClusterHandle:
+    def _daemon_running(self, head: SSHTarget) -> bool:
+        """Whether the daemon's process runs on the head (it may still be starting), asked over ssh."""
+        try:
+            out = head.run(f'p=$(cat {REMOTE_DIR}/daemon.pid 2>/dev/null); [ -n "$p" ] && '
+                           f'grep -qs tether.daemon /proc/"$p"/cmdline && echo running || echo gone',
+                           step="daemon running", timeout=60)  # fmt: skip
+        except TetherError:
+            return True  # cannot tell: wait for /health as if it were starting
+        return out.strip() == "running"
+
+    def _connect(self, spec: ClusterSpec, st: dict[str, Any], *, rerun: bool = True,
+                 started: bool = False) -> ClusterHandle:
+        """Tunnel to the daemon and wait for its /health: long after a job was just submitted (``started``),
+        else a short try, then a look at its process so a dead daemon is run again at once, not after minutes."""
         head = self.ssh_target(spec)
-        if not self._wait_healthy(spec, st, head, _health_timeout()):
+        wait = _health_timeout()
+        healthy = self._wait_healthy(spec, st, head, wait if started else min(5.0, wait))
+        if not healthy and not started and self._daemon_running(head):
+            healthy = self._wait_healthy(spec, st, head, wait)  # it is starting (a relaunch by someone else)
+        if not healthy:
             if not rerun:
                 raise ClusterUnavailable(f"daemon on sky cluster {spec.name!r} does not answer /health",
                                          details={"step": "health", "host": spec.name})  # fmt: skip
@@ -455,13 +472,16 @@ class SkyBackend:
             claim_name(spec.name, "sky")
             status = self.status(spec)
             st = load_state(spec.name) or {}
+            started = True
             if status == "stopped" and "candidate" in st:
                 self.restart(spec)
             elif status != "up" or "candidate" not in st:
                 self.launch(spec)
             elif (now := _current_wheel()) is not None and st.get("wheel") != now:
                 self.restart(spec)  # tether changed here since the launch: ship and install the new wheel
-            return self._connect(spec, load_state(spec.name) or {})
+            else:
+                started = False
+            return self._connect(spec, load_state(spec.name) or {}, started=started)
 
     def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The handle of a cluster that is already up (tunnel reopened if needed), or None."""

@@ -79,6 +79,7 @@ class FakeSky:
     downs: list[str] = field(default_factory=list)
     status_calls: list[dict[str, Any]] = field(default_factory=list)
     tunnels: list[Any] = field(default_factory=list)  # the ssh targets tunnels were opened to
+    daemon_checks: int = 0  # `is the daemon's process running` asked over ssh
     daemon_start_probes: int = 0  # how many /health tries fail after a job starts before the daemon answers
 
     # the old fake's view, kept for the first tests
@@ -288,6 +289,14 @@ class FakeDaemon:
             node.probes += 1
             return {"status": "ok"} if node.probes > self.cloud.daemon_start_probes else None
 
+        def run(target: Any, command: str, *, step: str, **kw: Any) -> str:
+            if step != "daemon running":
+                raise AssertionError(f"unexpected ssh step {step!r}: {command}")
+            alive = any(n.daemon_alive for n in self.cloud.nodes.values() if n.status == ClusterStatus.UP)
+            self.cloud.daemon_checks += 1
+            return "running\n" if alive else "gone\n"
+
+        mp.setattr(mod.SSHTarget, "run", run)
         mp.setattr(mod, "open_tunnel", open_tunnel)
         mp.setattr(mod, "tunnel_alive", lambda pid, port: False)
         mp.setattr(mod, "close_tunnel", lambda pid: None)

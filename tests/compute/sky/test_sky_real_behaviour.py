@@ -188,11 +188,15 @@ def test_up_asks_the_cloud_and_restarts_a_cluster_that_autostopped(cloud, tether
 
 
 # 8 -------------------------------------------------------------------------------------------------------------
-def test_a_dead_daemon_on_a_running_cluster_is_run_again(cloud, tether_home):
+def test_a_dead_daemon_on_a_running_cluster_is_run_again(cloud, tether_home, monkeypatch):
     spec = ClusterSpec(name="a10", instance_type="A10G:1", autostop_mins=30)
     SkyBackend().up(spec)
     cloud.daemon_dies("a10")
+    monkeypatch.setenv("TETHER_SKY_HEALTH_TIMEOUT", "30")
+    monotonic = __import__("time").monotonic
+    began = monotonic()
     SkyBackend().up(spec)
+    assert cloud.daemon_checks == 1 and monotonic() - began < 15  # seen dead over ssh: no long /health wait
     ((name, task),) = cloud.execs
     assert name == "a10" and cloud.cancels[-1] == "a10" and "-m tether.daemon" in task.run
     assert task.setup is None and cloud.nodes["a10"].daemon_alive
