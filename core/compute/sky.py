@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tether.client import DaemonClient
 from tether.client.health import probe_health
 from tether.compute import routing
 from tether.compute.base import ClusterHandle, ClusterStatus
@@ -530,21 +531,29 @@ class SkyBackend:
         for leftover in ("key", "config"):
             (clusters_dir() / f"{name}.ssh" / leftover).unlink(missing_ok=True)
 
-    def autostop(self, spec: ClusterSpec, idle_minutes: int, *, down: bool = False) -> None:
-        """Change SkyPilot's autostop of a running cluster (``-1`` cancels it); where the cluster cannot stop
-        (Kubernetes, SSH node pools, Lambda, spot) it is torn down when idle instead."""
+    def autostop(self, spec: ClusterSpec, idle_minutes: float, *, down: bool = False) -> None:
+        """Change a running cluster's autostop (``-1`` cancels it). One idle clock: the daemon's, changed through
+        its ``POST /autostop``; SkyPilot stops the cluster a minute after the daemon's job ended (counting jobs
+        only) or, where the cluster cannot stop (Kubernetes, SSH node pools, Lambda, spot), tears it down."""
         sky = _sky()
         from sky import exceptions as sx
+        from sky.skylet import autostop_lib
 
+        handle = self.handle(spec)
+        if handle is None:
+            raise ClusterUnavailable(f"sky cluster {spec.name!r} is not up", hint="cluster.up_if_not() first")
+        DaemonClient(handle.endpoint, handle.token).sync.set_autostop(None if idle_minutes < 0 else idle_minutes)
         st = load_state(spec.name) or {}
         if "candidate" in st and not can_stop(routing.Candidate.model_validate(st["candidate"])):
             down = True
+        idle = -1 if idle_minutes < 0 else SKY_IDLE_GRACE_MINS
+        wait_for = autostop_lib.AutostopWaitFor.JOBS
         try:
-            sky.stream_and_get(sky.autostop(spec.name, idle_minutes, down=down))
+            sky.stream_and_get(sky.autostop(spec.name, idle, wait_for=wait_for, down=down))
         except sx.NotSupportedError:
-            if down or idle_minutes < 0:
+            if down or idle < 0:
                 raise
-            sky.stream_and_get(sky.autostop(spec.name, idle_minutes, down=True))
+            sky.stream_and_get(sky.autostop(spec.name, idle, wait_for=wait_for, down=True))
 
     def sync_code(self, spec: ClusterSpec, handle: ClusterHandle, root: Path) -> str:
         """rsync ``root`` to the head over ssh; return its path there."""

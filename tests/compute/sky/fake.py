@@ -79,6 +79,7 @@ class FakeSky:
     downs: list[str] = field(default_factory=list)
     status_calls: list[dict[str, Any]] = field(default_factory=list)
     tunnels: list[Any] = field(default_factory=list)  # the ssh targets tunnels were opened to
+    daemon_autostop: list[float | None] = field(default_factory=list)  # POST /autostop to the daemon
     daemon_checks: int = 0  # `is the daemon's process running` asked over ssh
     daemon_start_probes: int = 0  # how many /health tries fail after a job starts before the daemon answers
 
@@ -296,6 +297,17 @@ class FakeDaemon:
             self.cloud.daemon_checks += 1
             return "running\n" if alive else "gone\n"
 
+        cloud = self.cloud
+
+        class Client:  # tether's own client of the daemon: what it was told
+            def __init__(self, endpoint: str, token: str | None = None, *a: Any, **k: Any) -> None:
+                self.sync = self
+
+            def set_autostop(self, mins: float | None = None, **k: Any) -> dict[str, Any]:
+                cloud.daemon_autostop.append(mins)
+                return {"autostop_mins": mins}
+
+        mp.setattr(mod, "DaemonClient", Client)
         mp.setattr(mod.SSHTarget, "run", run)
         mp.setattr(mod, "open_tunnel", open_tunnel)
         mp.setattr(mod, "tunnel_alive", lambda pid, port: False)

@@ -22,6 +22,7 @@ from tether.compute.sky import SkyBackend, build_task, translate_error  # noqa: 
 from tether.errors import AuthError, CapacityError, ClusterUnavailable, QuotaError  # noqa: E402
 from tether.specs import ClusterSpec  # noqa: E402
 
+from .fake import FakeDaemon  # noqa: E402
 from .fake import FakeSky as FakeCloud  # noqa: E402
 
 
@@ -127,6 +128,7 @@ def test_no_capacity_anywhere_raises_cluster_unavailable(sky_home, wheel, tether
 
 def test_stop_down_and_autostop_go_through_skypilot(sky_home, wheel, tether_home, monkeypatch):
     cloud = FakeCloud().install(monkeypatch)
+    FakeDaemon(cloud).install(monkeypatch)
     spec = ClusterSpec(name="c1", instance_type="CPU:4+", memory="16+")
     backend = get_backend("sky")
     assert isinstance(backend, SkyBackend)
@@ -134,7 +136,10 @@ def test_stop_down_and_autostop_go_through_skypilot(sky_home, wheel, tether_home
     backend.launch(spec)
     assert backend.status(spec) == "up"
     backend.autostop(spec, 10)
-    assert cloud.autostops == [("c1", 10, False)]
+    # the daemon's clock changes; SkyPilot stops the cluster a minute after the daemon's job ends
+    assert cloud.daemon_autostop == [10] and cloud.autostops == [("c1", 1, False)]
+    backend.autostop(spec, -1)
+    assert cloud.daemon_autostop == [10, None] and cloud.autostops[-1] == ("c1", -1, False)
     backend.stop(spec)
     assert backend.status(spec) == "stopped"
     backend.down(spec)

@@ -143,7 +143,7 @@ def test_autostop_on_kubernetes_is_an_autodown(cloud, tether_home):
     (launch,) = cloud.launches
     assert launch["down"] is True and cloud.nodes["k"].to_down is True
     SkyBackend().autostop(spec, 10)
-    assert cloud.autostops == [("k", 10, True)]
+    assert cloud.daemon_autostop == [10] and cloud.autostops == [("k", 1, True)]  # one clock: the daemon's
 
 
 def test_stop_where_it_is_not_supported_is_a_config_error(cloud, tether_home):
