@@ -53,6 +53,8 @@ from typing import Any
 
 import structlog
 
+from tether.daemon.store import sync_dir
+
 log = structlog.get_logger("tether.daemon.journal")
 
 RECORD = struct.Struct("!IIB")
@@ -173,7 +175,7 @@ class Journal:
             return
         old, self._fd, self._seq, self._size = self._fd, fd, seq, 0
         self._segments.add(seq)
-        self._submit(_sync_dir, self.dir)  # the new file's name, durable with the next sync
+        self._submit(sync_dir, self.dir)  # the new file's name, durable with the next sync
         if old >= 0:
             self._submit(_sync_close, old)
 
@@ -420,15 +422,6 @@ def _sync_close(fd: int) -> None:
     _fsync(fd)
     with contextlib.suppress(OSError):
         os.close(fd)
-
-
-def _sync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- orphaned workers ----------------------------------------------------------------------------------------------
