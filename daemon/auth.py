@@ -30,6 +30,7 @@ __all__ = [
     "Grant",
     "TokenCheck",
     "add_grant",
+    "GRANT_KEY",
     "authorize",
     "check_code_roots",
     "ROOTS_ENV",
@@ -40,6 +41,7 @@ __all__ = [
     "new_token",
     "read_token_file",
     "required_access",
+    "visible",
 ]
 
 Level = Literal["read", "write", "owner"]
@@ -55,6 +57,12 @@ class Grant:
     token_sha256: str
     services: dict[str, Level] = field(default_factory=dict)
     allow_pickle: bool = False
+    allow_code: bool = False  # may deploy any code (import paths, env vars, env python) without --allowed-roots
+
+    @property
+    def runs_code(self) -> bool:
+        """Whether this principal may run code of its own choosing as the daemon's user (pickles are code)."""
+        return self.allow_pickle or self.allow_code
 
     def level(self, service: str | None) -> int:
         if service is None:
@@ -62,15 +70,16 @@ class Grant:
         return max(_RANK.get(self.services.get(service, ""), 0), _RANK.get(self.services.get("*", ""), 0))
 
 
-OWNER = Grant("owner", "", {"*": "owner"}, allow_pickle=True)
+OWNER = Grant("owner", "", {"*": "owner"}, allow_pickle=True, allow_code=True)
 
 
 class AccessPolicy:
     """The owner token's hash plus the grants of ``access_file`` (re-read when the file changes)."""
 
-    def __init__(self, token_hash: str | None, access_file: Path | None = None) -> None:
+    def __init__(self, token_hash: str | None, access_file: Path | None = None, *, confined: bool = False) -> None:
         self.token_hash = token_hash
         self.access_file = access_file
+        self.confined = confined  # --allowed-roots: a deploy runs only reviewed code, so write may deploy
         self._grants: dict[str, Grant] = {}
         self._mtime: float | None = None
         self._hashes: dict[str, str] = {}  # presented token -> its sha256, for the last few tokens seen
@@ -119,6 +128,7 @@ class AccessPolicy:
                     g["token_sha256"],
                     dict(g.get("services", {})),
                     bool(g.get("allow_pickle", False)),
+                    bool(g.get("allow_code", False)),
                 )
                 for g in data.get("grants", [])
             }
@@ -130,7 +140,8 @@ TokenCheck = AccessPolicy  # the name the daemon first used
 
 
 def add_grant(
-    access_file: Path, principal: str, services: dict[str, Level], *, allow_pickle: bool = False
+    access_file: Path, principal: str, services: dict[str, Level], *, allow_pickle: bool = False,
+    allow_code: bool = False,
 ) -> str:
     """Create a token for ``principal`` with ``services`` levels; only its hash is written. Returns the token."""
     for level in services.values():
@@ -145,6 +156,7 @@ def add_grant(
             "token_sha256": hash_token(token),
             "services": services,
             "allow_pickle": allow_pickle,
+            "allow_code": allow_code,
         }
     )
     access_file.parent.mkdir(parents=True, exist_ok=True)
@@ -163,10 +175,10 @@ _ROUTES: dict[tuple[str, str], tuple[Level | None, str | None]] = {
     ("GET", "/status"): ("read", None),
     ("GET", "/objects"): ("read", None),
     ("POST", "/deploy"): ("write", "body"),
-    ("POST", "/shutdown"): ("owner", None),
-    ("POST", "/autostop"): ("owner", None),
+    ("POST", "/shutdown"): ("owner", "*"),
+    ("POST", "/autostop"): ("owner", "*"),
     ("GET", "/envs"): ("read", None),
-    ("DELETE", "/envs/{env}"): ("owner", None),
+    ("DELETE", "/envs/{env}"): ("owner", "env"),
     ("POST", "/{name}/call"): ("read", "name"),
     ("POST", "/{name}/{method}/call"): ("read", "name"),
     ("GET", "/calls/{call_id}"): ("read", "call"),
@@ -184,13 +196,44 @@ def required_access(method: str, canonical: str | None) -> tuple[Level | None, s
     """The level a route needs and where its service name comes from; unknown routes need any valid token."""
     if canonical is None:
         return "read", None
-    return _ROUTES.get((method, canonical), ("owner", None))
+    return _ROUTES.get((method, canonical), ("owner", "*"))
+
+
+GRANT_KEY = "tether.grant"  # where authorize() leaves the caller's Grant on the request (listings filter by it)
+
+
+def visible(grant: Grant | None, name: str) -> bool:
+    """Whether listings (``/status``, ``/objects``, ``/envs``) show ``name`` to ``grant`` (None: no auth)."""
+    return grant is None or grant.level(name) >= _RANK["read"]
+
+
+def _denied(grant: Grant, level: Level, service: str | None, why: str = "") -> AuthError:
+    what = f"service {service!r}" if service else "this route"
+    return AuthError(
+        f"{grant.principal!r} lacks {level} access to {what}{why}",
+        hint="read = call, write = deploy/delete/put, owner = everything; ask the cluster owner",
+        details={"principal": grant.principal, "needed": level, "service": service},
+    )
+
+
+async def _json_body(request: Any) -> Any:
+    try:
+        return await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 async def authorize(
-    request: Any, policy: AccessPolicy, call_service: Callable[[str], str | None]
+    request: Any, policy: AccessPolicy, call_service: Callable[[str], str | None],
+    in_env: Callable[[str], list[str]] | None = None, is_service: Callable[[str], bool] | None = None,
 ) -> AuthError | None:
-    """None when ``request`` (an aiohttp request) may proceed, else the AuthError to answer with."""
+    """None when ``request`` (an aiohttp request) may proceed, else the AuthError to answer with.
+
+    ``in_env(env)`` names the services and objects of an env, ``is_service(key)`` says whether a key is a deployed
+    service. The rules per route and field are in docs/RELIABILITY.md ("Access levels"): what a body would do is
+    checked, not its label; daemon-wide routes need ``owner`` on ``*``; a non-owner principal runs no code of its
+    own choosing without ``allow_pickle`` or ``allow_code`` (without --allowed-roots, deploying is running code).
+    """
     resource = request.match_info.route.resource
     canonical = resource.canonical if resource is not None else None
     level, source = required_access(request.method, canonical)
@@ -202,23 +245,23 @@ async def authorize(
             "missing or wrong bearer token",
             hint="pass the cluster's token (cluster.token) as 'Authorization: Bearer …'",
         )
+    request[GRANT_KEY] = grant
     if grant is OWNER:
         return None
-    if request.content_type == PICKLE and not grant.allow_pickle:
+    pickled = request.content_type == PICKLE or canonical == "/objects/{key}" and request.method == "PUT"
+    if pickled and not grant.allow_pickle:  # PUT /objects is unpickled whatever its label says
         return AuthError(
-            f"{grant.principal!r} may send JSON bodies only",
+            f"{grant.principal!r} may send JSON bodies only (a stored object is a pickle, and unpickling runs code)",
             hint="call with JSON {'args': [...], 'kwargs': {...}}, or ask the owner for allow_pickle",
         )
+    extra: list[tuple[Level, str, str]] = []  # further (level, name, why) the request needs
     service: str | None = None
     if source in ("name", "key"):
         service = request.match_info.get(source)
     elif source == "call":
         service = call_service(request.match_info.get("call_id", ""))
     elif source == "body":
-        try:
-            spec = await request.json()
-        except ValueError:
-            spec = None
+        spec = await _json_body(request)
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             return None  # the handler answers the malformed body
         service = spec["name"]
@@ -228,15 +271,49 @@ async def authorize(
                 f"{grant.principal!r} may not deploy pickled code or arguments",
                 hint="deploy code by import path, or ask the owner for allow_pickle",
             )
-    if request.match_info.get("method") == "__setattr__":
+        if not policy.confined and not grant.runs_code and grant.level(service) >= _RANK["write"]:
+            return AuthError(
+                f"{grant.principal!r} may not deploy code on this daemon: without --allowed-roots a deploy runs any "
+                "code (an import path, env vars, env python) as the daemon's user",
+                hint="ask the owner to start the daemon with --allowed-roots, or for allow_code in your grant",
+                details={"principal": grant.principal, "service": service},
+            )
+        if isinstance(spec.get("of"), str):
+            extra.append(("write", spec["of"], " (an instance of its class is a deploy of it)"))
+        if request.query.get("replace_env", "0") not in ("", "0", "false") and in_env is not None:
+            env = spec.get("env")
+            env_name = env.get("name", "default") if isinstance(env, dict) else "default"
+            if isinstance(env_name, str):  # restarting an env is a redeploy of everything in it
+                extra += [("write", n, f" (replace_env restarts env {env_name!r}, which holds it)")
+                          for n in in_env(env_name)]
+    elif source == "env":
+        names = in_env(request.match_info.get("env", "")) if in_env is not None else []
+        extra += [("owner", n, " (deleting its env deletes it)") for n in names] or [("owner", "*", "")]
+        service = names[0] if names else "*"
+    elif source == "*":
+        service = "*"
+    method = request.match_info.get("method")
+    if method == "__setattr__":
         level = "write"  # setting an attribute changes the service's state for every caller
+    # below: private state is the service owner's; one who may run code in the worker reaches it anyway
+    if method in ("__getattr__", "__setattr__") and not grant.runs_code:
+        data = await _json_body(request)
+        args = data.get("args") if isinstance(data, dict) else None
+        attr = args[0] if isinstance(args, list) and args else None
+        if not isinstance(attr, str) or attr.startswith("_"):
+            level = "owner"  # private state (``__dict__``, ``_secret``) is the service owner's
+    if canonical == "/objects/{key}" and request.method == "GET" and service and is_service is not None \
+            and is_service(service) and not grant.runs_code:
+        level = "owner"  # a service's pickled object is its whole state, private fields included
+    if canonical == "/objects/{key}/rename":
+        data = await _json_body(request)
+        if isinstance(data, dict) and isinstance(data.get("to"), str):
+            extra.append(("write", data["to"], " (the rename's target)"))
     if grant.level(service) < _RANK[level]:
-        what = f"service {service!r}" if service else "this route"
-        return AuthError(
-            f"{grant.principal!r} lacks {level} access to {what}",
-            hint="read = call, write = deploy/delete, owner = everything; ask the cluster owner",
-            details={"principal": grant.principal, "needed": level, "service": service},
-        )
+        return _denied(grant, level, service)
+    for need, name, why in extra:
+        if grant.level(name) < _RANK[need]:
+            return _denied(grant, need, name, why)
     return None
 
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from tether._version import __version__
 from tether.daemon import protocol as p
 from tether.daemon import slabs
-from tether.daemon.auth import AccessPolicy, authorize, check_code_roots
+from tether.daemon.auth import GRANT_KEY, AccessPolicy, authorize, check_code_roots, visible
 from tether.daemon.calls import FINAL, Call, CallTable, frame_body
 from tether.daemon.eventloop import loop_name
 from tether.daemon.openapi import document
@@ -65,7 +65,7 @@ class Daemon:
                  allowed_roots: list[Path] | None = None) -> None:
         self.state_dir = state_dir
         self.manifest = Manifest(state_dir)
-        self.auth = AccessPolicy(token_hash, access_file)
+        self.auth = AccessPolicy(token_hash, access_file, confined=bool(allowed_roots))
         self.allowed_roots = allowed_roots
         self._confine_manifest()
         self.pool = WorkerPool(state_dir, memory_limit, self._restore)
@@ -247,6 +247,14 @@ class Daemon:
                 {"name": name, "method": method, "mode": "json" if json_mode else "pickle"})
         return meta
 
+    def names_in_env(self, env: str) -> list[str]:
+        """The services and objects of env ``env`` (access checks on routes that restart or delete an env)."""
+        services, objects = self.manifest.in_env(env)
+        return [s.name for s in services] + objects
+
+    def is_service(self, name: str) -> bool:
+        return name in self.manifest.services
+
     def service_of_call(self, call_id: str) -> str | None:
         """The service a known call belongs to (access checks on /calls/{id} routes)."""
         call = self.calls.get(call_id)
@@ -330,7 +338,8 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
     daemon.last_activity = time.time()
     try:
         if daemon.auth.enabled:
-            denied = await authorize(request, daemon.auth, daemon.service_of_call)
+            denied = await authorize(request, daemon.auth, daemon.service_of_call, daemon.names_in_env,
+                                     daemon.is_service)
             if denied is not None:
                 return error_response(denied)
         return await handler(request)
@@ -370,12 +379,16 @@ async def health(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
-    workers = [{"env": n, "pid": w.pid, "alive": w.alive} for n, w in d.pool.workers.items()]
+    grant = request.get(GRANT_KEY)  # a principal sees the services it has a grant on, their envs and calls
+    services = [row for row in d.manifest.status() if visible(grant, row["name"])]
+    envs = {row["env"] for row in services}
+    workers = [{"env": n, "pid": w.pid, "alive": w.alive} for n, w in d.pool.workers.items()
+               if n in envs or visible(grant, "*")]
     return web.json_response({
         "version": __version__, "pid": os.getpid(), "loop": loop_name(), "uptime": time.time() - d.started,
         "idle_seconds": time.time() - d.last_activity, "autostop_mins": d.autostop_mins,
-        "autostop_paused": d.autostop_paused, "services": d.manifest.status(), "workers": workers,
-        "running_calls": [c.summary() for c in d.calls.running()],
+        "autostop_paused": d.autostop_paused, "services": services, "workers": workers,
+        "running_calls": [c.summary() for c in d.calls.running() if visible(grant, c.service)],
     })
 
 
@@ -387,8 +400,18 @@ async def deploy(request: web.Request) -> web.Response:
 
 
 async def list_envs(request: web.Request) -> web.Response:
-    specs = request.app[DAEMON].env_specs()
-    return web.json_response({"envs": {name: spec.model_dump(mode="json") for name, spec in specs.items()}})
+    d = request.app[DAEMON]
+    grant = request.get(GRANT_KEY)
+    out = {}
+    for name, spec in d.env_specs().items():
+        names = d.names_in_env(name)
+        if not visible(grant, "*") and not any(visible(grant, n) for n in names):
+            continue  # a principal sees the envs of services it has a grant on
+        dumped = spec.model_dump(mode="json")
+        if grant is not None and not all(grant.level(n) >= 2 for n in names):  # values only for its writers
+            dumped["env_vars"] = dict.fromkeys(dumped["env_vars"], "<hidden>")
+        out[name] = dumped
+    return web.json_response({"envs": out})
 
 
 def _without_version(spec: ServiceSpec) -> dict[str, Any]:
@@ -650,7 +673,8 @@ async def cancel_call(request: web.Request) -> web.Response:
 
 
 async def list_objects(request: web.Request) -> web.Response:
-    return web.json_response({"keys": request.app[DAEMON].manifest.names()})
+    grant = request.get(GRANT_KEY)
+    return web.json_response({"keys": [n for n in request.app[DAEMON].manifest.names() if visible(grant, n)]})
 
 
 async def get_object(request: web.Request) -> web.Response:
