@@ -2,17 +2,70 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
 from tether.compute.routing import plan
-from tether.errors import ClusterUnavailable, ConfigError, NotFound
+from tether.compute.state import load_state, save_state, state_backend
+from tether.errors import AuthError, ClusterUnavailable, ConfigError, NotFound
 from tether.specs import ClusterSpec, build
 
-__all__ = ["Cluster", "new_cluster"]
+__all__ = ["Cluster", "bind_loaded", "new_cluster"]
+
+#: the fields of a cluster config that say where its daemon is; a loaded config may not change them
+CONNECTION_FIELDS: tuple[str, ...] = ("backend", "endpoint", "host", "ssh_creds", "server_port",
+                                      "server_connection_type")
+#: backends whose daemon someone chose by address; the reader must have connected to it themselves
+_ADDRESSED = ("endpoint", "ssh")
+
+
+def _norm(field: str, value: Any) -> Any:
+    return value.rstrip("/") if field == "endpoint" and isinstance(value, str) else value
+
+
+def bind_loaded(spec: ClusterSpec, *, own: bool = False) -> ClusterSpec:
+    """A cluster spec that came from a saved config (someone else may have written it), bound to this user's own
+    state: where the daemon is and its token are looked up by the cluster's name in ``$TETHER_HOME/clusters``,
+    never taken from the config (a token in it is dropped, ``TETHER_CLUSTER_TOKEN`` is not used).
+
+    Raises :class:`AuthError` naming the cluster when the config would send this user's token or arguments
+    somewhere they never connected to: an endpoint or ssh cluster they have no state for, or one whose state
+    says another address, hosts or credentials. ``own``: the user saved this config themselves, so a cluster they
+    have no state for yet is theirs to connect to (with their own credentials); a redirect is refused still."""
+    where = {"cluster": spec.name, "backend": spec.backend, "endpoint": spec.endpoint, "host": spec.host}
+    state = load_state(spec.name)
+    saved = state.get("spec") if state else None
+    if state is None or not isinstance(saved, dict):
+        if spec.backend in _ADDRESSED and not own:
+            raise AuthError(
+                f"the loaded config runs on cluster {spec.name!r} at {spec.endpoint or spec.host}, a daemon you "
+                "have never connected to: no token of yours goes there",
+                hint="if you trust that daemon, connect to it yourself once (tether.cluster(name=..., endpoint=..., "
+                     "token=...).up()); a saved config never chooses where your token goes",
+                details={**where, "reason": "no_token"})
+        return spec.model_copy(update={"token": None})
+    mine = {**saved, "backend": state_backend(state)}
+    theirs = spec.model_dump(mode="json")
+    with contextlib.suppress(ConfigError, ValueError):
+        mine = build(ClusterSpec, mine).model_dump(mode="json")
+    fields = CONNECTION_FIELDS if _ADDRESSED.count(mine.get("backend")) or spec.backend in _ADDRESSED else \
+        ("backend",)  # a local or sky cluster of this name is this user's own: its state says where it is
+    differs = [f for f in fields if _norm(f, mine.get(f)) != _norm(f, theirs.get(f))]
+    if differs:
+        raise AuthError(
+            f"the loaded config moves your cluster {spec.name!r} elsewhere ({', '.join(differs)} differ from what "
+            "you connected to): no token of yours goes there",
+            hint="load it with your own cluster (handle.with_cluster(tether.cluster(name=...))) or ask its writer",
+            details={**where, "fields": differs, "reason": "redirect"})
+    token = state.get("token") if spec.backend == "endpoint" else None
+    return spec.model_copy(update={"token": SecretStr(token) if isinstance(token, str) else None,
+                                   "endpoint": _norm("endpoint", spec.endpoint)})
 
 
 class Cluster:
@@ -21,6 +74,7 @@ class Cluster:
     def __init__(self, spec: ClusterSpec) -> None:
         self.spec = spec
         self._handle: ClusterHandle | None = None
+        self._refused: AuthError | None = None  # a loaded config that would redirect this user's token
         self._synced: dict[str, str] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
@@ -33,14 +87,37 @@ class Cluster:
         assert self.spec.backend is not None
         return get_backend(self.spec.backend)
 
+    def _allowed(self) -> None:
+        """Raise the AuthError of a loaded config that names a daemon this user never connected to, before
+        anything is sent anywhere."""
+        if self._refused is not None:
+            raise self._refused
+
     def up(self) -> Cluster:
         """Bring the cluster up (idempotent) and connect to its daemon."""
+        self._allowed()
         self._handle = self.backend.up(self.spec)
         self._client = None
+        if self.spec.backend == "endpoint":
+            self._bind_token()
         return self
+
+    def _bind_token(self) -> None:
+        """Remember, privately in ``clusters/<name>.json``, the token this user connected to an endpoint with:
+        a saved config naming that cluster (and that same endpoint) later finds it there, and nowhere else."""
+        state = load_state(self.name)
+        if state is not None and state_backend(state) != "endpoint":
+            return  # another backend's cluster of that name: its state is never overwritten
+        handle = self.handle
+        if state is not None and state.get("token") == handle.token and \
+                _norm("endpoint", (state.get("spec") or {}).get("endpoint")) == handle.endpoint.rstrip("/"):
+            return
+        save_state(self.name, {"backend": "endpoint", "token": handle.token,
+                               "spec": {**self.spec.model_dump(mode="json"), "endpoint": handle.endpoint}})
 
     def up_if_not(self) -> Cluster:
         """Bring the cluster up unless it already is; returns self."""
+        self._allowed()
         if self._handle is None or not self.is_up():
             self.up()
         return self
@@ -50,6 +127,7 @@ class Cluster:
 
     def status(self) -> str:
         """``"up"``, ``"stopped"`` or ``"down"``."""
+        self._allowed()
         return self.backend.status(self.spec)
 
     def stop(self) -> None:
@@ -94,6 +172,7 @@ class Cluster:
 
     def connected(self) -> Cluster:
         """Connect to an already-running cluster without launching it."""
+        self._allowed()
         if self._handle is None:
             handle = getattr(self.backend, "handle", lambda spec: None)(self.spec)
             if handle is None:
@@ -104,6 +183,7 @@ class Cluster:
     def refresh(self) -> bool:
         """Adopt the daemon another process (re)started for this cluster, with its new endpoint and token:
         re-read the backend's state; whether anything changed (and this object now talks to that daemon)."""
+        self._allowed()
         current = getattr(self.backend, "handle", lambda spec: None)(self.spec)
         if current is None:
             return False
@@ -169,11 +249,22 @@ class Cluster:
         return {"kind": "cluster", **self.spec.model_dump(mode="json")}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Cluster:
+    def from_config(cls, config: dict[str, Any], *, loaded: bool = False, own: bool = False) -> Cluster:
+        """The cluster a config describes. ``loaded=True`` (a config from the registry, which others may have
+        written): bound to this user's own state by :func:`bind_loaded`; a config it refuses still loads (to
+        look at), and its first ``up``/``status``/call raises that :class:`AuthError`, before anything is sent."""
         data = {k: v for k, v in config.items() if k != "kind"}
         if config.get("kind", "cluster") != "cluster":
             raise ConfigError(f"not a cluster config (kind={config.get('kind')!r})")
-        return cls(build(ClusterSpec, data))
+        spec = build(ClusterSpec, data)
+        if not loaded:
+            return cls(spec)
+        try:
+            return cls(bind_loaded(spec, own=own))
+        except AuthError as exc:
+            refused = cls(spec.model_copy(update={"token": None}))
+            refused._refused = exc
+            return refused
 
     def derive(self, name: str, **fields: Any) -> Cluster:
         """Another cluster described by ``fields`` (an escalation rung, say); nothing is launched."""

@@ -3,6 +3,8 @@ resource when given only a name. The API's one edge to the registry for reading.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,21 +14,41 @@ from tether.api.services import Function, Module, service_from_config
 from tether.compute.state import saved_spec
 from tether.errors import ConfigError, NotFound
 from tether.registry import get_registry
-from tether.specs import ClusterSpec, build
 
 __all__ = ["cluster", "from_config", "function", "load", "module", "try_load"]
 
+log = logging.getLogger("tether.load")
 
-def from_config(config: dict[str, Any], version: int | None = None) -> Any:
-    """Rebuild the right resource type from a config dict."""
+
+def from_config(config: dict[str, Any], version: int | None = None, *, loaded: bool = False,
+                own: bool = False) -> Any:
+    """Rebuild the right resource type from a config dict. ``loaded=True``: the config came from the registry,
+    so its cluster is bound to this user's own state (``Cluster.from_config(..., loaded=True)``: a saved
+    config never chooses where this user's token goes: its first use raises AuthError naming the cluster).
+    ``own``: this user saved it."""
     kind = config.get("kind")
     if kind == "cluster":
-        return Cluster.from_config(config)
+        return Cluster.from_config(config, loaded=loaded, own=own)
     if kind == "env":
         return Env.from_config(config)
     if kind in ("function", "module", "instance"):
-        return service_from_config(config, version=version)
+        bound = Cluster.from_config(config["cluster"], loaded=True, own=own) \
+            if loaded and isinstance(config.get("cluster"), dict) else None
+        resource = service_from_config(config, version=version)
+        if bound is not None:
+            resource.cluster = bound
+        return resource
     raise ConfigError(f"unknown resource kind {kind!r}", details={"field": "kind"})
+
+
+def _show_writer(resource: Any, record: Any, reader: str | None) -> None:
+    """``handle.saved_by``: who wrote the version about to run; a warning when it is not the reader."""
+    saved_by = getattr(record, "saved_by", None)
+    with contextlib.suppress(AttributeError):
+        resource.saved_by = saved_by
+    if saved_by is not None and reader is not None and saved_by != reader:
+        log.warning("%s version %s was saved by %r, not by you (%r): loading runs their code with your access",
+                    record.name, record.version, saved_by, reader)
 
 
 def load(name: str) -> Any:
@@ -35,8 +57,12 @@ def load(name: str) -> Any:
     A pinned version (``@2``, ``@prod``) of a service runs under its own daemon name (``embed.v2``), so it never
     replaces the latest version that other callers use.
     """
-    record = get_registry().get(name)
-    resource = from_config(record.config, getattr(record, "version", None))
+    registry = get_registry()
+    record = registry.get(name)
+    reader = _reader(registry)
+    resource = from_config(record.config, getattr(record, "version", None), loaded=True,
+                           own=reader is not None and record.saved_by == reader)
+    _show_writer(resource, record, reader)
     spec = getattr(resource, "spec", None)
     if spec is not None and hasattr(resource, "registry_name"):
         resource.registry_name = record.name
@@ -53,7 +79,18 @@ def try_load(name: str, kind: str) -> Any:
         return None
     if record.config.get("kind") != kind:
         return None
-    return from_config(record.config, getattr(record, "version", None))
+    reader = _reader(get_registry())
+    resource = from_config(record.config, getattr(record, "version", None), loaded=True,
+                           own=reader is not None and record.saved_by == reader)
+    _show_writer(resource, record, reader)
+    return resource
+
+
+def _reader(registry: Any) -> str | None:
+    try:
+        return str(registry.user)
+    except Exception:  # noqa: BLE001 - who reads is for the warning only; never fail a load over it
+        return None
 
 
 def cluster(name: str | None = None, *, instance_type: str | None = None, provider: str | list[str] | None = None,
@@ -66,8 +103,8 @@ def cluster(name: str | None = None, *, instance_type: str | None = None, provid
         if saved is not None:
             return saved  # type: ignore[no-any-return]
         brought_up = saved_spec(name)  # a cluster of that name brought up here, whatever its backend
-        if brought_up is not None:
-            return Cluster(build(ClusterSpec, brought_up))
+        if brought_up is not None:  # this user's own state: its token too (an endpoint's lives there)
+            return Cluster.from_config({"kind": "cluster", **brought_up}, loaded=True, own=True)
     return new_cluster(name, instance_type=instance_type, provider=provider, host=host, ssh_creds=ssh_creds,
                        autostop_mins=autostop_mins, **kwargs)
 

@@ -25,6 +25,15 @@ _GRANTS = TypeAdapter(list[Grant])
 _CALLS = TypeAdapter(list[CallRecord])
 
 
+def _json_only(payload: Any) -> dict[str, Any]:
+    """A server's wire error without its ``exc`` field: a pickled exception is code, and nothing that came from the
+    registry is ever unpickled here (the error is rebuilt from its type name, message, hint and details)."""
+    err = payload.get("error", payload) if isinstance(payload, dict) else {}
+    if not isinstance(err, dict):
+        err = {"type": "TetherError", "message": str(err)[:500]}
+    return {"error": {k: v for k, v in err.items() if k != "exc"}}
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TetherError) and exc.retryable
 
@@ -61,7 +70,7 @@ class RemoteBackend:
                 payload = json.loads(raw)
             except ValueError:
                 payload = {"error": {"type": "TetherError", "message": raw.decode(errors="replace")[:500]}}
-            raise error_from_wire(payload, status=exc.code) from None
+            raise error_from_wire(_json_only(payload), status=exc.code) from None
         except (urllib.error.URLError, OSError) as exc:
             raise TetherError(
                 f"registry server {self.url} unreachable: {exc}",
