@@ -226,11 +226,12 @@ async def _json_body(request: Any) -> Any:
 async def authorize(
     request: Any, policy: AccessPolicy, call_service: Callable[[str], str | None],
     in_env: Callable[[str], list[str]] | None = None, is_service: Callable[[str], bool] | None = None,
+    env_reqs: Callable[[str], list[str]] | None = None,
 ) -> AuthError | None:
     """None when ``request`` (an aiohttp request) may proceed, else the AuthError to answer with.
 
     ``in_env(env)`` names the services and objects of an env, ``is_service(key)`` says whether a key is a deployed
-    service. The rules per route and field are in docs/RELIABILITY.md ("Access levels"): what a body would do is
+    service, ``env_reqs(env)`` lists the requirements a known env has installed. The rules per route and field are in docs/RELIABILITY.md ("Access levels"): what a body would do is
     checked, not its label; daemon-wide routes need ``owner`` on ``*``; a non-owner principal runs no code of its
     own choosing without ``allow_pickle`` or ``allow_code`` (without --allowed-roots, deploying is running code).
     """
@@ -278,14 +279,25 @@ async def authorize(
                 hint="ask the owner to start the daemon with --allowed-roots, or for allow_code in your grant",
                 details={"principal": grant.principal, "service": service},
             )
+        env = spec.get("env")
+        env_name = env.get("name", "default") if isinstance(env, dict) else "default"
+        reqs = env.get("reqs") if isinstance(env, dict) else None
+        if isinstance(reqs, list) and reqs and not grant.runs_code and isinstance(env_name, str):
+            known = env_reqs(env_name) if env_reqs is not None else []
+            new = [r for r in reqs if r not in known]
+            if new:  # installing a package runs its build code: the owner picks what an env installs
+                return AuthError(
+                    f"{grant.principal!r} may not add requirements to env {env_name!r} ({', '.join(map(str, new))}): "
+                    "installing a package runs code of its choosing",
+                    hint="deploy into an env the owner set up with these requirements, or ask for allow_code",
+                    details={"principal": grant.principal, "env": env_name, "reqs": new},
+                )
         if isinstance(spec.get("of"), str):
             extra.append(("write", spec["of"], " (an instance of its class is a deploy of it)"))
-        if request.query.get("replace_env", "0") not in ("", "0", "false") and in_env is not None:
-            env = spec.get("env")
-            env_name = env.get("name", "default") if isinstance(env, dict) else "default"
-            if isinstance(env_name, str):  # restarting an env is a redeploy of everything in it
-                extra += [("write", n, f" (replace_env restarts env {env_name!r}, which holds it)")
-                          for n in in_env(env_name)]
+        replace = request.query.get("replace_env", "0") not in ("", "0", "false")
+        if replace and in_env is not None and isinstance(env_name, str):  # a restart redeploys all of the env
+            extra += [("write", n, f" (replace_env restarts env {env_name!r}, which holds it)")
+                      for n in in_env(env_name)]
     elif source == "env":
         names = in_env(request.match_info.get("env", "")) if in_env is not None else []
         extra += [("owner", n, " (deleting its env deletes it)") for n in names] or [("owner", "*", "")]

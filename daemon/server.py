@@ -252,6 +252,11 @@ class Daemon:
         services, objects = self.manifest.in_env(env)
         return [s.name for s in services] + objects
 
+    def env_reqs(self, env: str) -> list[str]:
+        """The requirements env ``env`` was set up with (none for an env the daemon does not know)."""
+        spec = self.env_spec(env)
+        return list(spec.reqs) if spec is not None else []
+
     def is_service(self, name: str) -> bool:
         return name in self.manifest.services
 
@@ -339,7 +344,7 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
     try:
         if daemon.auth.enabled:
             denied = await authorize(request, daemon.auth, daemon.service_of_call, daemon.names_in_env,
-                                     daemon.is_service)
+                                     daemon.is_service, daemon.env_reqs)
             if denied is not None:
                 return error_response(denied)
         return await handler(request)

@@ -221,5 +221,10 @@ def test_write_deploys_from_allowed_roots_without_a_code_grant(tmp_path):
         assert d.post("/hello/call", json={}, headers=as_w).json()["result"] == "hi"
         bad = {**spec, "env": {"name": "e", "env_vars": {"PYTHONPATH": str(root)}}}
         assert d.post("/deploy", json=bad, headers=as_w).status_code == 401
+        # a package's build runs its code: a writer adds no requirement the owner did not install (refused before
+        # anything is installed, so no name reaches the package index)
+        with_reqs = {**spec, "env": {"name": "e3", "reqs": ["tether-no-such-package-for-tests"]}}
+        r = d.post("/deploy", json=with_reqs, headers=as_w)
+        assert r.status_code == 401 and "requirements" in r.json()["error"]["message"], r.text
     finally:
         d.kill()
