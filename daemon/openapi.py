@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tether._version import __version__
+from tether.daemon.auth import required_access
 from tether.specs import ServiceSpec
 
 _ERROR = {"description": "a tether error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -52,13 +53,33 @@ def _call_op(summary: str, params: list[str]) -> dict[str, Any]:
 _KEY_BODY = {"application/x-tether-pickle": {"schema": {"type": "string", "format": "binary"}}}
 
 
+ACCESS = (
+    "Access (--access-file principals; the owner token may do everything): read = call, read public attributes, "
+    "re-attach, list what it is granted; write = also deploy, put, delete, rename, set public attributes; owner = "
+    "also private attributes, a service's pickled state, deleting an env whose every name it owns. Daemon-wide "
+    "routes (autostop, shutdown, deleting an empty env) need owner on '*'. Without allow_pickle a principal sends "
+    "JSON only and may not PUT objects (they are pickles, whatever the label); without --allowed-roots a deploy "
+    "runs any code, so it needs allow_code or allow_pickle; replace_env needs write on everything in the env, an "
+    "instance's 'of' and a rename's 'to' need write too; new env requirements need allow_code. "
+    "x-tether-access on each operation: the level on the service the route names."
+)
+
+
+def _with_access(paths: dict[str, Any]) -> dict[str, Any]:
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            level, source = required_access(method.upper(), path)
+            op["x-tether-access"] = "none" if level is None else f"{level} on '*'" if source == "*" else level
+    return paths
+
+
 def document() -> dict[str, Any]:
     """The OpenAPI 3.0 description of every daemon route."""
     service_schema = ServiceSpec.model_json_schema(ref_template="#/components/schemas/{model}")
     defs = service_schema.pop("$defs", {})
     return {
         "openapi": "3.0.3",
-        "info": {"title": "tether daemon", "version": __version__},
+        "info": {"title": "tether daemon", "version": __version__, "description": ACCESS},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
@@ -71,7 +92,7 @@ def document() -> dict[str, Any]:
             },
         },
         "security": [{"bearer": []}],
-        "paths": {
+        "paths": _with_access({
             "/health": {"get": {**_op("liveness", codes=()), "security": []}},
             "/status": {"get": _op("services, workers, running calls, autostop", codes=(401,))},
             "/deploy": {"post": {**_op("deploy a function, class or instance (another spec under a known env name is "
@@ -103,5 +124,5 @@ def document() -> dict[str, Any]:
                                                 "properties": {"to": {"type": "string"}}}}})},
             "/services/{key}": {"delete": _op("delete a service", params=["key"])},
             "/envs/{env}": {"delete": _op("delete an env, its worker and its services", params=["env"])},
-        },
+        }),
     }

@@ -120,6 +120,7 @@ def test_every_openapi_route_has_rows():
     templated = {(m, p.replace("/ctr/", "/{name}/").replace("mine", "{key}").replace("ctr", "{key}"))
                  for m, p in tried}
     assert documented <= tried | templated, documented - tried - templated
+    assert all("x-tether-access" in op for ops in document()["paths"].values() for op in ops.values())
 
 
 def test_each_route_by_each_level(levels):
