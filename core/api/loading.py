@@ -6,13 +6,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tether.api.clusters import Cluster, new_cluster
 from tether.api.envs import Env
 from tether.api.services import Function, Module, service_from_config
 from tether.compute.state import saved_spec
-from tether.errors import ConfigError, NotFound
+from tether.errors import AuthError, ConfigError, NotFound
+from tether.home import tether_home
 from tether.registry import get_registry
 
 __all__ = ["cluster", "from_config", "function", "load", "module", "try_load"]
@@ -51,17 +53,60 @@ def _show_writer(resource: Any, record: Any, reader: str | None) -> None:
                     record.name, record.version, saved_by, reader)
 
 
-def load(name: str) -> Any:
+def _code_on_load(config: dict[str, Any]) -> list[str]:
+    """The fields of a service config that make whoever deploys it run code they cannot review by name:
+    by-value (pickled) code or init arguments, and a python program of the writer's choosing."""
+    service = config.get("service") if isinstance(config.get("service"), dict) else {}
+    assert isinstance(service, dict)
+    code, env = service.get("code") or {}, service.get("env") or {}
+    found = []
+    if isinstance(code, dict) and code.get("pickled_b64"):
+        found.append("service.code.pickled_b64")
+    if service.get("init_pickled_b64"):
+        found.append("service.init_pickled_b64")
+    if isinstance(env, dict) and env.get("python"):
+        found.append("service.env.python")
+    return found
+
+
+def _own_snapshot(resource: Any) -> None:
+    """Drop a saved code snapshot path that is not in this user's own ``$TETHER_HOME/code``: a path another user
+    wrote into a config would be synced to (and imported on) this user's cluster."""
+    spec = getattr(resource, "spec", None)
+    metadata = getattr(spec, "metadata", None)
+    snapshot = metadata.get("snapshot") if isinstance(metadata, dict) else None
+    if not snapshot:
+        return
+    mine = (tether_home() / "code").resolve()
+    if not Path(str(snapshot)).resolve().is_relative_to(mine):
+        log.warning("ignoring the code snapshot %r of a loaded config: not in your %s", snapshot, mine)
+        assert isinstance(metadata, dict)
+        metadata.pop("snapshot", None)
+
+
+def load(name: str, *, trust: bool = False) -> Any:
     """``tether.load("team/embed@2")``: the saved cluster, env, function, class or instance.
 
     A pinned version (``@2``, ``@prod``) of a service runs under its own daemon name (``embed.v2``), so it never
-    replaces the latest version that other callers use.
+    replaces the latest version that other callers use. The handle's ``saved_by`` says who wrote the version (a
+    warning is logged when it is not you). Its cluster is bound to your own state: a config never chooses where
+    your token goes (see ``Cluster.from_config``). A version someone else saved that carries by-value code,
+    pickled init arguments or an ``env.python`` raises AuthError unless ``trust=True`` (after reviewing it).
     """
     registry = get_registry()
     record = registry.get(name)
     reader = _reader(registry)
-    resource = from_config(record.config, getattr(record, "version", None), loaded=True,
-                           own=reader is not None and record.saved_by == reader)
+    own = reader is not None and record.saved_by == reader
+    if not own and not trust and (fields := _code_on_load(record.config)):
+        raise AuthError(
+            f"{record.name} version {record.version} was saved by {record.saved_by!r} and carries code that would "
+            f"run when you use it ({', '.join(fields)})",
+            hint=f"review it (tether.registry.get({name!r}).config), then tether.load({name!r}, trust=True)",
+            details={"name": record.name, "version": record.version, "saved_by": record.saved_by,
+                     "fields": fields})
+    resource = from_config(record.config, getattr(record, "version", None), loaded=True, own=own)
+    if not own:
+        _own_snapshot(resource)
     _show_writer(resource, record, reader)
     spec = getattr(resource, "spec", None)
     if spec is not None and hasattr(resource, "registry_name"):

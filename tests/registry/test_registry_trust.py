@@ -190,3 +190,29 @@ def test_registry_error_payloads_are_never_unpickled(marker: Path) -> None:
         rec.close()
     assert "no such service" in str(err.value)
     assert not marker.exists()
+
+
+def test_someone_elses_by_value_code_or_python_is_not_loaded_unreviewed(
+        team_server: TeamServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: bob's version with pickled code, pickled init arguments or ``env.python=<any program>`` loaded
+    silently (and ran on alice's cluster with her token at its first call); a snapshot path of his choosing was
+    synced from alice's disk. Now: AuthError naming the fields and bob, unless alice passes ``trust=True``;
+    a snapshot outside her own ``$TETHER_HOME/code`` is dropped."""
+    local = {"name": "local", "backend": "local"}
+    cfg = service_config(local)
+    cfg["service"]["code"] = {"pickled_b64": base64.b64encode(b"not reviewed").decode()}
+    cfg["service"]["env"] = {"name": "default", "python": str(tmp_path / "evil-python")}
+    cfg["service"]["metadata"] = {"snapshot": str(tmp_path)}
+    alice = open_registry(url=team_server.url, token=team_server.tokens["alice"])
+    alice.save("embed", service_config(local))
+    alice.share("embed", "bob", "write")
+    open_registry(url=team_server.url, token=team_server.tokens["bob"]).save("alice/embed", cfg)
+    as_reader(team_server, "alice", monkeypatch)
+    with pytest.raises(AuthError) as err:
+        tether.load("alice/embed")
+    assert err.value.details["saved_by"] == "bob"
+    assert err.value.details["fields"] == ["service.code.pickled_b64", "service.env.python"]
+    trusted = tether.load("alice/embed", trust=True)
+    assert trusted.saved_by == "bob" and "snapshot" not in trusted.spec.metadata
+    as_reader(team_server, "bob", monkeypatch)  # his own version: as before
+    assert tether.load("alice/embed").spec.metadata["snapshot"] == str(tmp_path)
