@@ -226,12 +226,13 @@ async def _json_body(request: Any) -> Any:
 async def authorize(
     request: Any, policy: AccessPolicy, call_service: Callable[[str], str | None],
     in_env: Callable[[str], list[str]] | None = None, is_service: Callable[[str], bool] | None = None,
-    env_reqs: Callable[[str], list[str]] | None = None,
+    env_reqs: Callable[[str], list[str]] | None = None, call_starter: Callable[[str], str | None] | None = None,
 ) -> AuthError | None:
     """None when ``request`` (an aiohttp request) may proceed, else the AuthError to answer with.
 
     ``in_env(env)`` names the services and objects of an env, ``is_service(key)`` says whether a key is a deployed
-    service, ``env_reqs(env)`` lists the requirements a known env has installed. The rules per route and field are in docs/RELIABILITY.md ("Access levels"): what a body would do is
+    service, ``env_reqs(env)`` lists the requirements a known env has installed, ``call_starter(id)`` is the token hash
+    of whoever started a call. The rules per route and field are in docs/RELIABILITY.md ("Access levels"): what a body would do is
     checked, not its label; daemon-wide routes need ``owner`` on ``*``; a non-owner principal runs no code of its
     own choosing without ``allow_pickle`` or ``allow_code`` (without --allowed-roots, deploying is running code).
     """
@@ -260,7 +261,15 @@ async def authorize(
     if source in ("name", "key"):
         service = request.match_info.get(source)
     elif source == "call":
-        service = call_service(request.match_info.get("call_id", ""))
+        call_id = request.match_info.get("call_id", "")
+        service = call_service(call_id)
+        if service is None:
+            service = "*"  # an unknown id: only the daemon's owners may cancel a call before it arrives
+        starter = call_starter(call_id) if call_starter is not None else None
+        if starter is not None and starter != grant.token_sha256 and grant.level(service) < _RANK["owner"]:
+            return AuthError(f"call {call_id!r} was started by another principal",
+                             hint="re-attach to, read and cancel calls you started",
+                             details={"principal": grant.principal, "call_id": call_id})
     elif source == "body":
         spec = await _json_body(request)
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):

@@ -27,6 +27,7 @@ from tether.daemon.openapi import document
 from tether.daemon.store import Manifest, discard
 from tether.daemon.workers import WorkerPool, WorkerProcess
 from tether.errors import (
+    AuthError,
     ConfigError,
     NotFound,
     PayloadTooLarge,
@@ -80,6 +81,19 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self._call_metas: dict[tuple[str, str | None, bool], bytes] = {}
         self._deploy_locks: dict[str, asyncio.Lock] = {}
+        self.call_starters: dict[str, str] = {}  # call id -> token hash of the principal that started it
+
+    def note_starter(self, call_id: str, grant: Any) -> None:
+        """Remember who started call ``call_id`` (a call id is its starter's: nobody else attaches to it)."""
+        if grant is None or call_id in self.call_starters:
+            return
+        if len(self.call_starters) >= STARTERS_KEPT:  # the oldest tenth goes (their calls left the table)
+            for old in list(self.call_starters)[:STARTERS_KEPT // 10]:
+                del self.call_starters[old]
+        self.call_starters[call_id] = grant.token_sha256
+
+    def starter_of(self, call_id: str) -> str | None:
+        return self.call_starters.get(call_id)
 
     def _confine_manifest(self) -> None:
         """Under --allowed-roots a restored deployment passes the check a new one does (the daemon may have been
@@ -320,6 +334,7 @@ class Daemon:
                 self.stop_event.set()
 
 
+STARTERS_KEPT = 20_000
 SHM_SWEEP_SECONDS = float(os.environ.get("TETHER_SHM_SWEEP_SECONDS", "60"))
 
 
@@ -344,7 +359,7 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
     try:
         if daemon.auth.enabled:
             denied = await authorize(request, daemon.auth, daemon.service_of_call, daemon.names_in_env,
-                                     daemon.is_service, daemon.env_reqs)
+                                     daemon.is_service, daemon.env_reqs, daemon.starter_of)
             if denied is not None:
                 return error_response(denied)
         return await handler(request)
@@ -457,13 +472,19 @@ async def call(request: web.Request) -> web.StreamResponse:
     reply = _spawned if spawn else respond
     arg_file = _claim_arg_file(request, shm, json_mode) if shm is not None else None
     existing = d.calls.attachable(call_id)  # a call lost in a daemon restart runs again
+    grant = request.get(GRANT_KEY)
     if existing is not None:
         if arg_file is not None:
             p.unlink_quietly(arg_file)
+        starter = d.starter_of(call_id)
+        if grant is not None and starter is not None and starter != grant.token_sha256:
+            raise AuthError(f"call id {call_id!r} was started by another principal: it attaches only its starter",
+                            hint="use a call id of your own (a new one for a new call)")
         if existing.service != name or existing.method != method:
             raise ConfigError(f"call id {call_id!r} belongs to {existing.service}.{existing.method or '__call__'}",
                               hint="use a new call id for a different service")
         return await reply(request, existing)
+    d.note_starter(call_id, grant)
     expect = request.headers.get(h.EXPECT)
     if expect is not None:
         try:

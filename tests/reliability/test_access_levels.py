@@ -95,9 +95,10 @@ ROWS: list[tuple[str, str, dict[str, Any], str]] = [
     ("post", "/ctr/__getattr__/call", {"json": {"args": ["__dict__"]}}, "FFFTTT"),
     ("post", "/ctr/__setattr__/call", {"json": {"args": ["n", 5]}}, "FFTTTT"),
     ("post", "/ctr/__setattr__/call", {"json": {"args": ["_n", 5]}}, "FFFTTT"),
-    ("get", "/calls/{call_id}", {"params": {"wait": "0"}}, "FTTTTT"),
-    ("get", "/calls/{call_id}/logs", {}, "FTTTTT"),
-    ("post", "/calls/{call_id}/cancel", {}, "FTTTTT"),
+    # a call is its starter's (here the daemon owner's): others need owner on its service
+    ("get", "/calls/{call_id}", {"params": {"wait": "0"}}, "FFFFTT"),
+    ("get", "/calls/{call_id}/logs", {}, "FFFFTT"),
+    ("post", "/calls/{call_id}/cancel", {}, "FFFFTT"),
     ("get", "/objects/{key}", {}, "FTTTTT"),
     ("get", "/objects/ctr", {}, "FFFTTT"),  # a service's whole state, private fields included
     ("put", "/objects/mine", {"data": pickle.dumps(1), "headers": {"Content-Type": PICKLE}}, "FFFTFT"),
@@ -229,3 +230,24 @@ def test_write_deploys_from_allowed_roots_without_a_code_grant(tmp_path):
         assert r.status_code == 401 and "requirements" in r.json()["error"]["message"], r.text
     finally:
         d.kill()
+
+
+def test_a_call_id_is_its_starters(levels):
+    d, heads, _ = levels
+    # a reader pre-creates the id an orchestrator will use (ids derived from dag/task/run are guessable) ...
+    r = d.post("/add/call", json={"args": [40, 0]}, headers={**heads["read"], "X-Tether-Call-Id": "dag-run-7"})
+    assert r.status_code == 200 and r.json()["result"] == 40
+    # ... the owner's call with that id is refused, not answered with the reader's result
+    r = d.post("/add/call", json={"args": [1, 1]}, headers={**d.headers, "X-Tether-Call-Id": "dag-run-7"})
+    assert r.status_code == 401 and "another principal" in r.text, r.text
+    # another principal attaching to, reading or cancelling someone's call
+    r = d.post("/add/call", json={"args": [2, 2]}, headers={**d.headers, "X-Tether-Call-Id": "owners-7"})
+    assert r.json()["result"] == 4
+    r = d.post("/add/call", json={"args": [0, 0]}, headers={**heads["write"], "X-Tether-Call-Id": "owners-7"})
+    assert r.status_code == 401, r.text
+    assert d.get("/calls/owners-7/logs", headers=heads["write"]).status_code == 401
+    assert d.get("/calls/dag-run-7", params={"wait": "0"}, headers=heads["read"]).status_code == 200
+    assert d.get("/calls/dag-run-7", params={"wait": "0"}, headers=heads["write"]).status_code == 401
+    # cancelling an id before it arrives (it would cancel the owner's call then) is the daemon owner's
+    assert d.post("/calls/not-yet-1/cancel", headers=heads["read"]).status_code == 401
+    assert d.post("/calls/not-yet-1/cancel").status_code == 404
