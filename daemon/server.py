@@ -485,6 +485,11 @@ async def call(request: web.Request) -> web.StreamResponse:
                               hint="use a new call id for a different service")
         return await reply(request, existing)
     d.note_starter(call_id, grant)
+    if grant is not None and d.starter_of(call_id) != grant.token_sha256:  # another's, on its way to the worker
+        if arg_file is not None:
+            p.unlink_quietly(arg_file)
+        raise AuthError(f"call id {call_id!r} was started by another principal: it attaches only its starter",
+                        hint="use a call id of your own (a new one for a new call)")
     expect = request.headers.get(h.EXPECT)
     if expect is not None:
         try:
