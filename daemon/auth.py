@@ -1,9 +1,12 @@
 """Who may do what on a daemon: bearer tokens kept only as SHA-256 hashes, and per-service access levels.
 
 The owner token (``--token-file``) may do everything. An access file (``--access-file``) adds principals with
-levels per service, the registry's levels: ``read`` = call, ``write`` = deploy/delete/put, ``owner`` = all,
-including env deletion, autostop and shutdown. A principal without ``allow_pickle`` may send JSON only, since
-unpickling what a caller sends runs the caller's code on the cluster.
+levels per service (``*`` = all), the registry's levels: ``read`` = call, ``write`` = deploy/delete/put/rename,
+``owner`` = also private state and deleting an env it wholly owns; daemon-wide routes need ``owner`` on ``*``.
+A principal without ``allow_pickle`` may send JSON only and may not store objects (they are unpickled whatever
+their label says), since unpickling runs the sender's code. Without ``--allowed-roots`` a deploy runs whatever it
+names, so a principal deploys only with ``allow_code`` or ``allow_pickle``. The table per route and field is in
+docs/RELIABILITY.md ("Access levels").
 """
 
 from __future__ import annotations
