@@ -68,21 +68,60 @@ def serve(db: str | None, host: str, port: int, ready_file: str | None) -> None:
     run(db or _default_server_db(), host=host, port=port, ready_file=ready_file)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(value: str | None) -> float | None:
+    """``3600``, ``90m``, ``12h``, ``30d`` → seconds (None: no expiry)."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    unit = _UNITS.get(text[-1:])
+    try:
+        number = float(text[:-1] if unit else text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: a number of seconds, or with s/m/h/d (e.g. 30d)") from None
+    if number <= 0:
+        raise click.BadParameter("must be positive")
+    return number * (unit or 1)
+
+
 @registry.command()
 @click.argument("principal")
 @click.option("--db", default=None, help="the server's database path or URL")
 @click.option("--team", "teams", multiple=True, help="also make PRINCIPAL a member of this team (repeatable)")
-def token(principal: str, db: str | None, teams: tuple[str, ...]) -> None:
+@click.option("--expires-in", default=None, help="the token stops working after this: seconds, or 90m / 12h / 30d")
+def token(principal: str, db: str | None, teams: tuple[str, ...], expires_in: str | None) -> None:
     """Issue a bearer token for PRINCIPAL (admin; writes the server's database directly). Prints the token once."""
     from tether.registry.store import Store
 
+    seconds = _seconds(expires_in)
     store = Store(db or _default_server_db())
     try:
         for team in teams:
             store.add_member(team, principal)
-        click.echo(store.create_token(principal))
+        click.echo(store.create_token(principal, expires_in=seconds))
     finally:
         store.close()
+
+
+@registry.command()
+@click.argument("principal", required=False)
+@click.option("--db", default=None, help="the server's database path or URL")
+@click.option("--token", "token_value", default=None, help="revoke this one token (else every token of PRINCIPAL)")
+def revoke(principal: str | None, db: str | None, token_value: str | None) -> None:
+    """Revoke every token of PRINCIPAL, or one --token (admin; writes the server's database directly). The server
+    refuses them from its next request on."""
+    from tether.registry.store import Store
+
+    if (principal is None) == (token_value is None):
+        raise click.UsageError("give PRINCIPAL or --token")
+    store = Store(db or _default_server_db())
+    try:
+        n = store.revoke_tokens(token=token_value, principal=principal)
+    finally:
+        store.close()
+    click.echo(f"revoked {n} token{'s' if n != 1 else ''}")
 
 
 @registry.command("ls")
@@ -205,6 +244,16 @@ def share(name: str, principal: str, access_level: str) -> None:
     with _errors():
         g = get_registry().share(name, principal, access_level)
     click.echo(f"shared {g.name} with {g.principal}: {g.access_level}")
+
+
+@registry.command()
+@click.argument("name")
+@click.argument("principal")
+def unshare(name: str, principal: str) -> None:
+    """Remove PRINCIPAL's grant on NAME ('team/*' for the namespace grant)."""
+    with _errors():
+        n = get_registry().unshare(name, principal)
+    click.echo(f"removed {principal}'s grant on {name}" if n else f"{principal} had no grant on {name}")
 
 
 def main() -> None:

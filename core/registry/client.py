@@ -26,6 +26,7 @@ class RegistryBackend(Protocol):
     def tag(self, ref: Ref, version: int, tag: str, *, by: str) -> Version: ...
     def share(self, ref: Ref, to: str, level: str, *, by: str) -> Grant: ...
     def grants(self, ref: Ref) -> builtins.list[Grant]: ...
+    def unshare(self, ref: Ref, to: str, *, by: str) -> int: ...
     def record_calls(self, records: builtins.list[CallRecord]) -> int: ...
     def usage(self, ref: Ref) -> builtins.list[UsageRow]: ...
     def calls(self, ref: Ref, *, limit: int = 100) -> builtins.list[CallRecord]: ...
@@ -111,6 +112,16 @@ class Registry:
         else:
             ref = self.ref(name, allow_selector=False)
         return self.backend.share(ref, principal, access_level, by=self.user)
+
+    def unshare(self, name: str, principal: str) -> int:
+        """Remove ``principal``'s grant on ``name`` (``"team/*"``: the namespace grant); owner access needed.
+        How many grants were removed (0: there was none)."""
+        if name.endswith("/*") or name == "*":
+            ns = name[:-2] if name.endswith("/*") else self.namespace
+            ref = Ref(parse_ref(f"{ns}/x").namespace, "*")
+        else:
+            ref = self.ref(name, allow_selector=False)
+        return self.backend.unshare(ref, principal, by=self.user)
 
     def grants(self, name: str) -> builtins.list[Grant]:
         """Who has access to ``name`` (and to its namespace)."""

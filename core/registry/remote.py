@@ -112,6 +112,14 @@ class RemoteBackend:
         body = {"principal": to, "access_level": level}
         return Grant.model_validate(self._request("POST", self._path(ref, "grants"), body))
 
+    def unshare(self, ref: Ref, to: str, *, by: str) -> int:
+        path = self._path(ref, "grants", to)
+        return int(self._request("DELETE", path)["removed"])
+
+    def revoke_token(self) -> int:
+        """Revoke the token this client uses; later requests with it are refused."""
+        return int(self._request("DELETE", "/v1/tokens/self")["revoked"])
+
     def grants(self, ref: Ref) -> builtins.list[Grant]:
         return _GRANTS.validate_python(self._request("GET", self._path(ref, "grants")))
 

@@ -91,6 +91,15 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
 )
 
+#: when a token stops working (tokens issued without an expiry have no row; a table of its own, so databases
+#: made before it need no column added)
+token_expiry = Table(
+    "tether_token_expiry",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+
 #: one row per call; (service, call_id) unique so a re-attached or re-sent record counts once
 calls = Table(
     "tether_calls",

@@ -58,6 +58,14 @@ class WhoAmI(BaseModel):
     principal: str
 
 
+class Removed(BaseModel):
+    removed: int = Field(description="grants removed (0: there was none)")
+
+
+class Revoked(BaseModel):
+    revoked: int = Field(description="tokens revoked")
+
+
 #: (method, path, handler name, summary, request body model, response model, response is a list)
 ROUTES: list[tuple[str, str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]] = [
     ("GET", "/v1/whoami", "whoami", "The token's principal", None, WhoAmI, False),
@@ -131,6 +139,24 @@ ROUTES: list[tuple[str, str, str, str, type[BaseModel] | None, type[BaseModel] |
         "Share; name '*' = namespace (owner)",
         ShareBody,
         Grant,
+        False,
+    ),
+    (
+        "DELETE",
+        "/v1/services/{namespace}/{name}/grants/{principal}",
+        "unshare",
+        "Remove a principal's grant; name '*' = namespace (owner)",
+        None,
+        Removed,
+        False,
+    ),
+    (
+        "DELETE",
+        "/v1/tokens/self",
+        "revoke_self",
+        "Revoke the token of this request (it stops working at once)",
+        None,
+        Revoked,
         False,
     ),
     (
@@ -211,9 +237,11 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     principal = await asyncio.to_thread(request.app[STORE].principal_for, token)
     if principal is None:
         raise AuthError(
-            "unknown token", hint="ask the registry admin for a token", details={"needed": "token"}
+            "unknown, revoked or expired token", hint="ask the registry admin for a token",
+            details={"needed": "token"},
         )
     request["principal"] = principal
+    request["token"] = token
     return await handler(request)
 
 
@@ -298,6 +326,15 @@ class Handlers:
         )
         return _json(grant, 201)
 
+    async def unshare(self, request: web.Request) -> web.Response:
+        removed = await self._run(self.store.unshare, _ref(request, namespace_wide=True),
+                                  request.match_info["principal"], principal=request["principal"])
+        return _json(Removed(removed=removed))
+
+    async def revoke_self(self, request: web.Request) -> web.Response:
+        revoked = await self._run(self.store.revoke_tokens, token=request["token"])
+        return _json(Revoked(revoked=revoked))
+
     async def usage(self, request: web.Request) -> web.Response:
         return _json(await self._run(self.store.usage, _ref(request), principal=request["principal"]))
 
@@ -353,7 +390,7 @@ def openapi_document() -> dict[str, Any]:
     for method, path, handler, summary, body, resp, many in ROUTES:
         params = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in ("namespace", "name", "selector", "tag")
+            for p in ("namespace", "name", "selector", "tag", "principal")
             if "{" + p + "}" in path
         ]
         if handler == "list_services":

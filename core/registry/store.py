@@ -344,24 +344,69 @@ class Store:
                 for r in rows
             ]
 
+    @_retry_write
+    def unshare(self, ref: Ref, to: str, *, by: str | None = None, principal: str | None = None) -> int:
+        """Remove ``to``'s grant on ``ref`` (name '*' = the namespace grant); owner access needed. How many grants
+        were removed (0: there was none)."""
+        with transaction(self.engine) as conn:
+            if ref.name == "*":
+                require(conn, principal, ref, "owner")
+            else:
+                self._service(conn, ref, principal, "owner")
+            g = schema.grants.c
+            result = conn.execute(
+                schema.grants.delete().where(g.namespace == ref.namespace, g.name == ref.name, g.principal == to)
+            )
+            return int(result.rowcount or 0)
+
     # ---------------------------------------------------------------- tokens and teams (server admin)
     @_retry_write
-    def create_token(self, principal: str, *, token: str | None = None) -> str:
-        """A new bearer token for ``principal``; only its sha256 is stored, the plain token is returned once."""
+    def create_token(self, principal: str, *, token: str | None = None, expires_in: float | None = None) -> str:
+        """A new bearer token for ``principal``; only its sha256 is stored, the plain token is returned once.
+        ``expires_in`` (seconds): the server refuses it after that."""
+        if expires_in is not None and not expires_in > 0:
+            raise ConfigError("expires_in must be a positive number of seconds", details={"field": "expires_in"})
         token = token or "tt_" + secrets.token_urlsafe(32)
+        now = time.time()
         with transaction(self.engine) as conn:
             conn.execute(
-                schema.tokens.insert().values(
-                    token_hash=hash_token(token), principal=principal, created_at=time.time()
-                )
+                schema.tokens.insert().values(token_hash=hash_token(token), principal=principal, created_at=now)
             )
+            if expires_in is not None:
+                conn.execute(
+                    schema.token_expiry.insert().values(token_hash=hash_token(token), expires_at=now + expires_in)
+                )
         return token
 
     def principal_for(self, token: str) -> str | None:
-        """Who a bearer token belongs to (None if unknown)."""
+        """Who a bearer token belongs to (None if unknown, revoked or expired)."""
         with transaction(self.engine) as conn:
-            c = schema.tokens.c
-            return conn.execute(select(c.principal).where(c.token_hash == hash_token(token))).scalar()
+            c, e = schema.tokens.c, schema.token_expiry.c
+            row = conn.execute(
+                select(c.principal, e.expires_at)
+                .select_from(schema.tokens.outerjoin(schema.token_expiry, e.token_hash == c.token_hash))
+                .where(c.token_hash == hash_token(token))
+            ).first()
+        if row is None or (row.expires_at is not None and row.expires_at <= time.time()):
+            return None
+        return str(row.principal)
+
+    @_retry_write
+    def revoke_tokens(self, *, token: str | None = None, principal: str | None = None) -> int:
+        """Revoke one token, or every token of ``principal``; how many were revoked. Takes effect at once (the
+        server looks every request's token up)."""
+        if (token is None) == (principal is None):
+            raise ConfigError("revoke one token or one principal's tokens", details={"field": "token"})
+        c, e = schema.tokens.c, schema.token_expiry.c
+        with transaction(self.engine) as conn:
+            if token is not None:
+                hashes = [hash_token(token)]
+            else:
+                hashes = [r[0] for r in conn.execute(select(c.token_hash).where(c.principal == principal))]
+            if not hashes:
+                return 0
+            conn.execute(schema.token_expiry.delete().where(e.token_hash.in_(hashes)))
+            return int(conn.execute(schema.tokens.delete().where(c.token_hash.in_(hashes))).rowcount or 0)
 
     @_retry_write
     def add_member(self, team: str, principal: str) -> None:

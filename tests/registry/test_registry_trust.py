@@ -13,19 +13,25 @@ import logging
 import pickle
 import struct
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 import tether
 from tether.compute.state import save_state
 from tether.errors import AuthError, NotFound
 from tether.registry import open_registry
+from tether.registry.cli import registry
 from tether.registry.names import Ref
 from tether.registry.remote import RemoteBackend
+from tether.registry.store import Store
 
 TeamServer = Any
 
@@ -216,3 +222,67 @@ def test_someone_elses_by_value_code_or_python_is_not_loaded_unreviewed(
     assert trusted.saved_by == "bob" and "snapshot" not in trusted.spec.metadata
     as_reader(team_server, "bob", monkeypatch)  # his own version: as before
     assert tether.load("alice/embed").spec.metadata["snapshot"] == str(tmp_path)
+
+
+def _status(server: TeamServer, method: str, path: str, token: str) -> tuple[int, Any]:
+    req = urllib.request.Request(server.url + path, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_tokens_expire_and_are_revoked_at_once(team_server: TeamServer) -> None:
+    """Before: a token worked forever; there was no way to revoke one but editing the database by hand."""
+    store = Store(team_server.db)
+    try:
+        short = store.create_token("dave", expires_in=1.0)
+        spare = store.create_token("dave")
+    finally:
+        store.close()
+    assert _status(team_server, "GET", "/v1/whoami", short) == (200, {"principal": "dave"})
+    time.sleep(1.2)
+    code, body = _status(team_server, "GET", "/v1/whoami", short)
+    assert code == 401 and body["error"]["type"] == "AuthError" and "expired" in body["error"]["message"]
+
+    assert _status(team_server, "DELETE", "/v1/tokens/self", spare) == (200, {"revoked": 1})
+    assert _status(team_server, "GET", "/v1/whoami", spare)[0] == 401
+
+    out = CliRunner().invoke(registry, ["revoke", "bob", "--db", team_server.db])
+    assert out.exit_code == 0 and "revoked 1 token" in out.output
+    assert _status(team_server, "GET", "/v1/whoami", team_server.tokens["bob"])[0] == 401
+    assert _status(team_server, "GET", "/v1/whoami", team_server.tokens["alice"])[0] == 200
+
+    out = CliRunner().invoke(registry, ["token", "erin", "--db", team_server.db, "--expires-in", "30d"])
+    assert out.exit_code == 0
+    assert _status(team_server, "GET", "/v1/whoami", out.output.strip()) == (200, {"principal": "erin"})
+    bad = CliRunner().invoke(registry, ["token", "erin", "--db", team_server.db, "--expires-in", "-1"])
+    assert bad.exit_code != 0
+
+
+def test_a_grant_is_removed_by_its_owner_only(team_server: TeamServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: a grant, once given, could not be taken back (no route, no CLI)."""
+    alice = open_registry(url=team_server.url, token=team_server.tokens["alice"])
+    carol = open_registry(url=team_server.url, token=team_server.tokens["carol"])
+    alice.save("embed", service_config({"name": "local", "backend": "local"}))
+    alice.share("embed", "carol", "write")
+    assert carol.get("alice/embed").version == 1
+    with pytest.raises(AuthError) as err:
+        carol.unshare("alice/embed", "carol")  # write is not owner
+    assert err.value.details["needed"] == "owner"
+    assert alice.unshare("embed", "carol") == 1
+    with pytest.raises(AuthError):
+        carol.get("alice/embed")
+    assert alice.unshare("embed", "carol") == 0
+
+    alice.share("alice/*", "carol", "read")
+    as_reader(team_server, "alice", monkeypatch)
+    out = CliRunner().invoke(registry, ["unshare", "alice/*", "carol"])
+    assert out.exit_code == 0 and "removed carol's grant" in out.output
+    with pytest.raises(AuthError):
+        carol.get("alice/embed")
+    doc = json.loads(urllib.request.urlopen(team_server.url + "/openapi.json", timeout=30).read())
+    assert "delete" in doc["paths"]["/v1/services/{namespace}/{name}/grants/{principal}"]
+    assert "delete" in doc["paths"]["/v1/tokens/self"]
