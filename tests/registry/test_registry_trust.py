@@ -151,6 +151,7 @@ def test_a_saved_endpoint_cannot_redirect_a_cluster_the_reader_knows(
     with pytest.raises(AuthError) as err:
         tether.load("alice/embed")(40, 2)
     assert err.value.details["cluster"] == "gpu" and err.value.details["endpoint"] == evil.url
+    assert err.value.details["fields"] == ["endpoint"] and err.value.details["reason"] == "redirect"
     assert evil.seen == [] and not marker.exists()
 
 
