@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
 from tether.compute.routing import plan
-from tether.compute.state import load_state, save_state, state_backend
+from tether.compute.state import load_state, state_backend, write_private
 from tether.errors import AuthError, ClusterUnavailable, ConfigError, NotFound
+from tether.home import clusters_dir
 from tether.specs import ClusterSpec, build
 
-__all__ = ["Cluster", "bind_loaded", "new_cluster"]
+__all__ = ["Cluster", "bind_loaded", "endpoint_bindings", "new_cluster", "remember_endpoint"]
 
 #: the fields of a cluster config that say where its daemon is; a loaded config may not change them
 CONNECTION_FIELDS: tuple[str, ...] = ("backend", "endpoint", "host", "ssh_creds", "server_port",
@@ -29,9 +31,48 @@ def _norm(field: str, value: Any) -> Any:
     return value.rstrip("/") if field == "endpoint" and isinstance(value, str) else value
 
 
+def _endpoints_path() -> Path:
+    return clusters_dir() / "endpoints.json"
+
+
+def endpoint_bindings() -> dict[str, dict[str, Any]]:
+    """The endpoints this user connected to, by cluster name: ``{name: {"endpoint", "token"}}`` (0600 file
+    ``$TETHER_HOME/clusters/endpoints.json``, apart from the backends' state files so it never takes a name)."""
+    try:
+        data = json.loads(_endpoints_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+def remember_endpoint(name: str, endpoint: str, token: str | None) -> None:
+    """Bind ``token`` to cluster ``name`` at ``endpoint``: what a loaded config naming that cluster (and that
+    endpoint) will use. Called when this user connects to an endpoint themselves."""
+    bindings = endpoint_bindings()
+    entry = {"endpoint": endpoint.rstrip("/"), "token": token}
+    if bindings.get(name) != entry:
+        bindings[name] = entry
+        write_private(_endpoints_path(), json.dumps(bindings, indent=2).encode())
+
+
+def _own_state(name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the spec fields this user's state records for cluster ``name``, the token bound to it)."""
+    state = load_state(name)
+    saved = state.get("spec") if state else None
+    if state is not None and isinstance(saved, dict):
+        return {**saved, "backend": state_backend(state)}, None
+    bound = endpoint_bindings().get(name)
+    if bound is not None and isinstance(bound.get("endpoint"), str):
+        token = bound.get("token")
+        return ({"name": name, "backend": "endpoint", "endpoint": bound["endpoint"]},
+                token if isinstance(token, str) else None)
+    return None, None
+
+
 def bind_loaded(spec: ClusterSpec, *, own: bool = False) -> ClusterSpec:
     """A cluster spec that came from a saved config (someone else may have written it), bound to this user's own
-    state: where the daemon is and its token are looked up by the cluster's name in ``$TETHER_HOME/clusters``,
+    state: where the daemon is and its token are looked up by the cluster's name in ``$TETHER_HOME/clusters``
+    (a backend's state file, or the endpoint bindings of :func:`remember_endpoint`),
     never taken from the config (a token in it is dropped, ``TETHER_CLUSTER_TOKEN`` is not used).
 
     Raises :class:`AuthError` naming the cluster when the config would send this user's token or arguments
@@ -39,9 +80,8 @@ def bind_loaded(spec: ClusterSpec, *, own: bool = False) -> ClusterSpec:
     says another address, hosts or credentials. ``own``: the user saved this config themselves, so a cluster they
     have no state for yet is theirs to connect to (with their own credentials); a redirect is refused still."""
     where = {"cluster": spec.name, "backend": spec.backend, "endpoint": spec.endpoint, "host": spec.host}
-    state = load_state(spec.name)
-    saved = state.get("spec") if state else None
-    if state is None or not isinstance(saved, dict):
+    mine, token = _own_state(spec.name)
+    if mine is None:
         if spec.backend in _ADDRESSED and not own:
             raise AuthError(
                 f"the loaded config runs on cluster {spec.name!r} at {spec.endpoint or spec.host}, a daemon you "
@@ -50,7 +90,6 @@ def bind_loaded(spec: ClusterSpec, *, own: bool = False) -> ClusterSpec:
                      "token=...).up()); a saved config never chooses where your token goes",
                 details={**where, "reason": "no_token"})
         return spec.model_copy(update={"token": None})
-    mine = {**saved, "backend": state_backend(state)}
     theirs = spec.model_dump(mode="json")
     with contextlib.suppress(ConfigError, ValueError):
         mine = build(ClusterSpec, mine).model_dump(mode="json")
@@ -63,7 +102,7 @@ def bind_loaded(spec: ClusterSpec, *, own: bool = False) -> ClusterSpec:
             "you connected to): no token of yours goes there",
             hint="load it with your own cluster (handle.with_cluster(tether.cluster(name=...))) or ask its writer",
             details={**where, "fields": differs, "reason": "redirect"})
-    token = state.get("token") if spec.backend == "endpoint" else None
+    token = token if spec.backend == "endpoint" else None
     return spec.model_copy(update={"token": SecretStr(token) if isinstance(token, str) else None,
                                    "endpoint": _norm("endpoint", spec.endpoint)})
 
@@ -103,17 +142,9 @@ class Cluster:
         return self
 
     def _bind_token(self) -> None:
-        """Remember, privately in ``clusters/<name>.json``, the token this user connected to an endpoint with:
-        a saved config naming that cluster (and that same endpoint) later finds it there, and nowhere else."""
-        state = load_state(self.name)
-        if state is not None and state_backend(state) != "endpoint":
-            return  # another backend's cluster of that name: its state is never overwritten
-        handle = self.handle
-        if state is not None and state.get("token") == handle.token and \
-                _norm("endpoint", (state.get("spec") or {}).get("endpoint")) == handle.endpoint.rstrip("/"):
-            return
-        save_state(self.name, {"backend": "endpoint", "token": handle.token,
-                               "spec": {**self.spec.model_dump(mode="json"), "endpoint": handle.endpoint}})
+        """Remember the token this user connected to an endpoint with (:func:`remember_endpoint`): a saved config
+        naming this cluster, at this same endpoint, later finds it there, and nowhere else."""
+        remember_endpoint(self.name, self.handle.endpoint, self.handle.token)
 
     def up_if_not(self) -> Cluster:
         """Bring the cluster up unless it already is; returns self."""

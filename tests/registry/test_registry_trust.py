@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 import tether
+from tether.api.clusters import Cluster, endpoint_bindings, remember_endpoint
 from tether.compute.state import save_state
 from tether.errors import AuthError, NotFound
 from tether.registry import open_registry
@@ -144,8 +145,7 @@ def test_a_loaded_endpoint_never_gets_the_readers_token(
 def test_a_saved_endpoint_cannot_redirect_a_cluster_the_reader_knows(
         team_server: TeamServer, evil: Recorder, marker: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """alice connected to cluster 'gpu' at her own daemon; bob's version names 'gpu' at his endpoint."""
-    save_state("gpu", {"backend": "endpoint", "token": "alice-gpu-token",
-                       "spec": {"name": "gpu", "backend": "endpoint", "endpoint": "http://127.0.0.1:9"}})
+    remember_endpoint("gpu", "http://127.0.0.1:9", "alice-gpu-token")  # what her own .up() records
     writer_saves(team_server, {"name": "gpu", "endpoint": evil.url, "backend": "endpoint"})
     as_reader(team_server, "alice", monkeypatch)
     with pytest.raises(AuthError) as err:
@@ -171,8 +171,7 @@ def test_the_readers_own_binding_is_used_and_the_writer_is_shown(
         team_server: TeamServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """Same endpoint as alice's own state: the token is hers, looked up by the cluster's name (a token in the
     config is ignored), and the handle says bob wrote the version, with a warning."""
-    save_state("gpu", {"backend": "endpoint", "token": "alice-gpu-token",
-                       "spec": {"name": "gpu", "backend": "endpoint", "endpoint": "http://127.0.0.1:9"}})
+    remember_endpoint("gpu", "http://127.0.0.1:9", "alice-gpu-token")  # what her own .up() records
     writer_saves(team_server, {"name": "gpu", "endpoint": "http://127.0.0.1:9/", "backend": "endpoint"})
     as_reader(team_server, "alice", monkeypatch)
     with caplog.at_level(logging.WARNING):
@@ -287,3 +286,14 @@ def test_a_grant_is_removed_by_its_owner_only(team_server: TeamServer, monkeypat
     doc = json.loads(urllib.request.urlopen(team_server.url + "/openapi.json", timeout=30).read())
     assert "delete" in doc["paths"]["/v1/services/{namespace}/{name}/grants/{principal}"]
     assert "delete" in doc["paths"]["/v1/tokens/self"]
+
+
+def test_connecting_to_an_endpoint_yourself_binds_its_token_without_taking_the_name(
+        monkeypatch: pytest.MonkeyPatch, tether_env: Path) -> None:
+    """An endpoint cluster brought up by its user records (endpoint, token) for its name in a 0600 file of its own:
+    no backend's state file is written, so the name (even 'local') stays free for the local daemon."""
+    monkeypatch.setattr("tether.compute.endpoint.probe_health", lambda *a, **k: {"status": "ok"})
+    Cluster.from_config({"kind": "cluster", "endpoint": "http://127.0.0.1:9/", "token": "t0k", "name": "local"}).up()
+    assert endpoint_bindings() == {"local": {"endpoint": "http://127.0.0.1:9", "token": "t0k"}}
+    assert not (tether_env / "clusters" / "local.json").exists()
+    assert (tether_env / "clusters" / "endpoints.json").stat().st_mode & 0o077 == 0
