@@ -39,6 +39,8 @@ DEFERRED = {
     ("tether.registry", "tether.registry.remote"): "the team registry's HTTP client, for remote registries only",
     ("tether.registry.cli", "tether.registry.server"): "aiohttp's server, for `tether registry serve` only",
     ("tether.registry.cli", "tether.registry.store"): "SQLAlchemy, for the commands that open a store",
+    ("tether.compute.bootstrap", "packaging.requirements"): "not a core dependency: only bootstrapping hosts needs it",
+    ("tether.compute.bootstrap", "packaging.utils"): "not a core dependency: only bootstrapping hosts needs it",
 }
 
 

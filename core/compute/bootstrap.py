@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -220,6 +218,9 @@ def _build_wheel(root: Path) -> Path:
 
 def pinned_requirements(dist: str = "tether", env: dict[str, str] | None = None) -> list[str]:
     """``name==version`` for the dependency closure of ``dist`` as installed here, markers evaluated for ``env``."""
+    from packaging.requirements import Requirement  # not a core dependency: only bootstrapping hosts needs it
+    from packaging.utils import canonicalize_name
+
     pins: dict[str, str] = {}
     todo = [(dist, frozenset[str]())]
     seen: set[tuple[str, frozenset[str]]] = set()
