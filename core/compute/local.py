@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
-from tether.compute.state import claim_name, write_private
+from tether.compute.state import claim_name, load_state, state_path, write_private
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock, open_private, private_dir
 from tether.protocol.tls import ensure_self_signed
@@ -53,15 +53,10 @@ class LocalBackend:
     name: ClassVar[str] = "local"
 
     def _paths(self, spec: ClusterSpec) -> tuple[Path, Path]:
-        base = clusters_dir()
-        return base / f"{spec.name}.json", base / spec.name
+        return state_path(spec.name), clusters_dir() / spec.name
 
     def _read(self, spec: ClusterSpec) -> dict | None:
-        state_file, _ = self._paths(spec)
-        try:
-            return json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            return None
+        return load_state(spec.name)
 
     def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The running daemon's handle, or None."""

@@ -76,6 +76,13 @@ class Store:
             return names
         return [n for n in names if effective_level(conn, principal, *n.split("/", 1)) is not None]
 
+    def _require_owner(self, conn: Any, ref: Ref, principal: str | None) -> None:
+        """Owner access to ``ref``: its namespace for ``name='*'`` (a namespace grant), else the service."""
+        if ref.name == "*":
+            require(conn, principal, ref, "owner")
+        else:
+            self._service(conn, ref, principal, "owner")
+
     def _service(
         self, conn: Connection, ref: Ref, principal: str | None, need: str, lock: bool = False
     ) -> Row:
@@ -296,10 +303,7 @@ class Store:
         if not to or not isinstance(to, str):
             raise ConfigError("share needs a principal (a user or team name)", details={"field": "principal"})
         with transaction(self.engine) as conn:
-            if ref.name == "*":
-                require(conn, principal, ref, "owner")
-            else:
-                self._service(conn, ref, principal, "owner")
+            self._require_owner(conn, ref, principal)
             g = schema.grants.c
             conn.execute(
                 schema.grants.delete().where(
@@ -349,10 +353,7 @@ class Store:
         """Remove ``to``'s grant on ``ref`` (name '*' = the namespace grant); owner access needed. How many grants
         were removed (0: there was none)."""
         with transaction(self.engine) as conn:
-            if ref.name == "*":
-                require(conn, principal, ref, "owner")
-            else:
-                self._service(conn, ref, principal, "owner")
+            self._require_owner(conn, ref, principal)
             g = schema.grants.c
             result = conn.execute(
                 schema.grants.delete().where(g.namespace == ref.namespace, g.name == ref.name, g.principal == to)
