@@ -372,9 +372,10 @@ def bootstrap_host(
     probe = json.loads(t.run(f"{python} -", step="connect", stdin=_PROBE.format(rdir=REMOTE_DIR)))
     rdir = f"{probe['home']}/{REMOTE_DIR}"
     wheel_sha = wheel_fingerprint(wheel)
+    install_key = f"{wheel_sha}+pip"  # the venv has pip too: envs with reqs install with it on a host without uv
     daemon_key = hashlib.sha256(f"{wheel_sha}:{port}:{token}:{autostop_mins}".encode()).hexdigest()[:16]
     info = DaemonInfo(host=t.host, port=port, home=probe["home"], remote_dir=rdir)
-    if probe["installed"] != wheel_sha:
+    if probe["installed"] != install_key:
         progress("wheelhouse")
         house = build_wheelhouse(probe)
         progress("ship wheels")
@@ -384,9 +385,9 @@ def bootstrap_host(
         wpath = f"{rdir}/wheels/{wheel.name}"
         t.run(
             f"set -e; test -x {rdir}/venv/bin/python || {python} -m venv --without-pip {rdir}/venv; "
-            f"{pip} install -q --no-compile --disable-pip-version-check --no-index --find-links {rdir}/wheels {wpath}; "
+            f"{pip} install -q --no-compile --disable-pip-version-check --no-index --find-links {rdir}/wheels {wpath} pip; "
             f"{pip} install -q --no-compile --disable-pip-version-check --no-index --no-deps --force-reinstall {wpath}; "
-            f"echo {wheel_sha} > {rdir}/installed",
+            f"echo {install_key} > {rdir}/installed",
             step="install",
         )  # fmt: skip
         info.steps.append("install")
