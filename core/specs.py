@@ -17,7 +17,7 @@ from pydantic import (
 
 from tether.errors import ConfigError
 
-__all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ServiceSpec", "build", "parse_bytes", "validate_name"]
+__all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ImageSpec", "ImageStep", "ServiceSpec", "build", "parse_bytes", "validate_name"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,6 +69,8 @@ class EnvSpec(_Spec):
     python: str | None = Field(None, description="python executable of an existing venv to run the worker with")
     memory_limit: int | None = Field(None, ge=0, description="worker memory limit in bytes (accepts '256MB'; "
                                                            "0 or none: the daemon's default)")
+    secrets: list[str] = Field(default_factory=list, description="names of secrets delivered to the worker (env "
+                                                                 "vars, 0600 files); never their values")
 
     @field_validator("name")
     @classmethod
@@ -79,6 +81,23 @@ class EnvSpec(_Spec):
     @classmethod
     def _mem(cls, v: Any) -> int | None:
         return parse_bytes(v)
+
+
+class ImageStep(_Spec):
+    """One setup step of an image: ``kind`` and its arguments (names of secrets, never their values)."""
+
+    kind: Literal["pip_install", "uv_install", "conda_install", "run_bash", "set_env_vars", "rsync", "sync_secrets",
+                  "set_venv"]
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class ImageSpec(_Spec):
+    """What a cluster's machines start from (``docker``: sky only) and the steps run on them once."""
+
+    name: str = "image"
+    docker: str | None = Field(None, description="docker image id (sky clusters: SkyPilot's image_id docker:...)")
+    steps: list[ImageStep] = Field(default_factory=list)
 
 
 class ClusterSpec(_Spec):
@@ -107,6 +126,7 @@ class ClusterSpec(_Spec):
                                                           "while stopped too)")
     image_id: str | None = Field(None, description="sky: machine image or 'docker:<image>'")
     ports: list[int | str] | None = Field(None, description="sky: ports to open to the internet ('8080', '9000-9010')")
+    image: ImageSpec | None = Field(None, description="setup steps (and a docker image on sky) applied at up")
 
     @field_validator("name")
     @classmethod
@@ -117,6 +137,12 @@ class ClusterSpec(_Spec):
     @classmethod
     def _policy(cls, v: Any) -> Any:
         return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image(cls, v: Any) -> Any:
+        spec = getattr(v, "spec", None)  # a tether.Image builder
+        return spec if isinstance(spec, ImageSpec) else v
 
     @field_validator("host", mode="before")
     @classmethod
