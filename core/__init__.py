@@ -36,6 +36,7 @@ if _typing.TYPE_CHECKING:
     from tether.api.clusters import Cluster
     from tether.api.envs import Env, env
     from tether.api.loading import cluster, function, load, module
+    from tether.api.report import report
     from tether.api.services import Function, Module, RemoteClass, RemoteInstance
     from tether.compute.routing import RoutingPolicy
     from tether.escalation import Escalation
@@ -74,6 +75,7 @@ __all__ = [
     "load",
     "module",
     "registry",
+    "report",
     "runs",
 ]
 
@@ -84,7 +86,7 @@ _LAZY = {
     "Escalation": "tether.escalation",
     "Function": "tether.api.services", "Module": "tether.api.services", "RemoteClass": "tether.api.services",
     "RemoteInstance": "tether.api.services", "function": "tether.api.loading", "module": "tether.api.loading",
-    "load": "tether.api.loading",
+    "load": "tether.api.loading", "report": "tether.api.report",
     "RoutingPolicy": "tether.compute.routing",
 }
 

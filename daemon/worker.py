@@ -40,6 +40,7 @@ from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, ResultSpill, SlabCac
 from tether.errors import CallCancelled, ConfigError, NotFound, SerializationError, TetherError
 from tether.escalation.oom import classify_exception
 from tether.home import USER_UMASK_ENV
+from tether.protocol import reports
 
 CONFINED = bool(os.environ.get(ROOTS_ENV))  # read at start, before any deployed code runs
 Body = bytes | mmap.mmap | memoryview  # a call's arguments: in the frame, a mapped file, or a view of a lent slab
@@ -108,6 +109,15 @@ class _LogForwarder(logging.Handler):
         except Exception:  # noqa: BLE001
             msg = str(record.msg)
         ctx.emit({"level": record.levelno, "name": record.name, "msg": msg})
+
+
+def _emit_report(event: dict[str, Any]) -> bool:
+    """``tether.report()`` inside a call: the report event goes to the call's caller like a log event."""
+    ctx = _current.get()
+    if ctx is None:
+        return False
+    ctx.emit(event)
+    return True
 
 
 class _ThreadCancelled(BaseException):
@@ -648,6 +658,7 @@ def main() -> None:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     root.addHandler(_LogForwarder())
+    reports.set_emitter(_emit_report)
     eventloop.run(_main(int(sys.argv[1])))
     os._exit(0)
 

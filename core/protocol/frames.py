@@ -1,7 +1,7 @@
 """The frames of a call's HTTP response, as a Python client reads them: ``!BI`` = kind, length; then the payload.
 
-Kinds: ``L`` log event (JSON), ``I`` generator item (pickle), ``R`` result (pickle), ``E`` error (JSON wire error),
-``H`` heartbeat (empty, at least every 10 s while a call runs), ``F`` a RESULT/ITEM payload left in a same-host
+Kinds: ``L`` log event (JSON; one with a ``"report"`` key is a report, see ``tether.protocol.reports``), ``I``
+generator item (pickle), ``R`` result (pickle), ``E`` error (JSON wire error), ``H`` heartbeat (empty, at least every 10 s while a call runs), ``F`` a RESULT/ITEM payload left in a same-host
 shared-memory file (JSON ``{"kind", "path", "size"}``, plus ``"slab": true`` when it is in the caller's lent slab).
 """
 

@@ -12,13 +12,18 @@ twice across them:
   an endpoint and token);
 - what: :func:`target_label`, :func:`resolve_target`;
 - running: :func:`run_remote` (blocking) and :class:`CallWatch` (async polling, logs read with ``since``);
-- logs: :func:`log_event_line` (one format), :func:`log_sink`, :func:`labelled_log`, :func:`describe_call`;
+- logs: :func:`log_event_line` (one format), :func:`log_sink`, :func:`level_sink`, :func:`labelled_log`,
+  :func:`describe_call`, :func:`describe_finish`;
+- facts: :func:`call_url`, :func:`price_per_hour`, :func:`estimated_cost`, the :class:`Report` s the remote code
+  sent (:func:`reported_metadata`, :func:`reported_checks`);
 - stopping: :func:`cancel`, :func:`cancel_quietly` (for interrupt handlers).
 
 ``runs`` is the top layer of ``tether``: it imports the API, escalation, errors and protocol; nothing in
 ``tether`` imports it.
 """
 
+from tether.api.report import Report
+from tether.runs.facts import call_url, estimated_cost, price_per_hour, reported_checks, reported_metadata
 from tether.runs.ids import (
     REATTACH_SCOPES,
     CallChoice,
@@ -40,7 +45,9 @@ from tether.runs.remote import (
     cancel,
     cancel_quietly,
     describe_call,
+    describe_finish,
     labelled_log,
+    level_sink,
     log_event_line,
     log_sink,
     remote_seconds,
@@ -61,12 +68,13 @@ from tether.runs.where import (
 
 __all__ = [
     "ALLOW_LOCAL_DAEMON_ENV",
-    "REATTACH_SCOPES",
     "CallChoice",
     "CallCounter",
     "CallWatch",
     "ClusterRef",
     "LogEvent",
+    "REATTACH_SCOPES",
+    "Report",
     "RunResult",
     "Where",
     "args_digest",
@@ -74,6 +82,7 @@ __all__ = [
     "call_id_for",
     "call_identity",
     "call_state",
+    "call_url",
     "cancel",
     "cancel_quietly",
     "check_reattach",
@@ -82,12 +91,18 @@ __all__ = [
     "cluster_config",
     "cluster_from_config",
     "describe_call",
+    "describe_finish",
+    "estimated_cost",
     "is_retryable",
     "labelled_log",
+    "level_sink",
     "local_daemon_allowed",
     "log_event_line",
     "log_sink",
+    "price_per_hour",
     "remote_seconds",
+    "reported_checks",
+    "reported_metadata",
     "resolve_target",
     "run_remote",
     "service_version",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,9 +14,11 @@ from typing import Any, Protocol
 
 from tether.api.calls import call as attach
 from tether.api.clusters import Cluster
+from tether.api.report import Report, split_reports
 from tether.errors import NotFound, TetherError
 from tether.escalation import run_with_escalation
 from tether.protocol import CallState
+from tether.runs.facts import call_url, estimated_cost, price_per_hour, reported_checks, reported_metadata
 from tether.runs.ids import CallChoice, choose_attempt
 from tether.runs.where import ClusterRef, LogEvent, resolve_target, to_cluster
 
@@ -31,11 +35,28 @@ def log_event_line(event: Mapping[str, Any]) -> str:
 
 
 def log_sink(log: Callable[[str], None]) -> Callable[[LogEvent], None]:
-    """An ``on_log`` callback that passes each line of each event (:func:`log_event_line`) to ``log``."""
+    """An ``on_log`` callback that passes each line of each event (:func:`log_event_line`) to ``log``; report
+    events (``tether.report``) are not log lines and are dropped."""
 
     def sink(event: LogEvent) -> None:
+        if isinstance(event.get("report"), Mapping):
+            return  # a report (tether.report), not a log line
         for line in log_event_line(event).splitlines():
             log(line)
+
+    return sink
+
+
+def level_sink(log: Callable[[int, str], None]) -> Callable[[LogEvent], None]:
+    """An ``on_log`` callback that passes each line of each event to ``log(level, line)``, keeping the level of
+    remote logging records (printed text is INFO); report events are not log lines and are dropped."""
+
+    def sink(event: LogEvent) -> None:
+        if isinstance(event.get("report"), Mapping):
+            return
+        level = event.get("level") if "text" not in event else logging.INFO
+        for line in log_event_line(event).splitlines():
+            log(int(level) if isinstance(level, int) else logging.INFO, line)
 
     return sink
 
@@ -51,15 +72,31 @@ def labelled_log(log: Callable[[str], None], label: str) -> Callable[[str], None
     return emit
 
 
+_RETRY_ID = re.compile(r"(.+)-r(\d+)")
+
+
 def describe_call(label: str, choice: CallChoice) -> str:
     """The line a provider logs before it waits: a new call, or the call it re-attaches to (and its state).
 
-    Both end with ``(call id <id>)``, which is what a reader (or a test) takes the id from.
+    Both end with ``(call id <id>)``, which is what a reader (or a test) takes the id from. A new call whose id
+    is a retry's successor (``<id>-r<n>``) says so.
     """
     if choice.reattached:
         how = "running" if choice.state is CallState.RUNNING else "finished"
         return f"tether: re-attaching {label} to its {how} call (call id {choice.call_id})"
+    retry = _RETRY_ID.fullmatch(choice.call_id)
+    if retry is not None:
+        return (f"tether: calling {label} again: call {retry.group(1)} failed or was cancelled "
+                f"(call id {choice.call_id})")
     return f"tether: calling {label} (call id {choice.call_id})"
+
+
+def describe_finish(label: str, result: RunResult) -> str:
+    """The line a provider logs when the call finished: how long it ran where, what it cost, its call id."""
+    cost = f", about ${result.cost:.6f}" if result.cost is not None else ""
+    again = " (re-attached)" if result.reattached else ""
+    return (f"tether: {label} finished: ran {result.seconds:.2f}s on {result.instance_type or 'an unknown machine'}"
+            f"{cost}{again} (call id {result.call_id})")
 
 
 # -- running ---------------------------------------------------------------------------------------------------------
@@ -80,18 +117,48 @@ class RunResult:
     attempts: list[Any] = field(default_factory=list)
     reattached: bool = False
     """The call was already running or finished under ``call_id`` when this caller attached to it."""
+    reports: list[Report] = field(default_factory=list)
+    """What the remote code reported (``tether.report``, ``tether.api.report.emit``), in order; a re-attach gets
+    the reports of the whole call again."""
+    price_per_hour: float | None = None
+    """What the machine the call ran on costs per hour (the backend's price, else the catalog's), when known."""
+    url: str | None = None
+    """The call's page on its daemon (state and log lines), when the daemon's address is known."""
+
+    @property
+    def cost(self) -> float | None:
+        """Estimated cost in dollars: ``price_per_hour`` × the remote seconds (escalation: every rung's)."""
+        if self.attempts and all(getattr(a, "est_cost", None) is not None for a in self.attempts):
+            return round(sum(a.est_cost for a in self.attempts), 6)
+        return estimated_cost(self.price_per_hour, self.seconds)
+
+    @property
+    def reported_metadata(self) -> dict[str, Any]:
+        """The metadata the remote code reported (later reports win)."""
+        return reported_metadata(self.reports)
+
+    @property
+    def reported_checks(self) -> list[dict[str, Any]]:
+        """The asset check results the remote code reported."""
+        return reported_checks(self.reports)
 
     def metadata(self) -> dict[str, Any]:
+        """The call's facts as JSON data (an XCom, an artifact): service, version, call id, instance type,
+        remote seconds, price per hour and estimated cost, the call's URL, re-attached, attempts, reports."""
         return {"service": self.service, "version": self.version, "call_id": self.call_id,
                 "instance_type": self.instance_type, "seconds": round(self.seconds, 3),
+                "price_per_hour": self.price_per_hour, "cost": self.cost, "url": self.url,
                 "reattached": self.reattached,
-                "attempts": [a.model_dump(mode="json") if hasattr(a, "model_dump") else a for a in self.attempts]}
+                "attempts": [a.model_dump(mode="json") if hasattr(a, "model_dump") else a for a in self.attempts],
+                "reports": [r.as_dict() for r in self.reports]}
 
 
 def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None, *, call_id: str,
                log: Callable[[str], None] | None = None, escalation: Any = None,
                cluster: ClusterRef = None, env: Any = None, run_id: str | None = None,
-               retry_failed: bool = True, reattached: bool | None = None) -> RunResult:
+               retry_failed: bool = True, reattached: bool | None = None,
+               on_log: Callable[[LogEvent], None] | None = None,
+               on_report: Callable[[Report], None] | None = None) -> RunResult:
     """Run ``target`` remotely under ``call_id``; remote logs go to ``log`` one line at a time.
 
     The same ``call_id`` again re-attaches to the running or finished call (the work runs once). With
@@ -99,6 +166,9 @@ def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None,
     cancelled is not re-attached, its successor ``<call_id>-r<n>`` runs it again. Pass ``retry_failed=False``
     with an id :func:`choose_attempt` already chose, and its ``reattached``. ``RunResult.call_id`` is the id used,
     ``RunResult.seconds`` the remote call's duration.
+
+    ``on_log`` takes the log events themselves instead of ``log`` (e.g. :func:`level_sink`). Reports of the remote
+    code are in ``RunResult.reports`` and go to ``on_report`` as they arrive.
     """
     attempts: list[Any] = []
     # a new handle for this run: the resolved one may be cached and shared by the orchestrator's threads
@@ -106,7 +176,14 @@ def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None,
     if retry_failed and svc.cluster is not None:
         choice = choose_attempt(call_id, svc.cluster)
         call_id, reattached = choice.call_id, choice.reattached
-    sink = log_sink(log) if log is not None else None
+    reports: list[Report] = []
+
+    def took(report: Report) -> None:
+        reports.append(report)
+        if on_report is not None:
+            on_report(report)
+
+    sink = split_reports(on_log if on_log is not None else log_sink(log) if log is not None else None, took)
     started = time.perf_counter()
     if escalation is not None:
         value = run_with_escalation(svc.with_options(on_oom=None), tuple(args), dict(kwargs or {}), escalation,
@@ -122,9 +199,11 @@ def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None,
         seconds = sum(a.call_seconds if a.call_seconds is not None else a.seconds for a in attempts)
     else:
         seconds = remote_seconds(call_id, where)
+    price = attempts[-1].price_per_hour if attempts else price_per_hour(instance_type, handle)
     return RunResult(value=value, call_id=call_id, service=svc.name or "", version=svc.spec.version if svc.spec else None,
                      instance_type=instance_type, seconds=waited if seconds is None else seconds, attempts=attempts,
-                     reattached=bool(reattached))
+                     reattached=bool(reattached), reports=reports, price_per_hour=price,
+                     url=call_url(where, call_id))
 
 
 def remote_seconds(call_id: str, cluster: Cluster | None) -> float | None:
