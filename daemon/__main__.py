@@ -20,6 +20,7 @@ from tether.daemon.store import write_atomic
 from tether.daemon.tls import server_context
 from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
+from tether.protocol.serving import Runner
 from tether.specs import parse_bytes
 
 
@@ -52,7 +53,7 @@ async def serve(args: argparse.Namespace) -> None:
     ssl_ctx = None
     if args.tls_cert:
         ssl_ctx = server_context(args.tls_cert, args.tls_key or args.tls_cert)
-    runner = web.AppRunner(make_app(daemon), access_log=None, handle_signals=False, read_bufsize=4 * 1024 * 1024)
+    runner = Runner(make_app(daemon), access_log=None, handle_signals=False, read_bufsize=4 * 1024 * 1024)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, backlog=1024)
     await site.start()

@@ -38,6 +38,7 @@ from tether.errors import (
 from tether.protocol import headers as h
 from tether.protocol.deployments import deployment_id
 from tether.protocol.headers import PREFER, RESPOND_ASYNC, wants_async
+from tether.protocol.serving import input_error, loads_json, read_json
 from tether.specs import EnvSpec, ServiceSpec, validate_name
 
 log = structlog.get_logger("tether.daemon")
@@ -378,6 +379,9 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error_response(ConfigError(f"the body is not valid JSON: {exc}"))
     except Exception as exc:  # noqa: BLE001 - the daemon keeps serving, the caller gets a JSON error
+        typed = input_error(exc)  # the request's own bytes: a broken chunked body, JSON too deep, ...
+        if typed is not None:
+            return error_response(typed)
         log.exception("handler_failed", path=request.path)
         return web.json_response(TetherError(f"internal error: {type(exc).__name__}: {exc}").to_wire(), status=500)
 
@@ -413,7 +417,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def deploy(request: web.Request) -> web.Response:
-    spec = ServiceSpec.model_validate(await request.json())
+    spec = ServiceSpec.model_validate(await read_json(request))
     spec = check_code_roots(spec, request.app[DAEMON].allowed_roots)  # its paths resolved: what runs is what passed
     replace_env = request.query.get("replace_env", "0") not in ("", "0", "false")
     return web.json_response(await request.app[DAEMON].deploy(spec, replace_env=replace_env))
@@ -505,7 +509,7 @@ async def call(request: web.Request) -> web.StreamResponse:
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
     if json_mode and body:
         try:
-            json.loads(body)
+            loads_json(body)
         except ValueError as exc:
             raise SerializationError(f"the body is neither cloudpickle ({h.PICKLE}) nor JSON: {exc}") from None
     return await reply(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent))
@@ -732,7 +736,7 @@ async def delete_object(request: web.Request) -> web.Response:
 async def rename_object(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     key = _name(request, "key")
-    data = await request.json()
+    data = await read_json(request)
     to = _valid_name(data.get("to", "") if isinstance(data, dict) else "")
     if to in d.manifest.names():
         raise ConfigError(f"{to!r} already exists", hint="delete it first")
@@ -753,7 +757,7 @@ async def delete_env(request: web.Request) -> web.Response:
 
 async def autostop(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
-    data = await request.json()
+    data = await read_json(request)
     if not isinstance(data, dict):
         raise ConfigError("expected a JSON object")
     mins, paused = data.get("mins"), data.get("paused", False)

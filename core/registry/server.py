@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DataError
 
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
+from tether.protocol.serving import Runner, input_error, read_json
 from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, parse_ref
 from tether.registry.store import Store
@@ -222,6 +223,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         err = TetherError(f"{exc.status} {exc.reason}: {request.method} {request.path}")
         return web.json_response(err.to_wire(), status=exc.status)
     except Exception as exc:  # noqa: BLE001 - every error leaves as JSON
+        typed = input_error(exc)  # the request's own bytes: a broken chunked body, JSON too deep, ...
+        if typed is not None:
+            return _error(typed)
         log.exception("registry_internal_error", path=request.path)
         return _error(TetherError(f"internal error: {type(exc).__name__}: {exc}"))
 
@@ -247,7 +251,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 async def _body(request: web.Request, model: type[BaseModel]) -> Any:
     try:
-        data = await request.json()
+        data = await read_json(request)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ConfigError("request body is not JSON", details={"field": "body"}) from None
     return model.model_validate(data)
@@ -453,7 +457,7 @@ def serve(db: str, *, host: str = "127.0.0.1", port: int = 0, ready_file: str | 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(make_app(store))
+        runner = Runner(make_app(store))
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

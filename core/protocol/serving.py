@@ -1,0 +1,154 @@
+"""What both tether HTTP servers (the daemon and the team registry) do with what reaches them from the network.
+
+- JSON bodies are parsed by :func:`loads_json`: nesting past the interpreter's recursion limit and integers past
+  its int-str conversion limit are a typed 400 ``SerializationError`` (``details.reason`` ``too_deep`` or
+  ``int_too_long``), never a ``RecursionError``/``ValueError`` 500.
+- A request aiohttp's parser refuses before any handler runs (a malformed request line, bad or oversized
+  headers) or that breaks while its body is read (bad chunked encoding, a short body) is answered with the same
+  ``{"error": {...}}`` JSON as every other error (:class:`JsonErrorsHandler`, :func:`input_error`); aiohttp
+  itself offers no hook there (aio-libs/aiohttp#3287), hence the request handler subclass.
+
+Only the daemon and the registry server import this module (it needs ``aiohttp.web``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from tether.errors import SerializationError, TetherError
+
+__all__ = ["MAX_SPEC_DEPTH", "JsonErrorsHandler", "Runner", "Server", "input_error", "loads_json", "read_json"]
+
+log = structlog.get_logger("tether.serving")
+
+_INT_LIMIT = "integer string conversion"  # the ValueError of int('9' * 5000) and of json.loads of it
+
+
+#: nesting allowed in a spec or config body (deploy, registry saves): pydantic serializes ~250 levels at most,
+#: and a config is stored, dumped and loaded again many times; call bodies go up to the recursion limit
+MAX_SPEC_DEPTH = 100
+
+
+def loads_json(body: bytes | bytearray | memoryview | str, max_depth: int | None = None) -> Any:
+    """``json.loads``, with hostile-but-valid JSON refused as a typed ``SerializationError`` (400): nested
+    deeper than ``max_depth`` (or than the interpreter's recursion limit allows), or holding an integer longer
+    than its int-str conversion limit.
+
+    Malformed JSON still raises ``json.JSONDecodeError`` (or ``UnicodeDecodeError``): each server words that
+    one itself."""
+    try:
+        data = json.loads(bytes(body) if isinstance(body, bytearray | memoryview) else body)
+    except RecursionError:
+        raise _too_deep(max_depth) from None
+    except ValueError as exc:
+        if _INT_LIMIT in str(exc) and not isinstance(exc, json.JSONDecodeError):
+            raise _int_too_long() from None
+        raise
+    if max_depth is not None and _deeper_than(data, max_depth):
+        raise _too_deep(max_depth)
+    return data
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether ``data`` (parsed JSON) nests lists and objects more than ``limit`` levels (no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = value.values()
+        elif not isinstance(value, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+    return False
+
+
+def _too_deep(limit: int | None = None) -> SerializationError:
+    most = limit or f"about {sys.getrecursionlimit()}"
+    return SerializationError(f"the JSON body is nested too deeply ({most} levels at most)",
+                              hint="flatten the structure, or send it pickled",
+                              details={"reason": "too_deep", "max_depth": limit})
+
+
+def _int_too_long() -> SerializationError:
+    return SerializationError(
+        f"the JSON body holds an integer of more than {sys.get_int_max_str_digits()} digits",
+        hint="send such a number as a string", details={"reason": "int_too_long"})
+
+
+async def read_json(request: web.BaseRequest, max_depth: int | None = MAX_SPEC_DEPTH) -> Any:
+    """The request's body parsed by :func:`loads_json` (a spec or config: ``MAX_SPEC_DEPTH`` levels)."""
+    return loads_json(await request.read(), max_depth)
+
+
+def input_error(exc: BaseException) -> TetherError | None:
+    """The typed error for a failure that the request's bytes caused, raised while a handler read or used them
+    (``None`` when ``exc`` is not one): a body that broke while being read (bad chunked encoding, a short body,
+    a bad content encoding), JSON too deep or with an integer too long for the interpreter."""
+    if isinstance(exc, HttpProcessingError):
+        return SerializationError(f"malformed request body: {_short(exc.message or type(exc).__name__)}",
+                                  details={"reason": "malformed_http"})
+    if isinstance(exc, RecursionError):
+        return _too_deep()
+    if isinstance(exc, ValueError) and _INT_LIMIT in str(exc):
+        return _int_too_long()
+    return None
+
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class JsonErrorsHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering the requests its parser refuses with tether's JSON errors.
+
+    The log line names the error's class only: the refused bytes may hold a credential (an over-long
+    ``Authorization`` header), so no part of them is written to the log."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # part of a response went out: the connection is broken
+            raise ConnectionError("a response was already being sent; cannot send an error after it")
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        log.warning("request_refused", status=status, error=type(exc).__name__ if exc else None,
+                    peer=str(peer) if peer else None)
+        err: TetherError
+        if 400 <= status < 500:
+            text = message or (exc.message if isinstance(exc, HttpProcessingError) else None) or "bad request"
+            err = SerializationError(f"malformed HTTP request: {_short(text)}",
+                                     hint="send a well-formed HTTP/1.1 request", details={"reason": "malformed_http"})
+        elif status == 504:
+            err = TetherError("the request took too long", retryable=True)
+        else:
+            err = TetherError(f"internal error: {type(exc).__name__ if exc else 'unknown'}")
+        resp = web.json_response(err.to_wire(), status=status)
+        resp.force_close()
+        return resp
+
+
+class Server(web.Server):
+    """aiohttp's low-level server, with :class:`JsonErrorsHandler` for every connection."""
+
+    @classmethod
+    def like(cls, server: web.Server) -> Server:
+        """This server class with everything ``server`` (made by an ``AppRunner``) was configured with."""
+        return cls(server.request_handler, request_factory=server.request_factory,
+                   handler_cancellation=server.handler_cancellation, loop=server._loop, **server._kwargs)
+
+    def __call__(self) -> web.RequestHandler:
+        return JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """An ``AppRunner`` serving through :class:`Server`."""
+
+    async def _make_server(self) -> web.Server:
+        return Server.like(await super()._make_server())
