@@ -36,6 +36,8 @@ OPTIONAL_EXTRAS = {"sky", "uvloop", "airflow", "prefect", "dagster", "cryptograp
 DEFERRED = {
     # (importing module, imported module): why it is imported only where it is used
     ("tether.registry", "tether.registry.store"): "SQLAlchemy: a call by name must not pay ~0.2 s of ORM import",
+    ("tether.registry.lean", "tether.registry.store"): "SQLAlchemy, only for what the sqlite3 reader does not do",
+    ("tether.logging", "structlog"): "structlog + rich ~0.1 s: a fresh caller logs nothing, the daemon configures it",
     ("tether.registry", "tether.registry.remote"): "the team registry's HTTP client, for remote registries only",
     ("tether.registry.cli", "tether.registry.server"): "aiohttp's server, for `tether registry serve` only",
     ("tether.registry.cli", "tether.registry.store"): "SQLAlchemy, for the commands that open a store",

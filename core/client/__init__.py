@@ -1,5 +1,5 @@
 """Talking to a daemon: :class:`DaemonClient` (a typed method per route, calls with their retries) and its sync
-twin (``client.sync``), over one transport seam (blocking sockets, asyncio streams, aiohttp for TLS, an
+twin (``client.sync``), over one transport seam (blocking sockets, asyncio streams, an
 in-process :class:`MockTransport` for tests); the outcome of a call's frames, same-host slabs, the health probe
 and the background event loop behind the sync API.
 
@@ -10,9 +10,9 @@ from tether.client.daemon import AsyncClient, DaemonClient
 from tether.client.health import probe_health
 from tether.client.mock import MockRequest, MockResponse, MockTransport
 from tether.client.outcome import LogSink, default_log_sink
-from tether.client.sessions import close_all
 from tether.client.syncclient import SyncDaemonClient
 from tether.client.transport import Dropped, Unreachable, mount
+from tether.client.wire import close_all
 
 __all__ = [
     "AsyncClient", "DaemonClient", "Dropped", "LogSink", "MockRequest", "MockResponse", "MockTransport",

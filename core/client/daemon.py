@@ -14,7 +14,6 @@ from tether.client import routes, slabs, syncwire, wire
 from tether.client.loop import run_sync
 from tether.client.outcome import LogSink, Outcome, default_log_sink, http_error, unavailable
 from tether.client.payloads import dump_args, dumps_args, pickle_error
-from tether.client.sessions import AiohttpTransport
 from tether.client.syncclient import SyncDaemonClient
 from tether.client.transport import (
     RETRIES,
@@ -41,8 +40,8 @@ class DaemonClient:
 
     ``transport``: one object serving both the sync and the async side (``send`` / ``asend``, e.g. a
     :class:`tether.client.mock.MockTransport`) in place of the network. Without it: the blocking transport for
-    sync methods (plain HTTP, the unix socket, pinned TLS); asyncio streams for async ones on plain HTTP, aiohttp
-    on TLS. A transport mounted for the endpoint (:func:`tether.client.transport.mount`) counts as given.
+    sync methods (plain HTTP, the unix socket, pinned TLS); asyncio streams for async ones (the same three). A
+    transport mounted for the endpoint (:func:`tether.client.transport.mount`) counts as given.
     """
 
     endpoint: str
@@ -65,8 +64,7 @@ class DaemonClient:
         else:
             tls = self.endpoint.startswith("https://")
             self._sync = syncwire.SyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
-            self._async = (AiohttpTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
-                           if tls else wire.AsyncTransport(self.endpoint, self.unix_socket))
+            self._async = wire.AsyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
             self._shm = bool(self.unix_socket and not tls and slabs.SHM_DIR)  # same host: big payloads via /dev/shm
         self.sync = SyncDaemonClient(self)
         """The same methods, blocking (see :class:`tether.client.syncclient.SyncDaemonClient`)."""

@@ -9,7 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from tether.client.sessions import close_all
+from tether.client.wire import close_all
 
 T = TypeVar("T")
 

@@ -1,5 +1,7 @@
-"""The aiohttp transport (async requests to TLS daemons, with the certificate pinned by its fingerprint) and the
-aiohttp connection pools of each event loop, closed with their loop."""
+"""An aiohttp transport (async requests, TLS pinned by the certificate's fingerprint) and the aiohttp connection
+pools of each event loop, closed with their loop. :class:`tether.client.DaemonClient` does not use it (the lean
+:mod:`tether.client.wire` speaks TLS too, and importing aiohttp costs a fresh process ~0.17 s); it stays for code
+that wants aiohttp's client."""
 
 from __future__ import annotations
 
@@ -74,12 +76,16 @@ async def _close_at_loop_shutdown(pools: dict[str | None, aiohttp.ClientSession]
             await session.close()
 
 
-async def close_all() -> None:
-    """Close the connection pools of the running loop (aiohttp's and the lean transport's)."""
-    await wire.close_pools()
+async def close_sessions() -> None:
+    """Close the aiohttp sessions of the running loop."""
     pools = _sessions.pop(asyncio.get_running_loop(), None) or {}
     for session in pools.values():
         await session.close()
+
+
+wire.add_closer(close_sessions)
+close_all = wire.close_all
+"""Close the connection pools of the running loop (aiohttp's and the lean transport's)."""
 
 
 class AiohttpResponse:

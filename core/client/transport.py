@@ -2,9 +2,9 @@
 
 A transport sends one request and hands back the response's status, headers and body (whole, or frame by frame).
 Four implement it: :class:`tether.client.syncwire.SyncTransport` (blocking sockets: plain HTTP, a unix socket or
-pinned TLS), :class:`tether.client.wire.AsyncTransport` (asyncio streams, plain HTTP), :class:`tether.client.
-sessions.AiohttpTransport` (async TLS with fingerprint pinning) and :class:`tether.client.mock.MockTransport`
-(in-process, for tests). Transports raise only tether errors: every foreign error (``OSError``, aiohttp's,
+pinned TLS), :class:`tether.client.wire.AsyncTransport` (asyncio streams, the same three), :class:`tether.client.
+sessions.AiohttpTransport` (aiohttp's client; no client of tether's uses it) and :class:`tether.client.mock.
+MockTransport` (in-process, for tests). Transports raise only tether errors: every foreign error (``OSError``, aiohttp's,
 ``asyncio.IncompleteReadError``, ``ssl`` errors) is mapped here, once, to the most specific one::
 
     ClusterUnavailable

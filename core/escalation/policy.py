@@ -9,18 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
-import structlog
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tether.compute import catalog
 from tether.compute.catalog import GPU_MEMORY_GIB
 from tether.errors import ConfigError, RemoteError
 from tether.escalation.oom import classify_exception
+from tether.logging import get_logger
 from tether.specs import parse_bytes
 
 __all__ = ["Attempt", "Escalation"]
 
-log = structlog.get_logger("tether.escalation")
+log = get_logger("tether.escalation")
 
 OnSmaller = Literal["keep", "stop", "down"]
 Outcome = Literal["ok", "oom", "escalated", "error"]  # escalated: a non-OOM error named in escalate_on

@@ -16,6 +16,7 @@ from typing import Any
 from tether.home import tether_home
 from tether.registry.client import Registry
 from tether.registry.configs import register_validator
+from tether.registry.lean import LocalStore
 from tether.registry.models import ACCESS_LEVELS, KINDS, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, current_user, parse_ref
 
@@ -63,9 +64,13 @@ def open_registry(
 
         remote = RemoteBackend(url, require_token(token, url))
         return Registry(remote, where=url, namespace=namespace, whoami=remote.whoami)
+    where = db or tether_home() / "registry.db"
+    if "://" not in str(where):  # a local file: read and record calls without the ORM (tether.registry.lean)
+        local = LocalStore(where)
+        return Registry(local, where=local.url, namespace=namespace)
     from tether.registry.store import Store
 
-    store = Store(db or tether_home() / "registry.db")
+    store = Store(where)
     return Registry(store, where=store.url, namespace=namespace)
 
 

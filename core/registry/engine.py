@@ -1,11 +1,11 @@
-"""Database engines for the registry: SQLite (a file path) or PostgreSQL (a URL, through psycopg 3)."""
+"""Database engines for the registry: SQLite (a file path) or PostgreSQL (a URL, through psycopg 3). The fork gate
+their transactions hold is :data:`tether.registry.lean.FORK_GATE` (shared with the ORM-free reader)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import stat
-import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,62 +17,19 @@ from sqlalchemy.exc import DBAPIError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from tether.registry import schema
+from tether.registry.lean import FORK_GATE
 
 __all__ = ["FORK_GATE", "create_schema", "database_url", "make_engine", "transaction"]
 
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-class ForkGate:
-    """Transactions hold the gate shared; ``os.fork`` waits until none is open.
-
-    SQLite keeps its file-lock bookkeeping in process memory: a child forked while a thread of the parent held a
-    write transaction would believe that lock is still held and wait forever. Airflow and multiprocessing fork.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._forking = False
-
-    @contextmanager
-    def held(self) -> Iterator[None]:
-        with self._cond:
-            while self._forking:
-                self._cond.wait()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
-
-    def before_fork(self) -> None:
-        self._cond.acquire()
-        self._forking = True
-        self._cond.wait_for(
-            lambda: self._active == 0, timeout=30
-        )  # a transaction in the forking thread: go on
-
-    def after_fork(self) -> None:
-        self._forking = False
-        self._cond.notify_all()
-        self._cond.release()
-
-    def after_fork_in_child(self) -> None:
-        self._active = 0
-        self.after_fork()
-        for engine in list(_ENGINES):  # the child must not reuse the parent's pooled connections
-            engine.dispose(close=False)
+def _dispose_in_child() -> None:
+    for engine in list(_ENGINES):  # the child must not reuse the parent's pooled connections
+        engine.dispose(close=False)
 
 
-FORK_GATE = ForkGate()
-os.register_at_fork(
-    before=FORK_GATE.before_fork,
-    after_in_parent=FORK_GATE.after_fork,
-    after_in_child=FORK_GATE.after_fork_in_child,
-)
+FORK_GATE.in_child(_dispose_in_child)
 
 
 @contextmanager

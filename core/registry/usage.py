@@ -11,15 +11,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from tether.errors import TetherError
+from tether.logging import get_logger
 from tether.registry.models import CallRecord
 
 __all__ = ["CallWriter"]
 
-log = structlog.get_logger("tether.registry.usage")
+log = get_logger("tether.registry.usage")
 _WRITERS: weakref.WeakSet[CallWriter] = weakref.WeakSet()
 
 
