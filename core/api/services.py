@@ -23,6 +23,7 @@ import cloudpickle
 from tether.api.calls import CallHandle
 from tether.api.clusters import Cluster, new_cluster
 from tether.api.codesync import code_ref, content_hash
+from tether.api.distribute import distribute
 from tether.api.envs import Env
 from tether.api.invocation import Invocation
 from tether.api.records import save_resource, snapshot_code
@@ -290,6 +291,11 @@ class _Service:
     def share(self, principal: str, access_level: str = "read") -> None:
         """Give a user or team access: read = call, write = redeploy/save, owner = share."""
         get_registry().share(self.name or "", principal, access_level)
+
+    def distribute(self, kind: str, **options: Any) -> Any:
+        """Hand this deployed service to ``"pool"``, ``"pytorch"``, ``"ray"`` or ``"dask"`` over the cluster's nodes
+        (options: ``num_replicas``, ``replicas_per_node``; see :mod:`tether.api.distribute`)."""
+        return distribute(self, kind, **options)
 
     def delete(self) -> None:
         """Delete the service from its cluster."""

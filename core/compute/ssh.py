@@ -18,6 +18,8 @@ from rich.console import Console
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
+from tether.compute.nodes import Node, close_node_tunnels, ssh_nodes
+from tether.compute.setup import ImagePrep, image_hash
 from tether.compute.state import claim_name, load_state, save_state, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import ClusterUnavailable, ConfigError, TetherError
@@ -68,14 +70,20 @@ class SSHBackend:
         st = load_state(spec.name) or {}
         if st.get("hosts") != list(spec.host or []):
             st = {}
-        if st and tunnel_alive(st.get("tunnel_pid"), st.get("local_port")):
+        if st and st.get("image_hash") == image_hash(spec.image) and \
+                tunnel_alive(st.get("tunnel_pid"), st.get("local_port")):  # another image: apply it first
             handle = self._handle(spec, st)
             if probe_health(handle.endpoint, token=handle.token) is not None:
                 return handle
         token = st.get("token") or (secrets.token_urlsafe(32) if spec.auth else None)
         port = spec.server_port or DEFAULT_PORT
+        prep = ImagePrep(spec.image) if spec.image else None  # an image's steps: once per host, cached
         infos = bootstrap_hosts(targets, port=port, token=token, autostop_mins=spec.autostop_mins,
-                                show_progress=self.show_progress)  # fmt: skip
+                                show_progress=self.show_progress, image_key=image_hash(spec.image),
+                                prepare=prep)  # fmt: skip
+        if prep is not None:
+            st["image"] = prep.announce()
+        st["image_hash"] = image_hash(spec.image)
         st.update(
             {
                 "backend": "ssh",
@@ -83,6 +91,7 @@ class SSHBackend:
                 "hosts": list(spec.host or []),
                 "token": token,
                 "remote_port": infos[0].port,
+                "ports": {i.host: i.port for i in infos},
                 "remote_dirs": {i.host: i.remote_dir for i in infos},
                 "homes": {i.host: i.home for i in infos},
             }
@@ -116,6 +125,10 @@ class SSHBackend:
         st = load_state(spec.name)
         return self._handle(spec, st) if st else None
 
+    def nodes(self, spec: ClusterSpec, handle: ClusterHandle) -> list[Node]:
+        """Every host as a :class:`~tether.compute.nodes.Node`; the non-head ones reached through the head."""
+        return ssh_nodes(spec.name, self.targets(spec), handle.endpoint, handle.token)
+
     def status(self, spec: ClusterSpec) -> ClusterStatus:
         """``up`` when the head's daemon answers (the tunnel is reopened on its old port if it dropped),
         ``stopped`` when the hosts are there without a daemon, ``down`` when the cluster is unknown.
@@ -143,6 +156,7 @@ class SSHBackend:
         """Stop the daemons (installs stay) and close the tunnel."""
         st = load_state(spec.name) or {}
         close_tunnel(st.get("tunnel_pid"))
+        close_node_tunnels(st)
         errors = self._each_host(spec, st, lambda t, rdir: stop_daemon(t, rdir))
         if st:
             st["tunnel_pid"], st["local_port"] = None, None
@@ -154,6 +168,7 @@ class SSHBackend:
         """Stop the daemons, remove their state and synced code on the hosts, forget the cluster locally."""
         st = load_state(spec.name) or {}
         close_tunnel(st.get("tunnel_pid"))
+        close_node_tunnels(st)
 
         def clean(t: SSHTarget, rdir: str) -> None:
             stop_daemon(t, rdir, step="down")

@@ -1,0 +1,152 @@
+"""Where the copies of a distributed service live: one env (so one worker process) per replica or rank, spread
+over the cluster's nodes, deployed to each node's daemon (reached through the head, see
+:mod:`tether.compute.nodes`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tether.client import LogSink
+from tether.client.loop import run_sync
+from tether.compute.nodes import Node, head_node, node_code_root, nodes_status
+from tether.errors import ConfigError, NotFound, TetherError
+from tether.specs import CodeRef, ServiceSpec
+
+if TYPE_CHECKING:
+    from tether.api.clusters import Cluster
+    from tether.api.services import _Service
+
+__all__ = ["Copy", "Placement", "cluster_nodes", "cluster_status", "prefixed", "spread"]
+
+T = TypeVar("T")
+
+
+def cluster_nodes(cluster: Cluster) -> list[Node]:
+    """The cluster's nodes, head first (a single-node backend: its daemon alone)."""
+    handle = cluster.up_if_not().handle
+    nodes = getattr(cluster.backend, "nodes", None)
+    if nodes is None:
+        return [head_node(handle.endpoint, handle.token)]
+    return list(nodes(cluster.spec, handle))
+
+
+def cluster_status(cluster: Cluster) -> list[dict[str, Any]]:
+    """Every node of the cluster with its daemon's workers and services (the client asks the head's tunnel
+    and the tunnels through the head)."""
+    return nodes_status(cluster_nodes(cluster))
+
+
+def spread(count: int, nodes: int, per_node: int | None) -> list[int]:
+    """The node of each of ``count`` copies: ``per_node`` on each node in order, or round robin without it."""
+    if count < 1:
+        raise ConfigError(f"num_replicas must be at least 1, not {count}")
+    if per_node is None:
+        return [i % nodes for i in range(count)]
+    if per_node < 1 or count > per_node * nodes:
+        raise ConfigError(f"{count} replicas do not fit {nodes} node(s) x {per_node} per node",
+                          hint="raise replicas_per_node or the cluster's nodes", details={"nodes": nodes})
+    return [i // per_node for i in range(count)]
+
+
+def prefixed(sink: LogSink | None, prefix: str) -> LogSink | None:
+    """A log sink that puts ``prefix`` before every line of a copy's output."""
+    if sink is None:
+        return None
+
+    def emit(event: dict[str, Any]) -> None:
+        event = dict(event)
+        if "text" in event:
+            text = str(event["text"])
+            ends = text.endswith("\n")
+            lines = text[:-1].split("\n") if ends else text.split("\n")
+            event["text"] = "\n".join(f"{prefix}{line}" for line in lines) + ("\n" if ends else "")
+        else:
+            event["msg"] = f"{prefix}{event.get('msg', '')}"
+        sink(event)
+
+    return emit
+
+
+@dataclass
+class Copy:
+    """One replica or rank: a service in its own env on one node."""
+
+    index: int
+    node: Node
+    service: str
+    env: str
+    spec: ServiceSpec
+    outstanding: int = 0
+
+
+@dataclass
+class Placement:
+    """The copies of one service, as deployed (``deploy``) and removed (``remove``)."""
+
+    service: _Service
+    kind: str
+    count: int
+    per_node: int | None = None
+    env_vars: Callable[[int, list[Copy]], dict[str, str]] | None = None
+    nodes: list[Node] = field(default_factory=list)
+    copies: list[Copy] = field(default_factory=list)
+
+    def plan(self) -> list[Copy]:
+        """Choose the nodes and make the copies' specs (nothing deployed yet)."""
+        svc = self.service
+        if svc.spec is None or svc.cluster is None or svc.name is None:
+            raise ConfigError(f"{svc!r} is not deployed", hint="call .to(cluster) before .distribute()")
+        self.nodes = cluster_nodes(svc.cluster)
+        where = spread(self.count, len(self.nodes), self.per_node)
+        base: ServiceSpec = svc.spec
+        copies = []
+        for i, n in enumerate(where):
+            node = self.nodes[n]
+            env = base.env.model_copy(update={"name": f"{base.env.name}.{self.kind}{i}"})
+            code = base.code
+            if code.root:
+                code = CodeRef(**{**code.model_dump(), "root": node_code_root(code.root, self.nodes[0], node)})
+            spec = base.model_copy(update={"name": f"{svc.name}.{self.kind}{i}", "env": env, "code": code})
+            copies.append(Copy(i, node, spec.name, env.name, spec))
+        if self.env_vars is not None:
+            for c in copies:
+                env = c.spec.env.model_copy(update={"env_vars": {**c.spec.env.env_vars, **self.env_vars(c.index, copies)}})
+                c.spec = c.spec.model_copy(update={"env": env})
+        self.copies = copies
+        return copies
+
+    def deploy(self, *, replace_env: bool = True) -> list[Copy]:
+        """Deploy every copy (in parallel): each starts its worker and imports the service there."""
+        copies = self.copies or self.plan()
+        run_sync(gather_all([_deploy(c, replace_env) for c in copies]))
+        return copies
+
+    def remove(self) -> None:
+        """Delete every copy's env on its node: its worker stops and its running calls end (``WorkerDied``)."""
+        run_sync(remove_copies(self.copies))
+
+
+async def _deploy(c: Copy, replace_env: bool) -> None:
+    await c.node.client().deploy(c.spec, replace_env=replace_env)
+
+
+async def remove_copies(copies: list[Copy]) -> None:
+    """Delete the copies' envs (those already gone are fine)."""
+    async def one(c: Copy) -> None:
+        with contextlib.suppress(NotFound):
+            await c.node.client().delete_env(c.env)
+
+    await gather_all([one(c) for c in copies])
+
+
+async def gather_all(aws: list[Awaitable[T]]) -> list[T]:
+    """Run all; when one fails, wait for the rest, then raise the first failure (a TetherError first)."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise next((e for e in errors if isinstance(e, TetherError)), errors[0])
+    return list(results)  # type: ignore[arg-type]

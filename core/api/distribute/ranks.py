@@ -1,0 +1,130 @@
+"""``.distribute("pytorch", num_replicas=W, replicas_per_node=P)``: every rank runs the function, as torchrun
+would run it: fresh processes per call, one per rank, each with torchrun's environment (``MASTER_ADDR``,
+``MASTER_PORT``, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``,
+``OMP_NUM_THREADS=1``), so ``torch.distributed.init_process_group()`` finds its peers.
+
+A call returns one result per rank, in rank order; each rank's output comes back prefixed ``[rank r] ``. When
+a rank fails, the others are stopped (their workers killed: a collective blocked on a dead peer never
+returns on its own) and the failing rank's own exception is raised, with its remote traceback. Cancelling,
+a timeout or an interrupt stops every rank the same way; when the call ends, its rank processes are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from tether.api.distribute.placement import (
+    Copy,
+    Placement,
+    cluster_nodes,
+    gather_all,
+    prefixed,
+    remove_copies,
+)
+from tether.client.loop import run_sync
+from tether.client.transport import new_call_id
+from tether.errors import CallCancelled, CallTimeout, ConfigError, TetherError, WorkerDied
+
+if TYPE_CHECKING:
+    from tether.api.services import _Service
+
+__all__ = ["Ranks", "torchrun_env"]
+
+
+def torchrun_env(rank: int, copies: list[Copy], port: int) -> dict[str, str]:
+    """torchrun's environment for ``rank`` of the group ``copies`` (rank 0's node is the master)."""
+    me = copies[rank]
+    local = [c for c in copies if c.node.index == me.node.index]
+    return {
+        "MASTER_ADDR": copies[0].node.address, "MASTER_PORT": str(port), "RANK": str(rank),
+        "WORLD_SIZE": str(len(copies)), "LOCAL_RANK": str(local.index(me)), "LOCAL_WORLD_SIZE": str(len(local)),
+        "GROUP_RANK": str(me.node.index), "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(len(copies)),
+        "OMP_NUM_THREADS": "1", "TORCHELASTIC_RUN_ID": "tether",
+    }  # fmt: skip
+
+
+class Ranks:
+    """A function run by every rank of a torch.distributed group; call it like the function."""
+
+    def __init__(self, service: _Service, num_replicas: int | None = None, replicas_per_node: int | None = None,
+                 *, master_port: int | None = None) -> None:
+        if service.cluster is None:
+            raise ConfigError(f"{service!r} is not deployed", hint="call .to(cluster) before .distribute()")
+        self.service = service
+        self.per_node = replicas_per_node
+        self.world = num_replicas or len(cluster_nodes(service.cluster)) * (replicas_per_node or 1)
+        self.master_port = master_port
+        self.last: Placement | None = None
+
+    def _placement(self) -> Placement:
+        port = self.master_port or 20000 + secrets.randbelow(30000)
+        return Placement(self.service, "rank", self.world, self.per_node,
+                         env_vars=lambda i, copies: torchrun_env(i, copies, port))  # fmt: skip
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return self.call(args, kwargs)
+
+    def call(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
+             timeout: float | None = None) -> list[Any]:
+        """Run every rank; one result per rank. ``timeout``: :class:`CallTimeout` after stopping every rank."""
+        placement = self._placement()
+        placement.plan()
+        self.last = placement
+        try:
+            return run_sync(self._run(placement, tuple(args), dict(kwargs or {})), timeout=timeout)
+        except TimeoutError as exc:
+            raise CallTimeout(f"the ranks of {self.service.name!r} did not finish within {timeout}s",
+                              details={"service": self.service.name, "world_size": self.world}) from exc
+
+    async def _rank(self, c: Copy, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        sink = prefixed(self.service.options.on_log, f"[rank {c.index}] ")
+        return await c.node.client().call(c.service, None, args, kwargs, call_id=new_call_id(), on_log=sink,
+                                          caller=self.service.options.caller)  # fmt: skip
+
+    async def _run(self, placement: Placement, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        copies = placement.copies
+        try:
+            await remove_copies(copies)  # what an earlier call on these names may have left
+            await gather_all([c.node.client().deploy(c.spec, replace_env=True) for c in copies])
+            tasks = [asyncio.ensure_future(self._rank(c, args, kwargs)) for c in copies]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [(c, t.exception()) for c, t in zip(copies, tasks, strict=True)
+                      if t.done() and not t.cancelled() and t.exception() is not None]
+            if failed:
+                await remove_copies(copies)  # the others may wait forever on the failed peer: stop them
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                c, exc = _first_cause(failed)
+                assert exc is not None
+                exc.add_note(f"raised by rank {c.index} of {len(copies)} (node {c.node.index}, {c.node.host}); "
+                             "the other ranks were stopped")
+                raise exc
+            return [t.result() for t in tasks]
+        finally:
+            with contextlib.suppress(Exception):  # the ranks' processes end with the call, whatever ended it
+                await asyncio.shield(remove_copies(copies))
+
+    def cancel(self) -> None:
+        """Stop every rank of the call running now (from another thread); the call raises ``WorkerDied``."""
+        if self.last is not None:
+            run_sync(remove_copies(self.last.copies))
+
+    def __repr__(self) -> str:
+        return f"Ranks({self.service.name!r}, world_size={self.world})"
+
+
+def _first_cause(failed: list[tuple[Copy, BaseException | None]]) -> tuple[Copy, BaseException | None]:
+    """The rank that failed on its own: its user exception before a dead worker, before a cancellation."""
+    def weight(item: tuple[Copy, BaseException | None]) -> int:
+        exc = item[1]
+        if isinstance(exc, CallCancelled):
+            return 3
+        if isinstance(exc, WorkerDied):
+            return 2
+        return 1 if isinstance(exc, TetherError) else 0
+
+    return min(failed, key=weight)
