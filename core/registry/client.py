@@ -9,7 +9,16 @@ from typing import Any, Protocol
 
 from tether.errors import ConfigError
 from tether.registry import configs
-from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
+from tether.registry.models import (
+    Artifact,
+    CallRecord,
+    Grant,
+    LineageCall,
+    LineageGraph,
+    ServiceEntry,
+    UsageRow,
+    Version,
+)
 from tether.registry.names import Ref, current_user, parse_ref
 from tether.registry.usage import CallWriter
 
@@ -31,6 +40,9 @@ class RegistryBackend(Protocol):
     def usage(self, ref: Ref) -> builtins.list[UsageRow]: ...
     def calls(self, ref: Ref, *, limit: int = 100) -> builtins.list[CallRecord]: ...
     def list(self, namespace: str | None = None) -> builtins.list[ServiceEntry]: ...
+    def lineage(self, artifact: Artifact, *, depth: int = 20) -> LineageGraph: ...
+    def dependents(self, ref: Ref, *, depth: int = 20) -> LineageGraph: ...
+    def call(self, ref: Ref, call_id: str) -> LineageCall: ...
     def close(self) -> None: ...
 
 
@@ -159,6 +171,24 @@ class Registry:
     def list(self, namespace: str | None = None) -> builtins.list[ServiceEntry]:
         """Every name you can read (optionally in one namespace), with latest version and tags."""
         return self.backend.list(namespace)
+
+    def lineage(self, uri: str, version: str | int | None = None, *, depth: int = 20) -> LineageGraph:
+        """What produced ``uri`` (at ``version``), with which code version, from which inputs — transitively.
+        ``graph.producers_of(uri)`` are the calls that wrote it; each call's ``inputs`` lead further up. Flushes
+        first."""
+        self.flush()
+        return self.backend.lineage(Artifact(uri=uri, version=version), depth=depth)  # type: ignore[arg-type]
+
+    def dependents(self, name: str, *, depth: int = 20) -> LineageGraph:
+        """What depends on ``name`` (``"embed@3"``: that version; ``"embed"``: any): the calls that read what its
+        calls wrote, and so on down. Flushes first."""
+        self.flush()
+        return self.backend.dependents(self.ref(name), depth=depth)
+
+    def call(self, name: str, call_id: str) -> LineageCall:
+        """One recorded call of ``name``: code version, cluster, caller, duration, inputs, outputs. Flushes first."""
+        self.flush()
+        return self.backend.call(self.ref(name, allow_selector=False), call_id)
 
     def close(self) -> None:
         """Flush call records and release connections."""

@@ -11,8 +11,11 @@ __all__ = [
     "ACCESS_LEVELS",
     "KINDS",
     "AccessLevel",
+    "Artifact",
     "CallRecord",
     "Grant",
+    "LineageCall",
+    "LineageGraph",
     "ServiceEntry",
     "UsageRow",
     "Version",
@@ -85,6 +88,28 @@ class ServiceEntry(_Model):
     updated_by: str
 
 
+class Artifact(_Model):
+    """Something a call read or wrote: a URI (``s3://bucket/ckpt``, ``file:///data/x``, a table name) and, when the
+    code said so, its version (a string; numbers are accepted and kept as text)."""
+
+    uri: str = Field(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")
+    version: str | None = Field(None, max_length=256, pattern=r"^[^\x00]*$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_as_text(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("version"), int | float):
+            data = {**data, "version": str(data["version"])}
+        return data
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.uri, self.version or "")
+
+    def __str__(self) -> str:
+        return f"{self.uri}@{self.version}" if self.version else self.uri
+
+
 _OUTCOMES = {"OutOfMemory": "oom", "CallCancelled": "cancelled", "CallTimeout": "timeout"}
 
 
@@ -119,6 +144,13 @@ class CallRecord(_Model):
     )
     instance_type: str | None = Field(None, max_length=128)
     started_at: datetime = Field(default_factory=_now)
+    cluster: str | None = Field(None, max_length=256, description="the cluster that served the call")
+    inputs: list[Artifact] = Field(
+        default_factory=list, max_length=10_000, description="what the remote code read (tether.lineage.input)"
+    )
+    outputs: list[Artifact] = Field(
+        default_factory=list, max_length=10_000, description="what the remote code wrote (tether.lineage.output)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -153,3 +185,51 @@ class Grant(_Model):
     access_level: AccessLevel
     granted_by: str
     granted_at: datetime = Field(default_factory=_now)
+
+
+class LineageCall(_Model):
+    """One recorded call as a node of a lineage graph: which code version ran where, for whom, on what."""
+
+    service: str = Field(description="'ns/name'")
+    version: int | None
+    call_id: str
+    method: str | None = None
+    caller: str
+    run_id: str | None = None
+    cluster: str | None = None
+    instance_type: str | None = None
+    duration_s: float
+    outcome: str
+    started_at: datetime
+    code_hash: str | None = Field(None, description="the code of that service version")
+    import_path: str | None = None
+    inputs: list[Artifact] = Field(default_factory=list)
+    outputs: list[Artifact] = Field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.service}@{self.version}" if self.version is not None else self.service
+
+
+class LineageGraph(_Model):
+    """The calls and artifacts reachable from ``root``: ``upstream`` = what produced it and from which inputs,
+    ``downstream`` = what read its outputs, transitively. Calls of services the asker may not read are left out
+    (counted in ``hidden``)."""
+
+    root: str
+    direction: Literal["upstream", "downstream"]
+    calls: list[LineageCall] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list)
+    hidden: int = 0
+    truncated: bool = Field(False, description="the depth or size limit cut the walk short")
+
+    def producers_of(self, uri: str, version: str | None = None) -> list[LineageCall]:
+        """Calls in the graph that wrote ``uri`` (at ``version`` when given)."""
+        return [
+            c for c in self.calls
+            if any(o.uri == uri and (version is None or o.version == version) for o in c.outputs)
+        ]
+
+    def services(self) -> list[str]:
+        """'ns/name@version' of every call in the graph, in walk order, once each."""
+        return list(dict.fromkeys(c.ref for c in self.calls))

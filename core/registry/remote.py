@@ -13,7 +13,16 @@ from pydantic import TypeAdapter
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from tether.errors import AuthError, TetherError, error_from_wire
-from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
+from tether.registry.models import (
+    Artifact,
+    CallRecord,
+    Grant,
+    LineageCall,
+    LineageGraph,
+    ServiceEntry,
+    UsageRow,
+    Version,
+)
 from tether.registry.names import Ref
 
 __all__ = ["RemoteBackend"]
@@ -136,6 +145,22 @@ class RemoteBackend:
     def list(self, namespace: str | None = None) -> builtins.list[ServiceEntry]:
         query = {"namespace": namespace} if namespace else None
         return _ENTRIES.validate_python(self._request("GET", "/v1/services", query=query))
+
+    def lineage(self, artifact: Artifact, *, depth: int = 20) -> LineageGraph:
+        query: dict[str, Any] = {"uri": artifact.uri, "depth": depth}
+        if artifact.version is not None:
+            query["version"] = artifact.version
+        return LineageGraph.model_validate(self._request("GET", "/v1/lineage", query=query))
+
+    def dependents(self, ref: Ref, *, depth: int = 20) -> LineageGraph:
+        query: dict[str, Any] = {"depth": depth}
+        selector = str(ref.version) if ref.version is not None else ref.tag
+        if selector:
+            query["version"] = selector
+        return LineageGraph.model_validate(self._request("GET", self._path(ref, "dependents"), query=query))
+
+    def call(self, ref: Ref, call_id: str) -> LineageCall:
+        return LineageCall.model_validate(self._request("GET", self._path(ref, "calls", call_id)))
 
     def close(self) -> None:
         pass

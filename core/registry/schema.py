@@ -16,7 +16,19 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ["calls", "grants", "members", "metadata", "services", "tags", "tokens", "versions"]
+__all__ = [
+    "call_context",
+    "calls",
+    "grants",
+    "lineage",
+    "members",
+    "metadata",
+    "services",
+    "tags",
+    "token_expiry",
+    "tokens",
+    "versions",
+]
 
 metadata = MetaData()
 
@@ -118,4 +130,32 @@ calls = Table(
     Column("started_at", Float, nullable=False),
     UniqueConstraint("service", "call_id", name="uq_tether_calls_call"),
     Index("ix_tether_calls_service", "service"),
+)
+
+#: what a call record says beyond the calls table's columns (tables of their own, like token expiry: a database
+#: made before them gets them from ``create_all`` and needs no column added); one row per recorded call that
+#: named its cluster
+call_context = Table(
+    "tether_call_context",
+    metadata,
+    Column("service", String(257), nullable=False),
+    Column("call_id", String(256), nullable=False),
+    Column("cluster", String(256)),
+    PrimaryKeyConstraint("service", "call_id", name="pk_tether_call_context"),
+)
+
+#: lineage edges: call (service, call_id) read ('in') or wrote ('out') artifact (uri, version); version '' = the
+#: code named none. Unique, so a re-sent call record adds no edge twice.
+lineage = Table(
+    "tether_lineage",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("service", String(257), nullable=False),
+    Column("call_id", String(256), nullable=False),
+    Column("direction", String(3), nullable=False),
+    Column("uri", String(1024), nullable=False),
+    Column("version", String(256), nullable=False),
+    UniqueConstraint("service", "call_id", "direction", "uri", "version", name="uq_tether_lineage_edge"),
+    Index("ix_tether_lineage_uri", "uri", "direction"),
+    Index("ix_tether_lineage_call", "service", "call_id"),
 )

@@ -22,6 +22,7 @@ from sqlalchemy.exc import DataError
 
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
 from tether.protocol.serving import Runner, input_error, read_json
+from tether.registry import lineage_routes
 from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, parse_ref
 from tether.registry.store import Store
@@ -366,6 +367,7 @@ def make_app(store: Store) -> web.Application:
     app.router.add_get("/openapi.json", h.openapi)
     for method, path, handler, *_ in ROUTES:
         app.router.add_route(method, path, getattr(h, handler))
+    lineage_routes.add_routes(app, store)
     return app
 
 
@@ -391,11 +393,15 @@ def openapi_document() -> dict[str, Any]:
             "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "ok"}}}
         },
     }
-    for method, path, handler, summary, body, resp, many in ROUTES:
+    for method, path, handler, summary, body, resp, many in ROUTES + lineage_routes.ROUTES:
         params = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in ("namespace", "name", "selector", "tag", "principal")
+            for p in ("namespace", "name", "selector", "tag", "principal", "call_id")
             if "{" + p + "}" in path
+        ]
+        params += [
+            {"name": q, "in": "query", "required": needed, "schema": {"type": kind}}
+            for q, kind, needed in lineage_routes.QUERY_PARAMS.get(handler, [])
         ]
         if handler == "list_services":
             params.append(

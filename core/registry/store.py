@@ -25,14 +25,17 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from tether.errors import ConfigError, NotFound
-from tether.registry import configs, schema
+from tether.registry import configs, lineage, schema
 from tether.registry.access import effective_level, require
 from tether.registry.engine import create_schema, database_url, make_engine, transaction
 from tether.registry.models import (
     ACCESS_LEVELS,
     AccessLevel,
+    Artifact,
     CallRecord,
     Grant,
+    LineageCall,
+    LineageGraph,
     ServiceEntry,
     UsageRow,
     Version,
@@ -426,6 +429,8 @@ class Store:
             return 0
         with transaction(self.engine) as conn:
             rows = []
+            edge_rows: builtins.list[dict[str, Any]] = []
+            context_rows: builtins.list[dict[str, Any]] = []
             for rec in records:
                 ns, _, name = rec.name.partition("/")
                 if principal is not None:
@@ -445,7 +450,25 @@ class Store:
                         started_at=rec.started_at.timestamp(),
                     )
                 )
-            return self._insert_ignoring_duplicates(conn, rows)
+                edges, context = lineage.edge_rows(rec)
+                edge_rows.extend(edges)
+                if context is not None:
+                    context_rows.append(context)
+            stored = self._insert_ignoring_duplicates(conn, rows)
+            if context_rows:
+                self._insert_ignoring(conn, schema.call_context, context_rows, ["service", "call_id"])
+            if edge_rows:
+                self._insert_ignoring(
+                    conn, schema.lineage, edge_rows, ["service", "call_id", "direction", "uri", "version"]
+                )
+            return stored
+
+    @staticmethod
+    def _insert_ignoring(
+        conn: Connection, table: Any, rows: builtins.list[dict[str, Any]], keys: builtins.list[str]
+    ) -> None:
+        insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+        conn.execute(insert(table).on_conflict_do_nothing(index_elements=keys), rows)
 
     def _insert_ignoring_duplicates(self, conn: Connection, rows: builtins.list[dict[str, Any]]) -> int:
         insert: Any = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
@@ -513,3 +536,74 @@ class Store:
                 )
                 for r in rows
             ]
+
+    # ---------------------------------------------------------------- lineage
+    def lineage(
+        self, artifact: Artifact, *, principal: str | None = None, depth: int = 20, limit: int = 500
+    ) -> LineageGraph:
+        """What produced ``artifact``, with which code version, from which inputs — transitively (upstream)."""
+        with transaction(self.engine) as conn:
+            return lineage.walk_upstream(conn, artifact, principal=principal, depth=depth, limit=limit)
+
+    def dependents(
+        self, ref: Ref, *, principal: str | None = None, depth: int = 20, limit: int = 500
+    ) -> LineageGraph:
+        """What depends on ``ref`` (at ``ref.version``, or any version): the calls that read what its calls wrote,
+        and theirs, transitively (downstream). Read access to ``ref`` needed."""
+        with transaction(self.engine) as conn:
+            svc = self._service(conn, ref, principal, "read")
+            number = ref.version
+            if number is None and ref.tag is not None:
+                t = schema.tags.c
+                number = conn.execute(select(t.version).where(t.service_id == svc.id, t.tag == ref.tag)).scalar()
+                if number is None:
+                    raise not_found(f"tag of {ref.full!r} called", ref.tag, [])
+            starts = lineage.calls_of(conn, ref.full, number)
+            root = f"{ref.full}@{number}" if number is not None else ref.full
+            return lineage.walk_downstream(conn, starts, root, principal=principal, depth=depth, limit=limit)
+
+    def call(self, ref: Ref, call_id: str, *, principal: str | None = None) -> LineageCall:
+        """One recorded call of ``ref`` with its code version, cluster, inputs and outputs."""
+        with transaction(self.engine) as conn:
+            self._service(conn, ref, principal, "read")
+            found = lineage.call_node(conn, ref.full, call_id)
+            if found is None:
+                raise NotFound(
+                    f"no recorded call {call_id!r} of {ref.full!r}",
+                    hint="calls are recorded when they end; see the service's recent calls",
+                    details={"name": ref.full, "call_id": call_id},
+                )
+            return found
+
+    def recent_calls(
+        self, *, principal: str | None = None, namespace: str | None = None, limit: int = 100
+    ) -> builtins.list[CallRecord]:
+        """The latest call records of every service the principal can read (optionally in one namespace)."""
+        readable = set(self._names_readable(principal))
+        if namespace:
+            readable = {n for n in readable if n.split("/", 1)[0] == namespace}
+        if not readable:
+            return []
+        c = schema.calls.c
+        with transaction(self.engine) as conn:
+            rows = conn.execute(
+                select(schema.calls).where(c.service.in_(sorted(readable))).order_by(c.id.desc()).limit(limit)
+            )
+            return [self._to_record(r) for r in rows]
+
+    def _names_readable(self, principal: str | None) -> builtins.list[str]:
+        with transaction(self.engine) as conn:
+            return self._readable_names(conn, principal)
+
+    @staticmethod
+    def _to_record(r: Row) -> CallRecord:
+        return CallRecord(
+            name=r.service, version=r.version, call_id=r.call_id, method=r.method, caller=r.caller,
+            run_id=r.run_id, duration_s=r.duration_s, outcome=r.outcome, error_type=r.error_type,
+            instance_type=r.instance_type, started_at=_ts(r.started_at),
+        )
+
+    def access_level(self, ref: Ref, *, principal: str | None = None) -> str | None:
+        """``principal``'s effective level on ``ref`` ('read' | 'write' | 'owner' | None)."""
+        with transaction(self.engine) as conn:
+            return effective_level(conn, principal, ref.namespace, ref.name)
