@@ -96,7 +96,7 @@ def __getattr__(name: str) -> _typing.Any:
         value = getattr(_importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name in ("registry", "runs", "catalog", "routing", "escalation", "oom"):
+    if name in ("registry", "runs", "catalog", "routing", "escalation", "oom", "lineage"):
         return _importlib.import_module(f"tether.{name}")
     if name == "here":
         value = _importlib.import_module("tether.api.loading").cluster()
