@@ -3,9 +3,18 @@ attaches to the first instead of running again — also after the daemon crashed
 each call to the call journal (``journal.py``) and a restarted daemon's table is rebuilt from it
 (:meth:`CallTable.recover`). A call that was running when the daemon died is *lost*: it answers a typed,
 retryable ``WorkerDied`` (``details["lost_in"] == "daemon_restart"``), and the next request with its id runs it
-again (once: that request's call replaces it in the table). A call that finished keeps answering as it did; if
-its large result's ``/dev/shm`` file did not survive, it answers ``NotFound`` (``details["result_gone"]``) and
-is not run again.
+again (once: that request's call replaces it in the table; its ``attempt`` is one more, and the response says so
+in ``X-Tether-Call-Attempt``, so a client that saw items of the lost run knows these are a re-run's). A call that
+finished keeps answering as it did; if its large result's ``/dev/shm`` file did not survive (a reboot, another
+daemon's sweep, removed behind the daemon's back), it answers ``NotFound`` (``details["reason"] ==
+"result_gone"``) and is not run again.
+
+A finished call leaves the table after its retention (``TETHER_CALL_RETENTION_SECONDS``, an hour by default, or
+the count and byte budgets) but its id does not: a tombstone (``tombstones.py``, 7 days) answers every later
+request with that id — a retry too — with the same ``NotFound`` (``details`` ``reason``, ``call_id``,
+``finished_at``), never by running it again; its summary keeps the state it ended in. Who started a call (the
+token hash of its principal) is journaled with it and kept in its tombstone: a restarted daemon still refuses
+others (see :attr:`CallTable.starters`).
 
 A RESULT or ITEM body of 1 MiB or more stays in the shared-memory file the worker wrote (frame meta ``_shm`` =
 its path, ``_size`` = its length, body empty): it counts in the table's byte budget and is deleted when the call
@@ -16,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import weakref
 from collections import deque
@@ -26,7 +36,8 @@ from typing import Any
 from tether.daemon import protocol as p
 from tether.daemon import slabs
 from tether.daemon.journal import Journal, Replayed, kill_orphans
-from tether.errors import NotFound, WorkerDied
+from tether.daemon.tombstones import Tombstones
+from tether.errors import NotFound, TetherError, WorkerDied, error_from_wire
 from tether.protocol.states import CallState
 
 FINAL = (p.RESULT, p.ERROR)
@@ -54,6 +65,9 @@ class Call:
     shared: bool = False  # a file of this call was handed to a client (see :meth:`release`)
     lost: bool = False  # it was running when the daemon died: the next request with its id runs it again
     journal_seg: int | None = None  # the journal segment holding its finish record
+    attempt: int = 1  # 2 and up: a re-run of a call lost in a daemon restart
+    starter: str | None = None  # the token hash of who started it
+    ended_as: str | None = None  # the state it ended in, when an error frame stands in for its gone result
     _files: list[str] = field(default_factory=list)
     _pins: int = 0
     _released: bool = False
@@ -67,6 +81,8 @@ class Call:
     def state(self) -> CallState:
         if not self.done:
             return CallState.RUNNING
+        if self.ended_as is not None:
+            return CallState(self.ended_as)
         kind, meta, _ = self.frames[-1]
         if kind == p.RESULT:
             return CallState.SUCCEEDED
@@ -131,7 +147,7 @@ class Call:
 
     # -- views -------------------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "call_id": self.call_id,
             "service": self.service,
             "method": self.method,
@@ -139,18 +155,58 @@ class Call:
             "started": self.started,
             "finished": self.finished,
             "seconds": (self.finished or time.time()) - self.started,
+            "attempt": self.attempt,
         }
+        if self.ended_as is not None:
+            out["result_gone"] = True
+        return out
+
+    def gone(self) -> Frame:
+        """A ``/dev/shm`` file of its result (or items) is gone: from now on it answers ``NotFound``
+        (result_gone) in the state it ended in; returns that error frame. Each frame with a file is replaced in
+        place (a response being written keeps its place in the list) and the first of them ends every answer."""
+        error: Frame = (p.ERROR, result_gone_error(self).to_wire(), b"")
+        if self.done and self.ended_as is None:
+            self.ended_as = self.state.value
+        for i, (_, meta, _) in enumerate(self.frames):
+            if meta and "_shm" in meta:
+                self.frames[i] = error
+        return error
 
     def logs(self) -> list[dict[str, Any]]:
         return [json.loads(body) for kind, _, body in self.frames if kind == p.LOG]
 
 
-def frame_body(meta: dict[str, Any], body: bytes) -> bytes:
-    """A frame's payload bytes, read from its shared-memory file when it has one (the file stays)."""
+def frame_body(meta: dict[str, Any], body: bytes, call: Call | None = None) -> bytes:
+    """A frame's payload bytes, read from its shared-memory file when it has one (the file stays); a file that
+    is gone is ``NotFound`` (result_gone), and from then on ``call`` answers so."""
     path = meta.get("_shm")
     if path is None and "_slab" in meta:
         raise slabs.not_kept_error()
-    return p.read_shm(path, unlink=False) if path else body
+    if not path:
+        return body
+    try:
+        return p.read_shm(path, unlink=False)
+    except FileNotFoundError:
+        if call is None:
+            raise NotFound("a result kept in shared memory is gone", hint="run the call under a new call id",
+                           details={"reason": "result_gone"}) from None
+        raise error_from_frame(call.gone()) from None
+
+
+def present(call: Call, kind: int, meta: dict[str, Any], body: bytes) -> Frame:
+    """The frame to answer with: ``call``'s result-gone error in place of a frame whose ``/dev/shm`` file is gone
+    (a reboot, another daemon's sweep, or removed behind this daemon's back)."""
+    path = meta.get("_shm") if meta else None
+    if path is not None and not os.path.exists(path):
+        return call.gone()
+    return kind, meta, body
+
+
+def error_from_frame(frame: Frame) -> TetherError:
+    """The typed error an ERROR frame carries."""
+    exc = error_from_wire(frame[1])
+    return exc if isinstance(exc, TetherError) else TetherError(str(exc))
 
 
 _doomed: set[str] = set()  # files of released calls not deleted yet (all deleted at once if the daemon stops)
@@ -228,13 +284,17 @@ class CallTable:
     """Running calls, plus finished ones kept for re-attach within a count, byte and age budget; written to the
     call journal when there is one."""
 
-    def __init__(self, max_finished: int = 10_000, max_bytes: int = 512 * 1024**2, ttl: float = 3600.0,
+    def __init__(self, max_finished: int = 10_000, max_bytes: int = 512 * 1024**2, ttl: float | None = None,
                  journal: Journal | None = None) -> None:
         self.calls: dict[str, Call] = {}
         self.max_finished = max_finished
         self.max_bytes = max_bytes
-        self.ttl = ttl
+        self.ttl = ttl if ttl is not None else retention_seconds()
         self.journal = journal
+        self.tombstones = journal.tombstones if journal is not None else Tombstones(None)
+        self.starters: dict[str, str] = {}
+        """Call id -> token hash of the principal that started it (the daemon's access checks read and fill it;
+        journaled with each call, so it survives a restart)."""
         self._finished: deque[Call] = deque()
         self._finished_bytes = 0
 
@@ -250,18 +310,41 @@ class CallTable:
         return table
 
     def get(self, call_id: str) -> Call | None:
-        return self.calls.get(call_id)
+        """The call with this id: running, finished, or only its tombstone (its result gone)."""
+        if self._finished and time.time() - (self._finished[0].finished or 0) > self.ttl:
+            self._expire()
+        call = self.calls.get(call_id)
+        return call if call is not None else self._tomb(call_id)
 
     def attachable(self, call_id: str) -> Call | None:
         """The call a request with this id attaches to; None when it should run (unknown, or lost)."""
-        call = self.calls.get(call_id)
+        call = self.get(call_id)
         return None if call is None or call.lost else call
 
+    def _tomb(self, call_id: str) -> Call | None:
+        """A finished call whose result was let go, made up from its tombstone: it answers result_gone."""
+        entry = self.tombstones.get(call_id)
+        if entry is None:
+            return None
+        call = Call(call_id, entry["service"], entry.get("method"), bool(entry.get("json")),
+                    started=float(entry["started"]))
+        call.starter = entry.get("starter")
+        call.attempt = int(entry.get("attempt") or 1)
+        call.finished = float(entry["finished"])
+        call.ended_as = entry.get("state") or CallState.SUCCEEDED.value
+        call.frames.append((p.ERROR, result_gone_error(call).to_wire(), b""))
+        return call
+
     def add(self, call: Call) -> None:
+        before = self.calls.get(call.call_id)
+        if before is not None and before.lost:
+            call.attempt = before.attempt + 1  # a re-run of a lost call
+        call.starter = call.starter or self.starters.get(call.call_id)
         call.on_finish = self._on_finish
         self.calls[call.call_id] = call
         if self.journal is not None:
-            self.journal.started(call.call_id, call.service, call.method, call.json_mode, call.started)
+            self.journal.started(call.call_id, call.service, call.method, call.json_mode, call.started,
+                                 starter=call.starter, attempt=call.attempt)
 
     def discard(self, call: Call) -> None:
         """Forget a call that never reached its worker."""
@@ -277,12 +360,17 @@ class CallTable:
         if self.journal is not None:
             call.journal_seg = self.journal.finished(call.call_id, call.service, call.method, call.json_mode,
                                                      call.started, call.finished or time.time(), call.frames,
-                                                     lost=call.lost)
+                                                     lost=call.lost, starter=call.starter, attempt=call.attempt)
         self._keep(call)
 
     def _keep(self, call: Call) -> None:
         self._finished.append(call)
         self._finished_bytes += call.nbytes
+        self._expire()
+
+    def _expire(self) -> None:
+        """Let go of the oldest finished calls past the count, byte or age budget; each leaves a tombstone
+        (written before its journal segment may go)."""
         now = time.time()
         while self._finished and (
             len(self._finished) > self.max_finished
@@ -293,6 +381,11 @@ class CallTable:
             self._finished_bytes -= old.nbytes
             if self.calls.get(old.call_id) is old:
                 del self.calls[old.call_id]
+                if not old.lost:  # a lost call never finished: its id may run again
+                    self.tombstones.add(old.call_id, {
+                        "service": old.service, "method": old.method, "json": old.json_mode,
+                        "state": old.state.value, "started": old.started, "finished": old.finished,
+                        "attempt": old.attempt, **({"starter": old.starter} if old.starter else {})})
             old.release()
             if self.journal is not None:
                 self.journal.evicted(old.journal_seg)
@@ -301,10 +394,12 @@ class CallTable:
     def restore(self, replayed: Replayed) -> None:
         """Rebuild the table from the journal: finished calls as they were (large bodies: their ``/dev/shm``
         files adopted), calls that were running as lost ones."""
+        self.starters.update(self.tombstones.starters())
         for seq, header, frames in replayed.finished:
             call = Call(header["id"], header["service"], header.get("method"), bool(header.get("json")),
                         started=float(header["started"]))
             call.lost, call.journal_seg = bool(header.get("lost")), seq
+            self._restore_identity(call, header)
             moved = gone = False
             for kind, meta, body in frames:
                 if "_shm" in meta:
@@ -316,16 +411,21 @@ class CallTable:
                         break
                 call.add(kind, meta, body)
             if gone or not call.done:  # it ran to its end, but its result is gone: an error takes its place
+                ended = frames[-1][0] if frames else p.RESULT
                 call.delete_files_now()
                 call = Call(header["id"], header["service"], header.get("method"), bool(header.get("json")),
                             started=float(header["started"]))
+                self._restore_identity(call, header)
+                call.finished = float(header["finished"])
                 call.add(p.ERROR, result_gone_error(call).to_wire(), b"")
+                call.ended_as = (CallState.SUCCEEDED if ended == p.RESULT else CallState.FAILED).value
                 moved = True
             call.finished = float(header["finished"])
             if moved and self.journal is not None:  # its record names files that are renamed or gone: anew
                 self.journal.evicted(seq)
                 call.journal_seg = self.journal.finished(call.call_id, call.service, call.method, call.json_mode,
-                                                         call.started, call.finished, call.frames, lost=call.lost)
+                                                         call.started, call.finished, call.frames, lost=call.lost,
+                                                         starter=call.starter, attempt=call.attempt)
             call.on_finish = self._on_finish
             self.calls[call.call_id] = call
             self._keep(call)  # in finish order: the budget lets go of the same calls as before the restart
@@ -334,12 +434,20 @@ class CallTable:
         if self.journal is not None:
             self.journal.collect()
 
+    def _restore_identity(self, call: Call, header: dict[str, Any]) -> None:
+        """A journaled call's starter and attempt, back on it and in :attr:`starters`."""
+        call.attempt = int(header.get("attempt") or 1)
+        call.starter = header.get("starter")
+        if call.starter:
+            self.starters[call.call_id] = call.starter
+
     def _lose(self, header: dict[str, Any]) -> None:
         """Record a call that was running when the daemon died: its error frame answers every attach, and the
         next request with its id runs it again."""
         call = Call(header["id"], header["service"], header.get("method"), bool(header.get("json")),
                     started=float(header["started"]))
         call.lost = True
+        self._restore_identity(call, header)
         call.on_finish = self._on_finish
         self.calls[call.call_id] = call
         call.add(p.ERROR, lost_error(call).to_wire(), b"")
@@ -364,11 +472,23 @@ def lost_error(call: Call) -> WorkerDied:
                                "method": call.method, "started": call.started})
 
 
+def retention_seconds() -> float:
+    """How long a finished call's result is kept for re-attach (``TETHER_CALL_RETENTION_SECONDS``, an hour)."""
+    try:
+        return float(os.environ.get("TETHER_CALL_RETENTION_SECONDS") or 3600.0)
+    except ValueError:
+        return 3600.0
+
+
 def result_gone_error(call: Call) -> NotFound:
-    """What a call that finished before a daemon restart answers when its large result's ``/dev/shm`` file did
-    not survive the restart (a reboot, or another tether process swept the dead daemon's files first)."""
-    return NotFound(f"call {call.call_id!r} ran to its end before a daemon restart, but its result (in shared "
-                    "memory) did not survive the restart", hint="it is not run again under this call id; start it "
-                    "under a new call id to run it again",
-                    details={"call_id": call.call_id, "lost_in": "daemon_restart", "result_gone": True,
-                             "service": call.service, "method": call.method, "started": call.started})
+    """What a finished call answers once its result is gone: let go after its retention (only its tombstone is
+    left), or its large result's ``/dev/shm`` file was removed (a reboot, another daemon's sweep). The call id
+    is not run again."""
+    finished = call.finished or time.time()
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(finished))
+    return NotFound(f"call {call.call_id!r} ({call.service}.{call.method or '__call__'}) finished at {when}, but "
+                    "its result is no longer kept", hint="a call id runs once: it is not run again under this id; "
+                    "start it under a new call id (or force_rerun=True in an orchestrator) to run it again",
+                    details={"reason": "result_gone", "call_id": call.call_id, "finished_at": finished,
+                             "result_gone": True, "service": call.service, "method": call.method,
+                             "started": call.started})

@@ -4,10 +4,13 @@ power cut) still knows each of them, and the worker processes a dead daemon may 
 Append-only segments ``<state dir>/calls/journal-<n>.log``; a record is ``!IIB`` (payload length, CRC-32 of the
 payload, kind) and its payload:
 
-- ``S`` a call started: ``!dB`` (started, flags: 1 = a JSON call) and its id, service and method (each ``!H``
-  length + UTF-8; length 0xFFFF for no method); written before its worker is sent the call;
-- ``F`` a call finished: ``!ddBI`` (started, finished, flags: 1 = JSON, 2 = lost; frame count), the id, service
-  and method, ``!BII`` (kind, meta length, body length) per frame, the frames' JSON metas, then their bodies;
+- ``S`` a call started: ``!dB`` (started, flags: 1 = a JSON call, 4 = a starter follows, 8 = an attempt follows)
+  and its id, service and method (each ``!H`` length + UTF-8; length 0xFFFF for no method), then the starter (the
+  token hash of the principal that started it: who may read, attach to and cancel it) and the attempt (``!H``:
+  2 and up for a re-run of a call lost in a daemon restart); written before its worker is sent the call;
+- ``F`` a call finished: ``!ddBI`` (started, finished, flags: 1 = JSON, 2 = lost, 4 and 8 as for ``S``; frame
+  count), the id, service and method, the starter and attempt when flagged, ``!BII`` (kind, meta length, body
+  length) per frame, the frames' JSON metas, then their bodies;
   written before anyone is answered. A body of 1 MiB or more is not in it but in its ``/dev/shm`` file (meta
   ``_shm``), which the next daemon adopts;
 - ``D`` a call was dropped before any worker saw it: its id;
@@ -18,6 +21,9 @@ segment), kills the workers still running under a recorded pid and start time, a
 segment begins when the current one passes ``SEGMENT_BYTES``, with the running calls and live workers written
 again at its start; a segment is deleted once none of the finished calls it holds is kept by the call table
 (count, byte and age budget, as before the journal).
+
+A finished call the table lets go leaves a tombstone (``tombstones.py``, its own compacted file beside the
+segments, kept 7 days): a later request with its id answers that its result is gone, and never runs it again.
 
 Durability (``TETHER_CALL_JOURNAL``, see docs/RELIABILITY.md for the measured costs):
 
@@ -54,6 +60,7 @@ from typing import Any
 import structlog
 
 from tether.daemon.store import sync_dir
+from tether.daemon.tombstones import Tombstones
 
 log = structlog.get_logger("tether.daemon.journal")
 
@@ -63,7 +70,8 @@ _FINISH = struct.Struct("!ddBI")
 _FRAME = struct.Struct("!BII")
 _STR = struct.Struct("!H")
 _NONE = 0xFFFF
-JSON_CALL, LOST = 1, 2
+JSON_CALL, LOST, STARTER, ATTEMPT = 1, 2, 4, 8
+_ATTEMPT = struct.Struct("!H")
 START, FINISH, DROP, WORKER, WORKER_GONE = (ord(c) for c in "SFDWX")
 SEGMENT_BYTES = 64 * 1024 * 1024
 SYNC_SECONDS = 1.0
@@ -108,6 +116,7 @@ class Journal:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock_fd = -1
         self._targets: dict[tuple[str, str | None], bytes] = {}
+        self.tombstones = Tombstones(None)  # in memory until replay() holds the lock (then in its file)
 
     @property
     def enabled(self) -> bool:
@@ -148,6 +157,8 @@ class Journal:
         out.workers = list(workers.values())
         self._segments = set(segments)
         self._seq = max(segments, default=0)
+        self.tombstones = Tombstones(self.dir / "tombstones.log")
+        self.tombstones.load()
         self._open(self._seq + 1)
         return out
 
@@ -180,11 +191,13 @@ class Journal:
             self._submit(_sync_close, old)
 
     # -- records -----------------------------------------------------------------------------------------------
-    def started(self, call_id: str, service: str, method: str | None, json_mode: bool, started: float) -> None:
+    def started(self, call_id: str, service: str, method: str | None, json_mode: bool, started: float, *,
+                starter: str | None = None, attempt: int = 1) -> None:
         if not self.enabled:
             return
-        payload = b"".join((_START.pack(started, JSON_CALL if json_mode else 0), _strings(call_id),
-                            self._target(service, method)))
+        flags, extra = _extra(starter, attempt)
+        payload = b"".join((_START.pack(started, flags | (JSON_CALL if json_mode else 0)), _strings(call_id),
+                            self._target(service, method), extra))
         self._running[call_id] = payload
         self._append(START, [payload])
 
@@ -199,13 +212,16 @@ class Journal:
         return target
 
     def finished(self, call_id: str, service: str, method: str | None, json_mode: bool, started: float,
-                 finished: float, frames: list[Frame], *, lost: bool = False) -> int | None:
+                 finished: float, frames: list[Frame], *, lost: bool = False, starter: str | None = None,
+                 attempt: int = 1) -> int | None:
         """Record a finished call with its frames; returns the segment holding it (None: not recorded)."""
         if not self.enabled:
             return None
         self._running.pop(call_id, None)
-        flags = (JSON_CALL if json_mode else 0) | (LOST if lost else 0)
-        head = [_FINISH.pack(started, finished, flags, len(frames)), _strings(call_id), self._target(service, method)]
+        flags, extra = _extra(starter, attempt)
+        flags |= (JSON_CALL if json_mode else 0) | (LOST if lost else 0)
+        head = [_FINISH.pack(started, finished, flags, len(frames)), _strings(call_id), self._target(service, method),
+                extra]
         if len(frames) == 1 and not frames[0][1]:  # the common case: one RESULT or ERROR frame, no meta
             kind, _, body = frames[0]
             head.append(_FRAME.pack(kind, 0, len(body)))
@@ -316,6 +332,8 @@ class Journal:
         self._sync_due = False
         if self._fd >= 0:
             self._submit(_fsync, self._fd)
+        if self.tombstones.fileno() >= 0:
+            self._submit(_fsync, self.tombstones.fileno())
 
     def _submit(self, fn: Any, arg: Any) -> None:
         """Run ``fn(arg)`` on the journal's one I/O thread (fsyncs and closes, in order)."""
@@ -331,6 +349,7 @@ class Journal:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self.tombstones.close()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -356,15 +375,18 @@ def _apply(kind: int, payload: bytes, seq: int, entries: dict[str, tuple[int, di
            workers: dict[int, list[list[int]]]) -> None:
     if kind == START:
         started, flags = _START.unpack_from(payload)
-        (cid, service, method), _ = _read_strings(payload, _START.size, 3)
+        (cid, service, method), pos = _read_strings(payload, _START.size, 3)
         call_id = str(cid)
+        starter, attempt, _ = _read_extra(payload, pos, flags)
         entries.pop(call_id, None)  # re-inserted: the last record of an id decides its place
         entries[call_id] = (seq, {"id": call_id, "service": service, "method": method,
-                                  "json": bool(flags & JSON_CALL), "started": started}, None)
+                                  "json": bool(flags & JSON_CALL), "started": started, "starter": starter,
+                                  "attempt": attempt}, None)
     elif kind == FINISH:
         started, finished, flags, count = _FINISH.unpack_from(payload)
         (cid, service, method), pos = _read_strings(payload, _FINISH.size, 3)
         call_id = str(cid)
+        starter, attempt, pos = _read_extra(payload, pos, flags)
         table = [_FRAME.unpack_from(payload, pos + i * _FRAME.size) for i in range(count)]
         pos += count * _FRAME.size
         metas = []
@@ -379,7 +401,8 @@ def _apply(kind: int, payload: bytes, seq: int, entries: dict[str, tuple[int, di
             raise ValueError("frame lengths do not add up")
         entries.pop(call_id, None)
         entries[call_id] = (seq, {"id": call_id, "service": service, "method": method, "json": bool(flags & JSON_CALL),
-                                  "lost": bool(flags & LOST), "started": started, "finished": finished}, frames)
+                                  "lost": bool(flags & LOST), "started": started, "finished": finished,
+                                  "starter": starter, "attempt": attempt}, frames)
     elif kind == DROP:
         entries.pop(_read_strings(payload, 0, 1)[0][0] or "", None)
     elif kind == WORKER:
@@ -387,6 +410,30 @@ def _apply(kind: int, payload: bytes, seq: int, entries: dict[str, tuple[int, di
         workers[int(pids[0][0])] = [[int(p), int(t)] for p, t in pids]
     elif kind == WORKER_GONE:
         workers.pop(int(json.loads(payload)["pid"]), None)
+
+
+def _extra(starter: str | None, attempt: int) -> tuple[int, bytes]:
+    """The flags and bytes of a record's optional starter and attempt."""
+    flags, parts = 0, []
+    if starter:
+        flags |= STARTER
+        parts.append(_strings(starter))
+    if attempt != 1:
+        flags |= ATTEMPT
+        parts.append(_ATTEMPT.pack(min(attempt, 0xFFFF)))
+    return flags, b"".join(parts)
+
+
+def _read_extra(data: bytes, pos: int, flags: int) -> tuple[str | None, int, int]:
+    """A record's starter (None) and attempt (1) as its flags say, and the position after them."""
+    starter: str | None = None
+    attempt = 1
+    if flags & STARTER:
+        (starter,), pos = _read_strings(data, pos, 1)
+    if flags & ATTEMPT:
+        (attempt,) = _ATTEMPT.unpack_from(data, pos)
+        pos += _ATTEMPT.size
+    return starter, attempt, pos
 
 
 def _strings(*values: str | None) -> bytes:

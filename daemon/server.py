@@ -21,7 +21,7 @@ from tether._version import __version__
 from tether.daemon import protocol as p
 from tether.daemon import slabs
 from tether.daemon.auth import GRANT_KEY, AccessPolicy, authorize, check_code_roots, visible
-from tether.daemon.calls import FINAL, Call, CallTable, frame_body
+from tether.daemon.calls import FINAL, Call, CallTable, frame_body, present
 from tether.daemon.eventloop import loop_name
 from tether.daemon.openapi import document
 from tether.daemon.store import Manifest, discard
@@ -82,7 +82,7 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self._call_metas: dict[tuple[str, str | None, bool], bytes] = {}
         self._deploy_locks: dict[str, asyncio.Lock] = {}
-        self.call_starters: dict[str, str] = {}  # call id -> token hash of the principal that started it
+        self.call_starters = self.calls.starters  # call id -> token hash of its starter (journaled with the call)
 
     def note_starter(self, call_id: str, grant: Any) -> None:
         """Remember who started call ``call_id`` (a call id is its starter's: nobody else attaches to it)."""
@@ -578,8 +578,8 @@ async def respond(request: web.Request, call: Call) -> web.StreamResponse:
     """Answer with the call's frames: one plain response if it ends before anything was streamed, else a live
     stream (with a heartbeat frame every ``HEARTBEAT_SECONDS`` of silence)."""
     if call.json_mode:
-        return await _respond_json(call, {h.CALL_ID: call.call_id})
-    headers = {h.CALL_ID: call.call_id, "Content-Type": h.FRAMES}
+        return await _respond_json(call, {h.CALL_ID: call.call_id, h.CALL_ATTEMPT: str(call.attempt)})
+    headers = {h.CALL_ID: call.call_id, h.CALL_ATTEMPT: str(call.attempt), "Content-Type": h.FRAMES}
     files = request.headers.get(h.ACCEPT_SHM) == "1" and _over_unix_socket(request)
     mine = request.headers.get(slabs.RESULT_HEADER) if files else None  # a result slab this client lent
     frames = call.frames
@@ -625,6 +625,7 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
     """A frame as the client reads it: one buffer, or a header and a large body (not joined: no copy).
 
     A result left in a lent slab goes only to the request that lent it (``mine``), as an ``F`` frame."""
+    kind, meta, body = present(call, kind, meta, body)  # a /dev/shm file gone: the call's result_gone error
     slab = meta.get("_slab") if meta else None
     if slab is not None:
         if slab == mine:
@@ -642,7 +643,7 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
             call.shared = True
             ref = {"kind": kind, "path": path, "size": meta["_size"]}
             return (p.client_frame(p.FILE, json.dumps(ref).encode()),)
-        body = frame_body(meta, body)
+        body = frame_body(meta, body, call)
     if len(body) > 1024 * 1024:
         return p.client_header(kind, len(body)), body
     return (p.client_frame(kind, body),)
@@ -664,7 +665,7 @@ async def _respond_json(call: Call, headers: dict[str, str]) -> web.Response:
             if kind == p.LOG:
                 logs.append(json.loads(body))
             elif kind == p.ITEM:
-                items.append(json.loads(frame_body(meta, body)))
+                items.append(json.loads(frame_body(meta, body, call)))
             elif kind == p.ERROR:
                 err = _as_error(meta)
                 return web.json_response(err.to_wire(), status=http_status(err), headers=headers)
@@ -673,7 +674,7 @@ async def _respond_json(call: Call, headers: dict[str, str]) -> web.Response:
                 if items:
                     out["items"] = items
                 else:
-                    out["result"] = json.loads(frame_body(meta, body))
+                    out["result"] = json.loads(frame_body(meta, body, call))
                 return web.json_response(out, headers=headers)
     finally:
         call.unpin()

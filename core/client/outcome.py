@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from tether.client import slabs
 from tether.client.payloads import load_file, loads, unpickle_error
 from tether.client.transport import Dropped, Unreachable
-from tether.errors import ClusterUnavailable, TetherError, error_from_wire
+from tether.errors import ClusterUnavailable, NotFound, TetherError, error_from_wire
 from tether.protocol import frames as p
 
 __all__ = ["Dropped", "LogSink", "Outcome", "Unreachable", "default_log_sink", "http_error", "raise_remote",
@@ -75,7 +76,7 @@ class Outcome:
                 kind = ref["kind"]
                 self.final = kind != p.ITEM
                 self.big_result = self.final and not ref.get("slab")
-                loaded = self._load_slab(ref) if ref.get("slab") else load_file(ref["path"])
+                loaded = self._load_slab(ref) if ref.get("slab") else _load_kept(ref["path"])
                 if kind == p.ITEM:
                     self.items = self.items if self.items is not None else []
                     self.items.append(loaded)
@@ -122,6 +123,8 @@ class Outcome:
 
     def outcome(self, call_id: str) -> Any:
         if self.failure is not None:
+            if isinstance(self.failure, NotFound) and self.failure.details.get("reason") == "result_gone":
+                self.failure.details.setdefault("call_id", call_id)
             raise self.failure
         if self.error is not None:
             raise_remote(self.error)
@@ -129,6 +132,15 @@ class Outcome:
             raise ClusterUnavailable(f"the stream of call {call_id} ended without a result",
                                      details={"call_id": call_id})
         return self.value
+
+
+def _load_kept(path: str) -> Any:
+    """A big result or item from the ``/dev/shm`` file the daemon keeps; a file that is gone (a reboot, another
+    daemon's sweep) is the typed ``NotFound`` of a result that is gone (the call is not run again)."""
+    if not os.path.exists(path):
+        raise NotFound(f"the call's result file {path} is gone", details={"reason": "result_gone", "path": path},
+                       hint="a call id runs once: its result is not computed again; run it under a new call id")
+    return load_file(path)
 
 
 def unavailable(exc: Dropped, call_id: str) -> Dropped:

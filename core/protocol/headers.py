@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ID", "EXPECT", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
+    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ATTEMPT", "CALL_ID", "EXPECT", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
     "RESULT_SLAB", "SHM", "SHM_LENT", "bearer", "wants_async",
 ]
 
@@ -16,6 +16,9 @@ JSON = "application/json"
 AUTHORIZATION = "Authorization"
 CALL_ID = "X-Tether-Call-Id"
 """Optional on a call; the same id twice runs once. Echoed on the response."""
+CALL_ATTEMPT = "X-Tether-Call-Attempt"
+"""On a call's response: which run of the call id answers (1; 2 and up for a re-run of a call lost in a daemon
+restart). A client resuming a stream whose attempt changed knows the frames are a new run's, not a replay."""
 CALLER = "X-Tether-Caller"
 """Who calls, for lineage and usage records."""
 EXPECT = "X-Tether-Expect"

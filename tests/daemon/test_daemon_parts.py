@@ -51,7 +51,8 @@ def test_call_table_evicts_oldest_finished_beyond_budget():
         return table
 
     table = asyncio.run(go())
-    assert table.get("c0") is None and table.get("c1") is None
+    assert "c0" not in table.calls and "c1" not in table.calls
+    assert table.get("c0").summary()["result_gone"] and table.attachable("c1").state == "succeeded"  # tombstones
     assert all(table.get(f"c{i}") is not None for i in (2, 3, 4))
     assert table.get("running") is not None
 

@@ -322,5 +322,6 @@ def test_the_journal_replays_across_segments_and_drops_what_the_table_let_go(tmp
     lost = restored.get("running-1")
     assert lost is not None and lost.lost and lost.json_mode and lost.method == "m"
     assert lost.frames[-1][1]["error"]["type"] == "WorkerDied" and restored.attachable("running-1") is None
-    assert restored.get("dropped-1") is None and restored.get("c10") is None
+    assert restored.get("dropped-1") is None and "c10" not in restored.calls
+    assert restored.get("c10").summary()["result_gone"]  # its tombstone: the id is not run again
     again.close()

@@ -4,7 +4,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_support import EMBED, FNS, SERVICES, run_logs
@@ -129,34 +131,70 @@ class WorkerLost(Exception):
     """Stands for the step's process dying mid-call: the attempt ends, the remote call is not cancelled."""
 
 
+def _waiting_for_a_frame(frame: Any) -> bool:
+    """Whether the interrupted thread waits on the call's socket for its next frame, and is not inside a log
+    handler (where ``logging`` would swallow the exception the signal handler raises)."""
+    waiting = False
+    while frame is not None:
+        code = frame.f_code
+        if f"{os.sep}logging{os.sep}" in code.co_filename:
+            return False
+        waiting = waiting or (code.co_name == "_more" and code.co_filename.endswith(f"client{os.sep}syncwire.py"))
+        frame = frame.f_back
+    return waiting
+
+
 def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, instance, tmp_path: Path) -> None:
     """The first attempt fails while its remote call runs; the retry attaches to that call instead of starting a
     second run, and gets its result once it finishes (as the Airflow and Prefect retry tests do); the call's
-    metadata records the remote call's duration, not the retry's shorter wait."""
+    metadata records the remote call's duration, not the retry's shorter wait.
+
+    The first attempt ends by a SIGUSR1 whose handler raises in the step's thread. It raises only while that
+    thread waits for the call's next frame (on its socket): a signal handled inside a log handler (the remote
+    ``print`` arriving as a log line) would be swallowed by ``logging`` (``Handler.handleError``), so the watcher
+    signals again until the handler says it raised — no timing decides the outcome.
+    """
     attempts: list[tuple[int, str]] = []  # (retry number, run id) as each attempt starts
     times: dict[str, float] = {}
+    handled, raised, finished = threading.Event(), threading.Event(), threading.Event()
+    watch_failed: list[str] = []
 
     def lose_the_worker(signum: int, frame: object) -> None:
-        raise WorkerLost("the step's worker died mid-call")
+        try:
+            if _waiting_for_a_frame(frame) and not raised.is_set():
+                raised.set()
+                raise WorkerLost("the step's worker died mid-call")
+        finally:
+            handled.set()
 
     def call_ids() -> list[str]:
         logs = run_logs(instance, attempts[0][1]) if attempts else []
         return [line.rsplit("(call id ", 1)[1].rstrip(")") for line in logs if "(call id " in line]
 
+    def until(done: Callable[[], bool], what: str) -> bool:
+        """Poll ``done`` until it holds or the job ended (a real event, not a time limit)."""
+        while not done():
+            if finished.is_set():
+                watch_failed.append(f"the job ended before {what}")
+                return False
+            time.sleep(0.02)
+        return True
+
     def watch() -> None:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "started").exists():  # the remote function runs (first attempt)
-            if time.monotonic() > deadline:
-                return
-            time.sleep(0.02)
+        if not until((tmp_path / "started").exists, "the remote function started"):
+            return
         times["started"] = time.monotonic()
-        os.kill(os.getpid(), signal.SIGUSR1)  # the first attempt ends while the call runs
-        while len(call_ids()) < 2:  # the retry has chosen its call ...
-            if time.monotonic() > deadline:
+        while not raised.is_set():  # the first attempt ends while the call runs
+            handled.clear()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            if not until(handled.is_set, "the signal was handled"):
                 return
-            time.sleep(0.02)
+            if not raised.is_set():
+                time.sleep(0.01)  # it was in a log handler: signal again once it waits on its socket
+        if not until(lambda: len(call_ids()) >= 2, "the retry chose its call"):  # the retry has chosen its call ...
+            return
         state_on_retry.append(tether_runs.call_state(call_ids()[1], local_cluster))
-        time.sleep(1.0)  # ... and waits on the call, which still runs
+        time.sleep(1.0)  # ... and waits on the call, which still runs (the asserts hold however long this is)
         times["released"] = time.monotonic()
         (tmp_path / "release").touch()
 
@@ -185,12 +223,14 @@ def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, i
             raise_on_error=False,
         )
     finally:
+        finished.set()
         signal.signal(signal.SIGUSR1, saved)
         (tmp_path / "release").touch()
         watcher.join(10)
 
     logs = run_logs(instance, result.run_id)
     ids = call_ids()
+    assert not watch_failed, (watch_failed, logs)
     assert lost == [0], logs  # attempt 0 ended mid-call
     assert result.success, logs
     assert [n for n, _ in attempts] == [0, 1]
