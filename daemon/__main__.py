@@ -20,7 +20,7 @@ from tether.daemon.store import write_atomic
 from tether.daemon.tls import server_context
 from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
-from tether.protocol.serving import Runner
+from tether.protocol.serving import IDLE_TIMEOUT, Runner
 from tether.specs import parse_bytes
 
 
@@ -39,6 +39,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--max-body", default="2GB", help="largest request body")
     ap.add_argument("--unix-socket", type=Path, help="also serve on this unix socket (same-host clients)")
     ap.add_argument("--ready-file", type=Path, help="written with {port, pid} once serving")
+    ap.add_argument("--max-connections", type=int, help="connections held at once (default: from the open-file "
+                                                        "limit, at most 4096; $TETHER_MAX_CONNECTIONS)")
+    ap.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT,
+                    help="seconds a connection may take to send a request head, also between requests")
     return ap.parse_args(argv)
 
 
@@ -53,7 +57,8 @@ async def serve(args: argparse.Namespace) -> None:
     ssl_ctx = None
     if args.tls_cert:
         ssl_ctx = server_context(args.tls_cert, args.tls_key or args.tls_cert)
-    runner = Runner(make_app(daemon), access_log=None, handle_signals=False, read_bufsize=4 * 1024 * 1024)
+    runner = Runner(make_app(daemon), access_log=None, handle_signals=False, read_bufsize=4 * 1024 * 1024,
+                    max_connections=args.max_connections, idle_timeout=args.idle_timeout)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, ssl_context=ssl_ctx, backlog=1024)
     await site.start()

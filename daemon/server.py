@@ -38,7 +38,7 @@ from tether.errors import (
 from tether.protocol import headers as h
 from tether.protocol.deployments import deployment_id
 from tether.protocol.headers import PREFER, RESPOND_ASYNC, wants_async
-from tether.protocol.serving import input_error, loads_json, read_json
+from tether.protocol.serving import input_error, loads_json, mark_authenticated, read_json
 from tether.specs import EnvSpec, ServiceSpec, validate_name
 
 log = structlog.get_logger("tether.daemon")
@@ -363,6 +363,7 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
                                      daemon.is_service, daemon.env_reqs, daemon.starter_of)
             if denied is not None:
                 return error_response(denied)
+            mark_authenticated(request)
         return await handler(request)
     except TetherError as exc:
         return error_response(exc)

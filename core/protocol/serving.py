@@ -8,12 +8,22 @@
   ``{"error": {...}}`` JSON as every other error (:class:`JsonErrorsHandler`, :func:`input_error`); aiohttp
   itself offers no hook there (aio-libs/aiohttp#3287), hence the request handler subclass.
 
+- Slow and idle peers (:class:`Server`): a connection must send a complete request head within the idle
+  timeout after it opened or after its last answer (aiohttp's keep-alive timer covers both), and a server holds
+  at most ``max_connections``. A connection past the cap makes room: first the oldest connections that have not
+  sent a complete request head yet (slowloris) are closed with a 503 JSON error, then the oldest idle keep-alive
+  connections, those that never passed authentication first; when every connection is busy with a request the
+  new one is refused with a typed, retryable 503 (``ClusterUnavailable``, ``details.reason``
+  ``too_many_connections``). The default cap stays below the open-file limit, so accepting never fails.
+
 Only the daemon and the registry server import this module (it needs ``aiohttp.web``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import resource
 import sys
 from typing import Any
 
@@ -21,9 +31,12 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from tether.errors import SerializationError, TetherError
+from tether.errors import ClusterUnavailable, SerializationError, TetherError
 
-__all__ = ["MAX_SPEC_DEPTH", "JsonErrorsHandler", "Runner", "Server", "input_error", "loads_json", "read_json"]
+__all__ = [
+    "IDLE_TIMEOUT", "MAX_SPEC_DEPTH", "JsonErrorsHandler", "Runner", "Server", "default_max_connections",
+    "input_error", "loads_json", "mark_authenticated", "read_json",
+]
 
 log = structlog.get_logger("tether.serving")
 
@@ -107,11 +120,78 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+IDLE_TIMEOUT = float(os.environ.get("TETHER_IDLE_TIMEOUT", "60"))  # seconds to a complete request head
+
+
+def default_max_connections() -> int:
+    """Connections a server holds at once by default: ``$TETHER_MAX_CONNECTIONS``, else what the open-file
+    limit leaves after room for the server's own files (workers, journal, database), at most 4,096. The soft
+    limit is raised to the hard one first (up to 65,536)."""
+    if os.environ.get("TETHER_MAX_CONNECTIONS"):
+        return int(os.environ["TETHER_MAX_CONNECTIONS"])
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return 4096
+    return max(8, min(4096, soft - max(64, soft // 8)))
+
+
+def mark_authenticated(request: web.BaseRequest) -> None:
+    """The request's connection passed authentication: when the server is full it is closed last."""
+    handler = request.protocol
+    if isinstance(handler, JsonErrorsHandler):
+        handler.authenticated = True
+
+
+def _full(limit: int, message: str) -> bytes:
+    """A complete ``503`` answer refusing a connection over the cap."""
+    err = ClusterUnavailable(message, hint="retry in a moment: the server is at its connection limit; callers "
+                                          "that keep their connections busy or idle hold its places",
+                             details={"reason": "too_many_connections", "limit": limit})
+    body = json.dumps(err.to_wire()).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+
+
 class JsonErrorsHandler(web.RequestHandler):
     """aiohttp's connection handler, answering the requests its parser refuses with tether's JSON errors.
 
     The log line names the error's class only: the refused bytes may hold a credential (an over-long
     ``Authorization`` header), so no part of them is written to the log."""
+
+    authenticated = False  # set by the app once a request on this connection passed authentication
+    server: Server | None = None
+    opened = 0.0
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.opened = self._loop.time()
+        if self.server is not None:
+            self.server.admit(self)
+
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
+    def head_pending(self) -> bool:
+        """No complete request head has arrived on this connection yet."""
+        return getattr(self, "_request_count", 1) == 0
+
+    def idle(self) -> bool:
+        """Between requests (keep-alive): nothing is being answered, nothing is queued."""
+        return not getattr(self, "_request_in_progress", True) and not getattr(self, "_messages", True)
+
+    def refuse(self, answer: bytes | None) -> None:
+        """Close this connection, sending ``answer`` first."""
+        if self.transport is not None and not self.transport.is_closing():
+            if answer:
+                self.transport.write(answer)
+            self.transport.close()
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -135,7 +215,10 @@ class JsonErrorsHandler(web.RequestHandler):
 
 
 class Server(web.Server):
-    """aiohttp's low-level server, with :class:`JsonErrorsHandler` for every connection."""
+    """aiohttp's low-level server, with :class:`JsonErrorsHandler` for every connection and a connection cap
+    (``max_connections``; 0: none)."""
+
+    max_connections = 0
 
     @classmethod
     def like(cls, server: web.Server) -> Server:
@@ -144,11 +227,48 @@ class Server(web.Server):
                    handler_cancellation=server.handler_cancellation, loop=server._loop, **server._kwargs)
 
     def __call__(self) -> web.RequestHandler:
-        return JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+        handler = JsonErrorsHandler(self, loop=self._loop, **self._kwargs)
+        handler.server = self
+        return handler
+
+    def admit(self, new: JsonErrorsHandler) -> None:
+        """Make room for ``new`` when the server holds more than ``max_connections`` (see the module doc)."""
+        limit = self.max_connections
+        if not limit or len(self._connections) <= limit:
+            return
+        open_ = [h for h in self._connections if h is not new and isinstance(h, JsonErrorsHandler)
+                 and not h.closing()]
+        if len(open_) < limit:  # the others are closing already
+            return
+        pending = [h for h in open_ if h.head_pending()]
+        if pending:
+            victim = min(pending, key=lambda h: h.opened)
+            log.warning("connection_evicted", reason="head_pending", limit=limit)
+            victim.refuse(_full(limit, f"connection closed: the server holds its limit of {limit} connections and "
+                                       "this one had not sent a complete request"))
+            return
+        idle = [h for h in open_ if h.idle()]
+        if idle:
+            victim = min(idle, key=lambda h: (h.authenticated, h.opened))
+            log.info("connection_evicted", reason="idle", limit=limit)
+            victim.refuse(None)  # an idle keep-alive connection: its client opens another
+            return
+        log.warning("connection_refused", limit=limit)
+        new.refuse(_full(limit, f"connection refused: the server holds its limit of {limit} connections, "
+                                "every one busy with a request"))
 
 
 class Runner(web.AppRunner):
-    """An ``AppRunner`` serving through :class:`Server`."""
+    """An ``AppRunner`` serving through :class:`Server`, holding at most ``max_connections`` (0: no cap) and
+    closing a connection that sends no complete request head for ``idle_timeout`` seconds."""
+
+    def __init__(self, app: web.Application, *, max_connections: int | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", idle_timeout)
+        super().__init__(app, **kwargs)
+        self.max_connections = default_max_connections() if max_connections is None else max_connections
 
     async def _make_server(self) -> web.Server:
-        return Server.like(await super()._make_server())
+        server = Server.like(await super()._make_server())
+        server.max_connections = self.max_connections
+        return server

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DataError
 
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
-from tether.protocol.serving import Runner, input_error, read_json
+from tether.protocol.serving import Runner, input_error, mark_authenticated, read_json
 from tether.registry import lineage_routes
 from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, parse_ref
@@ -247,6 +247,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     request["principal"] = principal
     request["token"] = token
+    mark_authenticated(request)
     return await handler(request)
 
 

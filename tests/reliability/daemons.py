@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -83,6 +84,11 @@ class DaemonProc:
             self.proc.wait(15)
 
 
+def limit_open_files(n: int) -> None:
+    """In a child before exec: at most ``n`` open files, soft and hard (it cannot raise them again)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+
+
 def daemon_cmd(state_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -105,8 +111,11 @@ def start_daemon(
     hashed_token_file: bool = True,
     scheme: str = "http",
     timeout: float = 60.0,
+    nofile: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> DaemonProc:
-    """Start a daemon; the token file holds ``sha256:<hex>`` unless ``hashed_token_file`` is False."""
+    """Start a daemon; the token file holds ``sha256:<hex>`` unless ``hashed_token_file`` is False. ``nofile``
+    caps its open files (soft and hard ``RLIMIT_NOFILE``), ``env`` adds to its environment."""
     from tether.daemon.auth import hash_token
 
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -119,15 +128,16 @@ def start_daemon(
         token_file.chmod(0o600)
         args += ["--token-file", str(token_file)]
     log = state_dir.parent / f"{state_dir.name}.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             daemon_cmd(state_dir, "--ready-file", str(ready), *args),
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=full_env,
             start_new_session=True,
+            preexec_fn=(lambda: limit_open_files(nofile)) if nofile else None,
         )
     deadline = time.monotonic() + timeout
     while not ready.exists():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.reliability.daemons import ROOT
+from tests.reliability.daemons import ROOT, limit_open_files
 
 
 @dataclass
@@ -41,8 +41,9 @@ class RegistryProc:
             self.proc.wait(15)
 
 
-def start_registry(tmp: Path, *extra: str, principal: str = "fuzzer") -> RegistryProc:
-    """A registry server on a fresh SQLite database with one token for ``principal``."""
+def start_registry(tmp: Path, *extra: str, principal: str = "fuzzer", nofile: int | None = None) -> RegistryProc:
+    """A registry server on a fresh SQLite database with one token for ``principal`` (``nofile``: at most that
+    many open files)."""
     from tether.registry.store import Store
 
     db = tmp / "registry.db"
@@ -57,7 +58,8 @@ def start_registry(tmp: Path, *extra: str, principal: str = "fuzzer") -> Registr
     cmd = [sys.executable, "-m", "tether.registry", "serve", "--db", str(db), "--port", "0",
            "--ready-file", str(ready), *extra]
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+                                preexec_fn=(lambda: limit_open_files(nofile)) if nofile else None)
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
