@@ -35,8 +35,10 @@ if _typing.TYPE_CHECKING:
     from tether.api.calls import CallHandle, call
     from tether.api.clusters import Cluster
     from tether.api.envs import Env, env
+    from tether.api.images import Image
     from tether.api.loading import cluster, function, load, module
     from tether.api.report import report
+    from tether.api.secrets import Secret, secret
     from tether.api.services import Function, Module, RemoteClass, RemoteInstance
     from tether.compute.routing import RoutingPolicy
     from tether.escalation import Escalation
@@ -53,6 +55,7 @@ __all__ = [
     "Env",
     "Escalation",
     "Function",
+    "Image",
     "Module",
     "NotFound",
     "OutOfMemory",
@@ -62,6 +65,7 @@ __all__ = [
     "RemoteError",
     "RemoteInstance",
     "RoutingPolicy",
+    "Secret",
     "SerializationError",
     "StorageFull",
     "TetherError",
@@ -77,6 +81,7 @@ __all__ = [
     "registry",
     "report",
     "runs",
+    "secret",
 ]
 
 _LAZY = {
@@ -84,6 +89,7 @@ _LAZY = {
     "Cluster": "tether.api.clusters", "cluster": "tether.api.loading",
     "Env": "tether.api.envs", "env": "tether.api.envs",
     "Escalation": "tether.escalation",
+    "Image": "tether.api.images", "Secret": "tether.api.secrets", "secret": "tether.api.secrets",
     "Function": "tether.api.services", "Module": "tether.api.services", "RemoteClass": "tether.api.services",
     "RemoteInstance": "tether.api.services", "function": "tether.api.loading", "module": "tether.api.loading",
     "load": "tether.api.loading", "report": "tether.api.report",

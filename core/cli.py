@@ -12,7 +12,9 @@ from rich.table import Table
 
 from tether.api.calls import call
 from tether.api.loading import cluster
+from tether.compute.state import load_state, state_backend
 from tether.errors import TetherError
+from tether.home import clusters_dir
 from tether.registry.cli import registry
 
 console = Console()
@@ -90,6 +92,101 @@ def logs(call_id: str, name: str) -> None:
             click.echo(event["text"], nl=False)
         else:
             click.echo(f"{event.get('name')}: {event.get('msg')}")
+
+
+@main.group("cluster")
+def cluster_group() -> None:
+    """List, bring up, stop, inspect and restart clusters (local, ssh, sky)."""
+
+
+def _fmt_bytes(n: Any) -> str:
+    if not isinstance(n, (int, float)):
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return "-"
+
+
+@cluster_group.command("list")
+def cluster_list() -> None:
+    """Every cluster brought up from this TETHER_HOME, with its backend, hosts and state."""
+    table = Table("name", "backend", "hosts", "state")
+    for path in sorted(clusters_dir().glob("*.json")):
+        st = load_state(path.stem)
+        if st is None or path.name == "endpoints.json":
+            continue
+        try:
+            state = str(_cluster(path.stem).status())
+        except TetherError as exc:
+            state = f"unreachable ({type(exc).__name__})"
+        spec = st.get("spec") or {}
+        hosts = ", ".join(spec.get("host") or st.get("hosts") or []) or "127.0.0.1"
+        table.add_row(path.stem, state_backend(st), hosts, state)
+    console.print(table)
+
+
+@cluster_group.command("up")
+@click.argument("name")
+def cluster_up(name: str) -> None:
+    """Bring a known cluster up (idempotent)."""
+    c = _cluster(name).up_if_not()
+    console.print(f"[green]up[/green] {c.name} at {c.endpoint}")
+
+
+@cluster_group.command("down")
+@click.argument("name")
+@click.option("--stop", "stop_only", is_flag=True, help="stop the daemon but keep what it holds")
+def cluster_down(name: str, stop_only: bool) -> None:
+    """Tear a cluster down (or only stop it)."""
+    c = _cluster(name)
+    c.stop() if stop_only else c.teardown()
+    console.print(f"{'stopped' if stop_only else 'down'} {name}")
+
+
+@cluster_group.command("restart")
+@click.argument("name")
+def cluster_restart(name: str) -> None:
+    """Restart a cluster's daemon; its services come back."""
+    c = _cluster(name).restart_server()
+    console.print(f"[green]restarted[/green] {name} at {c.endpoint}")
+
+
+@cluster_group.command("status")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def cluster_status(name: str, as_json: bool) -> None:
+    """State, nodes (CPU, memory, GPUs) and per-worker CPU and memory."""
+    details = _cluster(name).status().details()
+    if as_json:
+        click.echo(json.dumps(details, indent=2))
+        return
+    console.print(f"{name}: {details['state']}")
+    if details["state"] != "up":
+        return
+    nodes = Table("node", "cpus", "load", "memory free", "gpus")
+    for n in details["nodes"]:
+        gpus = ", ".join(f"#{g['index']} {g['utilization']}% {_fmt_bytes(g['memory_used'])}/"
+                         f"{_fmt_bytes(g['memory_total'])}" for g in n.get("gpus", [])) or "-"
+        nodes.add_row(n["host"], str(n.get("cpus")), f"{n['load'][0]:.2f}",
+                      f"{_fmt_bytes(n.get('memory_available'))}/{_fmt_bytes(n.get('memory_total'))}", gpus)
+    console.print(nodes)
+    workers = Table("env", "pid", "alive", "cpu %", "memory", "gpu memory")
+    for w in details["workers"]:
+        workers.add_row(w["env"], str(w["pid"]), str(w["alive"]), str(w.get("cpu_percent", "-")),
+                        _fmt_bytes(w.get("rss_bytes")), _fmt_bytes(w.get("gpu_memory_bytes")))
+    console.print(workers)
+
+
+@main.command("ssh")
+@click.argument("name")
+@click.option("--node", default=None, help="node index or host (default: the head)")
+@click.argument("command", nargs=-1)
+def ssh_cmd(name: str, node: str | None, command: tuple[str, ...]) -> None:
+    """A shell on a cluster's node (or run COMMAND there)."""
+    where: int | str | None = int(node) if node and node.isdigit() else node
+    sys.exit(_cluster(name).ssh(where, " ".join(command) or None))
 
 
 main.add_command(registry)

@@ -19,6 +19,7 @@ import structlog
 from tether.daemon import protocol as p
 from tether.daemon.journal import Journal
 from tether.daemon.memory import baseline_evidence, classify_exit
+from tether.daemon.secrets import secret_env
 from tether.daemon.venvs import ensure_venv
 from tether.errors import ConfigError, WorkerDied
 from tether.specs import EnvSpec
@@ -51,11 +52,12 @@ class WorkerProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    async def start(self, python: str, cwd: str | None) -> None:
+    async def start(self, python: str, cwd: str | None, secrets: dict[str, str] | None = None) -> None:
         self.evidence = baseline_evidence()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env.update(self.env.env_vars)
+        env.update(secrets or {})  # daemon/secrets.py: the env's secrets, read from the store at each start
         env["TETHER_ENV"] = self.env.name
         env["PYTHONUNBUFFERED"] = "1"
         env["TETHER_DAEMON_PID"] = str(os.getpid())  # the worker dies with this daemon (see worker.py)
@@ -222,7 +224,7 @@ class WorkerPool:
             self.envs[env.name] = env
             python = await self._python_for(env)
             worker = WorkerProcess(env, self.memory_limit)
-            await worker.start(python, env.working_dir)
+            await worker.start(python, env.working_dir, secret_env(self.state_dir, env.secrets))
             log.info("worker_started", env=env.name, pid=worker.pid)
             if self.journal is not None:
                 journal = self.journal

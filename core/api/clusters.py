@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from tether.api import box
+from tether.api import secrets as cluster_secrets
 from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
@@ -159,7 +161,7 @@ class Cluster:
     def status(self) -> str:
         """``"up"``, ``"stopped"`` or ``"down"``."""
         self._allowed()
-        return self.backend.status(self.spec)
+        return box.StatusReport(self.backend.status(self.spec), self)  # a str, with .workers / .details()
 
     def stop(self) -> None:
         """Stop the cluster's daemon; its services come back on the next ``up``."""
@@ -306,6 +308,42 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"Cluster({self.name!r}, backend={self.spec.backend!r})"
+
+    # -- hands on the box, secrets, images (tether.api.box, tether.api.secrets): thin delegates ---------------
+    def run(self, commands: str | list[str], *, env: dict[str, str] | None = None, node: int | str | None = None,
+            cwd: str | None = None, stream: bool = True) -> list[Any]:
+        """Shell commands on the head (``node``: an index, a host or ``"all"``), output streamed as it comes;
+        one ``CommandResult(returncode, stdout, stderr, host, command)`` each (a node stops at a failure)."""
+        self._allowed()
+        return box.run(self, commands, env=env, node=node, cwd=cwd, stream=stream)
+
+    def rsync(self, source: str, dest: str, *, up: bool = True, node: int | str | None = None,
+              contents: bool = False) -> None:
+        """Copy local ``source`` to ``dest`` on every node (``up``), or from the head to local ``dest``."""
+        self._allowed()
+        box.rsync(self, source, dest, up=up, node=node, contents=contents)
+
+    def ssh(self, node: int | str | None = None, command: str | None = None) -> int:
+        """An interactive shell on a node (``command``: run that instead); its exit code."""
+        self._allowed()
+        return box.shell(self, node, command)
+
+    def restart_server(self) -> Cluster:
+        """Restart the daemon (its services come back from its manifest); returns self."""
+        self.stop()
+        return self.up()
+
+    def sync_secrets(self, secrets: list[Any], node: int | str | None = "all") -> list[str]:
+        """Deliver secrets (``tether.secret`` objects or names) to every env's workers on the cluster, and their
+        files into each remote host's HOME in the tool's layout; returns the names."""
+        self._allowed()
+        return cluster_secrets.sync_to_cluster(self, secrets, all_envs=True, to_home=True, node=node)
+
+    def delete_secrets(self, names: list[str]) -> None:
+        """Remove secrets from the cluster's secret store (workers lose them at their next start)."""
+        self._allowed()
+        cluster_secrets.delete_from_cluster(self, names)
+
 
 
 def new_cluster(name: str | None = None, **fields: Any) -> Cluster:

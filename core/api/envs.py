@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tether.api.records import save_resource
+from tether.api.secrets import Secret
 from tether.specs import EnvSpec, build
 
 __all__ = ["Env", "env"]
@@ -13,8 +14,9 @@ __all__ = ["Env", "env"]
 class Env:
     """A named worker environment on a cluster; one worker process per env."""
 
-    def __init__(self, spec: EnvSpec) -> None:
+    def __init__(self, spec: EnvSpec, secret_objects: dict[str, Secret] | None = None) -> None:
         self.spec = spec
+        self.secret_objects = dict(secret_objects or {})  # tether.secret(...) objects given by value, by name
 
     @property
     def name(self) -> str:
@@ -45,7 +47,13 @@ def env(
     working_dir: str | None = None,
     python: str | None = None,
     memory_limit: int | str | None = None,
+    secrets: list[str | Secret] | None = None,
 ) -> Env:
-    """Describe a worker environment: ``tether.env(name="train", reqs=["numpy"], env_vars={"X": "1"})``."""
+    """Describe a worker environment: ``tether.env(name="train", reqs=["numpy"], env_vars={"X": "1"})``.
+
+    ``secrets``: ``tether.secret(...)`` objects or names (saved secrets, or providers like ``"aws"``), delivered to
+    the env's workers at deploy; the spec (and any saved config) keeps their names only."""
+    objects = {s.name: s for s in secrets or [] if isinstance(s, Secret)}
+    names = [s.name if isinstance(s, Secret) else str(s) for s in secrets or []]
     return Env(build(EnvSpec, dict(name=name, reqs=reqs or [], env_vars=env_vars or {}, working_dir=working_dir,
-                                   python=python, memory_limit=memory_limit)))
+                                   python=python, memory_limit=memory_limit, secrets=names)), objects)

@@ -27,6 +27,7 @@ from tether.api.distribute import distribute
 from tether.api.envs import Env
 from tether.api.invocation import Invocation
 from tether.api.records import save_resource, snapshot_code
+from tether.api.secrets import deliver_for_deploy
 from tether.client import LogSink, default_log_sink
 from tether.errors import ConfigError, NotFound
 from tether.escalation import Attempt, Escalation, Ladder, Step
@@ -158,6 +159,7 @@ class _Service:
         """Deploy this (new, not yet shared) handle's service; called only on handles made for that."""
         cluster = (cluster or self.cluster or new_cluster()).up_if_not()
         env = _resolve_env(cluster, env if env is not None else self.env)
+        deliver_for_deploy(cluster, env)  # the env's secrets into the cluster's store (values never in the spec)
         name = name or self.name
         if not name:
             raise ConfigError("this service needs a name", hint="pass name=... to .to()")

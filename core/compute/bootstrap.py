@@ -335,6 +335,9 @@ _SUPERVISOR = """#!/bin/sh
 # tether daemon supervisor: restarts the daemon if it crashes, exits when it stops cleanly (SIGTERM, autostop)
 # or when it fails 3 times in a row without ever becoming ready.
 cd "$(dirname "$0")"
+# an image's env vars and venv (tether.compute.setup): the daemon and its workers run with them
+PY=venv/bin/python; [ -s image.venv ] && PY="$(cat image.venv)"
+[ -f image.env ] && . ./image.env
 trap 'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 0' TERM INT HUP
 fails=0
 while :; do
@@ -366,14 +369,18 @@ class DaemonInfo:
 def bootstrap_host(
     t: SSHTarget, *, wheel: Path, port: int, token: str | None, autostop_mins: int | None,
     python: str = "python3", progress: Callable[[str], None] = lambda s: None,
+    image_key: str | None = None, prepare: Callable[[SSHTarget, DaemonInfo], None] | None = None,
 ) -> DaemonInfo:  # fmt: skip
-    """Make sure the daemon of this wheel runs on the host; returns where. Only does the steps still needed."""
+    """Make sure the daemon of this wheel runs on the host; returns where. Only does the steps still needed.
+
+    ``prepare(target, info)`` runs after the install and before the daemon starts (an image's setup steps);
+    a change of ``image_key`` restarts the daemon."""
     progress("connect")
     probe = json.loads(t.run(f"{python} -", step="connect", stdin=_PROBE.format(rdir=REMOTE_DIR)))
     rdir = f"{probe['home']}/{REMOTE_DIR}"
     wheel_sha = wheel_fingerprint(wheel)
     install_key = f"{wheel_sha}+pip"  # the venv has pip too: envs with reqs install with it on a host without uv
-    daemon_key = hashlib.sha256(f"{wheel_sha}:{port}:{token}:{autostop_mins}".encode()).hexdigest()[:16]
+    daemon_key = hashlib.sha256(f"{wheel_sha}:{port}:{token}:{autostop_mins}:{image_key}".encode()).hexdigest()[:16]
     info = DaemonInfo(host=t.host, port=port, home=probe["home"], remote_dir=rdir)
     if probe["installed"] != install_key:
         progress("wheelhouse")
@@ -391,6 +398,9 @@ def bootstrap_host(
             step="install",
         )  # fmt: skip
         info.steps.append("install")
+    if prepare is not None:
+        progress("image")
+        prepare(t, info)
     if probe["running"] and probe["daemon_key"] == daemon_key and probe["ready"]:
         info.pid = probe["ready"].get("pid")
         info.port = int(probe["ready"]["port"])
@@ -398,7 +408,7 @@ def bootstrap_host(
     progress("start daemon")
     if probe["running"]:
         stop_daemon(t, rdir)
-    cmd = f"venv/bin/python -m tether.daemon --host 127.0.0.1 --port {port} --state-dir state --ready-file ready.json"
+    cmd = f"\"$PY\" -m tether.daemon --host 127.0.0.1 --port {port} --state-dir state --ready-file ready.json"
     if token:
         cmd += " --token-file token"
     if autostop_mins is not None:
@@ -444,6 +454,7 @@ def stop_daemon(t: SSHTarget, remote_dir: str, *, step: str = "stop daemon") -> 
 def bootstrap_hosts(
     targets: list[SSHTarget], *, port: int = DEFAULT_PORT, token: str | None = None,
     autostop_mins: int | None = None, python: str = "python3", show_progress: bool = True,
+    image_key: str | None = None, prepare: Callable[[SSHTarget, DaemonInfo], None] | None = None,
 ) -> list[DaemonInfo]:  # fmt: skip
     """Bootstrap every host in parallel with a rich progress display; the first failure is raised."""
     console = Console(stderr=True, quiet=not show_progress)
@@ -455,7 +466,8 @@ def bootstrap_hosts(
         def one(t: SSHTarget) -> DaemonInfo:
             tid = task_ids[t.host]
             info = bootstrap_host(t, wheel=wheel, port=port, token=token, autostop_mins=autostop_mins,
-                                  python=python, progress=lambda s: bar.update(tid, description=s))  # fmt: skip
+                                  python=python, progress=lambda s: bar.update(tid, description=s),
+                                  image_key=image_key, prepare=prepare)  # fmt: skip
             bar.update(tid, description=f"daemon up on port {info.port}", total=1, completed=1)
             return info
 

@@ -14,10 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
+from tether.compute.setup import LocalRunner, apply_image, image_hash, local_image_env
 from tether.compute.state import claim_name, load_state, state_path, write_private
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock, open_private, private_dir
@@ -75,18 +76,20 @@ class LocalBackend:
         with file_lock(state_file.with_suffix(".lock")):
             claim_name(spec.name, "local")
             handle = self.handle(spec)
-            if handle is not None and _healthy(handle.endpoint):
+            same_image = (self._read(spec) or {}).get("image_hash") == image_hash(spec.image)
+            if handle is not None and same_image and _healthy(handle.endpoint):
                 return handle
-            if handle is not None:  # alive but not answering: replace it
+            if handle is not None:  # alive but not answering, or another image: replace it
                 self._kill(handle.pid)
             return self._start(spec, state_file, state_dir)
 
     def _start(self, spec: ClusterSpec, state_file: Path, state_dir: Path) -> ClusterHandle:
         private_dir(state_dir)
+        image_env, python, image_steps = self._apply_image(spec, state_dir)
         token = new_token() if spec.auth else None
         ready = state_dir / "ready.json"
         ready.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "tether.daemon", "--host", "127.0.0.1", "--port", str(spec.server_port or 0),
+        cmd = [python, "-m", "tether.daemon", "--host", "127.0.0.1", "--port", str(spec.server_port or 0),
                "--state-dir", str(state_dir), "--ready-file", str(ready)]
         if token:
             token_file = state_dir / "token"
@@ -108,7 +111,8 @@ class LocalBackend:
             cmd += ["--unix-socket", unix_socket]
         log_fd = open_private(state_dir / "daemon.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         with os.fdopen(log_fd, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, **image_env} if image_env else None)
         deadline = time.monotonic() + START_TIMEOUT
         while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -120,11 +124,24 @@ class LocalBackend:
             time.sleep(0.02)
         info = json.loads(ready.read_text())
         state = {"backend": "local", "pid": info["pid"], "port": info["port"], "token": token, "state_dir": str(state_dir),
-                 "tls_fingerprint": fingerprint, "unix_socket": unix_socket, "spec": spec.model_dump(mode="json")}
+                 "tls_fingerprint": fingerprint, "unix_socket": unix_socket, "spec": spec.model_dump(mode="json"),
+                 "image_hash": image_hash(spec.image), "image": image_steps}
         write_private(state_file, json.dumps(state).encode())
         handle = self.handle(spec)
         assert handle is not None
         return handle
+
+    def _apply_image(self, spec: ClusterSpec, state_dir: Path) -> tuple[dict[str, str], str, dict[str, Any]]:
+        """An image's steps on this machine (cached per step in the cluster's folder, like on ssh hosts): the env
+        vars and python the daemon and its workers then run with, and which steps ran / were cached."""
+        if spec.image is None:
+            for stale in ("image.env", "image.venv"):
+                (state_dir / stale).unlink(missing_ok=True)
+            return {}, sys.executable, {}
+        report = apply_image(LocalRunner(), spec.image, daemon_dir=str(state_dir), python=sys.executable)
+        print(report.line(spec.image.name), file=sys.stderr)
+        env, python = local_image_env(state_dir)
+        return env, python, {report.host: {"ran": report.ran, "cached": report.cached}}
 
     def status(self, spec: ClusterSpec) -> ClusterStatus:
         if self.handle(spec) is not None:

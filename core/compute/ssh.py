@@ -19,6 +19,7 @@ from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
 from tether.compute.nodes import Node, close_node_tunnels, ssh_nodes
+from tether.compute.setup import ImagePrep, image_hash
 from tether.compute.state import claim_name, load_state, save_state, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import ClusterUnavailable, ConfigError, TetherError
@@ -69,14 +70,20 @@ class SSHBackend:
         st = load_state(spec.name) or {}
         if st.get("hosts") != list(spec.host or []):
             st = {}
-        if st and tunnel_alive(st.get("tunnel_pid"), st.get("local_port")):
+        if st and st.get("image_hash") == image_hash(spec.image) and \
+                tunnel_alive(st.get("tunnel_pid"), st.get("local_port")):  # another image: apply it first
             handle = self._handle(spec, st)
             if probe_health(handle.endpoint, token=handle.token) is not None:
                 return handle
         token = st.get("token") or (secrets.token_urlsafe(32) if spec.auth else None)
         port = spec.server_port or DEFAULT_PORT
+        prep = ImagePrep(spec.image) if spec.image else None  # an image's steps: once per host, cached
         infos = bootstrap_hosts(targets, port=port, token=token, autostop_mins=spec.autostop_mins,
-                                show_progress=self.show_progress)  # fmt: skip
+                                show_progress=self.show_progress, image_key=image_hash(spec.image),
+                                prepare=prep)  # fmt: skip
+        if prep is not None:
+            st["image"] = prep.announce()
+        st["image_hash"] = image_hash(spec.image)
         st.update(
             {
                 "backend": "ssh",
