@@ -23,6 +23,7 @@ twice across them:
 """
 
 from tether.api.report import Report
+from tether.runs.cursor import LogCursor
 from tether.runs.facts import call_url, estimated_cost, price_per_hour, reported_checks, reported_metadata
 from tether.runs.ids import (
     REATTACH_SCOPES,
@@ -42,6 +43,7 @@ from tether.runs.ids import (
 from tether.runs.remote import (
     CallWatch,
     RunResult,
+    attach_result,
     cancel,
     cancel_quietly,
     describe_call,
@@ -72,12 +74,14 @@ __all__ = [
     "CallCounter",
     "CallWatch",
     "ClusterRef",
+    "LogCursor",
     "LogEvent",
     "REATTACH_SCOPES",
     "Report",
     "RunResult",
     "Where",
     "args_digest",
+    "attach_result",
     "attempt_call_id",
     "call_id_for",
     "call_identity",

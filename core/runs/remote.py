@@ -18,6 +18,7 @@ from tether.api.report import Report, split_reports
 from tether.errors import NotFound, TetherError
 from tether.escalation import run_with_escalation
 from tether.protocol import CallState
+from tether.runs.cursor import LogCursor
 from tether.runs.facts import call_url, estimated_cost, price_per_hour, reported_checks, reported_metadata
 from tether.runs.ids import CallChoice, choose_attempt
 from tether.runs.where import ClusterRef, LogEvent, resolve_target, to_cluster
@@ -92,11 +93,12 @@ def describe_call(label: str, choice: CallChoice) -> str:
 
 
 def describe_finish(label: str, result: RunResult) -> str:
-    """The line a provider logs when the call finished: how long it ran where, what it cost, its call id."""
+    """The line a provider logs when the call finished: how long it ran where, what it cost, its call id (last,
+    as ``call id <id>``: only :func:`describe_call`'s line ends with ``(call id <id>)``)."""
     cost = f", about ${result.cost:.6f}" if result.cost is not None else ""
     again = " (re-attached)" if result.reattached else ""
     return (f"tether: {label} finished: ran {result.seconds:.2f}s on {result.instance_type or 'an unknown machine'}"
-            f"{cost}{again} (call id {result.call_id})")
+            f"{cost}{again}, call id {result.call_id}")
 
 
 # -- running ---------------------------------------------------------------------------------------------------------
@@ -206,6 +208,32 @@ def run_remote(target: Any, args: tuple | list = (), kwargs: dict | None = None,
                      url=call_url(where, call_id))
 
 
+def attach_result(call_id: str, cluster: ClusterRef = None, *, log: Callable[[str], None] | None = None,
+                  timeout: float | None = None) -> RunResult:
+    """Re-attach to the call ``call_id`` (e.g. after an async trigger saw it finish) and wait for its value: a
+    :class:`RunResult` with its reports, duration, instance type, price and URL. ``log``: its log lines (the
+    whole call's, from the start; None: not shown again). Raises the call's error."""
+    c = to_cluster(cluster).connected()
+    reports: list[Report] = []
+    handle = attach(call_id, c, on_log=split_reports(log_sink(log) if log is not None else None, reports.append))
+    value = handle.result(timeout)
+    summary = handle.status()
+    where = c._handle
+    instance_type = getattr(where, "instance_type", None)
+    seconds = _summary_seconds(summary)
+    return RunResult(value=value, call_id=call_id, service=str(summary.get("service") or ""), version=None,
+                     instance_type=instance_type, seconds=seconds or 0.0, reattached=True, reports=reports,
+                     price_per_hour=price_per_hour(instance_type, where), url=call_url(c, call_id))
+
+
+def _summary_seconds(summary: Mapping[str, Any]) -> float | None:
+    started, finished = summary.get("started"), summary.get("finished")
+    if isinstance(started, int | float) and isinstance(finished, int | float):
+        return max(0.0, float(finished) - float(started))
+    seconds = summary.get("seconds")
+    return float(seconds) if isinstance(seconds, int | float) else None
+
+
 def remote_seconds(call_id: str, cluster: Cluster | None) -> float | None:
     """How long the call ran on its daemon (started to finished, from ``GET /calls/{id}``); None if unknown."""
     if cluster is None:
@@ -214,11 +242,7 @@ def remote_seconds(call_id: str, cluster: Cluster | None) -> float | None:
         summary = attach(call_id, cluster, on_log=None).status()
     except TetherError:
         return None
-    started, finished = summary.get("started"), summary.get("finished")
-    if isinstance(started, int | float) and isinstance(finished, int | float):
-        return max(0.0, float(finished) - float(started))
-    seconds = summary.get("seconds")
-    return float(seconds) if isinstance(seconds, int | float) else None
+    return _summary_seconds(summary)
 
 
 class CallWatch:
@@ -230,16 +254,22 @@ class CallWatch:
     which is done off the event loop).
     """
 
-    def __init__(self, call_id: str, cluster: Cluster, *, logs_seen: int = 0) -> None:
+    def __init__(self, call_id: str, cluster: Cluster, *, logs_seen: int = 0, cursor: str | None = None) -> None:
         self.call_id = call_id
         self.cluster = cluster
-        self.logs_seen = logs_seen
+        self.cursor = LogCursor(cursor) if cursor else None
+        self.logs_seen = max(logs_seen, self.cursor.read() if self.cursor is not None else 0)
         self._client = cluster.connected().client
 
     @classmethod
-    async def open(cls, call_id: str, cluster: ClusterRef = None, *, logs_seen: int = 0) -> CallWatch:
-        """A watch of ``call_id`` on ``cluster`` (None: the embedded local cluster), which must be running."""
-        return await asyncio.to_thread(cls, call_id, to_cluster(cluster), logs_seen=logs_seen)
+    async def open(cls, call_id: str, cluster: ClusterRef = None, *, logs_seen: int = 0,
+                   cursor: str | None = None) -> CallWatch:
+        """A watch of ``call_id`` on ``cluster`` (None: the embedded local cluster), which must be running.
+
+        ``cursor``: a key under which the count of events seen is kept on disk (:class:`LogCursor`), so a watch
+        opened again with the same key after a restart starts after the events an earlier one returned.
+        """
+        return await asyncio.to_thread(cls, call_id, to_cluster(cluster), logs_seen=logs_seen, cursor=cursor)
 
     async def poll(self) -> tuple[CallState, list[LogEvent]]:
         """The call's state and its log events since the last poll (raises a typed tether error)."""
@@ -247,6 +277,16 @@ class CallWatch:
         events = list(out["logs"])
         self.logs_seen = max(self.logs_seen + len(events), int(out.get("next", 0)))
         return CallState(out["state"]), events
+
+    def shown(self) -> None:
+        """The events of the last poll were shown: store the count under the cursor (when there is one)."""
+        if self.cursor is not None:
+            self.cursor.write(self.logs_seen)
+
+    def done(self) -> None:
+        """The watch is over: forget the stored count."""
+        if self.cursor is not None:
+            self.cursor.clear()
 
     async def cancel(self) -> bool:
         """Cancel the call; False if the daemon has no such call (never started, or already forgotten)."""

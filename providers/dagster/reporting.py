@@ -1,4 +1,6 @@
-"""Pipes-style reporting: a step's identity as a call id, call facts as metadata (remote logs: ``tether.runs``)."""
+"""Pipes-style reporting: a step's identity as a call id, call facts as metadata, and what the remote code
+reported (``tether.report(metadata=..., asset_check=...)``) as the materialization's metadata and asset check
+results (remote logs: ``tether.runs``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 
+from tether.errors import ConfigError
 from tether.runs import RunResult, call_id_for, check_reattach
 
 __all__ = [
@@ -15,7 +18,9 @@ __all__ = [
     "StepIdentity",
     "TetherRun",
     "call_metadata",
+    "check_results",
     "op_context",
+    "reported_metadata",
     "step_identity",
 ]
 
@@ -84,13 +89,64 @@ def call_metadata(result: RunResult) -> dict[str, dg.MetadataValue]:
         "call_id": result.call_id,
         "instance_type": _last_rung(attempts) or result.instance_type,
         "duration_s": round(float(result.seconds), 3),
+        "price_per_hour": result.price_per_hour,
+        "est_cost_usd": result.cost,
         "reattached": bool(result.reattached),
         "attempts": max(len(attempts), 1),
         "attempt_log": attempts or None,
     }
-    return {
-        f"{METADATA_PREFIX}{key}": _as_metadata(value) for key, value in values.items() if value is not None
-    }
+    out = {f"{METADATA_PREFIX}{key}": _as_metadata(value) for key, value in values.items() if value is not None}
+    if result.url:
+        out[f"{METADATA_PREFIX}url"] = dg.MetadataValue.url(result.url)
+    return out
+
+
+_TYPED = {
+    "url": dg.MetadataValue.url,
+    "path": dg.MetadataValue.path,
+    "md": dg.MetadataValue.md,
+    "json": dg.MetadataValue.json,
+    "text": dg.MetadataValue.text,
+    "int": dg.MetadataValue.int,
+    "float": dg.MetadataValue.float,
+    "bool": dg.MetadataValue.bool,
+    "timestamp": dg.MetadataValue.timestamp,
+    "null": lambda _: dg.MetadataValue.null(),
+}
+
+
+def reported_metadata(data: Mapping[str, Any]) -> dict[str, dg.MetadataValue]:
+    """What the remote code reported as metadata, as Dagster metadata under its own keys (as Pipes does).
+
+    A value ``{"raw_value": v, "type": "url" | "path" | "md" | "json" | "text" | "int" | "float" | "bool" |
+    "timestamp" | "null"}`` is typed so; any other value by its Python type.
+    """
+    out: dict[str, dg.MetadataValue] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and set(value) == {"raw_value", "type"}:
+            make = _TYPED.get(str(value["type"]))
+            if make is None:
+                raise ConfigError(f"metadata {key!r} has type {value['type']!r}",
+                                  hint=f"use one of {', '.join(sorted(_TYPED))}", details={"field": key})
+            out[key] = make(value["raw_value"])  # type: ignore[operator]
+        else:
+            out[key] = _as_metadata(value)
+    return out
+
+
+def check_results(result: RunResult) -> list[dg.AssetCheckResult]:
+    """The asset check results the remote code reported (``tether.report(asset_check=...)``)."""
+    out = []
+    for check in result.reported_checks:
+        out.append(dg.AssetCheckResult(
+            passed=bool(check["passed"]),
+            check_name=str(check["name"]),
+            asset_key=check.get("asset_key"),
+            severity=dg.AssetCheckSeverity(check.get("severity", "ERROR")),
+            description=check.get("description"),
+            metadata=reported_metadata(check.get("metadata") or {}),
+        ))
+    return out
 
 
 _ATTEMPT_FIELDS = ("instance_type", "outcome", "seconds", "est_cost", "cluster", "error_type")
@@ -135,17 +191,32 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class TetherRun:
-    """A finished remote call as a step sees it: the value plus the metadata describing the call."""
+    """A finished remote call as a step sees it: the value, the metadata describing the call (what the remote
+    code reported included) and the asset check results it reported."""
 
     value: Any
     result: RunResult
     metadata: dict[str, dg.MetadataValue] = field(default_factory=dict)
+    check_results: list[dg.AssetCheckResult] = field(default_factory=list)
 
     @property
     def call_id(self) -> str:
         return self.result.call_id
 
     def get_materialize_result(self, **kwargs: Any) -> dg.MaterializeResult:
-        """A ``MaterializeResult`` carrying the call metadata (merged with any ``metadata=`` given)."""
+        """A ``MaterializeResult`` carrying the call metadata and the reported asset check results (merged with
+        any ``metadata=`` / ``check_results=`` given)."""
         metadata = {**self.metadata, **(kwargs.pop("metadata", None) or {})}
-        return dg.MaterializeResult(metadata=metadata, **kwargs)
+        checks = [*self.check_results, *(kwargs.pop("check_results", None) or [])]
+        return dg.MaterializeResult(metadata=metadata, check_results=checks or None, **kwargs)
+
+    def get_check_result(self, check_name: str | None = None) -> dg.AssetCheckResult:
+        """The reported result of one asset check (the only one, or ``check_name``): what an ``@asset_check``
+        returns. A ``ConfigError`` when the remote code reported no such check."""
+        found = [c for c in self.check_results if check_name is None or c.check_name == check_name]
+        if len(found) != 1:
+            names = [c.check_name for c in self.check_results]
+            raise ConfigError(f"the remote call reported {len(found)} asset check(s) named {check_name!r}",
+                              hint=f"it reported {names}; call tether.report(asset_check={{'name': ..., "
+                                   "'passed': ...}) in the remote code", details={"call_id": self.call_id})
+        return found[0]

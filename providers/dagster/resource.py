@@ -23,7 +23,9 @@ from .reporting import (
     StepIdentity,
     TetherRun,
     call_metadata,
+    check_results,
     op_context,
+    reported_metadata,
     step_identity,
 )
 
@@ -128,8 +130,19 @@ class TetherResource(dg.ConfigurableResource):
     # -- calls -----------------------------------------------------------------------------------------------
 
     def call(self, context: AnyContext, target: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call ``target`` with ``args``/``kwargs`` remotely and return its value; metadata goes on the output."""
-        return self.run(context, target, args=args, kwargs=kwargs).value
+        """Call ``target`` with ``args``/``kwargs`` remotely and return its value; metadata goes on the output.
+
+        Asset check results the remote code reports need :meth:`run` (``run.get_materialize_result()``): a plain
+        value cannot carry them, and a warning says so.
+        """
+        run = self.run(context, target, args=args, kwargs=kwargs)
+        if run.check_results:
+            names = ", ".join(repr(c.check_name) for c in run.check_results)
+            context.log.warning(
+                f"tether: the remote call reported asset check(s) {names} that a plain value cannot record; "
+                f"return tether.run(...).get_materialize_result() instead; call id {run.call_id}"
+            )
+        return run.value
 
     def run(
         self,
@@ -189,10 +202,12 @@ class TetherResource(dg.ConfigurableResource):
                 tether.runs.cancel_quietly(call_id, service.cluster, log=context.log)
             raise
         self._note_rungs(result.attempts)
-        metadata = call_metadata(result)
+        context.log.info(tether.runs.describe_finish(label, result))
+        metadata = {**reported_metadata(result.reported_metadata), **call_metadata(result)}
+        checks = check_results(result)
         if attach_metadata:
             _attach(context, metadata, output_name)
-        return TetherRun(value=result.value, result=result, metadata=metadata)
+        return TetherRun(value=result.value, result=result, metadata=metadata, check_results=checks)
 
     def cancel(self, call_id: str, cluster: Any = None) -> None:
         """Cancel a remote call by id (default: on this resource's cluster)."""
