@@ -407,8 +407,9 @@ async def status(request: web.Request) -> web.Response:
     grant = request.get(GRANT_KEY)  # a principal sees the services it has a grant on, their envs and calls
     services = [row for row in d.manifest.status() if visible(grant, row["name"])]
     envs = {row["env"] for row in services}
-    workers = [{"env": n, "pid": w.pid, "alive": w.alive} for n, w in d.pool.workers.items()
-               if n in envs or visible(grant, "*")]
+    workers = [{"env": n, "pid": w.pid, "alive": w.alive, "state": w.state(),
+                **({"error": w.death.to_wire()["error"]} if isinstance(w.death, TetherError) else {})}
+               for n, w in d.pool.workers.items() if n in envs or visible(grant, "*")]
     return web.json_response({
         "version": __version__, "pid": os.getpid(), "loop": loop_name(), "uptime": time.time() - d.started,
         "idle_seconds": time.time() - d.last_activity, "autostop_mins": d.autostop_mins,

@@ -32,7 +32,7 @@ from typing import Any
 
 import cloudpickle
 
-from tether.daemon import eventloop
+from tether.daemon import eventloop, liveness
 from tether.daemon import protocol as p
 from tether.daemon.auth import ROOTS_ENV, check_imported
 from tether.daemon.memory import apply_memory_limit
@@ -659,6 +659,8 @@ def main() -> None:
         root.setLevel(logging.INFO)
     root.addHandler(_LogForwarder())
     reports.set_emitter(_emit_report)
+    if len(sys.argv) > 2:  # the daemon's liveness pings, answered by a thread (see tether.daemon.liveness)
+        liveness.answer_pings(int(sys.argv[2]))
     eventloop.run(_main(int(sys.argv[1])))
     os._exit(0)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from tether.daemon import liveness
 from tether.daemon import protocol as p
 from tether.daemon.journal import Journal
 from tether.daemon.memory import baseline_evidence, classify_exit
@@ -47,6 +48,8 @@ class WorkerProcess:
         self.on_exit: Callable[[WorkerProcess], None] | None = None
         self._tags = itertools.count(1)
         self._reader_task: asyncio.Task[None] | None = None
+        self._pulse_task: asyncio.Task[None] | None = None  # liveness pings (see liveness.py)
+        self.unresponsive = False
 
     @property
     def pid(self) -> int | None:
@@ -55,6 +58,7 @@ class WorkerProcess:
     async def start(self, python: str, cwd: str | None, secrets: dict[str, str] | None = None) -> None:
         self.evidence = baseline_evidence()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pulse, pulse_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = dict(os.environ)
         env.update(self.env.env_vars)
         env.update(secrets or {})  # daemon/secrets.py: the env's secrets, read from the store at each start
@@ -65,14 +69,16 @@ class WorkerProcess:
             env["TETHER_MEMORY_LIMIT"] = str(self.memory_limit)
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                python, "-m", "tether.daemon.worker", str(child.fileno()),
-                pass_fds=[child.fileno()], env=env, cwd=cwd or None, stdin=subprocess.DEVNULL,
+                python, "-m", "tether.daemon.worker", str(child.fileno()), str(pulse_child.fileno()),
+                pass_fds=[child.fileno(), pulse_child.fileno()], env=env, cwd=cwd or None, stdin=subprocess.DEVNULL,
             )
         except (OSError, ValueError) as exc:
             parent.close()
+            pulse.close()
             raise ConfigError(f"could not start a worker for env {self.env.name!r}: {exc}") from exc
         finally:
             child.close()
+            pulse_child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=p.LINK_BUFFER)
         self.link = p.FrameWriter(writer)
         try:
@@ -86,6 +92,23 @@ class WorkerProcess:
         self.worker_pid = ready.get("pid")
         self.alive = True
         self._reader_task = asyncio.ensure_future(self._read_loop(reader))
+        self._pulse_task = asyncio.ensure_future(liveness.watch(pulse, self._unresponsive))
+
+    def _unresponsive(self) -> None:
+        """No answer to a liveness ping within the deadline: kill the worker (SIGKILL ends a stopped process
+        too); its read loop then fails what waits on it with ``liveness.unresponsive_error``."""
+        if not self.alive or self.proc is None or self.proc.returncode is not None:
+            return
+        self.unresponsive = True
+        log.warning("worker_unresponsive", env=self.env.name, pid=self.proc.pid, deadline_s=liveness.DEADLINE)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    def state(self) -> str:
+        """``running``, ``unresponsive`` (killed for not answering its pings) or ``dead``."""
+        if self.alive:
+            return "running"
+        return "unresponsive" if self.unresponsive else "dead"
 
     async def _read_loop(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -104,7 +127,8 @@ class WorkerProcess:
         self.alive = False
         assert self.proc is not None
         rc = await self.proc.wait()
-        self.death = _death_error(self.env.name, rc, self.memory_limit, {**self.evidence, "pid": self.proc.pid})
+        self.death = liveness.unresponsive_error(self.env.name, self.proc.pid) if self.unresponsive else \
+            _death_error(self.env.name, rc, self.memory_limit, {**self.evidence, "pid": self.proc.pid})
         log.warning("worker_died", env=self.env.name, pid=self.proc.pid, returncode=rc,
                     error=type(self.death).__name__)
         if self.on_exit is not None:
@@ -161,6 +185,8 @@ class WorkerProcess:
         if self._reader_task:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._reader_task, timeout=5)
+        if self._pulse_task:
+            self._pulse_task.cancel()
         self.alive = False
 
 

@@ -120,7 +120,7 @@ def _short(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-IDLE_TIMEOUT = float(os.environ.get("TETHER_IDLE_TIMEOUT", "60"))  # seconds to a complete request head
+IDLE_TIMEOUT = float(os.environ.get("TETHER_IDLE_TIMEOUT", "75"))  # to a complete request head (> clients' 60 s)
 
 
 def default_max_connections() -> int:
