@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tether.api.calls import CallHandle
+from tether.api.lineage import Edges
 from tether.api.records import record_call
 from tether.client import LogSink, routes
 from tether.client.loop import background_loop
@@ -50,7 +51,8 @@ class Invocation:
     """One call of ``service.method(*args, **kwargs)``; run it once with one of the ``run_*`` / ``stream_*`` /
     :meth:`spawn` methods."""
 
-    __slots__ = ("args", "attempts", "call_id", "kwargs", "lend", "method", "on_log", "service", "_recovered")
+    __slots__ = ("args", "attempts", "call_id", "edges", "kwargs", "lend", "method", "on_log", "service",
+                 "_recovered")
 
     def __init__(self, service: _Service, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
                  call_id: str | None = None, on_log: LogSink | None = None) -> None:
@@ -60,7 +62,8 @@ class Invocation:
         self.kwargs = kwargs
         self.lend = call_id is None  # an id nobody else knows: a big result may come back in a slab of ours
         self.call_id = call_id or new_call_id()
-        self.on_log = on_log if on_log is not None else service.options.on_log
+        self.edges = Edges()  # lineage the remote code declares (tether.lineage), stored with the usage record
+        self.on_log = self.edges.wrap(on_log if on_log is not None else service.options.on_log)
         self.attempts: list[Attempt] = []
         self._recovered: set[str] = set()
 
@@ -89,7 +92,7 @@ class Invocation:
         svc = self.service
         if svc.spec is not None and svc.spec.version is not None:
             record_call(svc, call_id=self.call_id, method=self.method, seconds=time.perf_counter() - started,
-                        outcome=outcome)
+                        outcome=outcome, edges=self.edges)
 
     @contextlib.contextmanager
     def _settling(self) -> Iterator[None]:

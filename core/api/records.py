@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from tether.api.codesync import python_files
+from tether.api.lineage import Edges
 from tether.home import open_private, private_dir, tether_home
 from tether.registry import CallRecord, get_registry
+from tether.registry.models import Artifact
 
 __all__ = ["record_call", "save_resource", "snapshot_code"]
 
@@ -42,12 +44,17 @@ def snapshot_code(root: Path, code_hash: str) -> Path:
     return dest
 
 
-def record_call(service: Any, *, call_id: str, method: str | None, seconds: float, outcome: str) -> None:
-    """Record one call of a saved service (non-blocking: the registry batches writes)."""
+def record_call(service: Any, *, call_id: str, method: str | None, seconds: float, outcome: str,
+                edges: Edges | None = None) -> None:
+    """Record one call of a saved service (non-blocking: the registry batches writes), with the cluster it ran on
+    and the lineage ``edges`` its code declared."""
     handle = service.cluster._handle if service.cluster is not None else None
     record = CallRecord(
         service=service.registry_name or service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
         outcome=outcome, run_id=service.caller or os.environ.get("TETHER_RUN_ID"),
         instance_type=getattr(handle, "instance_type", None),
+        cluster=getattr(service.cluster, "name", None) if service.cluster is not None else None,
+        inputs=[Artifact(uri=u, version=v) for u, v in edges.inputs] if edges is not None else [],
+        outputs=[Artifact(uri=u, version=v) for u, v in edges.outputs] if edges is not None else [],
     )
     get_registry().record_call(record)
