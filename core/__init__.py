@@ -35,11 +35,13 @@ if _typing.TYPE_CHECKING:
     from tether.api.calls import CallHandle, call
     from tether.api.clusters import Cluster
     from tether.api.envs import Env, env
+    from tether.api.factories import kubernetes_cluster, ondemand_cluster
     from tether.api.images import Image
     from tether.api.loading import cluster, function, load, module
+    from tether.api.module import Module
     from tether.api.report import report
     from tether.api.secrets import Secret, secret
-    from tether.api.services import Function, Module, RemoteClass, RemoteInstance
+    from tether.api.services import Function, RemoteClass, RemoteInstance
     from tether.compute.routing import RoutingPolicy
     from tether.escalation import Escalation
 
@@ -76,8 +78,10 @@ __all__ = [
     "env",
     "function",
     "here",
+    "kubernetes_cluster",
     "load",
     "module",
+    "ondemand_cluster",
     "registry",
     "report",
     "runs",
@@ -90,10 +94,11 @@ _LAZY = {
     "Env": "tether.api.envs", "env": "tether.api.envs",
     "Escalation": "tether.escalation",
     "Image": "tether.api.images", "Secret": "tether.api.secrets", "secret": "tether.api.secrets",
-    "Function": "tether.api.services", "Module": "tether.api.services", "RemoteClass": "tether.api.services",
+    "Function": "tether.api.services", "Module": "tether.api.module", "RemoteClass": "tether.api.services",
     "RemoteInstance": "tether.api.services", "function": "tether.api.loading", "module": "tether.api.loading",
     "load": "tether.api.loading", "report": "tether.api.report",
     "RoutingPolicy": "tether.compute.routing",
+    "kubernetes_cluster": "tether.api.factories", "ondemand_cluster": "tether.api.factories",
 }
 
 

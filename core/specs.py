@@ -126,6 +126,8 @@ class ClusterSpec(_Spec):
                                                           "while stopped too)")
     image_id: str | None = Field(None, description="sky: machine image or 'docker:<image>'")
     ports: list[int | str] | None = Field(None, description="sky: ports to open to the internet ('8080', '9000-9010')")
+    kubernetes_namespace: str | None = Field(None, description="sky on Kubernetes: the namespace of the cluster's "
+                                                               "pods (the context is the provider's region)")
     image: ImageSpec | None = Field(None, description="setup steps (and a docker image on sky) applied at up")
 
     @field_validator("name")

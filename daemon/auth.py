@@ -184,6 +184,9 @@ _ROUTES: dict[tuple[str, str], tuple[Level | None, str | None]] = {
     ("DELETE", "/envs/{env}"): ("owner", "env"),
     ("POST", "/{name}/call"): ("read", "name"),
     ("POST", "/{name}/{method}/call"): ("read", "name"),
+    ("GET", "/{name}/call"): ("read", "name"),  # query parameters as kwargs (Runhouse's curl spelling)
+    ("GET", "/{name}/{method}/call"): ("read", "name"),
+    ("GET", "/{name}"): ("read", "name"),
     ("GET", "/calls/{call_id}"): ("read", "call"),
     ("GET", "/calls/{call_id}/logs"): ("read", "call"),
     ("POST", "/calls/{call_id}/cancel"): ("read", "call"),

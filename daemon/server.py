@@ -18,8 +18,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from tether._version import __version__
+from tether.daemon import grants, slabs
 from tether.daemon import protocol as p
-from tether.daemon import slabs
 from tether.daemon.auth import GRANT_KEY, AccessPolicy, authorize, check_code_roots, visible
 from tether.daemon.calls import FINAL, Call, CallTable, frame_body, present
 from tether.daemon.eventloop import loop_name
@@ -405,7 +405,8 @@ async def health(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     grant = request.get(GRANT_KEY)  # a principal sees the services it has a grant on, their envs and calls
-    services = [row for row in d.manifest.status() if visible(grant, row["name"])]
+    services = [{**row, "methods": d.manifest.methods.get(row["name"], {})}  # what a stub of a live service needs
+                for row in d.manifest.status() if visible(grant, row["name"])]
     envs = {row["env"] for row in services}
     workers = [{"env": n, "pid": w.pid, "alive": w.alive, "state": w.state(),
                 **({"error": w.death.to_wire()["error"]} if isinstance(w.death, TetherError) else {})}
@@ -506,7 +507,7 @@ async def call(request: web.Request) -> web.StreamResponse:
             raise
     if arg_file is not None or "_lent" in lent:
         return await reply(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file, lent))
-    body = await request.read()
+    body = query_body(request) if request.method == "GET" else await request.read()
     if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
     if json_mode and body:
@@ -515,6 +516,17 @@ async def call(request: web.Request) -> web.StreamResponse:
         except ValueError as exc:
             raise SerializationError(f"the body is neither cloudpickle ({h.PICKLE}) nor JSON: {exc}") from None
     return await reply(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent))
+
+
+def query_body(request: web.Request) -> bytes:
+    """A GET call's JSON body: its query parameters as keyword arguments, each a JSON value when it parses as
+    one (``a=1`` is 1, ``a=x`` is ``"x"``)."""
+    def value(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return json.dumps({"args": [], "kwargs": {k: value(v) for k, v in request.query.items()}}).encode()
 
 
 async def _spawned(request: web.Request, call: Call) -> web.Response:
@@ -805,6 +817,9 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/calls/{call_id}/cancel", cancel_call)
     app.router.add_post("/{name}/call", call)
     app.router.add_post("/{name}/{method}/call", call)
+    app.router.add_routes(grants.routes(daemon.auth, daemon.state_dir / "access.json"))
+    for path in ("/{name}/call", "/{name}/{method}/call", "/{name}"):  # curl "$ENDPOINT/fn?a=1": query = kwargs
+        app.router.add_get(path, call)
 
     async def on_cleanup(app: web.Application) -> None:
         await daemon.pool.close()

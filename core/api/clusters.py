@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
 from tether.api import box
 from tether.api import secrets as cluster_secrets
+from tether.api.compat import cluster_fields
 from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
@@ -111,6 +114,9 @@ def bind_loaded(spec: ClusterSpec, *, own: bool = False) -> ClusterSpec:
 
 class Cluster:
     """A cluster: where services run. ``up_if_not()`` brings it up; the rest talks to its daemon."""
+
+    live_stub: ClassVar[Callable[[Cluster, str], Any] | None] = None
+    """Makes ``get(name, remote=True)``'s stub (set by ``tether.api.module``, which knows the handle types)."""
 
     def __init__(self, spec: ClusterSpec) -> None:
         self.spec = spec
@@ -240,8 +246,18 @@ class Cluster:
         """Store ``obj`` under ``key`` in the env's worker."""
         self.client.sync.put_object(key, obj, env=env)
 
-    def get(self, key: str, default: Any = ...) -> Any:
-        """The object stored (or service held) under ``key``."""
+    def get(self, key: str, default: Any = ..., *, remote: bool = False) -> Any:
+        """The object stored (or service held) under ``key``, by value. ``remote=True``: a stub of the live
+        service ``key`` instead (its calls and attributes go to the running object)."""
+        if remote:
+            if Cluster.live_stub is None:
+                raise ConfigError("get(remote=True) needs tether's service handles", hint="import tether.api.module")
+            try:
+                return Cluster.live_stub(self, key)
+            except NotFound:
+                if default is ...:
+                    raise
+                return default
         try:
             return self.client.sync.get_object(key)
         except NotFound:
@@ -270,9 +286,31 @@ class Cluster:
     def daemon_status(self) -> dict[str, Any]:
         return dict(self.client.sync.daemon_status())
 
-    def keep_warm(self) -> None:
-        """Never autostop this cluster."""
-        self.client.sync.set_autostop(None)
+    def keep_warm(self, autostop_mins: float | None = None) -> None:
+        """Never autostop this cluster (``autostop_mins``: stop after that many idle minutes instead; -1: never)."""
+        self.client.sync.set_autostop(None if autostop_mins is None or autostop_mins < 0 else autostop_mins)
+
+    @property
+    def ips(self) -> list[str]:
+        """The addresses of the cluster's hosts (the running daemon's when up, else the spec's)."""
+        if self._handle is not None and self._handle.hosts:
+            return list(self._handle.hosts)
+        if self.spec.host:
+            return list(self.spec.host)
+        return ["127.0.0.1"] if self.spec.backend == "local" else []
+
+    def on_this_cluster(self) -> bool:
+        """Whether this code runs in a worker of this cluster's daemon (a service calling back into its own
+        cluster), compared by the daemon's process id."""
+        mine = os.environ.get("TETHER_DAEMON_PID")
+        if not mine:
+            return False
+        try:
+            handle = self.connected().handle
+            pid = handle.pid if handle.pid is not None else self.client.sync.health().get("pid")
+        except (ClusterUnavailable, NotFound):
+            return False
+        return str(pid) == mine
 
     def pause_autostop(self, paused: bool = True) -> None:
         self.client.sync.set_autostop(paused=paused)
@@ -348,4 +386,4 @@ class Cluster:
 
 def new_cluster(name: str | None = None, **fields: Any) -> Cluster:
     """A cluster from its fields, never loaded from the registry (see ``tether.cluster`` for that)."""
-    return Cluster(build(ClusterSpec, dict(name=name or "local", **fields)))
+    return Cluster(build(ClusterSpec, cluster_fields(dict(name=name or "local", **fields))))

@@ -11,7 +11,8 @@ from typing import Any
 
 from tether.api.clusters import Cluster, new_cluster
 from tether.api.envs import Env
-from tether.api.services import Function, Module, service_from_config
+from tether.api.module import Module
+from tether.api.services import Function, service_from_config
 from tether.compute.state import saved_spec
 from tether.errors import AuthError, ConfigError, NotFound
 from tether.home import tether_home
@@ -169,8 +170,9 @@ def function(fn: Callable[..., Any] | None = None, *, name: str | None = None) -
     return Function(fn, name=name)
 
 
-def module(cls: Any = None, *, name: str | None = None) -> Any:
-    """Wrap a class to deploy it, or load a saved class/instance by name."""
+def module(cls: Any = None, *, name: str | None = None, system: Cluster | None = None, env: Any = None) -> Any:
+    """Wrap a class to deploy it, or load a saved class/instance by name. ``system=`` (Runhouse's spelling):
+    deploy it there at once (``env`` as for ``.to``)."""
     if isinstance(cls, str):
         raise ConfigError(f"tether.module({cls!r}) got a string, not a class",
                           hint=f"load a saved class or instance with tether.module(name={cls!r})")
@@ -178,4 +180,6 @@ def module(cls: Any = None, *, name: str | None = None) -> Any:
         if not name:
             raise ConfigError("pass a class or name=")
         return load(name)
+    if system is not None:
+        return Module(cls, name=name).to(system, env=env)
     return Module(cls, name=name)

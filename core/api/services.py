@@ -23,19 +23,21 @@ import cloudpickle
 from tether.api.calls import CallHandle
 from tether.api.clusters import Cluster, new_cluster
 from tether.api.codesync import code_ref, content_hash
+from tether.api.compat import CALL_KEYWORDS, call_keywords, placement
 from tether.api.distribute import distribute
 from tether.api.envs import Env
 from tether.api.invocation import Invocation
 from tether.api.records import save_resource, snapshot_code
 from tether.api.secrets import deliver_for_deploy
+from tether.api.sharing import json_call, refuses_pickle
+from tether.api.spellings import FunctionSpellings, InstanceSpellings, ServiceSpellings
 from tether.client import LogSink, default_log_sink
-from tether.errors import ConfigError, NotFound
+from tether.errors import AuthError, ConfigError, NotFound
 from tether.escalation import Attempt, Escalation, Ladder, Step
 from tether.protocol.deployments import deployment_id
-from tether.registry import get_registry
 from tether.specs import ServiceSpec, build
 
-__all__ = ["Function", "Module", "RemoteClass", "RemoteInstance", "ServiceOptions", "service_from_config"]
+__all__ = ["Function", "RemoteClass", "RemoteInstance", "ServiceOptions", "service_from_config"]
 
 _UNCHANGED: Any = object()
 
@@ -71,10 +73,11 @@ _FIELDS = frozenset({"obj", "name", "cluster", "env", "spec", "methods", "root",
                      "registry_name"})
 
 
-class _Service:
+class _Service(ServiceSpellings):
     """What functions, classes and instances share: a deployed spec on a cluster, and calls to it."""
 
     kind = "function"
+    _json_only = False  # this user's grant takes JSON arguments only (found on the first refused call)
 
     def __init__(self, obj: Any = None, *, name: str | None = None) -> None:
         self.obj = obj
@@ -244,14 +247,26 @@ class _Service:
 
     def _dispatch(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         kind = self.methods.get(method or "__call__", "sync")
-        inv = self._invoke(method, args, kwargs)
+        on_log = None
+        default_async = getattr(self, "_default_async", None)
+        if default_async is not None or not CALL_KEYWORDS.isdisjoint(kwargs):  # run_async=, stream_logs=: ours
+            kind, kwargs, on_log = call_keywords(kind, kwargs, default_async)
+        inv = self._invoke(method, args, kwargs, on_log=on_log)
         if kind == "async":
             return inv.run_async()
         if kind == "gen":
             return inv.stream_sync()
         if kind == "agen":
             return inv.stream_async()
-        return inv.run_sync()
+        if self._json_only:
+            return json_call(self, method, args, kwargs)
+        try:
+            return inv.run_sync()
+        except AuthError as exc:  # a teammate whose grant takes JSON only (a pickle runs code): arguments as JSON
+            if not refuses_pickle(exc):
+                raise
+            self._json_only = True
+            return json_call(self, method, args, kwargs)
 
     def _remote_async(self, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         inv = self._invoke(method, args, kwargs)
@@ -289,10 +304,6 @@ class _Service:
             self.cluster.client.sync.deploy(self.spec)
         self.registry_name = getattr(record, "name", None)
         return record
-
-    def share(self, principal: str, access_level: str = "read") -> None:
-        """Give a user or team access: read = call, write = redeploy/save, owner = share."""
-        get_registry().share(self.name or "", principal, access_level)
 
     def distribute(self, kind: str, **options: Any) -> Any:
         """Hand this deployed service to ``"pool"``, ``"pytorch"``, ``"ray"`` or ``"dask"`` over the cluster's nodes
@@ -347,19 +358,21 @@ def service_from_config(config: dict[str, Any], *, version: int | None = None,
     return svc
 
 
-class Function(_Service):
+class Function(FunctionSpellings, _Service):
     """A function as a service: ``tether.function(fn).to(cluster)``, then call it like the function."""
 
     kind = "function"
 
     def to(self, cluster: Cluster | None = None, env: Env | str | None = None, name: str | None = None,
-           on_oom: Any = None, *, replace_env: bool = False) -> Function:
+           on_oom: Any = None, *, replace_env: bool = False, system: Any = None, process: Any = None) -> Function:
         """A new handle of this function deployed on ``cluster``; ``on_oom`` takes a ``tether.Escalation`` policy.
 
         ``env``: a ``tether.env(...)``, or the name of an env on the cluster, used as it is (none: ``"default"``
         as it is). An env name means one spec: deploying another spec under a name the cluster knows is a
         ``ConfigError`` showing the difference, unless ``replace_env=True`` (the env restarts with the new spec
-        once its running calls end). Deploying again under the same service name replaces the service."""
+        once its running calls end). Deploying again under the same service name replaces the service.
+        Runhouse's ``system=`` (the cluster) and ``process=`` (the env) are accepted."""
+        cluster, env = placement(cluster, env, system=system, process=process)
         if self.obj is not None and inspect.isclass(self.obj):
             raise ConfigError(f"{self.obj.__name__} is a class", hint="use tether.module(cls) for classes")
         new: Function = self._copy(_placement=_Placement(), _verified=False)
@@ -430,17 +443,17 @@ class _Attributes:
         raise AttributeError(f"cannot delete {name!r} of a remote object; set it instead")
 
 
-class RemoteInstance(_Service):
-    """A stateful remote object: ``ctr.incr()`` runs ``incr`` on the instance living in the worker."""
+class RemoteInstance(InstanceSpellings, _Service):
+    """A stateful remote object: ``ctr.incr()`` runs ``incr`` on the instance living in the worker; ``ctr.n`` reads
+    an attribute (or property) that is not a method, by value."""
 
     kind = "instance"
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_") or name in _Service.__dict__ or name in _FIELDS:
             raise AttributeError(name)
-        if self.methods and name not in self.methods:
-            raise AttributeError(f"remote object {self.name!r} has no method {name!r} "
-                                 f"(methods: {sorted(self.methods)}); read attributes with .remote.{name}")
+        if self.methods and name not in self.methods:  # an attribute or property of the remote object, by value
+            return self._invoke("__getattr__", (name,), {}).run_sync()
         return _Method(self, name)
 
     def method(self, name: str) -> _Method:
@@ -474,19 +487,3 @@ class RemoteClass(_Service):
         inst.methods = dict(out.get("methods", {}))
         return inst
 
-
-class Module:
-    """A class to deploy: ``tether.module(Counter).to(cluster, env=...)`` returns a :class:`RemoteClass`."""
-
-    def __init__(self, cls: Any, name: str | None = None) -> None:
-        if not inspect.isclass(cls):
-            raise ConfigError(f"{cls!r} is not a class", hint="use tether.function for functions")
-        self.cls = cls
-        self.name = name or cls.__name__
-
-    def to(self, cluster: Cluster | None = None, env: Env | str | None = None, name: str | None = None, *,
-           replace_env: bool = False) -> RemoteClass:
-        """Deploy the class; ``env`` and ``replace_env`` as for :meth:`Function.to`."""
-        remote = RemoteClass(self.cls, name=name or self.name)
-        remote._deploy(cluster, env, name or self.name, replace_env=replace_env)
-        return remote

@@ -1,0 +1,97 @@
+"""Runhouse's spellings, translated once into tether's: cluster fields, where a service goes, call keywords.
+
+Code written for Runhouse runs with ``import tether as rh``; each spelling here means what tether already does
+(see the README's "Coming from Runhouse" table). Nothing in this module talks to a daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from tether.api.envs import Env
+from tether.errors import ConfigError
+
+__all__ = ["CALL_KEYWORDS", "call_keywords", "cluster_fields", "placement", "quiet"]
+
+#: call keywords that are tether's, never passed on to the user's function
+CALL_KEYWORDS = frozenset({"run_async", "stream_logs"})
+
+_TO_ASYNC = {"sync": "async", "gen": "agen"}
+_TO_SYNC = {"async": "sync", "agen": "gen"}
+
+
+def quiet(event: dict[str, Any]) -> None:
+    """A log sink that drops the remote call's output (``stream_logs=False``)."""
+
+
+def call_keywords(kind: str, kwargs: dict[str, Any], default_async: bool | None = None
+                  ) -> tuple[str, dict[str, Any], Any]:
+    """``(kind, kwargs, on_log)`` of a call with Runhouse's keywords taken out: ``run_async=True`` makes a sync
+    function's call a coroutine (an async caller), ``run_async=False`` waits for an async one's value;
+    ``stream_logs=False`` drops its output here. ``default_async``: what ``handle.set_async(True)`` chose."""
+    kwargs = dict(kwargs)
+    run_async = kwargs.pop("run_async", default_async)
+    stream_logs = kwargs.pop("stream_logs", True)
+    if run_async is True:
+        kind = _TO_ASYNC.get(kind, kind)
+    elif run_async is False:
+        kind = _TO_SYNC.get(kind, kind)
+    return kind, kwargs, (None if stream_logs else quiet)
+
+
+def _one_of(fields: dict[str, Any], theirs: str, ours: str, convert: Any) -> None:
+    if fields.get(theirs) is None:
+        fields.pop(theirs, None)
+        return
+    if fields.get(ours) is not None:
+        raise ConfigError(f"both {theirs}= and {ours}= given", hint=f"pass one: {theirs}= is Runhouse's {ours}=",
+                          details={"fields": [theirs, ours]})
+    fields[ours] = convert(fields.pop(theirs))
+
+
+def _listed(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def cluster_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Cluster fields with Runhouse's names as ours: ``region`` → ``regions``, ``ips`` → ``host``,
+    ``open_ports`` → ``ports``. An ssh password is refused (tether connects with keys, never a password it would
+    have to keep), naming the key, never its value."""
+    out = dict(fields)
+    _one_of(out, "region", "regions", lambda v: [v])
+    _one_of(out, "ips", "host", _listed)
+    _one_of(out, "open_ports", "ports", _listed)
+    creds = out.get("ssh_creds")
+    if isinstance(creds, dict) and ({"password", "ssh_password"} & set(creds)):
+        raise ConfigError("ssh_creds has a password: tether connects to hosts with ssh keys only",
+                          hint="install a key once (ssh-copy-id user@host), then pass "
+                               "ssh_creds={'ssh_user': ..., 'ssh_private_key': '~/.ssh/id_ed25519'}",
+                          details={"fields": ["ssh_creds.password"]})
+    return out
+
+
+def _reqs_env(reqs: list[str]) -> Env:
+    """Runhouse's ``env=["numpy", ...]``: an env named after its requirements (an env name means one spec)."""
+    if not reqs:
+        return Env.from_config({"name": "default"})
+    digest = hashlib.sha256("\n".join(sorted(map(str, reqs))).encode()).hexdigest()[:8]
+    return Env.from_config({"name": f"reqs-{digest}", "reqs": [str(r) for r in reqs]})
+
+
+def placement(cluster: Any, env: Any, *, system: Any = None, process: Any = None) -> tuple[Any, Any]:
+    """``(cluster, env)`` of a ``.to()``: Runhouse's ``system=`` is the cluster, ``process=`` (a name or a
+    ``tether.env``) the env, and ``env=[reqs]`` an env with those requirements."""
+    if system is not None:
+        if cluster is not None and cluster is not system:
+            raise ConfigError("both a cluster and system= given", hint="pass one: system= is Runhouse's cluster")
+        if isinstance(system, str):
+            raise ConfigError(f"system={system!r} is a name", hint=f"pass the cluster: tether.cluster(name={system!r})")
+        cluster = system
+    if process is not None:
+        if env is not None:
+            raise ConfigError("both env= and process= given", hint="pass one: process= is Runhouse's env placement")
+        env = process
+    if isinstance(env, list | tuple):
+        env = _reqs_env(list(env))
+    return cluster, env

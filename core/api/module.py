@@ -1,0 +1,138 @@
+"""``tether.Module``, both ways Runhouse users write it, and stubs of services already running on a cluster.
+
+- ``tether.Module(Counter).to(cluster)``: a class to deploy, as ``tether.module(Counter)`` (a
+  :class:`~tether.api.services.RemoteClass`; calling it makes named remote instances).
+- ``class BERT(tether.Module): ...``: a class whose instances are built here and sent with
+  ``BERT(...).to(cluster, name=...)``. The instance's state (its ``__dict__``, as it is when ``.to`` is called)
+  travels with it: the worker rebuilds the object from that state without running ``__init__`` again. The
+  handle's methods run remotely, its other attributes and properties are read remotely, and ``handle.local`` is
+  the object it was sent from.
+- ``cluster.get(name, remote=True)``: a stub of the live service ``name``, whatever made it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import inspect
+from typing import Any
+
+import cloudpickle
+
+from tether.api.clusters import Cluster
+from tether.api.compat import placement
+from tether.api.envs import Env
+from tether.api.services import Function, RemoteClass, RemoteInstance
+from tether.errors import ConfigError, NotFound
+from tether.specs import CodeRef, EnvSpec, ServiceSpec
+
+__all__ = ["Module", "ModuleInstance", "live_stub"]
+
+#: the keyword the worker's ``cls(**{STATE_KEYWORD: state})`` carries a sent instance's state in
+STATE_KEYWORD = "__tether_state__"
+
+
+def _state_of(obj: Any) -> dict[str, Any]:
+    return dict(vars(obj))
+
+
+class Module:
+    """``tether.Module(cls)``: a class to deploy with ``.to(cluster)``. Subclassed (``class M(tether.Module)``):
+    instances are built locally and sent, state and all, with ``M(...).to(cluster, name=...)``."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        obj = object.__new__(cls)
+        state = kwargs.get(STATE_KEYWORD)
+        if cls is not Module and isinstance(state, dict):  # the worker rebuilding a sent instance
+            obj.__dict__.update(state)
+        return obj
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_tether_rebuilds", False):
+            return
+
+        @functools.wraps(init)
+        def __init__(self: Any, *args: Any, **kw: Any) -> None:
+            if STATE_KEYWORD in kw:  # rebuilt from a sent state: __init__ ran where the instance was made
+                return
+            init(self, *args, **kw)
+
+        __init__._tether_rebuilds = True  # type: ignore[attr-defined]
+        cls.__init__ = __init__  # type: ignore[method-assign]
+
+    def __init__(self, cls: Any = None, name: str | None = None, **kwargs: Any) -> None:
+        if STATE_KEYWORD in kwargs or type(self) is not Module:
+            return  # a subclass's super().__init__(): nothing of ours goes into the user's object
+        if not inspect.isclass(cls):
+            raise ConfigError(f"{cls!r} is not a class", hint="use tether.function for functions, or subclass "
+                                                              "tether.Module")
+        self.cls = cls
+        self.name = name or cls.__name__
+
+    def to(self, cluster: Cluster | None = None, env: Env | str | None = None, name: str | None = None, *,
+           replace_env: bool = False, system: Any = None, process: Any = None) -> Any:
+        """Deploy: the wrapped class (a :class:`RemoteClass`), or this subclass instance with its state (a
+        :class:`ModuleInstance`). ``env``/``replace_env`` as for ``Function.to``; Runhouse's ``system=`` and
+        ``process=`` are the cluster and the env."""
+        cluster, env = placement(cluster, env, system=system, process=process)
+        if type(self) is Module:
+            remote = RemoteClass(self.cls, name=name or self.name)
+            remote._deploy(cluster, env, name or self.name, replace_env=replace_env)
+            return remote
+        return send(self, cluster, env, name, replace_env=replace_env)
+
+    def get_or_to(self, system: Cluster, name: str | None = None, process: Any = None, env: Any = None) -> Any:
+        """The live service ``name`` on ``system`` when it runs there (its state as it is), else this deployed."""
+        name = name or (self.name if type(self) is Module else type(self).__name__)
+        try:
+            return system.up_if_not().get(name, remote=True)
+        except NotFound:
+            return self.to(system, name=name, env=env, process=process)
+
+
+class ModuleInstance(RemoteInstance):
+    """A ``tether.Module`` subclass instance on a cluster (or any live instance reached by name): methods run
+    remotely, other attributes are read remotely; ``.local`` is the object it was sent from."""
+
+    _local_obj: Any = None
+    _init: str | None = None  # the pickled (args, kwargs) that rebuild the sent state in the worker
+
+    def _build_spec(self, cluster: Cluster, env: Env, name: str) -> ServiceSpec:
+        spec = super()._build_spec(cluster, env, name)
+        if self._init is not None:
+            spec.init_pickled_b64 = self._init
+        return spec
+
+
+def send(obj: Any, cluster: Cluster | None, env: Env | str | None, name: str | None, *,
+         replace_env: bool = False) -> ModuleInstance:
+    """Deploy the instance ``obj`` under ``name`` (default: its class's name) with its current state."""
+    cls = type(obj)
+    handle = ModuleInstance(cls, name=name or cls.__name__)
+    handle._init = base64.b64encode(cloudpickle.dumps(((), {STATE_KEYWORD: _state_of(obj)}))).decode()
+    handle._local_obj = obj
+    handle._deploy(cluster, env, name or cls.__name__, replace_env=replace_env)
+    return handle
+
+
+def live_stub(cluster: Cluster, name: str) -> Any:
+    """A handle of the service ``name`` running on ``cluster`` as it is now (no code of ours is deployed; if the
+    daemon loses it, calls fail with ``NotFound``). Raises ``NotFound`` when nothing of that name runs there."""
+    rows = {row["name"]: row for row in cluster.up_if_not().ls()}
+    row = rows.get(name)
+    if row is None or row.get("kind") == "object":
+        raise NotFound(f"no service {name!r} on cluster {cluster.name!r}",
+                       hint="deploy it with .to(cluster, name=...), or read an object with cluster.get(name)",
+                       details={"name": name, "services": sorted(n for n, r in rows.items() if r.get("kind") != "object")})
+    kinds: dict[str, type[Any]] = {"function": Function, "module": RemoteClass, "instance": ModuleInstance}
+    handle = kinds[row["kind"]](None, name=name)
+    handle.spec = ServiceSpec(name=name, kind=row["kind"], env=EnvSpec(name=row.get("env") or "default"),
+                              code=CodeRef(), version=row.get("version"))
+    handle.cluster, handle.env = cluster, Env(handle.spec.env)
+    handle.methods = dict(row.get("methods") or {})
+    return handle
+
+
+Cluster.live_stub = staticmethod(live_stub)
