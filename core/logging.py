@@ -8,10 +8,28 @@ first event.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
-__all__ = ["LazyLogger", "configure_logging", "get_logger"]
+__all__ = ["LazyLogger", "configure_logging", "get_logger", "redact_credentials"]
+
+#: event keys whose values are credentials whatever they hold
+SECRET_KEYS = frozenset({"authorization", "token", "password", "secret", "api_key", "cookie", "x-tether-token"})
+_BEARER = re.compile(r"(?i)\b(bearer|basic|token)(\s+|[=:]\s*)[^\s'\",;]+")
+_REDACTED = "<redacted>"
+
+
+def redact_credentials(logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """A structlog processor: values of credential keys (``token``, ``authorization``, ...) and anything shaped
+    like ``Bearer <token>`` in a string value are replaced before the event is written."""
+    for key, value in list(event.items()):
+        if key.lower() in SECRET_KEYS:
+            event[key] = _REDACTED
+        elif isinstance(value, str) and _BEARER.search(value):
+            event[key] = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{_REDACTED}", value)
+    return event
 
 
 def configure_logging(level: int = logging.INFO) -> None:
@@ -23,6 +41,7 @@ def configure_logging(level: int = logging.INFO) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.processors.format_exc_info,
+            redact_credentials,  # after format_exc_info: a traceback's text is redacted too
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

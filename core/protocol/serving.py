@@ -106,8 +106,8 @@ def input_error(exc: BaseException) -> TetherError | None:
     (``None`` when ``exc`` is not one): a body that broke while being read (bad chunked encoding, a short body,
     a bad content encoding), JSON too deep or with an integer too long for the interpreter."""
     if isinstance(exc, HttpProcessingError):
-        return SerializationError(f"malformed request body: {_short(exc.message or type(exc).__name__)}",
-                                  details={"reason": "malformed_http"})
+        return SerializationError(f"malformed request body: {_what(exc)}",
+                                  details={"reason": "malformed_http", "error": _kind(exc)})
     if isinstance(exc, RecursionError):
         return _too_deep()
     if isinstance(exc, ValueError) and _INT_LIMIT in str(exc):
@@ -115,9 +115,30 @@ def input_error(exc: BaseException) -> TetherError | None:
     return None
 
 
-def _short(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit] + "…"
+#: what each parser error means, in words of our own: aiohttp's messages quote the refused bytes, and those may
+#: be a credential (``Authorization: Bearer <token>\x00``), which must not be echoed or logged
+_MEANING = {
+    "LineTooLong": "a request line or header is longer than the server reads (8,190 bytes)",
+    "BadStatusLine": "the request line is not 'METHOD /path HTTP/1.x'",
+    "BadHttpMethod": "the method is not a valid token",
+    "InvalidHeader": "a header name or value holds characters HTTP does not allow",
+    "InvalidURLError": "the request target is not a valid URL",
+    "TransferEncodingError": "the chunked transfer encoding is broken",
+    "ContentLengthError": "the body is shorter than its Content-Length",
+    "ContentEncodingError": "the body does not decode with its Content-Encoding",
+    "BadHttpMessage": "the request head is malformed (headers, Content-Length or Transfer-Encoding)",
+}
+
+
+def _kind(exc: BaseException | None) -> str:
+    return type(exc).__name__ if exc is not None else "BadHttpMessage"
+
+
+def _what(exc: BaseException | None) -> str:
+    for cls in type(exc).__mro__ if exc is not None else ():
+        if cls.__name__ in _MEANING:
+            return _MEANING[cls.__name__]
+    return _MEANING["BadHttpMessage"]
 
 
 IDLE_TIMEOUT = float(os.environ.get("TETHER_IDLE_TIMEOUT", "75"))  # to a complete request head (> clients' 60 s)
@@ -202,9 +223,8 @@ class JsonErrorsHandler(web.RequestHandler):
                     peer=str(peer) if peer else None)
         err: TetherError
         if 400 <= status < 500:
-            text = message or (exc.message if isinstance(exc, HttpProcessingError) else None) or "bad request"
-            err = SerializationError(f"malformed HTTP request: {_short(text)}",
-                                     hint="send a well-formed HTTP/1.1 request", details={"reason": "malformed_http"})
+            err = SerializationError(f"malformed HTTP request: {_what(exc)}", hint="send a well-formed HTTP/1.1 "
+                                     "request", details={"reason": "malformed_http", "error": _kind(exc)})
         elif status == 504:
             err = TetherError("the request took too long", retryable=True)
         else:

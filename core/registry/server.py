@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DataError
 
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
+from tether.logging import configure_logging
 from tether.protocol.serving import Runner, input_error, mark_authenticated, read_json
 from tether.registry import lineage_routes
 from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
@@ -457,6 +458,7 @@ def openapi_document() -> dict[str, Any]:
 
 def serve(db: str, *, host: str = "127.0.0.1", port: int = 0, ready_file: str | None = None) -> None:
     """Run the server until SIGTERM/SIGINT; with ``port=0`` a free port is chosen and written to ``ready_file``."""
+    configure_logging()  # one JSON event per line, credentials redacted (tether.logging)
     store = Store(db)
 
     async def main() -> None:
