@@ -20,6 +20,7 @@ from tether.registry.models import (
     Version,
 )
 from tether.registry.names import Ref, current_user, parse_ref
+from tether.registry.openlineage import emitter_from_env
 from tether.registry.usage import CallWriter
 
 __all__ = ["RegistryBackend", "Registry"]
@@ -152,7 +153,13 @@ class Registry:
             except ConfigError:
                 continue  # a bad name on a record must not sink the batch
             resolved.append(record.model_copy(update={"name": full, "caller": record.caller or self.user}))
-        return self.backend.record_calls(resolved) if resolved else 0
+        if not resolved:
+            return 0
+        stored = self.backend.record_calls(resolved)
+        exporter = emitter_from_env()  # OpenLineage run events when TETHER_OPENLINEAGE says where
+        if exporter is not None:
+            exporter.emit(resolved)
+        return stored
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until queued call records are written; False on timeout."""
