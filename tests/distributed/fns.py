@@ -79,6 +79,9 @@ def fail_on_rank(bad: int, folder: str) -> int:
     rank = int(os.environ["RANK"])
     Path(folder, f"rank-{rank}-{os.getpid()}").touch()
     if rank == bad:
+        deadline = time.monotonic() + 120  # fail once every other rank is running (and about to block)
+        while len(list(Path(folder).glob("rank-*"))) < int(os.environ["WORLD_SIZE"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
         raise RankFailed(f"rank {rank} refuses")
     dist.init_process_group("gloo")
     dist.barrier()  # never returns: rank `bad` never joins

@@ -13,6 +13,7 @@ cluster all stop the engine. The engine needs its package (``ray[default]``, ``d
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from tether.api.distribute.placement import Copy, cluster_nodes, gather_all, pre
 from tether.client.loop import run_sync
 from tether.client.transport import new_call_id
 from tether.compute.nodes import node_code_root
-from tether.errors import CallTimeout, ConfigError
+from tether.errors import CallTimeout, ConfigError, TetherError
 from tether.specs import CodeRef, ServiceSpec
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class Engine:
     async def _start(self, user: ServiceSpec) -> None:
         assert self.runner is not None
         await gather_all([c.node.client().deploy(c.spec, replace_env=True) for c in [*self.engines, self.runner]])
+        await gather_all([c.node.client().deploy(self._stopper(c)) for c in self.engines])
         await self.runner.node.client().deploy(user, replace_env=True)
         head, rest = self.engines[0], self.engines[1:]
         addr = head.node.address
@@ -128,9 +130,22 @@ class Engine:
             raise CallTimeout(f"{self.service.name!r} on {self.kind} did not finish within {timeout}s",
                               details={"service": self.service.name}) from exc
 
+    @staticmethod
+    def _stopper(c: Copy) -> ServiceSpec:
+        return c.spec.model_copy(update={"name": f"{c.service}-stop",
+                                         "code": CodeRef(import_path=_SIDE, qualname="stop_engines")})
+
+    async def _stop(self) -> None:
+        async def one(c: Copy) -> None:
+            with contextlib.suppress(TetherError):  # a gone env: its engine died with its worker
+                await c.node.client().call(f"{c.service}-stop", None, (), {}, call_id=new_call_id(), on_log=None)
+
+        await gather_all([one(c) for c in self.engines])  # the engine's processes have exited when it returns
+        await remove_copies([*self.engines, *([self.runner] if self.runner else [])])
+
     def stop(self) -> None:
-        """Stop the engine on every node (its processes end with their workers) and the function's env."""
-        run_sync(remove_copies([*self.engines, *([self.runner] if self.runner else [])]))
+        """Stop the engine on every node (waiting for its processes to exit) and the function's env."""
+        run_sync(self._stop())
         self.started = False
 
     delete = stop

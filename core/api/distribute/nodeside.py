@@ -13,11 +13,13 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import ctypes
+import fcntl
 import importlib
 import os
 import queue
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -28,7 +30,7 @@ from typing import Any
 
 import cloudpickle
 
-__all__ = ["engine_tmp", "run_function", "start_engine", "stop_engines", "wait_nodes"]
+__all__ = ["engine_tmp", "interface_towards", "run_function", "run_rank", "start_engine", "stop_engines", "wait_nodes"]
 
 _PROCS: list[subprocess.Popen[bytes]] = []
 _JOBS: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
@@ -173,3 +175,37 @@ def run_function(kind: str, address: str, ref: dict[str, Any], args: tuple[Any, 
         with Client(address) as client:
             return fn(client, *args, **kwargs)
     return fn(*args, **kwargs)
+
+
+def _address_of(interface: str) -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:  # SIOCGIFADDR
+            packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", interface[:15].encode()))
+        except OSError:
+            return None
+        return socket.inet_ntoa(packed[20:24])
+
+
+def interface_towards(address: str) -> str | None:
+    """The network interface this node reaches ``address`` through (the one holding it, on that node itself);
+    None when that is the loopback or cannot be told."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((address, 9))
+            local = s.getsockname()[0]
+    except OSError:
+        return None
+    if local.startswith("127."):
+        return None
+    return next((name for _, name in socket.if_nameindex() if _address_of(name) == local), None)
+
+
+def run_rank(ref: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run one rank of the user's function. Gloo and TensorPipe advertise the address the host name resolves to
+    unless told an interface (``127.0.1.1`` on many hosts): name the one that reaches ``MASTER_ADDR``."""
+    if "GLOO_SOCKET_IFNAME" not in os.environ and os.environ.get("MASTER_ADDR"):
+        iface = interface_towards(os.environ["MASTER_ADDR"])
+        if iface:
+            os.environ["GLOO_SOCKET_IFNAME"] = iface
+            os.environ.setdefault("TP_SOCKET_IFNAME", iface)
+    return _load(ref)(*args, **kwargs)

@@ -27,6 +27,7 @@ from tether.api.distribute.placement import (
 from tether.client.loop import run_sync
 from tether.client.transport import new_call_id
 from tether.errors import CallCancelled, CallTimeout, ConfigError, TetherError, WorkerDied
+from tether.specs import CodeRef, ServiceSpec
 
 if TYPE_CHECKING:
     from tether.api.services import _Service
@@ -81,15 +82,25 @@ class Ranks:
 
     async def _rank(self, c: Copy, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         sink = prefixed(self.service.options.on_log, f"[rank {c.index}] ")
-        return await c.node.client().call(c.service, None, args, kwargs, call_id=new_call_id(), on_log=sink,
-                                          caller=self.service.options.caller)  # fmt: skip
+        code = c.spec.code
+        ref = {"import_path": code.import_path, "qualname": code.qualname, "pickled_b64": code.pickled_b64}
+        return await c.node.client().call(f"{c.service}-run", None, (ref, args, kwargs), {}, call_id=new_call_id(),
+                                          on_log=sink, caller=self.service.options.caller)  # fmt: skip
+
+    @staticmethod
+    def _runner(c: Copy) -> ServiceSpec:
+        """The rank's runner beside the user's service in its env (which puts the user's code on its path)."""
+        return ServiceSpec(name=f"{c.service}-run", kind="function", env=c.spec.env,
+                           code=CodeRef(import_path="tether.api.distribute.nodeside", qualname="run_rank"))
 
     async def _run(self, placement: Placement, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
         copies = placement.copies
+        tasks: list[asyncio.Future[Any]] = []
         try:
             await remove_copies(copies)  # what an earlier call on these names may have left
             await gather_all([c.node.client().deploy(c.spec, replace_env=True) for c in copies])
-            tasks = [asyncio.ensure_future(self._rank(c, args, kwargs)) for c in copies]
+            await gather_all([c.node.client().deploy(self._runner(c)) for c in copies])
+            tasks += [asyncio.ensure_future(self._rank(c, args, kwargs)) for c in copies]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             failed = [(c, t.exception()) for c, t in zip(copies, tasks, strict=True)
                       if t.done() and not t.cancelled() and t.exception() is not None]
@@ -107,6 +118,10 @@ class Ranks:
         finally:
             with contextlib.suppress(Exception):  # the ranks' processes end with the call, whatever ended it
                 await asyncio.shield(remove_copies(copies))
+            for t in tasks:
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
 
     def cancel(self) -> None:
         """Stop every rank of the call running now (from another thread); the call raises ``WorkerDied``."""
