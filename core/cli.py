@@ -179,10 +179,10 @@ def cluster_status(name: str, as_json: bool) -> None:
     console.print(workers)
 
 
-@main.command("ssh")
-@click.argument("name")
+@main.command("ssh", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--node", default=None, help="node index or host (default: the head)")
-@click.argument("command", nargs=-1)
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh_cmd(name: str, node: str | None, command: tuple[str, ...]) -> None:
     """A shell on a cluster's node (or run COMMAND there)."""
     where: int | str | None = int(node) if node and node.isdigit() else node

@@ -163,7 +163,9 @@ def rsync(cluster: Any, source: str, dest: str, *, up: bool = True, node: int | 
             t = place.target
             assert t is not None
             rsh = " ".join(shlex.quote(x) for x in ["ssh", *t.options()])
-            pair = [src, f"{t.dest}:{dest}"] if up else [f"{t.dest}:{src}", dest]
+            home = t.run("echo $HOME", step="rsync").strip()  # relative paths: under the remote HOME
+            there = (dest if up else src) if (dest if up else src).startswith("/") else f"{home}/{dest if up else src}"
+            pair = [src, f"{t.dest}:{there}"] if up else [f"{t.dest}:{there}", dest]
             argv = ["rsync", "-a", "--mkpath", "-e", rsh, *pair]
         if not up:
             Path(dest).parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +217,8 @@ def shell(cluster: Any, node: int | str | None = None, command: str | None = Non
     t = place.target
     assert t is not None
     tty = ["-t"] if sys.stdin.isatty() else []
-    return subprocess.call(["ssh", *t.options(), *tty, t.dest, *([command] if command else [])])
+    remote = f"cd ~ && {command}" if command else 'cd ~ && exec "${SHELL:-/bin/sh}" -l'
+    return subprocess.call(["ssh", *t.options(), *tty, t.dest, remote])
 
 
 _USAGE = """

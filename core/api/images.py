@@ -70,9 +70,11 @@ class Image:
         """Environment variables of the daemon and every worker on the cluster."""
         return self._add("set_env_vars", env={str(k): str(v) for k, v in env_vars.items()})
 
-    def rsync(self, source: str, dest: str) -> Image:
-        """Copy a local file or folder to ``dest`` on each host (relative: under the remote HOME)."""
-        return self._add("rsync", [str(source), str(dest)])
+    def rsync(self, source: str, dest: str, *, contents: bool = False) -> Image:
+        """Copy a local file or folder into ``dest`` on each host (relative: under the remote HOME);
+        ``contents``: a folder's contents, not the folder itself."""
+        src = str(source).rstrip("/") + "/" if contents else str(source)
+        return self._add("rsync", [src, str(dest)])
 
     def sync_secrets(self, secrets: list[str | Secret]) -> Image:
         """Deliver these secrets to every env's workers on the cluster and their files into each remote HOME, at

@@ -51,6 +51,8 @@ class SSHRunner:
         return self.target.run("sh -s", step=step, stdin=script, timeout=3600)
 
     def rsync(self, src: str, dest: str, *, step: str) -> None:
+        if not dest.startswith("/"):  # under the remote HOME (an ssh session's cwd may be another folder)
+            dest = self.target.run("echo $HOME", step=step).strip() + "/" + dest
         self.target.rsync([src], dest, step=step)
 
 

@@ -73,7 +73,7 @@ def test_run_rsync_ssh_status_and_restart_on_an_ssh_cluster(netns_hosts, pinned_
         assert as_json["state"] == "up" and len(as_json["nodes"]) == 2
         shell = _cli("ssh", "box", stdin="echo from-the-shell $((6*7))\nexit 3\n")
         assert "from-the-shell 42" in shell.stdout and shell.returncode == 3
-        assert _cli("ssh", "box", "--node", "1", "hostname", "-I").stdout.split()[0] == hosts.addresses[1]
+        assert _cli("ssh", "--node", "1", "box", "hostname", "-I").stdout.split()[0] == hosts.addresses[1]
         restarted = _cli("cluster", "restart", "box")
         assert restarted.returncode == 0 and "restarted" in restarted.stdout
         down = _cli("cluster", "down", "box")

@@ -21,7 +21,7 @@ def test_image_steps_run_once_per_host_and_are_cached_on_the_next_up(netns_hosts
     data.mkdir()
     (data / "input.txt").write_text("payload\n")
     img = (tether.Image("lab-image").pip_install([str(wheel)]).run_bash("echo built > ~/built.txt")
-           .set_env_vars({"IMAGE_VAR": "from-image"}).rsync(str(data), "datasets"))
+           .set_env_vars({"IMAGE_VAR": "from-image"}).rsync(str(data), "datasets", contents=True))
     c = tether.cluster(name="imaged", host=hosts.addresses, ssh_creds=hosts.ssh_creds, image=img).up_if_not()
     try:
         first = capfd.readouterr().err
