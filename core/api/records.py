@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ def snapshot_code(root: Path, code_hash: str) -> Path:
 def record_call(service: Any, *, call_id: str, method: str | None, seconds: float, outcome: str,
                 edges: Edges | None = None) -> None:
     """Record one call of a saved service (non-blocking: the registry batches writes), with the cluster it ran on
-    and the lineage ``edges`` its code declared."""
+    and the lineage ``edges`` its code declared. Its duration is the remote call's own (its daemon's start to
+    finish, asked on the writer's thread); ``seconds`` (the caller's wait) only when the daemon no longer knows."""
     handle = service.cluster._handle if service.cluster is not None else None
     record = CallRecord(
         service=service.registry_name or service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
@@ -57,4 +59,18 @@ def record_call(service: Any, *, call_id: str, method: str | None, seconds: floa
         inputs=[Artifact(uri=u, version=v) for u, v in edges.inputs] if edges is not None else [],
         outputs=[Artifact(uri=u, version=v) for u, v in edges.outputs] if edges is not None else [],
     )
-    get_registry().record_call(record)
+    client = service.cluster.client if handle is not None else None
+    get_registry().record_call(record, _remote_duration(client, call_id) if client is not None else None)
+
+
+def _remote_duration(client: Any, call_id: str) -> Callable[[CallRecord], CallRecord]:
+    """Completes a record with the call's duration as its daemon measured it (``GET /calls/{id}?wait=0``)."""
+
+    def resolve(record: CallRecord) -> CallRecord:
+        summary = client.sync.status(call_id)
+        started, finished = summary.get("started"), summary.get("finished")
+        if not isinstance(started, int | float) or not isinstance(finished, int | float):
+            return record
+        return record.model_copy(update={"duration_s": max(0.0, float(finished) - float(started))})
+
+    return resolve

@@ -21,7 +21,7 @@ from tether.registry.models import (
 )
 from tether.registry.names import Ref, current_user, parse_ref
 from tether.registry.openlineage import emitter_from_env
-from tether.registry.usage import CallWriter
+from tether.registry.usage import CallWriter, Resolve
 
 __all__ = ["RegistryBackend", "Registry"]
 
@@ -140,9 +140,10 @@ class Registry:
         """Who has access to ``name`` (and to its namespace)."""
         return self.backend.grants(self.ref(name, allow_selector=False))
 
-    def record_call(self, record: CallRecord) -> None:
-        """Queue a call record for the background writer: no I/O here, never raises for storage trouble."""
-        self._writer.put(record)
+    def record_call(self, record: CallRecord, resolve: Resolve | None = None) -> None:
+        """Queue a call record for the background writer: no I/O here, never raises for storage trouble.
+        ``resolve`` completes it on the writer's thread (see :class:`tether.registry.usage.CallWriter`)."""
+        self._writer.put(record, resolve)
 
     def _write_calls(self, batch: builtins.list[CallRecord]) -> int:
         """The writer's sink: resolve names and callers (off the caller's thread), then store."""

@@ -1,4 +1,6 @@
-"""Call records are written off the caller's path: a background thread batches them into the store or server."""
+"""Call records are written off the caller's path: a background thread batches them into the store or server,
+and completes each first when it was queued with a ``resolve`` (the remote call's own duration, asked of its
+daemon off the caller's path)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from tether.errors import TetherError
 from tether.logging import get_logger
 from tether.registry.models import CallRecord
 
-__all__ = ["CallWriter"]
+__all__ = ["CallWriter", "Resolve"]
+
+Resolve = Callable[[CallRecord], CallRecord]
+"""Completes a queued record on the writer's thread (e.g. its remote duration); the record as queued on failure."""
 
 log = get_logger("tether.registry.usage")
 _WRITERS: weakref.WeakSet[CallWriter] = weakref.WeakSet()
@@ -47,7 +52,7 @@ class CallWriter:
         self._batch_size = batch_size
         self._interval = interval
         self._max_queue = max_queue
-        self._queue: deque[CallRecord] = deque()
+        self._queue: deque[tuple[CallRecord, Resolve | None]] = deque()
         self._cond = threading.Condition()
         self._pending = 0  # queued + in flight
         self._thread: threading.Thread | None = None
@@ -58,8 +63,9 @@ class CallWriter:
         self.failed = 0
         _WRITERS.add(self)
 
-    def put(self, record: CallRecord) -> None:
-        """Queue one record; never blocks on I/O and never raises for a full queue."""
+    def put(self, record: CallRecord, resolve: Resolve | None = None) -> None:
+        """Queue one record; never blocks on I/O and never raises for a full queue. ``resolve`` completes it on
+        the writer's thread before it is written."""
         with self._cond:
             if os.getpid() != self._pid:  # forked (Airflow, multiprocessing): the parent's thread is not here
                 self._queue.clear()
@@ -67,7 +73,7 @@ class CallWriter:
             if self._closed or len(self._queue) >= self._max_queue:
                 self.dropped += 1
                 return
-            self._queue.append(record)
+            self._queue.append((record, resolve))
             self._pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="tether-call-writer", daemon=True)
@@ -98,10 +104,10 @@ class CallWriter:
         with self._cond:
             if not self._queue and not self._closed:
                 self._cond.wait(self._interval)
-            batch: list[CallRecord] = []
-            while self._queue and len(batch) < self._batch_size:
-                batch.append(self._queue.popleft())
-            return batch
+            taken: list[tuple[CallRecord, Resolve | None]] = []
+            while self._queue and len(taken) < self._batch_size:
+                taken.append(self._queue.popleft())
+        return [_resolved(record, resolve) for record, resolve in taken]
 
     def _run(self) -> None:
         while True:
@@ -127,6 +133,16 @@ class CallWriter:
                 with self._cond:
                     self._pending -= len(batch)
                     self._cond.notify_all()
+
+
+def _resolved(record: CallRecord, resolve: Resolve | None) -> CallRecord:
+    if resolve is None:
+        return record
+    try:
+        return resolve(record)
+    except Exception as exc:  # noqa: BLE001 - the record as queued is better than none
+        log.debug("call_record_unresolved", call_id=record.call_id, error=repr(exc))
+        return record
 
 
 @atexit.register
