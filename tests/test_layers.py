@@ -32,7 +32,8 @@ LAYERS: list[set[str]] = [
 SIBLINGS_APART = [({"tether.escalation", "tether.oom"}, {"tether.registry"})]
 DAEMON_MAY_IMPORT = BASE | {"tether.protocol", "tether.escalation.oom", "tether.daemon"}
 PROVIDERS_MAY_IMPORT = {"tether", "tether.runs", "tether.errors"}
-OPTIONAL_EXTRAS = {"sky", "uvloop", "airflow", "prefect", "dagster", "cryptography", "psycopg", "openlineage"}
+OPTIONAL_EXTRAS = {"sky", "uvloop", "airflow", "prefect", "dagster", "cryptography", "psycopg", "openlineage",
+                   "ray", "distributed", "torch"}  # the last three: the distributed extra
 DEFERRED = {
     # (importing module, imported module): why it is imported only where it is used
     ("tether.registry", "tether.registry.store"): "SQLAlchemy: a call by name must not pay ~0.2 s of ORM import",
