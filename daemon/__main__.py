@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+import structlog
 from aiohttp import web
 
 from tether.daemon import eventloop
@@ -22,6 +23,8 @@ from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
 from tether.protocol.serving import IDLE_TIMEOUT, Runner
 from tether.specs import parse_bytes
+
+log = structlog.get_logger("tether.daemon")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +56,10 @@ async def serve(args: argparse.Namespace) -> None:
     daemon = Daemon(args.state_dir, token_hash=token_hash, memory_limit=parse_bytes(args.memory_limit),
                     autostop_mins=args.autostop_mins, max_body=parse_bytes(args.max_body) or 2 * 1024**3,
                     access_file=args.access_file, allowed_roots=args.allowed_roots)
+    daemon.host = args.host
+    if token_hash is None:
+        log.warning("auth_disabled", host=args.host, detail="no --token-file: any local program can run code "
+                    "as this user through this daemon; requests from web pages (foreign Host or Origin) are refused")
     sweep_stale_shm()  # only now: the call journal adopted the result files of the calls it restored
     ssl_ctx = None
     if args.tls_cert:

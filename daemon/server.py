@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from tether._version import __version__
-from tether.daemon import grants, slabs
+from tether.daemon import browsers, grants, slabs
 from tether.daemon import protocol as p
 from tether.daemon.auth import GRANT_KEY, AccessPolicy, authorize, check_code_roots, visible
 from tether.daemon.calls import FINAL, Call, CallTable, frame_body, present
@@ -80,6 +80,7 @@ class Daemon:
         self.started = time.time()
         self.last_activity = time.time()
         self.stop_event = asyncio.Event()
+        self.host: str | None = None  # the address it serves on (a daemon without auth serves that Host only)
         self._call_metas: dict[tuple[str, str | None, bool], bytes] = {}
         self._deploy_locks: dict[str, asyncio.Lock] = {}
         self.call_starters = self.calls.starters  # call id -> token hash of its starter (journaled with the call)
@@ -364,6 +365,10 @@ async def errors_and_auth(request: web.Request, handler: Any) -> web.StreamRespo
             if denied is not None:
                 return error_response(denied)
             mark_authenticated(request)
+        elif not _over_unix_socket(request):  # no token: no web page may drive it (see browsers.py)
+            refused = browsers.refusal(request, daemon.host)
+            if refused is not None:
+                return error_response(refused)
         return await handler(request)
     except TetherError as exc:
         return error_response(exc)
