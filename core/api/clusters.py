@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
-from tether.api import box
+from tether.api import box, sharing
 from tether.api import secrets as cluster_secrets
 from tether.api.compat import cluster_fields
 from tether.api.records import save_resource
@@ -312,6 +312,16 @@ class Cluster:
             return False
         return str(pid) == mine
 
+    def share(self, users: str | list[str] | None = None, access_level: str = "read", notify_users: bool = False,
+              *, allow_pickle: bool = False) -> dict[str, str]:
+        """Give ``users`` ``access_level`` on every service of this cluster's daemon; returns their tokens (see
+        :func:`tether.api.sharing.grant`; ``notify_users`` is accepted: there is no mail)."""
+        return sharing.grant(self.connected(), "*", users, access_level, allow_pickle=allow_pickle)
+
+    def revoke(self, users: str | list[str] | None = None) -> None:
+        """Take back what :meth:`share` gave ``users``."""
+        sharing.ungrant(self.connected(), "*", users)
+
     def pause_autostop(self, paused: bool = True) -> None:
         self.client.sync.set_autostop(paused=paused)
 
@@ -381,7 +391,6 @@ class Cluster:
         """Remove secrets from the cluster's secret store (workers lose them at their next start)."""
         self._allowed()
         cluster_secrets.delete_from_cluster(self, names)
-
 
 
 def new_cluster(name: str | None = None, **fields: Any) -> Cluster:

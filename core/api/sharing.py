@@ -21,7 +21,7 @@ from tether.errors import AuthError, ConfigError, NotFound, SerializationError
 from tether.home import clusters_dir
 from tether.registry import get_registry
 
-__all__ = ["LEVELS", "json_call", "refuses_pickle", "revoke", "share", "shared_with"]
+__all__ = ["LEVELS", "grant", "json_call", "refuses_pickle", "revoke", "share", "shared_with", "ungrant"]
 
 LEVELS = ("read", "write", "owner")
 
@@ -55,27 +55,23 @@ def _users(users: str | list[str] | None) -> list[str]:
     return names
 
 
-def _live(handle: Any) -> Any:
-    return handle._ensure_deployed()
-
-
-def share(handle: Any, users: str | list[str] | None, access_level: str = "read", *, notify_users: bool = False,
-          allow_pickle: bool = False) -> dict[str, str]:
-    """Give ``users`` ``access_level`` on the live service of ``handle``; returns ``{user: token}``.
-
-    read = call it, write = also redeploy and set attributes, owner = everything. A principal without
-    ``allow_pickle`` calls with JSON arguments (a pickle would run the sender's code as the daemon's user); the
-    Python stub of ``cluster.get(name, remote=True)`` does that by itself."""
+def _level(access_level: str) -> str:
     if access_level not in LEVELS:
         raise ConfigError(f"unknown access_level {access_level!r}", hint=f"use one of {', '.join(LEVELS)}",
                           details={"access_level": access_level})
-    names = _users(users)
-    cluster = _live(handle)
+    return access_level
+
+
+def grant(cluster: Any, service: str, users: str | list[str] | None, access_level: str = "read", *,
+          allow_pickle: bool = False) -> dict[str, str]:
+    """Give ``users`` ``access_level`` on ``service`` (``"*"``: every service) of ``cluster``'s daemon; returns
+    ``{user: token}`` (the token a user already holds from this machine, else a new one)."""
+    level, names = _level(access_level), _users(users)
     endpoint = cluster.endpoint.rstrip("/")
     issued = _issued().get(endpoint, {})
     out: dict[str, str] = {}
     for user in names:
-        body = {"principal": user, "services": {handle.name: access_level}, "allow_pickle": allow_pickle,
+        body = {"principal": user, "services": {service: level}, "allow_pickle": allow_pickle,
                 "rotate": user not in issued}
         answer = cluster.client.sync.send(routes.raw("POST", "/grants", json_body=body))
         token = answer.get("token") or issued.get(user)
@@ -84,35 +80,59 @@ def share(handle: Any, users: str | list[str] | None, access_level: str = "read"
             token = answer["token"]
         _remember(endpoint, user, token)
         out[user] = token
-        with contextlib.suppress(NotFound):  # a live service that was never saved has no registry record
-            get_registry().share(handle.registry_name or handle.name or "", user, access_level)
     return out
+
+
+def ungrant(cluster: Any, service: str, users: str | list[str] | None) -> None:
+    """Take ``service`` out of ``users``' grants on ``cluster``'s daemon (a grant left empty goes, with its token)."""
+    endpoint = cluster.endpoint.rstrip("/")
+    for user in _users(users):
+        answer = cluster.client.sync.send(routes.raw("POST", "/grants/revoke", json_body={
+            "principal": user, "service": service}))
+        if not answer.get("remaining"):
+            _remember(endpoint, user, None)
+
+
+def _registry(name: str, users: list[str], level: str | None) -> None:
+    """The registry side of a share (``level``) or a revoke (None); a name never saved has no record."""
+    for user in users:
+        with contextlib.suppress(NotFound):
+            if level is None:
+                get_registry().unshare(name, user)
+            else:
+                get_registry().share(name, user, level)
+
+
+def share(handle: Any, users: str | list[str] | None, access_level: str = "read", *, notify_users: bool = False,
+          allow_pickle: bool = False) -> dict[str, str]:
+    """Give ``users`` ``access_level`` on the live service of ``handle`` (and on its saved versions in the
+    registry); returns ``{user: token}``.
+
+    read = call it, write = also redeploy and set attributes, owner = everything. A principal without
+    ``allow_pickle`` calls with JSON arguments (a pickle would run the sender's code as the daemon's user); the
+    Python stubs do that by themselves (:func:`json_call`)."""
+    tokens = grant(handle._ensure_deployed(), handle.name, users, access_level, allow_pickle=allow_pickle)
+    _registry(handle.registry_name or handle.name or "", list(tokens), access_level)
+    return tokens
 
 
 def revoke(handle: Any, users: str | list[str] | None) -> None:
     """Take back what :func:`share` gave ``users`` on this service (their token stops working for it at once;
     a user left with no service loses the token)."""
-    cluster = _live(handle)
-    endpoint = cluster.endpoint.rstrip("/")
-    for user in _users(users):
-        answer = cluster.client.sync.send(routes.raw("POST", "/grants/revoke", json_body={
-            "principal": user, "service": handle.name}))
-        if not answer.get("remaining"):
-            _remember(endpoint, user, None)
-        with contextlib.suppress(NotFound):
-            get_registry().unshare(handle.registry_name or handle.name or "", user)
+    ungrant(handle._ensure_deployed(), handle.name, users)
+    _registry(handle.registry_name or handle.name or "", _users(users), None)
 
 
 def shared_with(handle: Any) -> list[dict[str, Any]]:
     """``[{"principal", "access_level", "allow_pickle"}]``: who the daemon lets use this service, besides its owner."""
-    cluster = _live(handle)
+    cluster = handle._ensure_deployed()
     grants = cluster.client.sync.send(routes.raw("GET", "/grants"))["grants"]
     out = []
-    for grant in grants:
-        level = grant["services"].get(handle.name) or grant["services"].get("*")
+    for entry in grants:
+        level = entry["services"].get(handle.name) or entry["services"].get("*")
         if level:
-            out.append({"principal": grant["principal"], "access_level": level,
-                        "allow_pickle": grant.get("allow_pickle", False)})
+            out.append({"principal": entry["principal"], "access_level": level,
+                        "allow_pickle": entry.get("allow_pickle", False)})
     return out
 
 

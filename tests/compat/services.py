@@ -54,6 +54,11 @@ def kwargs_seen(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return {"args": list(args), "kwargs": kwargs}
 
 
+def say(text: str) -> str:
+    print(text)
+    return text
+
+
 def synchronous_sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds

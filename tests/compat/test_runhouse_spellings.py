@@ -47,6 +47,7 @@ import requests
 
 import tether as rh
 from tests.compat import services as svc
+from tether.api.compat import placement
 
 
 def _auth(cluster: rh.Cluster) -> dict[str, str]:
@@ -118,6 +119,15 @@ def test_set_async_sets_a_remote_attribute(local_cluster):
     ctr = rh.module(svc.Counter).to(local_cluster)(start=0, name="set_async")
     asyncio.run(ctr.set_async("n", 41))
     assert ctr.incr() == 42
+    assert asyncio.run(ctr.fetch_async("n")) == 42
+    calls_async = rh.function(svc.add).to(local_cluster).set_async(True)
+    assert asyncio.run(calls_async(1, 2)) == 3
+
+
+def test_set_async_refuses_private_names(local_cluster):
+    ctr = rh.module(svc.Counter).to(local_cluster)(start=0, name="set_private")
+    with pytest.raises(rh.ConfigError):
+        ctr.set_async("_secret", 1)
 
 
 def test_get_or_to_reuses_the_live_service(local_cluster):
@@ -178,7 +188,7 @@ def test_get_call_of_a_module_method(local_cluster):
 
 
 # -- call keywords -------------------------------------------------------------------------------------------------
-def test_run_async_and_stream_logs_are_tethers_not_the_functions(local_cluster):
+def test_run_async_and_stream_logs_are_tethers_not_the_functions(local_cluster, capsys):
     seen = rh.function(svc.kwargs_seen).to(local_cluster)
     assert seen(1, stream_logs=False) == {"args": [1], "kwargs": {}}
     assert seen(2, run_async=False, stream_logs=True) == {"args": [2], "kwargs": {}}
@@ -186,6 +196,11 @@ def test_run_async_and_stream_logs_are_tethers_not_the_functions(local_cluster):
     pending = sync_sleep(0.01, run_async=True)
     assert asyncio.iscoroutine(pending) and asyncio.run(pending) == 0.01
     assert sync_sleep(0.01) == 0.01
+    say = rh.function(svc.say).to(local_cluster)
+    assert say("quiet-please", stream_logs=False) == "quiet-please"
+    assert "quiet-please" not in capsys.readouterr().out  # its output stayed remote
+    say("out-loud")
+    assert "out-loud" in capsys.readouterr().out
     async_sleep = rh.function(svc.async_sleep).to(local_cluster)
     assert async_sleep(0.01, run_async=False) == 0.01
     assert asyncio.run(async_sleep(0.01)) == 0.01
@@ -245,6 +260,14 @@ def test_cluster_ips_on_this_cluster_and_get_remote(local_cluster):
     assert local_cluster.get("plain") == {"k": 1}
     with pytest.raises(rh.NotFound):
         local_cluster.get("nothing_here", remote=True)
+    assert local_cluster.get("nothing_here", None, remote=True) is None
+
+
+def test_keep_warm_with_and_without_minutes(local_cluster):
+    local_cluster.keep_warm(autostop_mins=30)
+    assert local_cluster.daemon_status()["autostop_mins"] == 30
+    local_cluster.keep_warm()
+    assert local_cluster.daemon_status()["autostop_mins"] is None
 
 
 def test_process_is_an_env_placement(local_cluster):
@@ -257,7 +280,17 @@ def test_process_is_an_env_placement(local_cluster):
 
 def test_env_as_a_list_of_requirements_names_its_env(local_cluster):
     fn = rh.function(svc.add).to(local_cluster, env=[], name="add_reqs")
-    assert fn(1, 1) == 2
+    assert fn(1, 1) == 2 and fn.env.name == "default"  # no requirements: the default env
+    _, env = placement(None, ["numpy", "pandas"])
+    _, same = placement(None, ["pandas", "numpy"])
+    assert env.name.startswith("reqs-") and env.spec.reqs == ["numpy", "pandas"] and same.name == env.name
+    with pytest.raises(rh.ConfigError, match="process"):
+        placement(None, "a", process="b")
+
+
+def test_to_rh_here(module_home):
+    here = rh.function(svc.get_pid).to(rh.here)
+    assert here.cluster.name == "local" and here() != os.getpid()
 
 
 # -- sharing -------------------------------------------------------------------------------------------------------
@@ -278,6 +311,18 @@ def test_share_gives_a_teammate_a_working_call_with_their_own_token(local_cluste
     remote.revoke(users=["alice@team"])
     r = requests.get(f"{remote.endpoint()}?a=2&b=3", headers={"Authorization": f"Bearer {alice}"}, timeout=10)
     assert r.status_code == 401
+
+
+def test_sharing_the_cluster_grants_every_service(local_cluster):
+    rh.function(svc.add).to(local_cluster, name="cluster_add")
+    tokens = local_cluster.share(users=["carol"], access_level="read", notify_users=False)
+    carol = {"Authorization": f"Bearer {tokens['carol']}"}
+    r = requests.get(f"{local_cluster.endpoint}/cluster_add?a=1&b=1", headers=carol, timeout=10)
+    assert r.status_code == 200 and r.json()["result"] == 2
+    again = local_cluster.share(users=["carol"])  # sharing again keeps the token she holds
+    assert again == tokens
+    local_cluster.revoke(users=["carol"])
+    assert requests.get(f"{local_cluster.endpoint}/cluster_add?a=1&b=1", headers=carol, timeout=10).status_code == 401
 
 
 def test_share_refuses_unknown_access_levels(local_cluster):
