@@ -492,6 +492,12 @@ def _purge_package(top: str) -> None:
     importlib.invalidate_caches()
 
 
+def _own_module(name: str) -> bool:
+    """tether's own modules (the worker's state, e.g. the report emitter, lives in them): never purged, also when a
+    code root contains tether's source (an editable install under the project)."""
+    return name == "tether" or name.startswith("tether.")
+
+
 def _purge_modules_under(root: str) -> None:
     """Forget every module loaded from ``root`` (files and namespace packages), so the next import re-reads it."""
     prefix = str(Path(root).resolve()) + os.sep
@@ -500,8 +506,8 @@ def _purge_modules_under(root: str) -> None:
         return bool(path) and str(Path(path).resolve()).startswith(prefix)  # type: ignore[arg-type]
 
     doomed = {name for name, module in list(sys.modules.items())
-              if under(getattr(module, "__file__", None))
-              or any(under(p) for p in (getattr(module, "__path__", None) or []))}
+              if not _own_module(name) and (under(getattr(module, "__file__", None))
+                                            or any(under(p) for p in (getattr(module, "__path__", None) or [])))}
     for name in list(sys.modules):
         if name in doomed or any(name.startswith(d + ".") for d in doomed):
             sys.modules.pop(name, None)

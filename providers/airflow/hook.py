@@ -14,6 +14,7 @@ from airflow.sdk.log import mask_secret
 
 import tether
 import tether.runs
+from tether.errors import AuthError
 
 __all__ = ["TetherConnection", "TetherHook", "connection_settings", "make_cluster", "registry_environment"]
 
@@ -112,14 +113,33 @@ class TetherHook(BaseHook):
             yield settings
 
     def test_connection(self) -> tuple[bool, str]:
-        """The UI's "Test" button: reach the cluster's daemon (bringing nothing up)."""
+        """The UI's "Test" button: an authenticated request to the cluster's daemon (its token checked) and, with
+        a registry address, one to the team registry (its token checked). Nothing is brought up: a cluster that
+        is not running fails the test."""
         try:
-            cluster = self.get_cluster()
-            if cluster is None:
-                return True, "no cluster configured; calls use the embedded local cluster"
-            return True, f"cluster {cluster.name!r} is {cluster.status()}"
+            conn = self.get_conn()
+            found = [self._test_cluster()]
+            if conn.registry_url:
+                with registry_environment(conn):
+                    names = tether.registry.get_registry().list()
+                found.append(f"registry {conn.registry_url} answered with the token ({len(names)} service(s) visible)")
+            return True, "; ".join(found)
+        except AuthError as exc:
+            return False, f"the token was refused: {exc}"
         except Exception as exc:  # noqa: BLE001 - reported to the UI, not raised
-            return False, str(exc)
+            return False, f"{type(exc).__name__}: {exc}"
+
+    def _test_cluster(self) -> str:
+        cluster = self.get_cluster()
+        if cluster is None:
+            return "no cluster configured: saved services run where they were saved"
+        if cluster.spec.backend != "endpoint" and not cluster.is_up():
+            raise tether.ClusterUnavailable(f"cluster {cluster.name!r} is {cluster.status()}",
+                                            hint="the Test brings nothing up; start the cluster first")
+        where = cluster.spec.endpoint or cluster.connected().endpoint
+        status = cluster.connected().daemon_status()
+        running = len(status.get("running_calls", []))
+        return f"daemon of cluster {cluster.name!r} at {where} answered with the token ({running} call(s) running)"
 
 
 def connection_settings(conn: Any) -> TetherConnection:

@@ -5,7 +5,8 @@ Clear starts a new one), the service's version and a digest of the arguments —
 retry re-attaches to the remote call the previous try started instead of paying for it twice (or runs again
 under a successor id after that call failed: ``tether.runs.choose_attempt``), while a Clear, a new run, new
 arguments or a new version run the function again; ``reattach=`` and ``force_rerun=`` change that. ``on_kill``
-cancels the call.
+cancels the call (``cancel_on_kill=False``: it runs on). ``TetherOperator`` is the same operator under tether's
+name; ``@task.tether`` (``decorators.py``) the TaskFlow form.
 """
 
 from __future__ import annotations
@@ -15,19 +16,35 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
+from airflow.sdk.configuration import conf
 
 import tether
 import tether.runs
 from tether.errors import ConfigError, error_from_wire
 from tether.providers.airflow.hook import TetherHook, make_cluster
+from tether.providers.airflow.links import TetherCallLink
 from tether.providers.airflow.triggers import TetherCallTrigger
 
-__all__ = ["RunhouseOperator", "base_call_id", "call_id_for_task", "first_try_number", "task_call_id"]
+__all__ = [
+    "RunhouseOperator",
+    "TetherOperator",
+    "base_call_id",
+    "call_id_for_task",
+    "default_deferrable",
+    "first_try_number",
+    "task_call_id",
+]
 
 CALL_ID_KEY = "call_id"
 """XCom key holding the remote call id, pushed before the task waits for the call."""
 METADATA_KEY = "tether"
 """XCom key holding the finished call's metadata (service, version, instance type, seconds, attempts)."""
+
+
+def default_deferrable() -> bool:
+    """Airflow's ``[operators] default_deferrable`` (``AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE``): what
+    ``deferrable`` is when a task does not say."""
+    return conf.getboolean("operators", "default_deferrable", fallback=False)
 
 
 def base_call_id(dag_id: str, task_id: str, run_id: str, map_index: int | None) -> str:
@@ -88,7 +105,10 @@ class RunhouseOperator(BaseOperator):
         at all it runs where it was saved.
     :param escalation: a ``tether.Escalation`` (or its dict form): on out-of-memory, retry on the next rung.
     :param tether_conn_id: the ``tether`` connection (registry address, token, default cluster).
-    :param deferrable: wait in the triggerer instead of holding a worker slot.
+    :param deferrable: wait in the triggerer instead of holding a worker slot. Default: Airflow's
+        ``[operators] default_deferrable`` (a task with an ``escalation`` policy then stays in the worker).
+    :param cancel_on_kill: cancel the remote call when the task is killed (mark failed, timeout, SIGTERM) —
+        default; False leaves it running (a retry re-attaches to it).
     :param poll_interval: seconds between polls of the daemon in deferrable mode.
     :param reattach: ``"retries"`` (default): a retry re-attaches to the call an earlier try of the same attempt
         started (running, or finished successfully); a Clear, a new DAG run, other arguments or another version
@@ -101,7 +121,9 @@ class RunhouseOperator(BaseOperator):
         connection to set.
 
     XComs: ``call_id`` (pushed before the task waits), ``return_value`` and ``tether`` (the call's metadata:
-    service, version, call id, instance type, the remote call's ``seconds``, whether it was ``reattached``).
+    service, version, call id, instance type, the remote call's ``seconds``, ``price_per_hour`` and estimated
+    ``cost`` in dollars, the call's ``url``, whether it was ``reattached``, what the remote code ``reports``).
+    The "Tether call" link opens the call's page on its daemon. Remote logging records keep their level.
 
     Example::
 
@@ -113,6 +135,7 @@ class RunhouseOperator(BaseOperator):
     template_fields: Sequence[str] = ("service", "function", "call_args", "call_kwargs", "cluster")
     template_fields_renderers = {"call_args": "py", "call_kwargs": "json", "cluster": "json"}
     ui_color = "#e8f1fb"
+    operator_extra_links = (TetherCallLink(),)
 
     def __init__(
         self,
@@ -124,8 +147,9 @@ class RunhouseOperator(BaseOperator):
         cluster: Any = None,
         escalation: Any = None,
         tether_conn_id: str = TetherHook.default_conn_name,
-        deferrable: bool = False,
+        deferrable: bool | None = None,
         poll_interval: float = 2.0,
+        cancel_on_kill: bool = True,
         reattach: str = "retries",
         force_rerun: bool = False,
         allow_local_daemon: bool | None = None,
@@ -134,6 +158,8 @@ class RunhouseOperator(BaseOperator):
         super().__init__(**base_kwargs)
         if (service is None) == (function is None):
             raise ConfigError("RunhouseOperator needs exactly one of service= or function=")
+        if deferrable is None:  # Airflow's default; escalation runs in the worker, so such a task stays there
+            deferrable = default_deferrable() and escalation is None
         if deferrable and escalation is not None:
             raise ConfigError(
                 "escalation runs in the worker; it cannot be combined with deferrable=True",
@@ -146,13 +172,16 @@ class RunhouseOperator(BaseOperator):
         self.cluster = cluster
         self.escalation = tether.Escalation.coerce(escalation) if escalation is not None else None
         self.tether_conn_id = tether_conn_id
-        self.deferrable = deferrable
+        self.deferrable = bool(deferrable)
         self.poll_interval = poll_interval
+        self.cancel_on_kill = bool(cancel_on_kill)
         self.reattach = tether.runs.check_reattach(reattach)
         self.force_rerun = bool(force_rerun)
         self.allow_local_daemon = allow_local_daemon
         self._call_id: str | None = None
         self._cluster: Any = None
+        self.call_url: str | None = None
+        """The call's page on its daemon, once the call is chosen (what the "Tether call" link opens)."""
 
     # -- the call ---------------------------------------------------------------------------------------------------
     @property
@@ -166,6 +195,8 @@ class RunhouseOperator(BaseOperator):
         with hook.environment():
             where = hook.where(self.cluster, allow_local_daemon=self.allow_local_daemon)
             service = tether.runs.resolve_target(self.target, where)
+            if not self.cancel_on_kill:
+                service = service.with_options(cancel_on_interrupt=False)
             self._cluster = service.cluster
             args, kwargs = tuple(self.call_args), dict(self.call_kwargs)
             base_id = task_call_id(
@@ -177,44 +208,42 @@ class RunhouseOperator(BaseOperator):
             )
             choice = tether.runs.choose_attempt(base_id, service.cluster)
             call_id = self._call_id = choice.call_id
+            self.call_url = tether.runs.call_url(service.cluster, call_id)
             context["ti"].xcom_push(key=CALL_ID_KEY, value=call_id)
             self.log.info("%s", tether.runs.describe_call(label, choice))
             if self.deferrable:
-                return self._start_and_defer(service, call_id)
+                return self._start_and_defer(service, call_id, context)
             result = tether.runs.run_remote(
                 service,
                 args,
                 kwargs,
                 call_id=call_id,
-                log=self._remote_log,
+                on_log=tether.runs.level_sink(self._remote_log),
                 escalation=self.escalation,
                 run_id=context["run_id"],
                 retry_failed=False,  # choose_attempt chose the id
                 reattached=choice.reattached,
             )
         context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result.metadata()))
-        self.log.info(
-            "tether: call %s finished: it ran %.2fs on %s%s",
-            call_id,
-            result.seconds,
-            result.instance_type,
-            " (re-attached)" if result.reattached else "",
-        )
+        self.log.info("%s", tether.runs.describe_finish(label, result))
         return result.value
 
-    def _remote_log(self, line: str) -> None:
-        self.log.info("%s", line)
+    def _remote_log(self, level: int, line: str) -> None:
+        self.log.log(level, "%s", line)
 
     # -- deferrable mode --------------------------------------------------------------------------------------------
-    def _start_and_defer(self, service: Any, call_id: str) -> None:
+    def _start_and_defer(self, service: Any, call_id: str, context: Context) -> None:
         service.spawn_with(tuple(self.call_args), dict(self.call_kwargs), call_id=call_id, on_log=None)
+        ti = context["ti"]
         trigger = TetherCallTrigger(
             call_id=call_id,
             cluster=tether.runs.cluster_config(service.cluster),
             tether_conn_id=self.tether_conn_id,
             poll_interval=self.poll_interval,
+            cursor=f"airflow:{ti.dag_id}/{ti.task_id}/{context['run_id']}/{ti.map_index}/{ti.try_number}/{call_id}",
+            cancel_on_kill=self.cancel_on_kill,
         )
-        self.log.info("tether: call %s started; deferring to the triggerer", call_id)
+        self.log.info("tether: call started; deferring to the triggerer (call id %s)", call_id)
         self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
@@ -223,16 +252,27 @@ class RunhouseOperator(BaseOperator):
         if event.get("status") == "error":
             raise error_from_wire({"error": event["error"]})
         self._cluster = make_cluster(event.get("cluster"), TetherHook(self.tether_conn_id).get_conn())
-        handle = tether.call(call_id, self._cluster, on_log=None)
-        value = handle.result()
-        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(handle.status()))
-        return value
+        result = tether.runs.attach_result(call_id, self._cluster)
+        self.call_url = result.url
+        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result.metadata()))
+        self.log.info("%s", tether.runs.describe_finish(tether.runs.target_label(self.target), result))
+        return result.value
 
     # -- kill -------------------------------------------------------------------------------------------------------
     def on_kill(self) -> None:
-        """The task was killed (SIGTERM, execution timeout): cancel the remote call it was waiting for."""
-        if self._call_id is not None:
-            tether.runs.cancel_quietly(self._call_id, self._cluster, log=self.log)
+        """The task was killed (SIGTERM, execution timeout): cancel the remote call it was waiting for, unless
+        ``cancel_on_kill=False``."""
+        if self._call_id is None:
+            return
+        if not self.cancel_on_kill:
+            self.log.warning("tether: task killed; the remote call keeps running (cancel_on_kill=False, call id %s)",
+                             self._call_id)
+            return
+        tether.runs.cancel_quietly(self._call_id, self._cluster, log=self.log)
+
+
+class TetherOperator(RunhouseOperator):
+    """``RunhouseOperator`` under tether's own name: the same parameters, XComs and behaviour."""
 
 
 def _metadata(data: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [{"integration-name": INTEGRATION, "python-modules": [f"{modules}.operators"]}],
         "hooks": [{"integration-name": INTEGRATION, "python-modules": [f"{modules}.hook"]}],
         "triggers": [{"integration-name": INTEGRATION, "python-modules": [f"{modules}.triggers"]}],
+        "task-decorators": [{"name": "tether", "class-name": f"{modules}.decorators.tether_task"}],
+        "extra-links": [f"{modules}.links.TetherCallLink"],
         "connection-types": [
             {
                 "connection-type": "tether",
@@ -52,7 +54,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "cluster_token": {
                         "label": "Cluster token",
-                        "schema": {"type": ["string", "null"]},
+                        "schema": {"type": ["string", "null"], "format": "password"},
                         "description": "bearer token of the daemon at the cluster endpoint (default: Token)",
                     },
                 },

@@ -24,9 +24,12 @@ class TetherCallTrigger(BaseTrigger):
     One client serves every poll, and each poll is one request that returns the call's state and only the log
     lines not shown yet (``tether.runs.CallWatch``); lines look as on the blocking path (``log_event_line``).
 
-    Everything it needs is in :meth:`serialize` (call id, the cluster's config, the connection id, how many
-    log lines it already showed), so a trigger rebuilt by a restarted triggerer picks the call up where the
-    daemon has it. No secret is carried: a token comes from the Airflow connection or the cluster's local state.
+    Everything it needs is in :meth:`serialize` (call id, the cluster's config, the connection id, the cursor
+    key), so a trigger rebuilt by a restarted triggerer picks the call up where the daemon has it. The kwargs
+    stored at deferral never change, so how many log events were shown is kept under ``cursor`` on the
+    triggerer's disk (``tether.runs.LogCursor``, ``$TETHER_HOME/watches``): a restarted triggerer on the same
+    machine (or sharing ``TETHER_HOME``) shows no line twice. Remote logging records keep their level. No secret
+    is carried: a token comes from the Airflow connection or the cluster's local state.
     """
 
     def __init__(
@@ -37,6 +40,8 @@ class TetherCallTrigger(BaseTrigger):
         tether_conn_id: str = "tether_default",
         poll_interval: float = 2.0,
         logs_seen: int = 0,
+        cursor: str | None = None,
+        cancel_on_kill: bool = True,
     ) -> None:
         super().__init__()
         self.call_id = call_id
@@ -44,6 +49,8 @@ class TetherCallTrigger(BaseTrigger):
         self.tether_conn_id = tether_conn_id
         self.poll_interval = poll_interval
         self.logs_seen = logs_seen
+        self.cursor = cursor or f"airflow-trigger:{call_id}"
+        self.cancel_on_kill = cancel_on_kill
         self._watch: tether.runs.CallWatch | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -55,6 +62,8 @@ class TetherCallTrigger(BaseTrigger):
                 "tether_conn_id": self.tether_conn_id,
                 "poll_interval": self.poll_interval,
                 "logs_seen": self.logs_seen,
+                "cursor": self.cursor,
+                "cancel_on_kill": self.cancel_on_kill,
             },
         )
 
@@ -63,12 +72,14 @@ class TetherCallTrigger(BaseTrigger):
         if self._watch is None:
             conn = await TetherHook(self.tether_conn_id).aget_conn()
             cluster = await asyncio.to_thread(make_cluster, self.cluster, conn)  # may read saved clusters
-            self._watch = await tether.runs.CallWatch.open(self.call_id, cluster, logs_seen=self.logs_seen)
+            self._watch = await tether.runs.CallWatch.open(
+                self.call_id, cluster, logs_seen=self.logs_seen, cursor=self.cursor
+            )
         return self._watch
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         failures = 0
-        show = tether.runs.log_sink(self._show)
+        show = tether.runs.level_sink(self._emit)
         while True:
             try:
                 watch = await self._watching()
@@ -88,18 +99,24 @@ class TetherCallTrigger(BaseTrigger):
             for event in events:
                 show(event)
             self.logs_seen = watch.logs_seen
+            watch.shown()
             if state.finished:
+                watch.done()
                 yield TriggerEvent(
                     {"status": "done", "call_id": self.call_id, "state": str(state), "cluster": self.cluster}
                 )
                 return
             await asyncio.sleep(self.poll_interval)
 
-    def _show(self, line: str) -> None:
-        self.log.info("%s", line)
+    def _emit(self, level: int, line: str) -> None:
+        self.log.log(level, "%s", line)
 
     async def on_kill(self) -> None:
-        """The user killed the deferred task (mark failed / clear): cancel the remote call."""
+        """The user killed the deferred task (mark failed / clear): cancel the remote call, unless the task said
+        ``cancel_on_kill=False``."""
+        if not self.cancel_on_kill:
+            self.log.warning("tether: task killed; the remote call keeps running (call id %s)", self.call_id)
+            return
         watch = await self._watching()
         if await watch.cancel():  # False: never started or already forgotten, nothing to cancel
             self.log.info("tether: cancelled remote call %s", self.call_id)

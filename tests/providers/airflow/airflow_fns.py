@@ -67,3 +67,21 @@ def slow_echo(ledger: str, marker_dir: str, value: str, seconds: float = 1.5) ->
     (Path(marker_dir) / "started").write_text("1")
     time.sleep(seconds)
     return f"echo {value}"
+
+
+def log_levels(value: int) -> int:
+    """Log one record at each level (and print a line); return ``value``."""
+    print("log_levels: printed")
+    log.debug("log_levels: debug record")
+    log.info("log_levels: info record")
+    log.warning("log_levels: warning record")
+    log.error("log_levels: error record")
+    return value
+
+
+def report_rows(rows: int) -> int:
+    """Report metadata and an asset check to the caller; return ``rows``."""
+    import tether
+
+    tether.report(metadata={"rows": rows}, asset_check={"name": "enough_rows", "passed": rows > 1})
+    return rows

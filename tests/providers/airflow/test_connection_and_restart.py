@@ -74,7 +74,7 @@ async def test_a_restarted_triggerer_does_not_show_lines_again(cluster, tmp_path
     stored = TetherCallTrigger(call_id=call_id, cluster=cluster.config(), poll_interval=0.05)
     shown: list[str] = []
     first = _rebuild(stored)  # the triggerer builds its trigger from what the deferral stored
-    first._show = shown.append  # type: ignore[method-assign]
+    first._emit = lambda level, line: shown.append(line)  # type: ignore[method-assign]
 
     running = asyncio.ensure_future(anext(first.run()))
     deadline = time.monotonic() + 60
@@ -86,7 +86,7 @@ async def test_a_restarted_triggerer_does_not_show_lines_again(cluster, tmp_path
     before = list(shown)
 
     second = _rebuild(stored)  # a new triggerer: the same stored kwargs
-    second._show = shown.append  # type: ignore[method-assign]
+    second._emit = lambda level, line: shown.append(line)  # type: ignore[method-assign]
     event = await anext(second.run())
 
     assert event.payload["state"] == "succeeded"
