@@ -13,6 +13,7 @@ from rich.table import Table
 from tether.api.calls import call
 from tether.api.loading import cluster
 from tether.compute.state import load_state, state_backend
+from tether.console.cli import console as console_command
 from tether.errors import TetherError
 from tether.home import clusters_dir
 from tether.registry.cli import registry
@@ -190,6 +191,7 @@ def ssh_cmd(name: str, node: str | None, command: tuple[str, ...]) -> None:
 
 
 main.add_command(registry)
+main.add_command(console_command)
 
 
 def run() -> None:

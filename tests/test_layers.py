@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"tether.protocol"},
     {"tether.client"},
     {"tether.compute", "tether.catalog", "tether.routing"},
-    {"tether.escalation", "tether.oom", "tether.registry"},
+    {"tether.escalation", "tether.oom", "tether.registry", "tether.console"},
     {"tether.api"},
     {"tether.runs"},
     {"tether", "tether.cli"},
@@ -42,6 +42,7 @@ DEFERRED = {
     ("tether.registry", "tether.registry.remote"): "the team registry's HTTP client, for remote registries only",
     ("tether.registry.cli", "tether.registry.server"): "aiohttp's server, for `tether registry serve` only",
     ("tether.registry.cli", "tether.registry.store"): "SQLAlchemy, for the commands that open a store",
+    ("tether.console.cli", "tether.console.routes"): "aiohttp's server and SQLAlchemy, for `tether console` only",
     ("tether.compute.bootstrap", "packaging.requirements"): "not a core dependency: only bootstrapping hosts needs it",
     ("tether.compute.bootstrap", "packaging.utils"): "not a core dependency: only bootstrapping hosts needs it",
 }

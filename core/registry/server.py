@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.exc import DataError
 
+from tether.console.routes import add_console, is_console_path
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
 from tether.logging import configure_logging
 from tether.protocol.serving import Runner, input_error, mark_authenticated, read_json
@@ -234,7 +235,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path in ("/health", "/openapi.json"):
+    if request.path in ("/health", "/openapi.json") or is_console_path(request.path):  # the console: own auth
         return await handler(request)
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else ""
@@ -466,7 +467,9 @@ def serve(db: str, *, host: str = "127.0.0.1", port: int = 0, ready_file: str | 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        runner = Runner(make_app(store))
+        app = make_app(store)
+        add_console(app, store)  # the web console under /console (tether.console)
+        runner = Runner(app)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
