@@ -23,7 +23,8 @@ from tether.compute.bootstrap import DaemonInfo, SSHTarget, step_error
 from tether.errors import ConfigError
 from tether.specs import ImageSpec, ImageStep
 
-__all__ = ["ImagePrep", "LocalRunner", "Runner", "SSHRunner", "SetupReport", "apply_image", "image_hash", "step_label"]
+__all__ = ["ImagePrep", "LocalRunner", "Runner", "SSHRunner", "SetupReport", "apply_image", "file_mounts", "image_hash",
+           "setup_script", "step_label"]
 
 
 class Runner(Protocol):
@@ -123,16 +124,23 @@ with open(os.path.join(purelib, "_tether_parent.pth"), "w") as f:
 """
 
 
+def _q(path: str) -> str:
+    """A path for a shell command: a leading ``$HOME/`` stays expandable, the rest is quoted."""
+    if path.startswith("$HOME/"):
+        return '"$HOME"/' + shlex.quote(path[len("$HOME/"):])
+    return shlex.quote(path)
+
+
 def _script(step: ImageStep, *, python: str, venv: str | None, home_python: str) -> str | None:
     """The shell of one step (None: done by the caller, e.g. rsync / env vars / secrets)."""
     q = " ".join(shlex.quote(a) for a in step.args)
     py = f"{venv}/bin/python" if venv else python
     if step.kind == "pip_install":
-        return f"{shlex.quote(py)} -m pip install -q --disable-pip-version-check {q}"
+        return f"{_q(py)} -m pip install -q --disable-pip-version-check {q}"
     if step.kind == "uv_install":
         return ('UV="$(command -v uv || true)"; [ -n "$UV" ] || { echo "uv is not on this host: use pip_install, '
                 'or install uv in an earlier run_bash step" >&2; exit 127; }; '
-                f'"$UV" pip install -q --python {shlex.quote(py)} {q}')
+                f'"$UV" pip install -q --python {_q(py)} {q}')
     if step.kind == "conda_install":
         return ('command -v conda >/dev/null || { echo "conda is not on this host: conda steps need conda '
                 'installed (or a docker image with it on a sky cluster)" >&2; exit 127; }; '
@@ -219,3 +227,41 @@ class ImagePrep:
         for r in self.reports:
             print(r.line(self.image.name), file=sys.stderr)
         return {r.host: {"ran": r.ran, "cached": r.cached} for r in self.reports}
+
+
+def setup_script(image: ImageSpec, *, daemon_dir: str, python: str) -> str:
+    """The image's steps as one shell script for a launch's setup (SkyPilot runs it on every node): each step
+    behind its marker, so a relaunch of the same image skips the steps it already ran. ``rsync`` steps are
+    :func:`file_mounts` (SkyPilot copies them before setup); ``sync_secrets`` are delivered at deploy."""
+    keys = _keys(image)
+    lines = [f"mkdir -p {daemon_dir}/image"]
+    env: dict[str, str] = {}
+    venv: str | None = None
+    for i, (step, key) in enumerate(zip(image.steps, keys, strict=True)):
+        if step.kind == "set_env_vars":
+            env.update(step.env)
+        if step.kind == "set_venv":
+            venv = step.args[0] if step.args[0].startswith("/") else f"$HOME/{step.args[0]}"
+        script = _script(step, python=python, venv=venv, home_python=python)
+        if script is None:
+            continue
+        label = shlex.quote(step_label(i, step))
+        lines.append(f"if [ ! -e {daemon_dir}/image/{key} ]; then echo tether image step {label}; "
+                     f"( {script.strip()}\n) || {{ echo tether image step {label} failed >&2; exit 1; }}; "
+                     f"touch {daemon_dir}/image/{key}; fi")
+    exports = "\\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items())
+    lines.append(f"printf '%b\\n' {shlex.quote(exports)} > {daemon_dir}/image.env")
+    lines.append(f'echo "{venv}/bin/python" > {daemon_dir}/image.venv' if venv else f"rm -f {daemon_dir}/image.venv")
+    return "\n".join(lines) + "\n"
+
+
+def file_mounts(image: ImageSpec | None) -> dict[str, str]:
+    """The image's ``rsync`` steps as SkyPilot file mounts (remote path → local path)."""
+    out: dict[str, str] = {}
+    for step in image.steps if image is not None else []:
+        if step.kind == "rsync":
+            src, dest = step.args
+            there = dest if dest.startswith(("/", "~")) else f"~/{dest}"
+            # like rsync: ``src/`` (contents) lands in dest, ``src`` in dest/<its name>
+            out[there if src.endswith("/") else f"{there}/{os.path.basename(src)}"] = src.rstrip("/")
+    return out

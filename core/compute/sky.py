@@ -39,6 +39,7 @@ from tether.client.health import probe_health
 from tether.compute import routing
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, SSHTarget, build_wheel, wheel_fingerprint
+from tether.compute.setup import file_mounts, setup_script
 from tether.compute.state import claim_name, load_state, save_state, state_path, write_private
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import (
@@ -168,7 +169,7 @@ def daemon_command(spec: ClusterSpec, *, token: bool) -> str:
     if spec.autostop_mins is not None:
         # the one idle clock: the daemon knows about calls and exits when idle; SkyPilot then stops the cluster
         cmd += f" --autostop-mins {spec.autostop_mins:g}"
-    prelude = f"mkdir -p {REMOTE_DIR}; cd {REMOTE_DIR}; umask 077; "
+    prelude = f"mkdir -p {REMOTE_DIR}; cd {REMOTE_DIR}; umask 077; [ -f image.env ] && . ./image.env; "
     if token:
         prelude += 'printf %s "$TETHER_TOKEN" > token; '
     # a daemon left from an earlier job would hold the port: stop it; then log beside the job's own output
@@ -186,8 +187,9 @@ def build_task(spec: ClusterSpec, cand: routing.Candidate, *, wheel: Path | None
     extra: dict[str, Any] = {}
     if spec.disk_size is not None:
         extra["disk_size"] = spec.disk_size
-    if spec.image_id is not None:
-        extra["image_id"] = spec.image_id
+    docker = spec.image.docker if spec.image is not None else None
+    if spec.image_id is not None or docker:  # a tether.Image's docker image is SkyPilot's image_id
+        extra["image_id"] = spec.image_id or f"docker:{docker}"
     if spec.ports:
         extra["ports"] = [str(p) for p in spec.ports]
     if cand.priced:
@@ -197,10 +199,12 @@ def build_task(spec: ClusterSpec, cand: routing.Candidate, *, wheel: Path | None
         resources = sky.Resources(infra=cand.infra, accelerators=accelerators,
                                   cpus=f"{cand.vcpus:g}+" if cand.vcpus else None,
                                   memory=f"{cand.memory_gib:g}+" if cand.memory_gib else None, **extra)  # fmt: skip
-    task = sky.Task(name=f"tether-{spec.name}", setup=setup_command(wheel) if wheel else None,
-                    run=daemon_command(spec, token=bool(token)),
-                    secrets={"TETHER_TOKEN": token} if token else None,
-                    file_mounts={remote_wheel(wheel): str(wheel)} if wheel else None)  # fmt: skip
+    setup = setup_command(wheel) if wheel else None
+    if setup and spec.image is not None:  # the image's steps run at launch, after tether's install
+        setup += "\n" + setup_script(spec.image, daemon_dir=REMOTE_DIR, python=f"{REMOTE_HOME}/venv/bin/python")
+    mounts = {remote_wheel(wheel): str(wheel), **file_mounts(spec.image)} if wheel else None
+    task = sky.Task(name=f"tether-{spec.name}", setup=setup, run=daemon_command(spec, token=bool(token)),
+                    secrets={"TETHER_TOKEN": token} if token else None, file_mounts=mounts)  # fmt: skip
     task.set_resources(resources)
     return task
 

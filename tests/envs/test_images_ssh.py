@@ -9,6 +9,7 @@ import tether
 from tests.envs import fns
 from tests.envs.conftest import make_wheel
 from tether.compute.bootstrap import SSHTarget
+from tether.compute.setup import setup_script
 
 pytestmark = pytest.mark.netns
 
@@ -65,3 +66,28 @@ def test_a_failing_step_names_the_step_the_host_and_its_stderr(netns_hosts, pinn
                        image=tether.Image("d").from_docker("nvcr.io/nvidia/pytorch:24.01-py3")).up_if_not()
     assert "sky cluster" in str(docker.value)
     c.teardown()
+
+
+def test_the_launch_setup_script_runs_each_step_once_on_a_real_host(netns_hosts, pinned_wheel, tether_home,
+                                                                    tmp_path):
+    """What a sky launch runs in its setup, run here on a netns host with tether's venv: steps run, then a rerun
+    (a relaunch of the same image) skips them all; a venv made by set_venv sees tether."""
+    hosts = netns_hosts
+    c = tether.cluster(name="scripted", host=hosts.addresses[:1], ssh_creds=hosts.ssh_creds).up_if_not()
+    try:
+        wheel = make_wheel(tmp_path / "dist", "tetherprobe", "3.0", "VALUE = 3\n")
+        img = (tether.Image("s").set_venv("imgvenv").pip_install([str(wheel)]).run_bash("echo ran >> ~/runs.txt")
+               .set_env_vars({"A": "b c"}))
+        rdir = f"{hosts.hosts[0].home / 'home'}/.tether/daemon"
+        script = setup_script(img.spec, daemon_dir=rdir, python=f"{rdir}/venv/bin/python")
+        t = SSHTarget.from_creds(hosts.addresses[0], hosts.ssh_creds, tmp_path / "kh")
+        first = t.run("sh -s", step="setup", stdin=script)
+        assert first.count("tether image step") == 3
+        assert t.run("sh -s", step="setup", stdin=script).count("tether image step") == 0
+        assert t.run("cat ~/runs.txt", step="test") == "ran\n"
+        probe = t.run(f"$(cat {rdir}/image.venv) -c 'import tetherprobe, tether; print(tetherprobe.VALUE)'",
+                      step="test")
+        assert probe.strip() == "3"
+        assert t.run(f". {rdir}/image.env; echo \"$A\"", step="test") == "b c\n"
+    finally:
+        c.teardown()
