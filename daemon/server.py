@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from tether._version import __version__
-from tether.daemon import browsers, grants, slabs
+from tether.daemon import bodies, browsers, grants, slabs
 from tether.daemon import protocol as p
 from tether.daemon.auth import GRANT_KEY, AccessPolicy, authorize, check_code_roots, visible
 from tether.daemon.calls import FINAL, Call, CallTable, frame_body, present
@@ -512,6 +512,8 @@ async def call(request: web.Request) -> web.StreamResponse:
             raise
     if arg_file is not None or "_lent" in lent:
         return await reply(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file, lent))
+    if not json_mode and (big := await bodies.receive_args(request, d.max_body)) is not None:  # TCP: into /dev/shm
+        return await reply(request, await d.start_call(call_id, name, method, b"", json_mode, big, lent))
     body = query_body(request) if request.method == "GET" else await request.read()
     if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
@@ -640,7 +642,7 @@ async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.Str
 
 
 def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, files: bool,
-                    mine: str | None = None) -> tuple[bytes, ...]:
+                    mine: str | None = None) -> tuple[bytes | memoryview, ...]:
     """A frame as the client reads it: one buffer, or a header and a large body (not joined: no copy).
 
     A result left in a lent slab goes only to the request that lent it (``mine``), as an ``F`` frame."""
@@ -662,7 +664,10 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
             call.shared = True
             ref = {"kind": kind, "path": path, "size": meta["_size"]}
             return (p.client_frame(p.FILE, json.dumps(ref).encode()),)
-        body = frame_body(meta, body, call)
+        view = bodies.result_view(meta, body, call)  # a mapping of the file: sent without a copy
+        if len(view) > 1024 * 1024:
+            return p.client_header(kind, len(view)), view
+        body = bytes(view)
     if len(body) > 1024 * 1024:
         return p.client_header(kind, len(body)), body
     return (p.client_frame(kind, body),)

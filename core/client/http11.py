@@ -9,9 +9,10 @@ dropped link).
 
 from __future__ import annotations
 
+import struct
 from urllib.parse import urlsplit
 
-from tether.protocol.frames import Frame, FrameDecoder, decode_frames
+from tether.protocol.frames import ITEM, RESULT, Frame, FrameDecoder, decode_frames
 
 __all__ = ["READ_SIZE", "BodyReader", "ChunkedDecoder", "body_length", "encode_head", "host_of",
            "parse_status_and_headers"]
@@ -66,6 +67,27 @@ def body_length(headers: dict[str, str]) -> int | None:
     if headers.get("transfer-encoding", "").lower() == "chunked":
         return None
     raise ValueError("response with neither Content-Length nor chunked encoding")
+
+
+_BIG = 1024 * 1024
+_PICKLED = frozenset({RESULT, ITEM})
+_HEAD = struct.Struct("!BI")
+
+
+def _split_big(data: bytes, out: list[Frame]) -> int:
+    """:func:`tether.protocol.frames.decode_frames` for a big body: a pickled payload of 1 MiB or more is a view
+    of ``data``, not a copy (100 MB: ~0.1 s less per call); returns the bytes the whole frames took."""
+    i, n, size = 0, len(data), _HEAD.size
+    view = memoryview(data)
+    while n - i >= size:
+        kind, length = _HEAD.unpack_from(data, i)
+        end = i + size + length
+        if end > n:
+            break
+        payload = view[i + size:end] if length >= _BIG and kind in _PICKLED else data[i + size:end]
+        out.append(Frame(kind, payload))  # type: ignore[arg-type]  # a view, read like bytes (pickle.loads)
+        i = end
+    return i
 
 
 _SIZE, _DATA, _CRLF, _TRAILER = range(4)
@@ -216,7 +238,7 @@ class BodyReader:
             self.done = not self.length
             if frames is None and self.done and type(data) is bytes:  # the common case: the whole body in one read
                 out: list[Frame] = []
-                if decode_frames(data, out) != len(data):
+                if (decode_frames(data, out) if len(data) < _BIG else _split_big(data, out)) != len(data):
                     raise ValueError("the response ended inside a frame")
                 return out
         if frames is None:

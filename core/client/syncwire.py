@@ -31,6 +31,7 @@ from tether.client.transport import (
 )
 from tether.errors import AuthError
 from tether.protocol.frames import Frame
+from tether.protocol.shm import SHM_THRESHOLD, keep_freed_memory
 
 __all__ = ["BlockingResponse", "SyncTransport", "close_pools"]
 
@@ -65,6 +66,8 @@ class BlockingResponse:
         self._conn: _Conn | None = conn
         self._transport = transport
         self._body = http11.BodyReader(headers)
+        if (self._body.length or 0) >= SHM_THRESHOLD:
+            keep_freed_memory()  # a big payload over the socket: reuse freed pages for the next one
         if self._body.done:
             self._finish()
 
@@ -189,6 +192,8 @@ class SyncTransport:
         head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``)."""
         data = http11.encode_head(self.endpoint, method, path, headers, len(body))
         wait = timeout or self.read_timeout
+        if len(body) >= SHM_THRESHOLD:
+            keep_freed_memory()  # see BlockingResponse / Response
         for attempt in (0, 1):
             conn = None
             if attempt == 0:

@@ -28,6 +28,7 @@ from tether.client.transport import (
     unreachable,
 )
 from tether.protocol.frames import Frame
+from tether.protocol.shm import SHM_THRESHOLD, keep_freed_memory
 
 __all__ = ["AsyncTransport", "Response", "add_closer", "close_all", "close_pools"]
 
@@ -87,6 +88,8 @@ class Response:
         self._endpoint = endpoint
         self._pool = pool
         self._body = http11.BodyReader(headers)
+        if (self._body.length or 0) >= SHM_THRESHOLD:
+            keep_freed_memory()  # a big payload over the socket: reuse freed pages for the next one
         if self._body.done:
             self._finish()
 
@@ -205,6 +208,8 @@ class AsyncTransport:
         loop = asyncio.get_running_loop()
         wait = timeout or self.read_timeout
         data = http11.encode_head(self.endpoint, method, path, headers, len(body))
+        if len(body) >= SHM_THRESHOLD:
+            keep_freed_memory()  # see Response
         for attempt in (0, 1):
             reused = bool(pool) and attempt == 0
             conn = pool.pop() if reused else await self._connect(min(self.connect_timeout, wait))

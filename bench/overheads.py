@@ -1,0 +1,221 @@
+"""What every orchestrator task and every remote cluster pays, each figure beside a baseline measured in the same run.
+
+1. fresh process: ``python -c "import tether; tether.function(name='addsvc')(1, 2)"`` (load by name from the local
+   registry + first call to a running local daemon) beside ``python -c pass`` and the same call made in-process.
+2. big payloads over TCP (what a client on another host uses: no unix socket, no /dev/shm): 10 MB and 100 MB echo
+   through tether's TCP endpoint, sync and async clients, plain and TLS, beside a raw Python socket echo (plain /
+   TLS) of the same bytes.
+3. deploy cost as the daemon fills up: a deploy at the 1st vs the 1,000th service of one env, a deploy into the
+   50th env, and memory (RSS) per env.
+
+Run: .venv/bin/python bench/overheads.py [--quick] [--only fresh,tcp,deploy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import tether  # noqa: E402
+from bench import bench_services as svc  # noqa: E402
+from tether.client import DaemonClient  # noqa: E402
+from tether.client.loop import run_sync  # noqa: E402
+
+MiB = 1024 * 1024
+Row = tuple[str, str, str]
+
+
+def median_s(samples: list[float]) -> str:
+    return f"{statistics.median(samples):.3f}"
+
+
+# -- 1. fresh process ------------------------------------------------------------------------------------------------
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, capture_output=True)
+    return time.perf_counter() - t
+
+
+def fresh_process(cluster: Any, reps: int) -> list[Row]:
+    f = tether.function(svc.add).to(cluster, name="addsvc")
+    f.save()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package: its bytecode cached (not in the checkout)
+    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="tether-pyc-")
+    call = [sys.executable, "-c", "import tether; tether.function(name='addsvc')(1, 2)"]
+    _wall(call, env)  # fills the bytecode cache
+    fresh = [_wall(call, env) for _ in range(reps)]
+    bare = [_wall([sys.executable, "-c", "pass"], env) for _ in range(reps)]
+    imp = [_wall([sys.executable, "-c", "import tether"], env) for _ in range(reps)]
+    local = []
+    for _ in range(max(reps, 20)):
+        t = time.perf_counter()
+        f(1, 2)
+        local.append(time.perf_counter() - t)
+    return [
+        ("fresh process: load 'addsvc' by name + first call, median s", median_s(fresh),
+         f"{median_s(bare)} (python -c pass)"),
+        ("fresh process: import tether alone, median s", median_s(imp), f"{median_s(bare)} (python -c pass)"),
+        ("the same call made in-process, median ms", f"{statistics.median(local) * 1000:.2f}", "-"),
+    ]
+
+
+# -- 2. big payloads over TCP ------------------------------------------------------------------------------------------
+def _recv_exactly(sock: socket.socket, buf: memoryview) -> None:
+    got = 0
+    while got < len(buf):
+        n = sock.recv_into(buf[got:])
+        if not n:
+            raise ConnectionError("closed")
+        got += n
+
+
+class RawEcho:
+    """A raw Python socket echo (a thread per connection): 8-byte length, then that many bytes, echoed back."""
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        self.tls = tls
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        if self.tls is not None:
+            conn = self.tls.wrap_socket(conn, server_side=True)
+        with conn:
+            head = bytearray(8)
+            while True:
+                try:
+                    _recv_exactly(conn, memoryview(head))
+                except (ConnectionError, OSError):
+                    return
+                data = bytearray(int.from_bytes(head, "big"))
+                _recv_exactly(conn, memoryview(data))
+                conn.sendall(head)
+                conn.sendall(data)
+
+    def round_trips(self, payload: bytes, reps: int, client_tls: ssl.SSLContext | None) -> list[float]:
+        sock: socket.socket = socket.create_connection(("127.0.0.1", self.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if client_tls is not None:
+            sock = client_tls.wrap_socket(sock, server_hostname="127.0.0.1")
+        out = []
+        with sock:
+            for _ in range(reps + 1):
+                t = time.perf_counter()
+                sock.sendall(len(payload).to_bytes(8, "big"))
+                sock.sendall(payload)
+                head = bytearray(8)
+                _recv_exactly(sock, memoryview(head))
+                back = bytearray(int.from_bytes(head, "big"))
+                _recv_exactly(sock, memoryview(back))
+                out.append(time.perf_counter() - t)
+                assert len(back) == len(payload)
+        return out[1:]
+
+
+def _tput(size: int, times: list[float]) -> float:
+    return size / MiB / statistics.median(times)
+
+
+def _tls_contexts(cluster: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with the TLS cluster's own certificate and key, and a client context that trusts any."""
+    tls_dir = Path(os.environ["TETHER_HOME"]) / "clusters" / cluster.name / "tls"
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(tls_dir / "cert.pem", tls_dir / "key.pem")
+    client = ssl.create_default_context()
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    return server, client
+
+
+def tcp_echo(plain: Any, tls_cluster: Any, sizes: list[int], reps: int) -> list[Row]:
+    rows: list[Row] = []
+    server_tls, client_tls = _tls_contexts(tls_cluster)
+    raw = {"plain": RawEcho(None), "TLS": RawEcho(server_tls)}
+    for label, cluster in (("plain", plain), ("TLS", tls_cluster)):
+        tether.function(svc.echo).to(cluster, name="echo")
+        h = cluster.handle
+        client = DaemonClient(h.endpoint, h.token, h.tls_fingerprint)  # no unix socket: TCP, as from another host
+        assert client.unix_socket is None
+        for size in sizes:
+            payload = os.urandom(size)
+
+            def sync_call(p: bytes = payload, c: DaemonClient = client) -> None:
+                assert len(c.call_sync("echo", None, (p,), {}, call_id=os.urandom(8).hex())) == len(p)
+
+            async def async_calls(n: int, p: bytes = payload, c: DaemonClient = client) -> list[float]:
+                out = []
+                for _ in range(n + 1):
+                    t = time.perf_counter()
+                    assert len(await c.call("echo", None, (p,), {}, call_id=os.urandom(8).hex())) == len(p)
+                    out.append(time.perf_counter() - t)
+                return out[1:]
+
+            sync_times = _timed(sync_call, reps)
+            async_times = run_sync(async_calls(reps))
+            base = raw[label].round_trips(payload, reps, client_tls if label == "TLS" else None)
+            b = _tput(size, base)
+            s, a = _tput(size, sync_times), _tput(size, async_times)
+            rows.append((f"TCP echo {size // MiB} MB, {label}, MiB/s (sync / async)",
+                         f"{s:.0f} / {a:.0f} ({s / b:.2f}x / {a / b:.2f}x)", f"{b:.0f} (raw socket echo)"))
+    return rows
+
+
+def _timed(fn: Callable[[], None], reps: int) -> list[float]:
+    fn()
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions")
+    ap.add_argument("--only", default="fresh,tcp", help="comma-separated sections")
+    a = ap.parse_args()
+    only = set(a.only.split(","))
+    os.environ.setdefault("TETHER_HOME", tempfile.mkdtemp(prefix="tether-bench-"))
+    rows: list[Row] = []
+    c = tether.cluster(name="overheads").up_if_not()
+    clusters = [c]
+    try:
+        if "fresh" in only:
+            rows += fresh_process(c, 5 if a.quick else 15)
+        if "tcp" in only:
+            tls = tether.cluster(name="overheads-tls", server_connection_type="tls").up_if_not()
+            clusters.append(tls)
+            rows += tcp_echo(c, tls, [10 * MiB, 100 * MiB], 3 if a.quick else 5)
+    finally:
+        for each in clusters:
+            each.teardown()
+    width = max(len(r[0]) for r in rows)
+    print(f"{'metric':<{width}}  {'tether':<34}  baseline (same run)")
+    for name, ours, base in rows:
+        print(f"{name:<{width}}  {ours:<34}  {base}")
+
+
+if __name__ == "__main__":
+    main()
