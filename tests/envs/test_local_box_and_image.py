@@ -1,0 +1,66 @@
+"""The local cluster: an image's steps apply to the venv its workers run with (cached on the next start), and the
+hands-on-the-box calls (run, rsync, ssh, status, restart, the CLI) work on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tether
+from tests.envs import fns
+from tests.envs.conftest import make_wheel
+
+
+def test_an_image_applies_to_the_local_env_venv_and_is_cached(tether_home, tmp_path, capfd):
+    wheel = make_wheel(tmp_path / "dist", "tetherprobe", "4.0", "VALUE = 4\n")
+    venv = tmp_path / "imgvenv"
+    marker = tmp_path / "marker.txt"
+    img = (tether.Image("local-img").set_venv(str(venv)).pip_install([str(wheel)])
+           .run_bash(f"echo once >> {marker}").set_env_vars({"LOCAL_IMAGE": "yes"}))
+    c = tether.cluster(name="limg", image=img).up_if_not()
+    try:
+        assert "ran 0:set_venv" in capfd.readouterr().err
+        out = tether.function(fns.probe_value).to(c)()
+        assert out["value"] == 4 and out["python"].startswith(str(venv))  # the workers run with the image's venv
+        assert tether.function(fns.environ).to(c)(["LOCAL_IMAGE"]) == {"LOCAL_IMAGE": "yes"}
+        c.restart_server()
+        assert "ran none | cached 0:set_venv" in capfd.readouterr().err
+        assert marker.read_text() == "once\n"
+        with pytest.raises(ImportError):
+            import tetherprobe  # type: ignore[import-not-found]  # noqa: F401  # the client's own venv got nothing
+    finally:
+        c.teardown()
+
+
+def test_run_rsync_status_and_the_cli_on_the_local_cluster(tether_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    c = tether.cluster(name="lbox").up_if_not()
+    try:
+        [r] = c.run("echo $X; pwd", env={"X": "local"}, stream=False)
+        assert r.returncode == 0 and r.stdout == f"local\n{tmp_path / 'home'}\n" and r.host == "localhost"
+        assert [x.returncode for x in c.run(["true", "false", "true"], stream=False)] == [0, 1]
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "f.txt").write_text("x\n")
+        c.rsync(str(tmp_path / "src"), "copied", contents=True)
+        assert (tmp_path / "home" / "copied" / "f.txt").read_text() == "x\n"
+        c.rsync("copied/f.txt", str(tmp_path / "back" / "f.txt"), up=False)
+        assert (tmp_path / "back" / "f.txt").read_text() == "x\n"
+        assert c.ssh(command="exit 5") == 5
+        tether.function(fns.environ).to(c, env=tether.env(name="lw"))(["HOME"])
+        details = c.status().details()
+        [w] = [w for w in details["workers"] if w["env"] == "lw"]
+        assert w["rss_bytes"] > 1_000_000 and "cpu_percent" in w
+        assert details["nodes"][0]["host"] == "localhost" and details["nodes"][0]["cpus"] >= 1
+        out = subprocess.run([sys.executable, "-m", "tether.cli", "cluster", "status", "lbox", "--json"],
+                             capture_output=True, text=True, timeout=120)
+        assert json.loads(out.stdout)["workers"][0]["env"] == "lw"
+        listed = subprocess.run([sys.executable, "-m", "tether.cli", "cluster", "list"], capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+        assert "lbox" in listed.stdout and "local" in listed.stdout
+    finally:
+        c.teardown()
