@@ -22,6 +22,7 @@ twice across them:
 ``tether`` imports it.
 """
 
+from tether.api.logsinks import register_sink_resolver, unregister_sink_resolver
 from tether.api.report import Report
 from tether.runs.cursor import LogCursor
 from tether.runs.facts import call_url, estimated_cost, price_per_hour, reported_checks, reported_metadata
@@ -106,10 +107,12 @@ __all__ = [
     "price_per_hour",
     "remote_seconds",
     "reported_checks",
+    "register_sink_resolver",
     "reported_metadata",
     "resolve_target",
     "run_remote",
     "service_version",
     "target_label",
+    "unregister_sink_resolver",
     "where",
 ]
