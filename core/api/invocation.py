@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tether.api.calls import CallHandle
 from tether.api.lineage import Edges
+from tether.api.logsinks import ambient_sink
 from tether.api.records import record_call
 from tether.client import LogSink, routes
 from tether.client.loop import background_loop
@@ -63,7 +64,7 @@ class Invocation:
         self.lend = call_id is None  # an id nobody else knows: a big result may come back in a slab of ours
         self.call_id = call_id or new_call_id()
         self.edges = Edges()  # lineage the remote code declares (tether.lineage), stored with the usage record
-        self.on_log = self.edges.wrap(on_log if on_log is not None else service.options.on_log)
+        self.on_log = self.edges.wrap(on_log if on_log is not None else ambient_sink(service.options.on_log))
         self.attempts: list[Attempt] = []
         self._recovered: set[str] = set()
 
