@@ -223,7 +223,8 @@ class Invocation:
                 try:
                     async with contextlib.aclosing(cluster.client.stream(
                             svc.name or "", self.method, self.args, self.kwargs, call_id=self.call_id,
-                            on_log=self.on_log, caller=svc.options.caller, expect=svc.expects)) as items:
+                            on_log=self.on_log, caller=svc.options.caller, expect=svc.expects,
+                            replayable=svc.options.replayable)) as items:
                         async for item in items:
                             yielded = True
                             yield item

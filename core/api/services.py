@@ -56,6 +56,9 @@ class ServiceOptions:
     """Where remote ``print``/``logging`` output goes (default: re-emitted locally)."""
     on_attempt: Callable[[Attempt], Any] | None = None
     """Called with every escalation attempt (rung, outcome, time, cost)."""
+    replayable: bool = False
+    """A re-run of a stream yields the same items: a stream whose call was lost in a daemon restart and re-run
+    skips the items it already gave (without it, that stream raises ``WorkerDied`` naming them)."""
 
 
 class _Placement:
@@ -110,12 +113,13 @@ class _Service(ServiceSpellings):
 
     def with_options(self, *, caller: str | None = _UNCHANGED, on_oom: Any = _UNCHANGED,
                      cancel_on_interrupt: bool = _UNCHANGED, on_log: LogSink | None = _UNCHANGED,
-                     on_attempt: Callable[[Attempt], Any] | None = _UNCHANGED) -> Any:
+                     on_attempt: Callable[[Attempt], Any] | None = _UNCHANGED,
+                     replayable: bool = _UNCHANGED) -> Any:
         """A new handle of the same deployed service whose calls are made with these options (see
         :class:`ServiceOptions`; ``on_oom=None`` turns escalation off)."""
         changes: dict[str, Any] = {k: v for k, v in {
             "caller": caller, "cancel_on_interrupt": cancel_on_interrupt, "on_log": on_log,
-            "on_attempt": on_attempt}.items() if v is not _UNCHANGED}
+            "on_attempt": on_attempt, "replayable": replayable}.items() if v is not _UNCHANGED}
         fields: dict[str, Any] = {}
         if on_oom is not _UNCHANGED:
             changes["on_oom"] = None if on_oom is None else Escalation.coerce(on_oom)

@@ -12,7 +12,15 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from tether.client import routes, slabs, syncwire, wire
 from tether.client.loop import run_sync
-from tether.client.outcome import LogSink, Outcome, default_log_sink, http_error, unavailable
+from tether.client.outcome import (
+    RERUN,
+    LogSink,
+    Outcome,
+    default_log_sink,
+    http_error,
+    rerun_error,
+    unavailable,
+)
 from tether.client.payloads import dump_args, dumps_args, pickle_error
 from tether.client.syncclient import SyncDaemonClient
 from tether.client.transport import (
@@ -185,8 +193,11 @@ class DaemonClient:
         """Send a call (or re-attach to ``call_id``) and yield its frames after the first ``seen`` as they arrive.
 
         A dropped connection is retried with the same call id: the daemon runs the call once and re-sends
-        its frames from the start, so frames already seen are skipped.
+        its frames from the start, so frames already seen are skipped — unless the retry's answer comes from
+        another run of the call (``X-Tether-Call-Attempt``: it was lost in a daemon restart and runs again): a
+        :data:`~tether.client.outcome.RERUN` frame then comes first, and every frame of the re-run after it.
         """
+        run: str | None = None  # the attempt (run of the call id) the frames seen so far came from
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(RETRIES), wait=wait_exponential(multiplier=0.1, max=2),
             retry=retry_if_exception(link_error), reraise=True,
@@ -199,6 +210,11 @@ class DaemonClient:
                 try:
                     if resp.status >= 400:
                         raise http_error(resp.status, await resp.aread())
+                    now = resp.headers.get(h.CALL_ATTEMPT.lower())  # lower-cased by every transport
+                    if run is not None and now is not None and now != run and seen:
+                        seen = 0  # another run: its frames from its first
+                        yield RERUN, now.encode()
+                    run = now if now is not None else run
                     while (frame := await resp.anext_frame()) is not None:
                         if frame[0] == p.HEARTBEAT:
                             continue
@@ -246,7 +262,9 @@ class DaemonClient:
             async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller, expect=expect,
                                                        attach=attach, seen=out.seen, extra=extra)) as frames:
                 async for kind, payload in frames:
-                    if out.feed(kind, payload):
+                    if kind == RERUN:  # nothing was handed out yet: the re-run's outcome is the call's
+                        out.rerun()
+                    elif out.feed(kind, payload):
                         break
         except Dropped as exc:
             unavailable(exc, call_id)
@@ -329,19 +347,33 @@ class DaemonClient:
         return (b"" if big else dumps_args(args, kwargs)), lease
 
     async def stream(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any], *,
-                     call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None
-                     ) -> AsyncIterator[Any]:
+                     call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None,
+                     replayable: bool = False) -> AsyncIterator[Any]:
         """Yield a remote generator's items as they are produced (big arguments go in a lent slab, as for
-        :meth:`call`; it is reused only if the stream reached its end)."""
+        :meth:`call`; it is reused only if the stream reached its end).
+
+        If the call is lost in a daemon restart after items were yielded and the retry runs it again, the re-run's
+        items are not the lost run's next ones: ``WorkerDied`` (``details["reason"] == "rerun_after_items"``,
+        ``items_seen``), unless ``replayable`` (a re-run yields the same items): its first ones are then skipped."""
         extra: dict[str, str] = {}
         body, lease = self._body(name, method, args, kwargs, extra, False, False)
         out = Outcome(on_log)
+        given = skip = 0
         try:
             async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller, expect=expect,
                                                        extra=extra)) as frames:
                 async for kind, payload in frames:
+                    if kind == RERUN:
+                        if given and not replayable:
+                            raise rerun_error(call_id, given, int(payload))
+                        skip = given
+                        continue
                     done = out.feed(kind, payload)
                     for item in out.take_items():
+                        if skip:
+                            skip -= 1
+                            continue
+                        given += 1
                         yield item
                     if done:
                         break

@@ -12,11 +12,16 @@ from typing import Any
 from tether.client import slabs
 from tether.client.payloads import load_file, loads, unpickle_error
 from tether.client.transport import Dropped, Unreachable
-from tether.errors import ClusterUnavailable, NotFound, TetherError, error_from_wire
+from tether.errors import ClusterUnavailable, NotFound, TetherError, WorkerDied, error_from_wire
 from tether.protocol import frames as p
 
-__all__ = ["Dropped", "LogSink", "Outcome", "Unreachable", "default_log_sink", "http_error", "raise_remote",
-           "unavailable"]
+__all__ = ["RERUN", "Dropped", "LogSink", "Outcome", "Unreachable", "default_log_sink", "http_error", "raise_remote",
+           "rerun_error", "unavailable"]
+
+RERUN = -1
+"""Not a wire frame: what :meth:`tether.client.DaemonClient.frames` yields (payload: the new attempt, ASCII) when a
+retry's response comes from another run of the call id than the frames before it (``X-Tether-Call-Attempt``: the
+call was lost in a daemon restart and runs again from its start). Frames after it are the re-run's, from its first."""
 
 LogSink = Callable[[dict[str, Any]], None]
 
@@ -113,6 +118,11 @@ class Outcome:
         except Exception as exc:
             raise unpickle_error(exc) from exc
 
+    def rerun(self) -> None:
+        """The call runs again from its start (see :data:`RERUN`): the items collected so far were the lost run's."""
+        self.items = None
+        self.value = None
+
     def take_items(self) -> list[Any]:
         """The items collected since the last time (a stream hands them out as they come)."""
         items = self.items
@@ -141,6 +151,19 @@ def _load_kept(path: str) -> Any:
         raise NotFound(f"the call's result file {path} is gone", details={"reason": "result_gone", "path": path},
                        hint="a call id runs once: its result is not computed again; run it under a new call id")
     return load_file(path)
+
+
+def rerun_error(call_id: str, items_seen: int, attempt: int) -> WorkerDied:
+    """A stream that handed out ``items_seen`` items of a run that was lost (a daemon restart) while its call id
+    runs again from its start: the re-run's items are not the lost run's next ones."""
+    return WorkerDied(
+        f"call {call_id!r} was lost in a daemon restart after this stream had handed out {items_seen} items; it runs "
+        f"again from its start (attempt {attempt}), so its next items would not follow the ones already given",
+        hint="if the generator yields the same items when run again, make the handle replayable "
+             "(handle.with_options(replayable=True)) and the stream skips the items it gave; or re-attach to the "
+             "re-run with tether.call(call_id) for all of its items",
+        retryable=False,  # the same id attaches to the re-run again
+        details={"call_id": call_id, "reason": "rerun_after_items", "items_seen": items_seen, "attempt": attempt})
 
 
 def unavailable(exc: Dropped, call_id: str) -> Dropped:
