@@ -63,8 +63,10 @@ def cluster_fields(fields: dict[str, Any]) -> dict[str, Any]:
     _one_of(out, "ips", "host", _listed)
     _one_of(out, "open_ports", "ports", _listed)
     creds = out.get("ssh_creds")
-    if isinstance(creds, dict) and ({"password", "ssh_password"} & set(creds)):
-        raise ConfigError("ssh_creds has a password: tether connects to hosts with ssh keys only",
+    given = sorted({"password", "ssh_password"} & set(creds)) if isinstance(creds, dict) else []
+    if given:
+        raise ConfigError(f"unknown ssh_creds key {given[0]!r}: tether connects to hosts with ssh keys only, never "
+                          "a password",
                           hint="install a key once (ssh-copy-id user@host), then pass "
                                "ssh_creds={'ssh_user': ..., 'ssh_private_key': '~/.ssh/id_ed25519'}",
                           details={"fields": ["ssh_creds.password"]})
