@@ -235,7 +235,7 @@ def secret(name: str | None = None, *, provider: str | None = None, values: dict
     ``"huggingface"``/``"hf"``, ``"wandb"``, ``"ssh"``), as ``name`` or ``provider=``: read from where that tool
     keeps it (``path=`` another file). Otherwise a secret saved before with ``.save()``."""
     prov = _ALIASES.get(provider or "", provider)
-    if prov is None and name is not None and values is None:
+    if prov is None and name is not None:  # a provider's name is that provider's secret, values given or not
         prov = _ALIASES.get(name, name) if _ALIASES.get(name, name) in PROVIDERS else None
     if prov is not None and prov not in PROVIDERS:
         raise ConfigError(f"unknown secret provider {provider!r}", hint=f"use one of {', '.join(PROVIDERS)}")
