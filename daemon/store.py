@@ -1,7 +1,7 @@
 """The daemon's deployment manifest: what is deployed where, persisted so a restarted daemon restores it; and
 how the daemon writes stored state at all (:func:`write_atomic`).
 
-Every file of stored state (``manifest.json``, ``objects/<key>.pkl``) is replaced atomically: written whole to
+Every file of stored state (``manifest.json``, ``services/<record>.json``, ``objects/<key>.pkl``) is written atomically: written whole to
 a temporary file beside it (named ``.<name>.<random>``), fsynced, renamed over the old one, and the directory
 fsynced. A crash at any point leaves either the old file or the new one, never a mix; a full disk (ENOSPC,
 EDQUOT) raises :class:`~tether.errors.StorageFull` and removes the temporary file, so the old copy stays as it was.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -84,46 +85,111 @@ def remove_staged(directory: Path) -> None:
                     os.unlink(entry.path)
 
 
+#: each service's record (its spec and methods) in a file of its own, written once: a deploy writes its own record
+#: and a small index, whatever the number of services (the index names the record files)
+SERVICES_DIR = "services"
+_FORMAT = 2
+
+
 class Manifest:
-    """Services (name → spec) and stored objects (key → env), written atomically to ``manifest.json``."""
+    """Services (name → spec, with their methods) and stored objects (key → env), persisted so a restarted daemon
+    restores them.
+
+    ``manifest.json`` is the index: which record file holds each service, and each object's env. A service's
+    record is ``services/<name>.<content hash>.json``, written (temp + fsync + rename) before an index that names
+    it, and never changed: :meth:`save` writes the records of the services that changed since the last save and
+    the index (atomically), so a deploy costs the same at the 1st and the 1,000th service. A crash leaves the old
+    index or the new one, each naming only whole records; records no index names are removed at the next start.
+    The one-file manifest of earlier versions (specs inside ``manifest.json``) is read as well.
+    """
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
         self.path = state_dir / "manifest.json"
         self.objects_dir = state_dir / "objects"
+        self.services_dir = state_dir / SERVICES_DIR
         self.services: dict[str, ServiceSpec] = {}
         self.methods: dict[str, dict[str, str]] = {}
         self.objects: dict[str, str] = {}
         self.dir.mkdir(parents=True, exist_ok=True)
         self.objects_dir.mkdir(exist_ok=True)
+        self.services_dir.mkdir(mode=0o700, exist_ok=True)
         remove_staged(self.objects_dir)  # what a crash mid-write left behind
+        remove_staged(self.services_dir)
         for entry in self.dir.glob(f".{self.path.name}.*"):
             discard(entry)
-        self._saved = self.path.read_bytes() if self.path.exists() else b"{}"
-        self._load(self._saved)
+        self._files: dict[str, str] = {}  # name → its record file in the index on disk
+        self._written: dict[str, tuple[ServiceSpec, dict[str, str]]] = {}  # what each of those records holds
+        self._load(self.path.read_bytes() if self.path.exists() else b"{}")
+        self._remove_unnamed_records()
+        self._kept = self._snapshot()
 
     def _load(self, raw: bytes) -> None:
         data = json.loads(raw)
-        self.services = {k: ServiceSpec.model_validate(v) for k, v in data.get("services", {}).items()}
-        self.methods = data.get("methods", {})
+        services, methods = data.get("services", {}), data.get("methods", {})
+        self.services, self.methods, self._files, self._written = {}, {}, {}, {}
+        for name, entry in services.items():
+            if isinstance(entry, str):  # the index names the record file
+                record = json.loads((self.services_dir / entry).read_bytes())
+                spec, kinds = ServiceSpec.model_validate(record["spec"]), record.get("methods", {})
+                self._files[name] = entry
+                self._written[name] = (spec, dict(kinds))
+            else:  # a manifest of an earlier version: the spec itself (rewritten as records at the next save)
+                spec, kinds = ServiceSpec.model_validate(entry), methods.get(name, {})
+            self.services[name] = spec
+            if kinds or name in methods:
+                self.methods[name] = kinds
         self.objects = data.get("objects", {})
 
+    def _snapshot(self) -> tuple[dict[str, ServiceSpec], dict[str, dict[str, str]], dict[str, str]]:
+        return dict(self.services), {k: dict(v) for k, v in self.methods.items()}, dict(self.objects)
+
+    def _remove_unnamed_records(self) -> None:
+        named = set(self._files.values())
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.services_dir):
+                if entry.name not in named:
+                    discard(Path(entry.path))
+
     def save(self) -> None:
-        """Write the manifest (atomically). A write that fails (:class:`StorageFull` on a full disk) leaves the
-        file as it was and puts this object back to what the file says: a change that is not on disk did not
+        """Write what changed (atomically). A write that fails (:class:`StorageFull` on a full disk) leaves the
+        files as they were and puts this object back to what they say: a change that is not on disk did not
         happen."""
-        data = {
-            "services": {k: v.model_dump(mode="json") for k, v in self.services.items()},
-            "methods": self.methods,
-            "objects": self.objects,
-        }
-        raw = json.dumps(data).encode()
+        files: dict[str, str] = {}
+        written: dict[str, tuple[ServiceSpec, dict[str, str]]] = {}
+        new: list[Path] = []
         try:
-            write_atomic(self.path, raw, what="the deployment manifest")
+            for name, spec in self.services.items():
+                kinds = self.methods.get(name, {})
+                held = self._written.get(name)
+                if held is not None and held[0] is spec and held[1] == kinds:  # specs are replaced, not changed
+                    files[name], written[name] = self._files[name], held
+                    continue
+                raw = json.dumps({"spec": spec.model_dump(mode="json"), "methods": kinds}).encode()
+                file = f"{name}.{hashlib.sha256(raw).hexdigest()[:16]}.json"
+                target = self.services_dir / file
+                if not target.exists():
+                    os.replace(stage(target, raw, what="the deployment manifest", service=name), target)
+                    new.append(target)
+                files[name], written[name] = file, (spec, dict(kinds))
+            if new:
+                sync_dir(self.services_dir)  # the records' names are durable before an index names them
+            index = json.dumps({"format": _FORMAT, "services": files, "objects": self.objects}).encode()
+            write_atomic(self.path, index, what="the deployment manifest")
         except BaseException:
-            self._load(self._saved)
+            for path in new:
+                discard(path)
+            self.services, self.methods, self.objects = self._snapshot_restored()
             raise
-        self._saved = raw
+        gone = {f for n, f in self._files.items() if files.get(n) != f}
+        self._files, self._written = files, written
+        self._kept = self._snapshot()
+        for file in gone - set(files.values()):
+            discard(self.services_dir / file)
+
+    def _snapshot_restored(self) -> tuple[dict[str, ServiceSpec], dict[str, dict[str, str]], dict[str, str]]:
+        services, methods, objects = self._kept
+        return dict(services), {k: dict(v) for k, v in methods.items()}, dict(objects)
 
     def env_of(self, name: str) -> str | None:
         if name in self.services:
