@@ -118,6 +118,8 @@ class ClusterSpec(_Spec):
     gpu_memory: str | None = Field(None, description="GPU memory request, e.g. '40+' (GiB)")
     regions: list[str] | None = Field(None, description="allowed regions")
     exclude_regions: list[str] | None = Field(None, description="denied regions")
+    zones: list[str] | None = Field(None, description="sky: allowed zones (SkyPilot picks one of them)")
+    num_nodes: int = Field(1, ge=1, description="sky: nodes to launch (ssh: the host list is the nodes)")
     use_spot: bool = Field(False, description="use spot instances")
     server_port: int | None = Field(None, description="daemon port (default: a free port for local, 32300 remote)")
     server_connection_type: Literal["none", "tls", "ssh"] = Field("none", description="how the client reaches it")

@@ -82,33 +82,36 @@ def via_head(name: str, head: SSHTarget, node: SSHTarget, address: str, index: i
 
 
 def ssh_nodes(name: str, targets: list[SSHTarget], head_endpoint: str, token: str | None,
-              reach: Callable[[int], SSHTarget] | None = None) -> list[Node]:
+              reach: Callable[[int], SSHTarget] | None = None, *, addresses: list[str] | None = None,
+              port: int | None = None) -> list[Node]:
     """The nodes of an ssh-reached cluster whose state file is ``name``'s: the head through its own tunnel
     (``head_endpoint``), every other node through a tunnel carried by the head, opened now if it is not alive
     (on its old local port when free). ``reach(i)``: the ssh target that reaches node ``i`` for its tunnel
-    (default: through the head, :func:`via_head`)."""
+    (default: through the head, :func:`via_head`); ``addresses``: the nodes' addresses on the cluster's network
+    (default: their ssh hosts); ``port``: the daemons' port (default: each host's as bootstrapped)."""
     with file_lock(clusters_dir() / f"{name}.nodes.lock"):
         st = load_state(name) or {}
         dirs: dict[str, str] = st.get("remote_dirs", {})
         ports: dict[str, int] = st.get("ports", {})
         kept: dict[str, dict[str, Any]] = dict(st.get("node_tunnels") or {})
-        nodes = [Node(0, targets[0].host, targets[0].host, head_endpoint, token, dirs.get(targets[0].host))]
+        addrs = addresses or [t.host for t in targets]
+        nodes = [Node(0, targets[0].host, addrs[0], head_endpoint, token, dirs.get(targets[0].host))]
         changed = False
         for i, t in enumerate(targets[1:], start=1):
             tun = kept.get(t.host) or {}
             if not tunnel_alive(tun.get("pid"), tun.get("local_port")):
                 close_tunnel(tun.get("pid"))
                 through = reach(i) if reach is not None else via_head(name, targets[0], t, t.host, i)
-                port = int(ports.get(t.host) or st.get("remote_port") or DEFAULT_PORT)
+                remote = int(port or ports.get(t.host) or st.get("remote_port") or DEFAULT_PORT)
                 log = clusters_dir() / f"{name}.node{i}.tunnel.log"
                 try:
-                    opened = open_tunnel(through, port, local_port=tun.get("local_port"), log=log)
+                    opened = open_tunnel(through, remote, local_port=tun.get("local_port"), log=log)
                 except TetherError:
-                    opened = open_tunnel(through, port, log=log)
+                    opened = open_tunnel(through, remote, log=log)
                 tun = {"pid": opened.pid, "local_port": opened.local_port}
                 kept[t.host] = tun
                 changed = True
-            nodes.append(Node(i, t.host, t.host, f"http://127.0.0.1:{tun['local_port']}", token, dirs.get(t.host)))
+            nodes.append(Node(i, t.host, addrs[i], f"http://127.0.0.1:{tun['local_port']}", token, dirs.get(t.host)))
         if changed:
             st = load_state(name) or st
             st["node_tunnels"] = kept

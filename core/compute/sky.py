@@ -39,6 +39,7 @@ from tether.client.health import probe_health
 from tether.compute import routing
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, SSHTarget, build_wheel, wheel_fingerprint
+from tether.compute.nodes import Node, ssh_nodes, via_head
 from tether.compute.setup import file_mounts, setup_script
 from tether.compute.state import claim_name, load_state, save_state, state_path, write_private
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
@@ -205,8 +206,21 @@ def build_task(spec: ClusterSpec, cand: routing.Candidate, *, wheel: Path | None
     mounts = {remote_wheel(wheel): str(wheel), **file_mounts(spec.image)} if wheel else None
     task = sky.Task(name=f"tether-{spec.name}", setup=setup, run=daemon_command(spec, token=bool(token)),
                     secrets={"TETHER_TOKEN": token} if token else None, file_mounts=mounts)  # fmt: skip
-    task.set_resources(resources)
+    task.num_nodes = spec.num_nodes  # SkyPilot runs setup and the daemon on every node
+    task.set_resources(_in_zones(spec, cand, resources))
     return task
+
+
+def _in_zones(spec: ClusterSpec, cand: routing.Candidate, resources: Any) -> Any:
+    """``resources`` as it is, or one copy per allowed zone of the candidate's region (SkyPilot's ``any_of``).
+    No allowed zone in that region: a ``CapacityError``, so routing tries the next candidate."""
+    if not spec.zones:
+        return resources
+    zones = [z for z in spec.zones if cand.region == "*" or z.startswith(cand.region) or z.isdigit()]
+    if not zones:
+        raise CapacityError(f"none of the zones {spec.zones} is in {cand.label()}",
+                            details={"zones": spec.zones, "region": cand.region})  # fmt: skip
+    return {resources.copy(zone=z) for z in zones}
 
 
 def _health_timeout() -> float:
@@ -486,7 +500,9 @@ class SkyBackend:
                 self.restart(spec)  # tether changed here since the launch: ship and install the new wheel
             else:
                 started = False
-            return self._connect(spec, load_state(spec.name) or {}, started=started)
+            handle = self._connect(spec, load_state(spec.name) or {}, started=started)
+            self._record_node_ips(spec)
+            return handle
 
     def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The handle of a cluster that is already up (tunnel reopened if needed), or None."""
@@ -559,14 +575,48 @@ class SkyBackend:
                 raise
             sky.stream_and_get(sky.autostop(spec.name, idle, wait_for=wait_for, down=True))
 
+    def nodes(self, spec: ClusterSpec, handle: ClusterHandle) -> list[Node]:
+        """Every node SkyPilot launched (its handle's internal/external IPs, recorded at connect), head first;
+        the workers' daemons reached by tunnels carried through the head."""
+        st = load_state(spec.name) or {}
+        ips: list[list[str]] = st.get("node_ips") or []
+        if len(ips) <= 1:
+            return [Node(0, spec.name, ips[0][0] if ips else spec.name, handle.endpoint, handle.token)]
+        head = self.ssh_target(spec)
+        targets = [head, *(self._worker_target(spec, ip[0]) for ip in ips[1:])]
+        return ssh_nodes(spec.name, targets, handle.endpoint, handle.token,
+                         lambda i: via_head(spec.name, head, targets[i], ips[i][0], i),
+                         addresses=[ip[0] for ip in ips], port=spec.server_port or DEFAULT_PORT)  # fmt: skip
+
+    def _worker_target(self, spec: ClusterSpec, address: str) -> SSHTarget:
+        """A worker node as the head reaches it (its internal IP), with the user and key of the head's entry."""
+        cfg = clusters_dir() / f"{spec.name}.ssh" / "config"
+        found = dict(line.strip().split(None, 1) for line in (cfg.read_text().splitlines() if cfg.exists() else [])
+                     if line.strip().startswith(("User ", "IdentityFile ")))  # fmt: skip
+        return SSHTarget(host=address, user=found.get("User"), key=found.get("IdentityFile"), port=22,
+                         known_hosts="/dev/null", connect_timeout=15)  # fmt: skip
+
+    def _record_node_ips(self, spec: ClusterSpec) -> None:
+        rec = self._record(spec.name, credentials=True, refresh=False)  # as ssh_target asked, just before
+        handle = _field(rec, "handle") if rec is not None else None
+        pairs = getattr(handle, "stable_internal_external_ips", None) if handle is not None else None
+        if pairs:
+            st = load_state(spec.name) or {}
+            st["node_ips"] = [[str(a), str(b)] for a, b in pairs]
+            save_state(spec.name, st)
+
     def sync_code(self, spec: ClusterSpec, handle: ClusterHandle, root: Path) -> str:
-        """rsync ``root`` to the head over ssh; return its path there."""
+        """rsync ``root`` to the head over ssh (and to every other node, through the head); return its path."""
         root = Path(root).resolve()
         head = self.ssh_target(spec)
         home = head.run("echo $HOME", step="sync code").strip()
         dest = f"{home}/.tether/code/{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}"
-        head.rsync([f"{root}/"], f"{dest}/", step="sync code",
-                   extra=["--delete", "--exclude=.git", "--exclude=__pycache__", "--exclude=.venv*"])  # fmt: skip
+        excludes = ["--delete", "--exclude=.git", "--exclude=__pycache__", "--exclude=.venv*"]
+        head.rsync([f"{root}/"], f"{dest}/", step="sync code", extra=excludes)
+        ips: list[list[str]] = (load_state(spec.name) or {}).get("node_ips") or []
+        for i, ip in enumerate(ips[1:], start=1):
+            via_head(spec.name, head, self._worker_target(spec, ip[0]), ip[0], i).rsync(
+                [f"{root}/"], f"{dest}/", step="sync code", extra=excludes)
         return dest
 
 

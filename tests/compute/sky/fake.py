@@ -58,6 +58,7 @@ class Node:
     file_mounts: dict[str, str] = field(default_factory=dict)
     daemon_alive: bool = False
     probes: int = 0
+    num_nodes: int = 1
 
 
 @dataclass
@@ -111,10 +112,12 @@ class FakeSky:
 
     def _do_launch(self, a: dict[str, Any]) -> Any:
         task, name = a["task"], a["cluster_name"]
-        (res,) = list(task.resources)
+        res = sorted(task.resources, key=lambda r: str(r.zone))[0]  # several: any_of (one per allowed zone)
         cloud, region = str(res.cloud).lower(), res.region
         self.launches.append({"where": (cloud, region), "instance_type": res.instance_type,
                               "accelerators": res.accelerators, "use_spot": res.use_spot, "cluster": name,
+                              "zones": sorted(str(r.zone) for r in task.resources if r.zone),
+                              "num_nodes": task.num_nodes,
                               "task": task, **{k: v for k, v in a.items() if k not in ("task", "cluster_name")}})  # fmt: skip
         node = self.nodes.get(name)
         if node is None or node.status is None:
@@ -150,7 +153,8 @@ class FakeSky:
                     "'VcpuLimitExceeded'"))  # fmt: skip
             if (cloud, region) in self.no_capacity:
                 raise _unavailable(sx.ResourcesUnavailableError(f"Failed to acquire resources in {region}"))
-            node = self.nodes[name] = Node(name, res, ClusterStatus.INIT, ClusterStatus.INIT)
+            node = self.nodes[name] = Node(name, res, ClusterStatus.INIT, ClusterStatus.INIT,
+                                           num_nodes=task.num_nodes)
         # an existing cluster is reused where it is (no failover); a stopped one is started
         node.status = node.cached = ClusterStatus.UP
         node.file_mounts.update(task.file_mounts or {})
@@ -214,13 +218,15 @@ class FakeSky:
                      "ssh_private_key_content": "-----BEGIN OPENSSH PRIVATE KEY-----\nfake\n"}  # fmt: skip
         return StatusResponse(name=node.name, launched_at=1, handle=self._handle(node), status=node.cached,
                               autostop=node.autostop, to_down=node.to_down, cluster_hash="h", cluster_ever_up=True,
-                              user_hash="u", user_name="me", workspace="default", is_managed=False, nodes=1,
+                              user_hash="u", user_name="me", workspace="default", is_managed=False, nodes=node.num_nodes,
                               credentials=creds)  # fmt: skip
 
     def _handle(self, node: Node) -> CloudVmRayResourceHandle:
         handle = CloudVmRayResourceHandle(cluster_name=node.name, cluster_name_on_cloud=f"{node.name}-2ea4",
-                                          cluster_yaml=None, launched_nodes=1, launched_resources=node.resources,
-                                          stable_internal_external_ips=[("10.0.0.2", "203.0.113.7")],
+                                          cluster_yaml=None, launched_nodes=node.num_nodes,
+                                          launched_resources=node.resources,
+                                          stable_internal_external_ips=[(f"10.0.0.{2 + i}", f"203.0.113.{7 + i}")
+                                                                        for i in range(node.num_nodes)],
                                           stable_ssh_ports=[self.ssh_port])  # fmt: skip
         handle.docker_user = self.docker_user
         return handle
