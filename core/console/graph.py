@@ -11,7 +11,7 @@ from tether.registry.models import Artifact, LineageCall, LineageGraph
 
 __all__ = ["graph_svg"]
 
-W, H, GAP_X, GAP_Y = 210, 46, 70, 18
+W, H, GAP_X, GAP_Y = 176, 46, 34, 18
 
 
 def _call_key(c: LineageCall) -> str:
@@ -86,7 +86,7 @@ def graph_svg(graph: LineageGraph) -> str:
         fill, stroke, rx = ("#eef4ff", "#3559e0", 4) if is_call else ("#fffaeb", "#f79009", 18)
         out.append(f'<a href="{escape(href)}"><g class="{"node-call" if is_call else "node-artifact"}">'
                    f'<rect x="{x}" y="{y}" width="{W}" height="{H}" rx="{rx}" fill="{fill}" stroke="{stroke}"/>'
-                   f'<text x="{x + 10}" y="{y + 19}" font-weight="600">{escape(title[:32])}</text>'
-                   f'<text x="{x + 10}" y="{y + 35}">{escape(sub[:36])}</text><title>{escape(title)}</title></g></a>')
+                   f'<text x="{x + 10}" y="{y + 19}" font-weight="600">{escape(title[:27])}</text>'
+                   f'<text x="{x + 10}" y="{y + 35}">{escape(sub[:30])}</text><title>{escape(title)}</title></g></a>')
     out.append("</svg>")
     return "".join(out)

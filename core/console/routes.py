@@ -95,7 +95,7 @@ class Console:
     def failure(s: Session | None, exc: TetherError) -> web.Response:
         title = {"AuthError": "No access", "NotFound": "Not found", "ConfigError": "Invalid input"}.get(
             type(exc).__name__, "Error")
-        return error_page(s, exc.status, title, str(exc), exc.hint)
+        return error_page(s, exc.status, title, exc.message, exc.hint)
 
     # ------------------------------------------------------------------ login / logout
     async def login_form(self, request: web.Request) -> web.Response:
