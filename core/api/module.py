@@ -23,7 +23,7 @@ from tether.api.clusters import Cluster
 from tether.api.compat import placement
 from tether.api.envs import Env
 from tether.api.services import Function, RemoteClass, RemoteInstance
-from tether.errors import ConfigError, NotFound
+from tether.errors import ConfigError, NotFound, SerializationError
 from tether.specs import CodeRef, EnvSpec, ServiceSpec
 
 __all__ = ["Module", "ModuleInstance", "live_stub"]
@@ -32,8 +32,23 @@ __all__ = ["Module", "ModuleInstance", "live_stub"]
 STATE_KEYWORD = "__tether_state__"
 
 
-def _state_of(obj: Any) -> dict[str, Any]:
-    return dict(vars(obj))
+def _pickled_state(obj: Any) -> str:
+    """The instance's ``__dict__`` as the worker's init arguments; an attribute that cannot travel is named."""
+    state = dict(vars(obj))
+    try:
+        return base64.b64encode(cloudpickle.dumps(((), {STATE_KEYWORD: state}))).decode()
+    except Exception as exc:  # noqa: BLE001 - find the attribute to name, then raise the typed error
+        bad = []
+        for key, value in state.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception:  # noqa: BLE001
+                bad.append(key)
+        raise SerializationError(
+            f"{type(obj).__name__} cannot be sent with its state: {', '.join(map(repr, bad)) or 'its state'} "
+            f"cannot be pickled ({type(exc).__name__}: {exc})",
+            hint="make those attributes lazily (in a method or property that runs remotely) or drop them before "
+                 ".to()", details={"attributes": bad}) from None
 
 
 class Module:
@@ -111,7 +126,7 @@ def send(obj: Any, cluster: Cluster | None, env: Env | str | None, name: str | N
     """Deploy the instance ``obj`` under ``name`` (default: its class's name) with its current state."""
     cls = type(obj)
     handle = ModuleInstance(cls, name=name or cls.__name__)
-    handle._init = base64.b64encode(cloudpickle.dumps(((), {STATE_KEYWORD: _state_of(obj)}))).decode()
+    handle._init = _pickled_state(obj)
     handle._local_obj = obj
     handle._deploy(cluster, env, name or cls.__name__, replace_env=replace_env)
     return handle

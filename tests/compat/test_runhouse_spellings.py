@@ -40,8 +40,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 from pathlib import Path
 
+import cloudpickle
 import pytest
 import requests
 
@@ -73,6 +75,14 @@ def test_module_subclass_state_set_locally_travels_with_to(local_cluster):
     assert remote.remember("after") == 2
     assert local.seen == ["before"]  # the local object is not the remote one
     assert remote.local.seen == ["before"] and remote.local.a == 7
+
+
+def test_module_subclass_state_that_cannot_travel_is_named(local_cluster):
+    local = svc.PIDModule(a=1)
+    local.lock = threading.Lock()
+    with pytest.raises(rh.SerializationError, match="'lock'") as err:
+        local.to(local_cluster, name="pid_lock")
+    assert err.value.details["attributes"] == ["lock"] and err.value.hint
 
 
 def test_module_subclass_through_the_module_factory(local_cluster):
@@ -306,6 +316,15 @@ def test_share_gives_a_teammate_a_working_call_with_their_own_token(local_cluste
     r = requests.post(f"{local_cluster.endpoint}/other/call", json={"args": []},
                       headers={"Authorization": f"Bearer {alice}"}, timeout=10)
     assert r.status_code == 401 and "lacks read access" in r.json()["error"]["message"]  # this service only
+    as_alice = {"Authorization": f"Bearer {alice}"}
+    r = requests.post(f"{local_cluster.endpoint}/grants", json={"principal": "alice@team", "services": {"*": "owner"}},
+                      headers=as_alice, timeout=10)
+    assert r.status_code == 401 and "lacks owner" in r.json()["error"]["message"]  # no raising her own grant
+    r = requests.post(f"{remote.endpoint()}/call", data=cloudpickle.dumps(((1, 2), {})), timeout=10,
+                      headers={**as_alice, "Content-Type": "application/x-tether-pickle"})
+    assert r.status_code == 401 and "JSON" in r.json()["error"]["message"]  # a pickle would run her code
+    issued = Path(os.environ["TETHER_HOME"]) / "clusters" / "issued-tokens.json"
+    assert issued.stat().st_mode & 0o777 == 0o600
     assert {"principal": "alice@team", "access_level": "read"} in [
         {k: g[k] for k in ("principal", "access_level")} for g in remote.shared_with()]
     remote.revoke(users=["alice@team"])
