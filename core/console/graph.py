@@ -45,28 +45,31 @@ def graph_svg(graph: LineageGraph) -> str:
     edges = list(dict.fromkeys(edges))
     if not labels:
         return '<p class="muted">no lineage recorded</p>'
-    # columns: distance from the root along the edges, against the flow for upstream, with it for downstream
-    upstream = graph.direction == "upstream"
-    nbrs: dict[str, list[str]] = {}
+    # columns: walk the edges both ways from the root, one column per hop along the flow (a → b: b one right)
+    links: dict[str, list[tuple[str, int]]] = {}
     for a, b in edges:
-        nbrs.setdefault(b if upstream else a, []).append(a if upstream else b)
-    roots = [k for k in labels if k.startswith("art:") and str(arts[k]) == graph.root] if upstream else \
+        links.setdefault(a, []).append((b, 1))
+        links.setdefault(b, []).append((a, -1))
+    arts_by_text = {str(a): k for k, a in arts.items()}
+    roots = [arts_by_text[graph.root]] if graph.direction == "upstream" and graph.root in arts_by_text else \
         [_call_key(c) for c in graph.calls if c.ref == graph.root or c.service == graph.root]
-    roots = roots or [next(iter(labels))]
-    level: dict[str, int] = {}
-    queue = deque((r, 0) for r in roots)
-    while queue:
-        key, d = queue.popleft()
-        if key in level:
+    column: dict[str, int] = {}
+    for root in [*roots, *labels]:  # every part of the graph gets placed, the root's part first
+        if root in column:
             continue
-        level[key] = d
-        queue.extend((n, d + 1) for n in nbrs.get(key, []))
-    for key in labels:
-        level.setdefault(key, max(level.values(), default=0) + 1)
-    depth = max(level.values())
+        column[root] = max(column.values(), default=-1) + 1 if column else 0
+        queue = deque([root])
+        while queue:
+            key = queue.popleft()
+            for other, step in links.get(key, []):
+                if other not in column:
+                    column[other] = column[key] + step
+                    queue.append(other)
+    low = min(column.values())
     columns: dict[int, list[str]] = {}
-    for key, d in level.items():
-        columns.setdefault(depth - d if upstream else d, []).append(key)
+    for key, col in column.items():
+        columns.setdefault(col - low, []).append(key)
+    depth = max(columns)
     pos = {}
     for col, keys in columns.items():
         for row, key in enumerate(sorted(keys)):

@@ -166,6 +166,7 @@ def test_the_lineage_page_of_a_three_step_chain(team: Team, as_alice: Any, brows
     b.shot("call")
     b.open("/console/s/alice/prep")  # downstream on the service page: prep's output fed pretrain, then bert
     assert len(b.find("#lineage ~ .graph .node-call")) == 3
+    b.driver.execute_script("document.getElementById('lineage').scrollIntoView();")
     b.shot("service-lineage")
 
 
