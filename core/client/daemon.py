@@ -189,15 +189,16 @@ class DaemonClient:
 
     async def frames(self, name: str, method: str | None, body: bytes, *, call_id: str,
                      caller: str | None = None, expect: str | None = None, attach: bool = False, seen: int = 0,
-                     extra: dict[str, str] | None = None) -> AsyncGenerator[tuple[int, bytes], None]:
+                     extra: dict[str, str] | None = None, run: str | None = None
+                     ) -> AsyncGenerator[tuple[int, bytes], None]:
         """Send a call (or re-attach to ``call_id``) and yield its frames after the first ``seen`` as they arrive.
 
         A dropped connection is retried with the same call id: the daemon runs the call once and re-sends
         its frames from the start, so frames already seen are skipped — unless the retry's answer comes from
         another run of the call (``X-Tether-Call-Attempt``: it was lost in a daemon restart and runs again): a
         :data:`~tether.client.outcome.RERUN` frame then comes first, and every frame of the re-run after it.
+        ``run``: the attempt the ``seen`` frames came from (None: whichever answers first).
         """
-        run: str | None = None  # the attempt (run of the call id) the frames seen so far came from
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(RETRIES), wait=wait_exponential(multiplier=0.1, max=2),
             retry=retry_if_exception(link_error), reraise=True,
@@ -241,6 +242,7 @@ class DaemonClient:
                 body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
                 try:
                     resp = await self._async.asend(verb, path, headers, body)
+                    out.attempt = resp.headers.get(h.CALL_ATTEMPT.lower())
                     try:
                         if resp.status >= 400:
                             out.failure = http_error(resp.status, await resp.aread())
@@ -260,7 +262,8 @@ class DaemonClient:
             body = b"" if attach else dumps_args(args, kwargs)
             extra = out.lease.headers(result_only=True) if out.lease is not None else None
             async with contextlib.aclosing(self.frames(name, method, body, call_id=call_id, caller=caller, expect=expect,
-                                                       attach=attach, seen=out.seen, extra=extra)) as frames:
+                                                       attach=attach, seen=out.seen, extra=extra,
+                                                       run=out.attempt)) as frames:
                 async for kind, payload in frames:
                     if kind == RERUN:  # nothing was handed out yet: the re-run's outcome is the call's
                         out.rerun()
@@ -288,6 +291,7 @@ class DaemonClient:
         try:
             body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
             resp = transport.send(verb, path, headers, body)
+            out.attempt = resp.headers.get(h.CALL_ATTEMPT.lower())
             try:
                 if resp.status >= 400:
                     out.failure = http_error(resp.status, resp.read())

@@ -54,7 +54,8 @@ class Outcome:
     items from :attr:`items` as they come (:meth:`take_items`).
     """
 
-    __slots__ = ("big_result", "done", "error", "failure", "final", "items", "lease", "on_log", "seen", "value")
+    __slots__ = ("attempt", "big_result", "done", "error", "failure", "final", "items", "lease", "on_log", "seen",
+                 "value")
 
     def __init__(self, on_log: LogSink | None) -> None:
         self.on_log = on_log
@@ -67,6 +68,7 @@ class Outcome:
         self.final = False  # the call's RESULT or ERROR arrived: the worker is done with its slabs
         self.big_result = False  # the result came in a file the daemon owns (next time: lend a result slab)
         self.lease: slabs.Lease | None = None
+        self.attempt: str | None = None  # the run of the call id the frames came from (X-Tether-Call-Attempt)
 
     def feed(self, kind: int, payload: bytes) -> bool:
         """Take one frame; True once the call's outcome is known."""

@@ -18,3 +18,18 @@ def ticks(marker_dir: str, n: int, hold_at: int) -> Iterator[int]:
             while not (d / "go").exists():
                 time.sleep(0.01)
         yield i
+
+
+def talk_then_hold(marker_dir: str) -> str:
+    """The first run prints three lines, then holds until ``marker_dir/go``; a re-run prints nothing."""
+    d = Path(marker_dir)
+    first = not (d / "runs").exists()
+    with open(d / "runs", "a") as f:
+        f.write("run\n")
+    if first:
+        for i in range(3):
+            print(f"line {i}", flush=True)
+        (d / "held").touch()
+        while not (d / "go").exists():
+            time.sleep(0.01)
+    return "done"

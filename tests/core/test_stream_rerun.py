@@ -10,6 +10,7 @@ generator service, SIGKILL mid-stream.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import time
@@ -18,6 +19,10 @@ from pathlib import Path
 import tether
 from tests.core import rerun_services
 from tests.reliability.daemons import DaemonProc, start_daemon
+from tether.client import AsyncClient
+from tether.client.loop import run_sync
+from tether.client.outcome import Outcome
+from tether.client.payloads import dumps_args
 
 
 def _free_port() -> int:
@@ -72,3 +77,34 @@ def test_a_replayable_stream_skips_the_items_it_already_gave(tether_home, tmp_pa
     assert error is None, error
     assert got == [0, 1, 2, 3, 4, 5]  # each item once: the re-run's first three were skipped
     assert runs == ["run", "run"]
+
+
+def test_a_call_resumed_after_its_link_dropped_takes_the_reruns_result(tmp_path):
+    """The blocking call path: its first attempt read three log frames of run 1 (``Outcome.attempt`` = its
+    response's ``X-Tether-Call-Attempt``) when the daemon died; the resumed attempt meets run 2, which prints
+    nothing — it must not skip the re-run's first three frames (its result among them)."""
+    state, port = tmp_path / "state", _free_port()
+    d = start_daemon(state, "--port", str(port))
+    try:
+        d.deploy("talk", "talk_then_hold", module="tests.core.rerun_services")
+        client = AsyncClient(d.endpoint, d.token)
+        body = dumps_args((str(tmp_path),), {})
+        out = Outcome(None)
+
+        async def first_attempt() -> None:
+            async with contextlib.aclosing(client.frames("talk", None, body, call_id="talk-1")) as frames:
+                async for kind, payload in frames:
+                    out.feed(kind, payload)
+                    if out.seen == 3:
+                        return
+
+        run_sync(first_attempt())
+        out.attempt = "1"  # what call_sync read from its response
+        _wait_for(tmp_path / "held")
+        d.kill(signal.SIGKILL)
+        d = start_daemon(state, "--port", str(port))
+        (tmp_path / "go").touch()
+        assert run_sync(client.call("talk", None, (str(tmp_path),), {}, call_id="talk-1", resume=out)) == "done"
+        assert (tmp_path / "runs").read_text().split() == ["run", "run"]
+    finally:
+        d.kill()
