@@ -26,7 +26,7 @@ from tether.api.services import Function, RemoteClass, RemoteInstance
 from tether.errors import ConfigError, NotFound, SerializationError
 from tether.specs import CodeRef, EnvSpec, ServiceSpec
 
-__all__ = ["Module", "ModuleInstance", "live_stub"]
+__all__ = ["LiveClass", "LiveFunction", "LiveInstance", "Module", "ModuleInstance", "live_stub"]
 
 #: the keyword the worker's ``cls(**{STATE_KEYWORD: state})`` carries a sent instance's state in
 STATE_KEYWORD = "__tether_state__"
@@ -132,6 +132,29 @@ def send(obj: Any, cluster: Cluster | None, env: Env | str | None, name: str | N
     return handle
 
 
+class _Live:
+    """A stub of a service someone deployed: this handle holds no code of it, so it never redeploys it."""
+
+    name: str | None
+
+    def _redeploy_spec(self) -> None:
+        raise NotFound(f"{self.name!r} is no longer on its cluster, and this stub holds no code to deploy again",
+                       hint="deploy it again with tether.function(fn)/tether.module(cls).to(cluster, name=...)",
+                       details={"name": self.name})
+
+
+class LiveFunction(_Live, Function):
+    """A live function reached by name."""
+
+
+class LiveClass(_Live, RemoteClass):
+    """A live class reached by name (calling it makes instances of the class the daemon holds)."""
+
+
+class LiveInstance(_Live, ModuleInstance):
+    """A live object reached by name."""
+
+
 def live_stub(cluster: Cluster, name: str) -> Any:
     """A handle of the service ``name`` running on ``cluster`` as it is now (no code of ours is deployed; if the
     daemon loses it, calls fail with ``NotFound``). Raises ``NotFound`` when nothing of that name runs there."""
@@ -141,7 +164,7 @@ def live_stub(cluster: Cluster, name: str) -> Any:
         raise NotFound(f"no service {name!r} on cluster {cluster.name!r}",
                        hint="deploy it with .to(cluster, name=...), or read an object with cluster.get(name)",
                        details={"name": name, "services": sorted(n for n, r in rows.items() if r.get("kind") != "object")})
-    kinds: dict[str, type[Any]] = {"function": Function, "module": RemoteClass, "instance": ModuleInstance}
+    kinds: dict[str, type[Any]] = {"function": LiveFunction, "module": LiveClass, "instance": LiveInstance}
     handle = kinds[row["kind"]](None, name=name)
     handle.spec = ServiceSpec(name=name, kind=row["kind"], env=EnvSpec(name=row.get("env") or "default"),
                               code=CodeRef(), version=row.get("version"))

@@ -271,6 +271,11 @@ def test_cluster_ips_on_this_cluster_and_get_remote(local_cluster):
     with pytest.raises(rh.NotFound):
         local_cluster.get("nothing_here", remote=True)
     assert local_cluster.get("nothing_here", None, remote=True) is None
+    local_cluster.delete("live_add")
+    with pytest.raises(rh.NotFound, match="no longer"):
+        stub = local_cluster.get("live_counter", remote=True)
+        local_cluster.delete("live_counter")
+        stub.incr()  # the stub holds no code: it says so instead of deploying something empty
 
 
 def test_keep_warm_with_and_without_minutes(local_cluster):
