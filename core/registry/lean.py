@@ -94,17 +94,28 @@ def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-#: the call record fields the ``tether_calls`` table holds; a record that sets any other field (what it read and
-#: wrote, say) is written by the full store, which knows where that goes
-_CALL_COLUMNS = frozenset({"name", "version", "call_id", "method", "caller", "run_id", "duration_s", "outcome",
-                           "error_type", "instance_type", "started_at"})
+#: the call record fields written here: the ``tether_calls`` columns, the cluster (``tether_call_context``) and
+#: what the call read and wrote (``tether_lineage``); a record that sets any other field is written by the full
+#: store, which knows where that goes
+_KNOWN_FIELDS = frozenset({"name", "version", "call_id", "method", "caller", "run_id", "duration_s", "outcome",
+                           "error_type", "instance_type", "started_at", "cluster", "inputs", "outputs"})
 
 
-def _plain(record: CallRecord) -> bool:
-    """Whether ``record`` says nothing beyond the ``tether_calls`` columns (every other field at its default)."""
+def _known(record: CallRecord) -> bool:
+    """Whether ``record`` says nothing beyond :data:`_KNOWN_FIELDS` (every other field at its default)."""
     fields = type(record).model_fields
     return all(getattr(record, f) == fields[f].get_default(call_default_factory=True)
-               for f in fields if f not in _CALL_COLUMNS)
+               for f in fields if f not in _KNOWN_FIELDS)
+
+
+def _edges(record: Any) -> list[tuple[str, str, str, str, str]]:
+    """``tether_lineage`` rows of a record, each edge once (as ``tether.registry.lineage.edge_rows``)."""
+    out: dict[tuple[str, str, str], tuple[str, str, str, str, str]] = {}
+    for direction, items in (("in", getattr(record, "inputs", ())), ("out", getattr(record, "outputs", ()))):
+        for a in items:
+            out.setdefault((direction, a.uri, a.version or ""),
+                           (record.name, record.call_id, direction, a.uri, a.version or ""))
+    return list(out.values())
 
 
 class _Missing(Exception):
@@ -215,9 +226,11 @@ class LocalStore:
         records = builtins.list(records)
         if not records:
             return 0
-        if principal is None and all(_plain(r) for r in records):
+        if principal is None and all(_known(r) for r in records):
             rows = [(r.name, r.version, r.call_id, r.method, r.caller or "unknown", r.run_id, r.duration_s, r.outcome,
                      r.error_type, r.instance_type, r.started_at.timestamp()) for r in records]
+            contexts = [(r.name, r.call_id, r.cluster) for r in records if getattr(r, "cluster", None)]
+            edges = [edge for r in records for edge in _edges(r)]
             try:
                 with self._connect(write=True) as conn:
                     before = conn.total_changes
@@ -225,8 +238,17 @@ class LocalStore:
                         "INSERT INTO tether_calls (service, version, call_id, method, caller, run_id, duration_s, "
                         "outcome, error_type, instance_type, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT (service, call_id) DO NOTHING", rows)
-                    return conn.total_changes - before
-            except _Missing:
+                    stored = conn.total_changes - before
+                    if contexts:
+                        conn.executemany("INSERT INTO tether_call_context (service, call_id, cluster) "
+                                         "VALUES (?, ?, ?) ON CONFLICT (service, call_id) DO NOTHING", contexts)
+                    if edges:
+                        conn.executemany(
+                            "INSERT INTO tether_lineage (service, call_id, direction, uri, version) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (service, call_id, direction, uri, version) "
+                            "DO NOTHING", edges)
+                    return stored
+            except _Missing:  # a file made before those tables: the store adds them (create_all) and writes
                 pass
         return self.store().record_calls(records, principal=principal)
 

@@ -3,7 +3,7 @@
 An orchestrator task is a new process each time. Loading by name from the local registry and calling a plain-HTTP
 (or TLS) daemon needs neither aiohttp (the lean transports speak HTTP/1.1 and TLS themselves), nor SQLAlchemy (the
 local registry file is read, and the call recorded, with stdlib ``sqlite3``: ``tether.registry.lean``), nor
-structlog / rich (nothing is logged). Checked in a subprocess through ``sys.modules``; the times are in
+structlog (nothing is logged). Checked in a subprocess through ``sys.modules``; the times are in
 ``bench/overheads.py``.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from tether.registry.names import Ref
 from tether.registry.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("aiohttp", "sqlalchemy", "structlog", "rich")
+HEAVY = ("aiohttp", "sqlalchemy", "structlog")
 
 PROGRAM = """
 import asyncio, json, sys
@@ -123,3 +124,23 @@ def test_call_records_written_by_sqlite3_count_once(tmp_path: Path, monkeypatch:
     store = Store(db)
     rows = store.usage(Ref("alice", "embed"))
     assert [(r.caller, r.version, r.calls, r.total_s) for r in rows] == [("bob", 1, 3, 1.5)]
+
+
+def test_call_records_with_cluster_and_lineage_are_written_by_sqlite3_as_by_the_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TETHER_USER", "alice")
+    lean_db, orm_db = tmp_path / "lean.db", tmp_path / "orm.db"
+    for db in (lean_db, orm_db):
+        _saved(db)
+    record = CallRecord.model_validate({
+        "name": "alice/embed", "version": 1, "call_id": "c1", "seconds": 0.5, "caller": "bob", "cluster": "gpu",
+        "inputs": [{"uri": "s3://in", "version": "1"}, {"uri": "s3://in", "version": "1"}],
+        "outputs": [{"uri": "s3://out"}]})
+    lean = LocalStore(lean_db)
+    assert lean.record_calls([record]) == 1 and lean._full is None
+    assert Store(orm_db).record_calls([record]) == 1
+    tables = ("tether_calls", "tether_call_context", "tether_lineage")
+    dump = {db: {t: sorted(map(tuple, sqlite3.connect(db).execute(f"SELECT * FROM {t}").fetchall())) for t in tables}
+            for db in (lean_db, orm_db)}
+    assert dump[lean_db] == dump[orm_db] and dump[lean_db]["tether_lineage"]
+
