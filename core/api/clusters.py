@@ -13,7 +13,8 @@ from pydantic import SecretStr
 
 from tether.api import box, sharing
 from tether.api import secrets as cluster_secrets
-from tether.api.compat import cluster_fields
+from tether.api.compat import cluster_fields, process_env
+from tether.api.envs import Env
 from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
@@ -321,6 +322,15 @@ class Cluster:
     def revoke(self, users: str | list[str] | None = None) -> None:
         """Take back what :meth:`share` gave ``users``."""
         sharing.ungrant(self.connected(), "*", users)
+
+    def ensure_process_created(self, name: str, env_vars: dict[str, str] | None = None,
+                               compute: dict[str, Any] | None = None) -> Env:
+        """Runhouse's process: the env ``name`` (one worker process), to deploy into with ``process=``."""
+        return process_env(name, env_vars, compute)
+
+    def list_processes(self) -> dict[str, Any]:
+        """The envs (worker processes) the daemon knows, by name."""
+        return dict(self.client.sync.envs())
 
     def pause_autostop(self, paused: bool = True) -> None:
         self.client.sync.set_autostop(paused=paused)

@@ -12,7 +12,7 @@ from typing import Any
 from tether.api.envs import Env
 from tether.errors import ConfigError
 
-__all__ = ["CALL_KEYWORDS", "call_keywords", "cluster_fields", "placement", "quiet"]
+__all__ = ["CALL_KEYWORDS", "call_keywords", "cluster_fields", "placement", "process_env", "quiet"]
 
 #: call keywords that are tether's, never passed on to the user's function
 CALL_KEYWORDS = frozenset({"run_async", "stream_logs"})
@@ -97,3 +97,14 @@ def placement(cluster: Any, env: Any, *, system: Any = None, process: Any = None
     if isinstance(env, list | tuple):
         env = _reqs_env(list(env))
     return cluster, env
+
+
+def process_env(name: str, env_vars: dict[str, str] | None = None, compute: dict[str, Any] | None = None) -> Env:
+    """Runhouse's ``cluster.ensure_process_created(name, env_vars=...)``: the env (one worker process) of that
+    name, to pass as ``process=``; the daemon starts it at the first deploy into it. Placement by resources or
+    node (``compute=``) is refused: a tether env runs on the cluster's head."""
+    if compute:
+        raise ConfigError(f"compute={compute!r}: tether places an env's worker on the head node",
+                          hint="size the cluster instead (instance_type=...), or leave compute out",
+                          details={"fields": ["compute"]})
+    return Env.from_config({"name": name, "env_vars": dict(env_vars or {})})

@@ -54,6 +54,10 @@ def kwargs_seen(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return {"args": list(args), "kwargs": kwargs}
 
 
+def env_var(name: str) -> str | None:
+    return os.environ.get(name)
+
+
 def say(text: str) -> str:
     print(text)
     return text

@@ -291,6 +291,11 @@ def test_process_is_an_env_placement(local_cluster):
     assert fn.env.name == "p1" and fn() != other()  # another worker process
     with_vars = rh.function(svc.kwargs_seen).to(local_cluster, process=rh.env(name="p2", env_vars={"X": "1"}))
     assert with_vars.env.name == "p2"
+    p3 = local_cluster.ensure_process_created("p3", env_vars={"LOG_LEVEL": "DEBUG"})
+    in_p3 = rh.function(svc.env_var).to(local_cluster, process=p3)
+    assert in_p3("LOG_LEVEL") == "DEBUG" and "p3" in local_cluster.list_processes()
+    with pytest.raises(rh.ConfigError, match="compute"):
+        local_cluster.ensure_process_created("p4", compute={"GPU": 1})
 
 
 def test_env_as_a_list_of_requirements_names_its_env(local_cluster):
