@@ -17,14 +17,15 @@ modules
     ``super().__init__()``; ``M(a=5).to(cluster)`` (built locally, state travels), methods remote, attributes
     remote (``m.a``, ``m.remote.a``, properties), ``m.local.a`` (the local copy), ``m.fetch("a")`` and
     ``m.fetch()`` (by value), ``m.resolve()`` passed into another remote call (the object itself arrives),
-    ``await m.set_async("a", v)``, ``M(...).get_or_to(cluster, name=...)``; ``rh.module(cls=Cls, system=c)``
+    ``await m.set_async("a", v)``, ``await m.fetch_async("a")``, ``M(...).get_or_to(cluster, name=...)``; ``rh.module(cls=Cls, system=c)``
 clusters
     ``rh.cluster(name=, instance_type=, provider=, region=, autostop_mins=, use_spot=, disk_size=, open_ports=,
     image_id=)``; ``rh.cluster(name=, ips=[...], ssh_creds={"ssh_user", "ssh_private_key"})`` (a password is
     refused: tether connects with keys only); ``rh.ondemand_cluster(...)``; ``rh.kubernetes_cluster(name=,
     instance_type=, namespace=, context=)``; ``cluster.up_if_not()``, ``is_up()``, ``put(k, v)`` / ``get(k)``,
     ``get(name, remote=True)`` (a stub of a live service), ``keys()``, ``on_this_cluster()``, ``ips``,
-    ``teardown()``, ``keep_warm()``
+    ``teardown()``, ``keep_warm()`` / ``keep_warm(autostop_mins=)``, ``ensure_process_created(name, env_vars=)``
+    then ``.to(cluster, process=p)``, ``list_processes()``, ``cluster.share(users=..., access_level=...)``
 resources
     ``.save()``, ``rh.load(name)`` / ``rh.function(name=...)``, ``.share(users=[...], access_level=...,
     notify_users=False)`` (the teammate calls the live service with their own token), ``.revoke(users=[...])``,
