@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from tether.daemon.store import sync_dir
 log = structlog.get_logger("tether.daemon.tombstones")
 
 KEEP_SECONDS = 7 * 24 * 3600.0
-MAX_COUNT = 100_000
+MAX_COUNT = 50_000
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps with options builds an encoder per call
 
 
 def _env_float(name: str, default: float) -> float:
@@ -46,7 +48,9 @@ class Tombstones:
         self.keep_seconds = keep_seconds if keep_seconds is not None else _env_float(
             "TETHER_CALL_TOMBSTONE_SECONDS", KEEP_SECONDS)
         self.max_count = max_count if max_count is not None else int(_env_float("TETHER_CALL_TOMBSTONES", MAX_COUNT))
-        self._entries: dict[str, dict[str, Any]] = {}
+        # id -> (finished, its line), oldest first (an OrderedDict: a dict's first key is slow to find after many
+        # deletions at its front)
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
         self._lines = 0  # lines in the file (live or not)
         self._fd = -1
 
@@ -61,21 +65,21 @@ class Tombstones:
             for line in f:
                 try:
                     entry = json.loads(line)
-                    call_id = entry.pop("id")
+                    call_id, finished = str(entry["id"]), float(entry["finished"])
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue  # torn by a crash mid-write
                 self._entries.pop(call_id, None)
-                self._entries[call_id] = entry
+                self._entries[call_id] = (finished, line if line.endswith(b"\n") else line + b"\n")
         self._expire(time.time())
         self._compact()
 
     def add(self, call_id: str, entry: dict[str, Any]) -> None:
         """Keep ``entry`` (service, method, json, state, started, finished, starter) for ``call_id``."""
+        line = _encode({"id": call_id, **entry}).encode() + b"\n"
         self._entries.pop(call_id, None)
-        self._entries[call_id] = entry
+        self._entries[call_id] = (float(entry["finished"]), line)
         self._expire(time.time())
         if self._fd >= 0:
-            line = json.dumps({"id": call_id, **entry}, separators=(",", ":")).encode() + b"\n"
             try:
                 os.write(self._fd, line)
                 self._lines += 1
@@ -85,21 +89,26 @@ class Tombstones:
                 self._compact()
 
     def get(self, call_id: str) -> dict[str, Any] | None:
-        entry = self._entries.get(call_id)
-        if entry is not None and time.time() - float(entry.get("finished") or 0) > self.keep_seconds:
+        kept = self._entries.get(call_id)
+        if kept is None or time.time() - kept[0] > self.keep_seconds:
             return None
+        entry: dict[str, Any] = json.loads(kept[1])
         return entry
 
     def starters(self) -> dict[str, str]:
         """Who started each kept call (those that had a starter)."""
-        return {cid: e["starter"] for cid, e in self._entries.items() if e.get("starter")}
+        out = {}
+        for call_id, (_, line) in self._entries.items():
+            if b'"starter"' in line:
+                out[call_id] = str(json.loads(line)["starter"])
+        return out
 
     def _expire(self, now: float) -> None:
         entries = self._entries
         while entries:
-            oldest = next(iter(entries))
-            if len(entries) > self.max_count or now - float(entries[oldest].get("finished") or 0) > self.keep_seconds:
-                del entries[oldest]
+            oldest, (finished, _) = next(iter(entries.items()))
+            if len(entries) > self.max_count or now - finished > self.keep_seconds:
+                entries.popitem(last=False)
             else:
                 break
 
@@ -110,8 +119,7 @@ class Tombstones:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
-                data = b"".join(json.dumps({"id": cid, **e}, separators=(",", ":")).encode() + b"\n"
-                                for cid, e in self._entries.items())
+                data = b"".join(line for _, line in self._entries.values())
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
