@@ -45,6 +45,9 @@ DEFERRED = {
     ("tether.console.cli", "tether.console.routes"): "aiohttp's server and SQLAlchemy, for `tether console` only",
     ("tether.compute.bootstrap", "packaging.requirements"): "not a core dependency: only bootstrapping hosts needs it",
     ("tether.compute.bootstrap", "packaging.utils"): "not a core dependency: only bootstrapping hosts needs it",
+    ("tether.api.secrets", "tether.registry.vault_client"): "the registry's vault (HTTP client or SQLAlchemy), only "
+                                                             "for secrets kept in the registry",
+    ("tether.registry.vault_client", "tether.registry.vault"): "SQLAlchemy, only for secrets in the local registry",
 }
 
 

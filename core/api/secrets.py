@@ -31,6 +31,13 @@ __all__ = ["PROVIDERS", "Secret", "deliver_for_deploy", "delete_from_cluster", "
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _valid(name: str) -> str:
+    try:
+        return validate_name(name, "secret name")
+    except ValueError as exc:
+        raise ConfigError(str(exc), hint="a secret's name is letters, digits, '_', '.', '-'") from None
+
+
 def _home() -> Path:
     return Path(os.path.expanduser("~"))
 
@@ -159,8 +166,9 @@ class Secret:
     store (0600); ``repr``, ``config()`` and every error show its name and provider only."""
 
     def __init__(self, name: str, values: dict[str, str], provider: str | None = None) -> None:
-        self.name = validate_name(name, "secret name")
+        self.name = _valid(name)
         self.provider = provider
+        self.registry_version: int | None = None  # the vault's version number, when saved to the registry
         self._values = {str(k): str(v) for k, v in values.items()}
         needed = PROVIDERS[provider][2] if provider else ()
         missing = [k for k in needed if not self._values.get(k)]
@@ -198,22 +206,38 @@ class Secret:
         """Name and provider: never the values."""
         return {"kind": "secret", "name": self.name, "provider": self.provider}
 
-    def save(self) -> Secret:
-        """Keep the values in this user's private store (``$TETHER_HOME/secrets/<name>.json``, 0600)."""
+    def save(self, *, registry: bool = False) -> Secret:
+        """Keep the values in this user's private store (``$TETHER_HOME/secrets/<name>.json``, 0600), or with
+        ``registry=True`` in the registry's vault, encrypted at rest, as a new version (the team server when
+        ``TETHER_REGISTRY_URL`` is set); ``registry_version`` is then its number."""
+        if registry:
+            vault, ref = _vault_for(self.name)
+            self.registry_version = vault.put(ref, self._values, self.provider, by=_whoami())
+            return self
         data = {"name": self.name, "provider": self.provider, "values": self._values}
         write_private(_store() / f"{self.name}.json", json.dumps(data).encode())
         return self
 
-    def rotate(self, values: dict[str, str]) -> Secret:
-        """New values under the same name, saved; envs that use it get them when they next start (a deploy or
-        ``cluster.sync_secrets`` delivers them)."""
+    def rotate(self, values: dict[str, str], *, registry: bool = False) -> Secret:
+        """New values under the same name, saved (locally, or as a new registry version); envs that use it get
+        them when they next start (a deploy or ``cluster.sync_secrets`` delivers them)."""
         rotated = Secret(self.name, {**self._values, **values}, self.provider)
         self._values = rotated._values
-        return self.save()
+        return self.save(registry=registry)
 
-    def delete(self) -> None:
-        """Forget the stored values (a cluster keeps what was delivered until ``cluster.delete_secret``)."""
+    def delete(self, *, registry: bool = False) -> None:
+        """Forget the stored values (``registry=True``: every version in the registry's vault); a cluster keeps
+        what was delivered until ``cluster.delete_secrets``."""
+        if registry:
+            vault, ref = _vault_for(self.name)
+            vault.delete(ref)
+            return
         (_store() / f"{self.name}.json").unlink(missing_ok=True)
+
+    def share(self, principal: str, access_level: str = "read") -> None:
+        """Let a user or team read (use), write (rotate) or own this secret in the registry's vault."""
+        vault, ref = _vault_for(self.name)
+        vault.share(ref, principal, access_level)
 
     def __repr__(self) -> str:
         return f"Secret({self.name!r}, provider={self.provider!r})"
@@ -244,10 +268,13 @@ def secret(name: str | None = None, *, provider: str | None = None, values: dict
         raise ConfigError("a secret needs a name or a provider", hint="tether.secret('aws') or name=, values=")
     if values is not None:
         return Secret(name, values, prov)
-    stored = _read(_store() / f"{validate_name(name, 'secret name')}.json")
+    stored = None if "/" in name else _read(_store() / f"{_valid(name)}.json")  # "team/x": the registry's only
     if stored is not None and path is None:
         data = json.loads(stored)
         return Secret(name, data["values"], data.get("provider"))
+    kept = _from_registry(name)
+    if kept is not None:
+        return kept
     if prov is None:
         raise NotFound(f"no secret {name!r}: none saved under that name and no provider of that name",
                        hint="tether.secret(name, values={...}).save(), or a provider: " + ", ".join(PROVIDERS))
@@ -256,6 +283,33 @@ def secret(name: str | None = None, *, provider: str | None = None, values: dict
         raise NotFound(f"no {prov} credentials found for secret {name!r}",
                        hint=f"where {prov} keeps them ({_WHERE[prov]}), or pass values=")
     return Secret(name, found, prov)
+
+
+def _vault_for(name: str) -> tuple[Any, Any]:
+    """The registry's vault and the reference of secret ``name`` in it."""
+    from tether.registry.vault_client import open_vault, secret_ref  # only for secrets kept in the registry
+
+    return open_vault(), secret_ref(name)
+
+
+def _whoami() -> str:
+    return os.environ.get("TETHER_USER") or os.environ.get("USER") or "unknown"
+
+
+def _from_registry(name: str) -> Secret | None:
+    """The latest version of ``name`` in the registry's vault: the team server's when ``TETHER_REGISTRY_URL`` is
+    set, else the local registry's (when its database exists); None when it holds none."""
+    if not os.environ.get("TETHER_REGISTRY_URL") and not (
+            Path(os.environ.get("TETHER_REGISTRY_DB") or tether_home() / "registry.db").exists()):
+        return None
+    vault, ref = _vault_for(name)
+    try:
+        data = vault.get(ref)
+    except NotFound:
+        return None
+    found = Secret(name.rsplit("/", 1)[-1], data["values"], data.get("provider"))
+    found.registry_version = int(data["version"])
+    return found
 
 
 _WHERE = {"aws": "~/.aws/credentials or AWS_ACCESS_KEY_ID", "gcp": "GOOGLE_APPLICATION_CREDENTIALS or "
@@ -295,7 +349,7 @@ def delete_from_cluster(cluster: Any, names: Iterable[str]) -> None:
     """Remove secrets from the cluster's secret store on every node (files already in a HOME stay)."""
     for place in box.places(cluster, "all"):
         for name in names:
-            validate_name(name, "secret name")
+            _valid(name)
             box.run_one(place, f"rm -rf {place.state_dir}/secrets/{name}.json {place.state_dir}/secrets/files/{name}",
                         stream=False)
 

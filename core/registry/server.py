@@ -24,7 +24,7 @@ from tether.console.routes import add_console, is_console_path
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
 from tether.logging import configure_logging
 from tether.protocol.serving import Runner, input_error, mark_authenticated, read_json
-from tether.registry import lineage_routes
+from tether.registry import lineage_routes, secret_routes
 from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, parse_ref
 from tether.registry.store import Store
@@ -371,6 +371,7 @@ def make_app(store: Store) -> web.Application:
     for method, path, handler, *_ in ROUTES:
         app.router.add_route(method, path, getattr(h, handler))
     lineage_routes.add_routes(app, store)
+    secret_routes.add_routes(app, store)
     return app
 
 
@@ -396,7 +397,7 @@ def openapi_document() -> dict[str, Any]:
             "get": {"summary": "This document", "security": [], "responses": {"200": {"description": "ok"}}}
         },
     }
-    for method, path, handler, summary, body, resp, many in ROUTES + lineage_routes.ROUTES:
+    for method, path, handler, summary, body, resp, many in ROUTES + lineage_routes.ROUTES + secret_routes.ROUTES:
         params = [
             {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
             for p in ("namespace", "name", "selector", "tag", "principal", "call_id")
