@@ -85,22 +85,25 @@ def remove_staged(directory: Path) -> None:
                     os.unlink(entry.path)
 
 
-#: each service's record (its spec and methods) in a file of its own, written once: a deploy writes its own record
-#: and a small index, whatever the number of services (the index names the record files)
+#: services whose records moved to a file of records: manifest.json names the file
 SERVICES_DIR = "services"
+#: records kept in manifest.json itself (the services deployed since the last move to a file)
+INLINE_MAX = 32
 _FORMAT = 2
+_Held = tuple[ServiceSpec, dict[str, str], dict[str, Any]]  # the spec and methods a record says, and the record
 
 
 class Manifest:
     """Services (name → spec, with their methods) and stored objects (key → env), persisted so a restarted daemon
     restores them.
 
-    ``manifest.json`` is the index: which record file holds each service, and each object's env. A service's
-    record is ``services/<name>.<content hash>.json``, written (temp + fsync + rename) before an index that names
-    it, and never changed: :meth:`save` writes the records of the services that changed since the last save and
-    the index (atomically), so a deploy costs the same at the 1st and the 1,000th service. A crash leaves the old
-    index or the new one, each naming only whole records; records no index names are removed at the next start.
-    The one-file manifest of earlier versions (specs inside ``manifest.json``) is read as well.
+    ``manifest.json`` is written whole (atomically) at every change, but it stays small: it holds the records
+    (spec + methods) of at most :data:`INLINE_MAX` services, those that changed last, and for every other service
+    only the name of the file of records that holds its record (``services/<hash>.json``, written once, never
+    changed). When more records are inline, they move together into a new file of records first. A deploy thus
+    writes the same few bytes (and fsyncs as often) at the 1st and the 1,000th service. A crash leaves the old
+    manifest or the new one, each naming only whole files; files of records no manifest names are removed at the
+    next start. The one-file manifest of earlier versions (every spec inside) is read as well.
     """
 
     def __init__(self, state_dir: Path) -> None:
@@ -118,78 +121,87 @@ class Manifest:
         remove_staged(self.services_dir)
         for entry in self.dir.glob(f".{self.path.name}.*"):
             discard(entry)
-        self._files: dict[str, str] = {}  # name → its record file in the index on disk
-        self._written: dict[str, tuple[ServiceSpec, dict[str, str]]] = {}  # what each of those records holds
+        self._entries: dict[str, str | dict[str, Any]] = {}  # name → its entry in manifest.json on disk
+        self._held: dict[str, _Held] = {}  # name → what that entry says
         self._load(self.path.read_bytes() if self.path.exists() else b"{}")
-        self._remove_unnamed_records()
+        self._remove_unnamed_files()
         self._kept = self._snapshot()
 
     def _load(self, raw: bytes) -> None:
         data = json.loads(raw)
         services, methods = data.get("services", {}), data.get("methods", {})
-        self.services, self.methods, self._files, self._written = {}, {}, {}, {}
+        self.services, self.methods, self._entries, self._held = {}, {}, {}, {}
+        files: dict[str, dict[str, Any]] = {}
         for name, entry in services.items():
-            if isinstance(entry, str):  # the index names the record file
-                record = json.loads((self.services_dir / entry).read_bytes())
-                spec, kinds = ServiceSpec.model_validate(record["spec"]), record.get("methods", {})
-                self._files[name] = entry
-                self._written[name] = (spec, dict(kinds))
-            else:  # a manifest of an earlier version: the spec itself (rewritten as records at the next save)
-                spec, kinds = ServiceSpec.model_validate(entry), methods.get(name, {})
+            if isinstance(entry, str):  # in a file of records
+                if entry not in files:
+                    files[entry] = json.loads((self.services_dir / entry).read_bytes())
+                record = files[entry][name]
+            elif "spec" in entry:  # inline
+                record = entry
+            else:  # a manifest of an earlier version: the spec itself (rewritten inline at the next save)
+                record = {"spec": entry, "methods": methods.get(name, {})}
+                entry = None
+            spec, kinds = ServiceSpec.model_validate(record["spec"]), dict(record.get("methods", {}))
             self.services[name] = spec
             if kinds or name in methods:
                 self.methods[name] = kinds
+            if entry is not None:
+                self._entries[name] = entry
+                self._held[name] = (spec, kinds, record)
         self.objects = data.get("objects", {})
 
     def _snapshot(self) -> tuple[dict[str, ServiceSpec], dict[str, dict[str, str]], dict[str, str]]:
         return dict(self.services), {k: dict(v) for k, v in self.methods.items()}, dict(self.objects)
 
-    def _remove_unnamed_records(self) -> None:
-        named = set(self._files.values())
+    def _remove_unnamed_files(self) -> None:
+        named = {e for e in self._entries.values() if isinstance(e, str)}
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.services_dir):
                 if entry.name not in named:
                     discard(Path(entry.path))
 
     def save(self) -> None:
-        """Write what changed (atomically). A write that fails (:class:`StorageFull` on a full disk) leaves the
+        """Write the manifest (atomically). A write that fails (:class:`StorageFull` on a full disk) leaves the
         files as they were and puts this object back to what they say: a change that is not on disk did not
         happen."""
-        files: dict[str, str] = {}
-        written: dict[str, tuple[ServiceSpec, dict[str, str]]] = {}
-        new: list[Path] = []
+        entries: dict[str, str | dict[str, Any]] = {}
+        held: dict[str, _Held] = {}
+        inline: list[str] = []
+        for name, spec in self.services.items():
+            kinds = self.methods.get(name, {})
+            was = self._held.get(name)
+            if was is not None and was[0] is spec and was[1] == kinds:  # specs are replaced, never changed
+                entries[name], held[name] = self._entries[name], was
+            else:
+                record = {"spec": spec.model_dump(mode="json"), "methods": kinds}
+                entries[name], held[name] = record, (spec, dict(kinds), record)
+            if not isinstance(entries[name], str):
+                inline.append(name)
+        new: Path | None = None
         try:
-            for name, spec in self.services.items():
-                kinds = self.methods.get(name, {})
-                held = self._written.get(name)
-                if held is not None and held[0] is spec and held[1] == kinds:  # specs are replaced, not changed
-                    files[name], written[name] = self._files[name], held
-                    continue
-                raw = json.dumps({"spec": spec.model_dump(mode="json"), "methods": kinds}).encode()
-                file = f"{name}.{hashlib.sha256(raw).hexdigest()[:16]}.json"
-                target = self.services_dir / file
-                if not target.exists():
-                    os.replace(stage(target, raw, what="the deployment manifest", service=name), target)
-                    new.append(target)
-                files[name], written[name] = file, (spec, dict(kinds))
-            if new:
-                sync_dir(self.services_dir)  # the records' names are durable before an index names them
-            index = json.dumps({"format": _FORMAT, "services": files, "objects": self.objects}).encode()
+            if len(inline) > INLINE_MAX:  # move the inline records into a file of their own first
+                batch = {name: held[name][2] for name in inline}
+                raw = json.dumps(batch).encode()
+                file = f"{hashlib.sha256(raw).hexdigest()[:24]}.json"
+                new = self.services_dir / file
+                os.replace(stage(new, raw, what="the deployment manifest"), new)
+                sync_dir(self.services_dir)  # durable before a manifest names it
+                entries.update(dict.fromkeys(inline, file))
+            index = json.dumps({"format": _FORMAT, "services": entries, "objects": self.objects}).encode()
             write_atomic(self.path, index, what="the deployment manifest")
         except BaseException:
-            for path in new:
-                discard(path)
-            self.services, self.methods, self.objects = self._snapshot_restored()
+            if new is not None:
+                discard(new)
+            services, methods, objects = self._kept
+            self.services, self.methods, self.objects = dict(services), {k: dict(v) for k, v in methods.items()}, \
+                dict(objects)
             raise
-        gone = {f for n, f in self._files.items() if files.get(n) != f}
-        self._files, self._written = files, written
+        before = {e for e in self._entries.values() if isinstance(e, str)}
+        self._entries, self._held = entries, held
         self._kept = self._snapshot()
-        for file in gone - set(files.values()):
-            discard(self.services_dir / file)
-
-    def _snapshot_restored(self) -> tuple[dict[str, ServiceSpec], dict[str, dict[str, str]], dict[str, str]]:
-        services, methods, objects = self._kept
-        return dict(services), {k: dict(v) for k, v in methods.items()}, dict(objects)
+        for file in before - {e for e in entries.values() if isinstance(e, str)}:
+            discard(self.services_dir / file)  # no service's record is in it any more
 
     def env_of(self, name: str) -> str | None:
         if name in self.services:
