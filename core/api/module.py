@@ -64,8 +64,8 @@ class Module:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None or getattr(init, "_tether_rebuilds", False):
+        init = cls.__dict__.get("__init__") or cls.__init__  # its own, or one of a base that is no Module
+        if init is Module.__init__ or getattr(init, "_tether_rebuilds", False):
             return
 
         @functools.wraps(init)

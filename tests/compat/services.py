@@ -31,6 +31,20 @@ class PIDModule(rh.Module):
         return self.a * 2
 
 
+class Named:
+    """A base class that is no Module, with an ``__init__`` of its own."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+
+class NamedModule(Named, rh.Module):
+    """Inherits its ``__init__`` from a base that is no Module."""
+
+    def shout(self) -> str:
+        return self.label.upper()
+
+
 class Counter:
     """A plain class (``rh.module(Counter)``)."""
 

@@ -78,6 +78,11 @@ def test_module_subclass_state_set_locally_travels_with_to(local_cluster):
     assert remote.local.seen == ["before"] and remote.local.a == 7
 
 
+def test_module_subclass_with_an_inherited_init(local_cluster):
+    remote = svc.NamedModule("hello").to(local_cluster, name="named_module")
+    assert remote.shout() == "HELLO" and remote.label == "hello"
+
+
 def test_module_subclass_state_that_cannot_travel_is_named(local_cluster):
     local = svc.PIDModule(a=1)
     local.lock = threading.Lock()
