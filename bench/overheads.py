@@ -191,10 +191,57 @@ def _timed(fn: Callable[[], None], reps: int) -> list[float]:
     return out
 
 
+# -- 3. deploy cost as the daemon fills up ---------------------------------------------------------------------------
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _timed_deploy(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def deploy_rows(services: int, envs: int) -> list[Row]:
+    c = tether.cluster(name="overheads-deploy").up_if_not()
+    try:
+        status = c.daemon_status()
+        daemon_pid = status["pid"]
+        times = [_timed_deploy(lambda i=i: tether.function(svc.add).to(c, name=f"s{i}")) for i in range(services)]
+        k = min(20, services // 10 or 1)
+        first, last = statistics.median(times[:k]), statistics.median(times[-k:])
+        daemon_before = _rss_mb(daemon_pid)
+        env_times = [_timed_deploy(lambda i=i: tether.function(svc.add).to(c, name=f"e{i}",
+                                                                         env=tether.env(name=f"e{i}")))
+                     for i in range(envs)]
+        again = [_timed_deploy(lambda i=i: tether.function(svc.echo).to(c, name=f"x{i}", env=tether.env(name=f"e{i}")))
+                 for i in range(envs)]
+        workers = [w for w in c.daemon_status()["workers"] if w.get("alive", True)]
+        per_env = [_rss_mb(w["pid"]) for w in workers]
+        daemon_after = _rss_mb(daemon_pid)
+        ke = min(10, envs // 5 or 1)
+    finally:
+        c.teardown()
+    return [
+        (f"deploy into one env: services 1-{k} vs {services - k + 1}-{services}, median ms",
+         f"{last * 1000:.1f} (at {services})", f"{first * 1000:.1f} (first {k})"),
+        (f"deploy a service into a new env (its worker starts), median ms ({envs} envs)",
+         f"{statistics.median(env_times[-ke:]) * 1000:.0f} (envs {envs - ke + 1}-{envs})",
+         f"{statistics.median(env_times[:ke]) * 1000:.0f} (envs 1-{ke})"),
+        (f"deploy a 2nd service into each running env, median ms ({envs} envs)",
+         f"{statistics.median(again) * 1000:.1f}", f"{first * 1000:.1f} (1st services, one env)"),
+        ("memory per env (worker RSS), median MB", f"{statistics.median(per_env):.1f} ({len(per_env)} workers)",
+         f"daemon {daemon_before:.0f} MB with {services} services -> {daemon_after:.0f} MB with {envs} more envs"),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions")
-    ap.add_argument("--only", default="fresh,tcp", help="comma-separated sections")
+    ap.add_argument("--only", default="fresh,tcp,deploy", help="comma-separated sections")
     a = ap.parse_args()
     only = set(a.only.split(","))
     os.environ.setdefault("TETHER_HOME", tempfile.mkdtemp(prefix="tether-bench-"))
@@ -208,6 +255,8 @@ def main() -> None:
             tls = tether.cluster(name="overheads-tls", server_connection_type="tls").up_if_not()
             clusters.append(tls)
             rows += tcp_echo(c, tls, [10 * MiB, 100 * MiB], 3 if a.quick else 5)
+        if "deploy" in only:
+            rows += deploy_rows(200 if a.quick else 1000, 10 if a.quick else 50)
     finally:
         for each in clusters:
             each.teardown()
