@@ -1,12 +1,16 @@
 """The ``embed`` service called unchanged from an Airflow DAG: Airflow schedules, logs and retries; tether runs it.
 
 The service is deployed and saved once (IDE-style: ``tether.function(embed).to(c, name="embed").save()``); the
-DAG only names it. ``RunhouseOperator`` templates its arguments, pushes the remote call id to XCom before it
-waits, returns the result as the XCom ``return_value``, and derives the call id from (dag, task, run, map
-index) so a retry re-attaches to the call instead of paying for it twice. ``deferrable=True`` waits in the
-triggerer instead of a worker slot. To call a cluster or team registry you do not run yourself, create a
-connection of type ``tether`` (registry address, token, ``{"cluster": ...}`` in extra) and pass
-``tether_conn_id``.
+DAG only names it: ``TetherOperator`` (also known as ``RunhouseOperator``) for the mapped documents, and the
+TaskFlow form ``@task.tether(service="embed")`` for the query, whose stub's parameters are the call's arguments.
+Both template their arguments, push the remote call id to XCom before they wait, return the result as the XCom
+``return_value`` (the call's duration, instance type, estimated cost and URL in the ``tether`` XCom, and a
+"Tether call" link in the UI), and derive the call id from (dag, task, run, map index) so a retry re-attaches
+to the call instead of paying for it twice. ``deferrable=True`` (or ``[operators] default_deferrable``) waits in
+the triggerer instead of a worker slot. ``@task.tether(cluster=...)`` without ``service`` runs the decorated
+function itself on the cluster. To call a cluster or team registry you do not run yourself, create a connection
+of type ``tether`` (registry address, token, ``{"cluster": ...}`` in extra; its Test button checks the daemon and
+the token) and pass ``tether_conn_id``.
 
 Put this file in your dags folder, or run it directly:
 
@@ -36,7 +40,7 @@ import pendulum  # noqa: E402
 from airflow.sdk import DAG, task  # noqa: E402
 
 import tether  # noqa: E402
-from tether.providers.airflow import RunhouseOperator  # noqa: E402
+from tether.providers.airflow import TetherOperator  # noqa: E402
 
 DOCS = ["research code is production code", "call it from anywhere", "compute you own"]
 
@@ -50,19 +54,18 @@ with DAG(
     tags=["tether", "example"],
 ) as dag:
     # One mapped task instance per document; each has its own call id (the map index is part of it).
-    docs = RunhouseOperator.partial(task_id="embed_docs", service="embed").expand(
+    docs = TetherOperator.partial(task_id="embed_docs", service="embed").expand(
         args=[[text] for text in DOCS]
     )
 
-    # Templated arguments, rendered from the run's params / conf; waits in the triggerer.
-    query = RunhouseOperator(
-        task_id="embed_query",
-        service="embed",
-        args=["{{ params.query }}"],
-        kwargs={"dim": "{{ params.dim }}"},
-        deferrable=True,
-        poll_interval=0.5,
-    )
+    # TaskFlow: the stub's parameters are the call's arguments (templated from the run's params / conf); the
+    # saved service runs, and the task waits in the triggerer.
+    @task.tether(service="embed", deferrable=True, poll_interval=0.5)
+    def embed_query(text: str, dim: int = 8) -> list[float]:
+        """Embed the query with the saved ``embed`` service (the stub's body never runs)."""
+        raise NotImplementedError
+
+    query = embed_query("{{ params.query }}", dim="{{ params.dim }}")
 
     @task
     def rank(doc_vectors: list[list[float]], query_vector: list[float]) -> list[str]:
@@ -73,7 +76,7 @@ with DAG(
             print(f"{scores[i]:+.3f}  {DOCS[i]}")
         return [DOCS[i] for i in order]
 
-    rank(docs.output, query.output)
+    rank(docs.output, query)
 
 
 def deploy(cluster: tether.Cluster) -> None:

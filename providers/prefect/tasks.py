@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, task
+from prefect.artifacts import create_link_artifact
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.logging.loggers import task_run_logger
@@ -87,6 +89,8 @@ def run_remote_result(
     reattach: str = "retries",
     force_rerun: bool = False,
     allow_local_daemon: bool | None = None,
+    artifact: bool = True,
+    on_call: Callable[[str, Any], Any] | None = None,
 ) -> tether.runs.RunResult:
     """Call ``target`` from inside a Prefect task (or flow) and return the whole ``RunResult``.
 
@@ -102,6 +106,11 @@ def run_remote_result(
     call; ``force_rerun=True``: never re-attach. Remote logs go to the Prefect run logger. An interrupt of the
     task (timeout, the runner's SIGTERM on cancellation, Ctrl-C) or a cancellation of the flow run cancels the
     remote call. ``RunResult.seconds`` is the remote call's own duration.
+
+    The Prefect run (``prefect:<flow run id>/<task run id>``) is recorded as the call's caller (usage records of
+    saved services), and with ``artifact`` a link artifact to the call's page (its duration, instance type and
+    estimated cost in the description) is attached to the run. ``on_call(call_id, cluster)`` is told the call id
+    once it is chosen (before waiting).
     """
     logger = _run_logger()
     label = tether.runs.target_label(target)
@@ -113,6 +122,8 @@ def run_remote_result(
         call_id = next_base_call_id(label, identity, reattach=reattach, force_rerun=force_rerun)
     choice = tether.runs.choose_attempt(call_id, where)  # a retry re-attaches, or reruns after a failure
     cancel_remote = functools.partial(tether.runs.cancel_quietly, choice.call_id, where, log=logger)
+    if on_call is not None:
+        on_call(choice.call_id, where)
 
     logger.info("%s", tether.runs.describe_call(label, choice))
     try:
@@ -125,6 +136,7 @@ def run_remote_result(
                 log=tether.runs.labelled_log(logger.info, label),
                 escalation=escalation,
                 cluster=place,
+                run_id=prefect_run_id(),
                 retry_failed=False,  # choose_attempt chose the id
                 reattached=choice.reattached,
             )
@@ -133,17 +145,50 @@ def run_remote_result(
             cancel_remote()  # interrupted here (timeout, termination, Ctrl-C): stop paying for the call
         raise
     logger.info(
-        "tether: %s done: service %s v%s on %s in %.2f s, call id %s%s%s",
+        "tether: %s done: service %s v%s on %s in %.2f s%s, call id %s%s%s",
         label,
         result.service,
         result.version,
         result.instance_type,
         result.seconds,
+        f", about ${result.cost:.6f}" if result.cost is not None else "",
         result.call_id,
         " (re-attached)" if result.reattached else "",
         _describe_attempts(result.attempts),
     )
+    if artifact:
+        _link_artifact(label, result, logger)
     return result
+
+
+def prefect_run_id() -> str | None:
+    """The Prefect run calls are made from, as tether records their caller: ``prefect:<flow run>/<task run>``,
+    ``prefect:<flow run>`` in a flow's body; None outside any run."""
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None:
+        run = task_ctx.task_run
+        return f"prefect:{run.flow_run_id or '-'}/{run.id}"
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return f"prefect:{flow_ctx.flow_run.id}"
+    return None
+
+
+def _link_artifact(label: str, result: tether.runs.RunResult, logger: Any) -> None:
+    """A link artifact to the call's page, its facts in the description (never fails the task)."""
+    if result.url is None or (TaskRunContext.get() is None and FlowRunContext.get() is None):
+        return
+    cost = f"${result.cost:.6f}" if result.cost is not None else "unknown"
+    price = f"${result.price_per_hour:.4f}/h" if result.price_per_hour is not None else "unknown"
+    description = (
+        f"tether call `{result.call_id}` of **{result.service or label}** (version {result.version}): ran "
+        f"{result.seconds:.2f} s on `{result.instance_type}` ({price}), estimated cost {cost}"
+        f"{', re-attached' if result.reattached else ''}."
+    )
+    try:
+        create_link_artifact(link=result.url, link_text=f"tether call {result.call_id}", description=description)
+    except Exception as exc:  # noqa: BLE001 - an artifact is a nicety; the call's result matters
+        logger.warning("tether: could not create the call's link artifact: %s (call id %s)", exc, result.call_id)
 
 
 def tether_task(
