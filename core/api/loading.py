@@ -67,6 +67,9 @@ def _code_on_load(config: dict[str, Any]) -> list[str]:
         found.append("service.init_pickled_b64")
     if isinstance(env, dict) and env.get("python"):
         found.append("service.env.python")
+    cluster = config if config.get("kind") == "cluster" else config.get("cluster")
+    if isinstance(cluster, dict) and isinstance(cluster.get("image"), dict) and cluster["image"].get("steps"):
+        found.append("cluster.image")  # its setup steps (run_bash, installs) run on your hosts at up
     return found
 
 
