@@ -29,7 +29,7 @@ def test_nodes_of_an_ssh_cluster_are_every_host_and_status_lists_each_with_its_w
     status = cluster_status(lab)
     assert [s["host"] for s in status] == hosts.addresses and all(s["status"] == "up" for s in status)
     envs = [sorted(w["env"] for w in s["workers"] if ".replica" in w["env"]) for s in status]
-    assert envs == [["dist.replica0", "dist.replica1"], ["dist.replica2", "dist.replica3"]]
+    assert envs == [["dist.where.replica0", "dist.where.replica1"], ["dist.where.replica2", "dist.where.replica3"]]
     for i in range(2):  # real processes there
         assert [e for e in worker_envs(hosts, i) if ".replica" in e] == envs[i]
 
@@ -48,6 +48,7 @@ def test_ordered_results_as_they_finish_and_balancing_by_outstanding_work(lab, d
         # later inputs finish first: results still come back in input order
         pids = p.map(range(6), [0.6, 0.5, 0.4, 0.3, 0.2, 0.0])
         assert len(pids) == 6 and len(set(pids)) == 2
+        assert set(p.map(range(4), seconds=0.0)) == set(pids)  # keyword arguments go to every call
         busy: list[int] = []
         t = threading.Thread(target=lambda: busy.append(p(0, 4.0)))
         t.start()
@@ -93,5 +94,14 @@ def test_a_timed_out_map_cancels_its_calls_and_delete_frees_every_replica(lab, h
     assert list(tmp_path.glob("end-*")) == []  # every call was cancelled: none finished
     p.delete()
     for i in range(2):
-        assert not [e for e in worker_envs(hosts, i) if ".replica" in e]
-    assert all(not [w for w in s["workers"] if ".replica" in w["env"]] for s in cluster_status(lab))
+        assert not [e for e in worker_envs(hosts, i) if ".sleep_then_mark.replica" in e]
+    assert all(not [w for w in s["workers"] if ".sleep_then_mark." in w["env"]] for s in cluster_status(lab))
+
+
+def test_a_replica_its_node_lost_is_deployed_again(pool, hosts):
+    gone = pool.replicas[3]
+    gone.node.client().sync.delete_env(gone.env)  # e.g. a node's daemon that came back without it
+    assert "dist.where.replica3" not in worker_envs(hosts, 1)
+    out = pool.map(range(8))
+    assert [o["square"] for o in out] == [x * x for x in range(8)] and len({o["pid"] for o in out}) == 4
+    assert "dist.where.replica3" in worker_envs(hosts, 1)

@@ -64,7 +64,7 @@ class Engine:
         svc, spec = self.service, self.service.spec
         assert spec is not None and svc.cluster is not None
         nodes = cluster_nodes(svc.cluster)
-        base = spec.env.name
+        base = f"{spec.env.name}.{svc.name}"  # envs of its own: another service's engine is another env
         self.engines = [self._side(n, f"{svc.name}.{self.kind}{n.index}", f"{base}.{self.kind}{n.index}",
                                    "start_engine", {}) for n in nodes]  # fmt: skip
         head = nodes[0]

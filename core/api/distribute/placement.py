@@ -106,7 +106,7 @@ class Placement:
         copies = []
         for i, n in enumerate(where):
             node = self.nodes[n]
-            env = base.env.model_copy(update={"name": f"{base.env.name}.{self.kind}{i}"})
+            env = base.env.model_copy(update={"name": f"{base.env.name}.{svc.name}.{self.kind}{i}"})
             code = base.code
             if code.root:
                 code = CodeRef(**{**code.model_dump(), "root": node_code_root(code.root, self.nodes[0], node)})

@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from rich.progress import Progress
 
 from tether.api.distribute.placement import Copy, Placement, prefixed
+from tether.api.mapping import zip_args
 from tether.client.loop import background_loop, run_sync
 from tether.client.transport import new_call_id
-from tether.errors import CallTimeout, TetherError
+from tether.errors import CallTimeout, NotFound, TetherError
 
 if TYPE_CHECKING:
     from tether.api.services import _Service
@@ -70,8 +71,15 @@ class Pool:
         sink = prefixed(self.service.options.on_log, f"[replica {c.index}] ")
         client = c.node.client()
         try:
-            return await client.call(c.service, None, args, kwargs, call_id=call_id, on_log=sink,
-                                     caller=self.service.options.caller)  # fmt: skip
+            try:
+                return await client.call(c.service, None, args, kwargs, call_id=call_id, on_log=sink,
+                                         caller=self.service.options.caller)  # fmt: skip
+            except NotFound as exc:  # the node's daemon lost the replica (restarted fresh, env deleted): once more
+                if exc.details.get("missing_service") != c.service:
+                    raise
+                await client.deploy(c.spec, replace_env=True)
+                return await client.call(c.service, None, args, kwargs, call_id=call_id, on_log=sink,
+                                         caller=self.service.options.caller)  # fmt: skip
         except BaseException as exc:
             if not isinstance(exc, Exception):  # interrupted, cancelled, timed out: stop the remote call
                 with contextlib.suppress(Exception):
@@ -92,24 +100,26 @@ class Pool:
             raise CallTimeout(f"no answer within {timeout}s", details={"service": self.service.name}) from exc
 
     # -- many calls ---------------------------------------------------------------------------------------------------
-    def map(self, *iterables: Iterable[Any], timeout: float | None = None) -> list[Any]:
-        """``[fn(*xs) for xs in zip(*iterables)]`` over the replicas, results in input order."""
-        return list(self.imap(*iterables, timeout=timeout))
+    def map(self, *iterables: Iterable[Any], timeout: float | None = None, **kwargs: Any) -> list[Any]:
+        """``[fn(*xs, **kwargs) for xs in zip(*iterables)]`` over the replicas, results in input order (as
+        ``Function.map``, whose calls all go to one service)."""
+        return list(self.imap(*iterables, timeout=timeout, **kwargs))
 
-    def starmap(self, argtuples: Iterable[tuple[Any, ...]], timeout: float | None = None) -> list[Any]:
-        """``[fn(*args) for args in argtuples]`` over the replicas, results in input order."""
-        return list(self.istarmap(argtuples, timeout=timeout))
+    def starmap(self, argtuples: Iterable[Iterable[Any]], timeout: float | None = None, **kwargs: Any) -> list[Any]:
+        """``[fn(*args, **kwargs) for args in argtuples]`` over the replicas, results in input order."""
+        return list(self.istarmap(argtuples, timeout=timeout, **kwargs))
 
-    def imap(self, *iterables: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
+    def imap(self, *iterables: Iterable[Any], timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:
         """Results in input order, each as soon as it and those before it are known."""
-        return self.istarmap(zip(*iterables, strict=False), timeout=timeout)
+        return self.istarmap(zip_args(iterables), timeout=timeout, **kwargs)
 
-    def istarmap(self, argtuples: Iterable[tuple[Any, ...]], timeout: float | None = None) -> Iterator[Any]:
+    def istarmap(self, argtuples: Iterable[Iterable[Any]], timeout: float | None = None,
+                 **kwargs: Any) -> Iterator[Any]:
         """:meth:`imap` with argument tuples. The first failure is raised in its place; the calls after it
         that were not started yet are never started."""
         items = [tuple(a) for a in argtuples]
         out: queue.Queue[tuple[int, bool, Any]] = queue.Queue()
-        fut = asyncio.run_coroutine_threadsafe(self._run(items, out, timeout), background_loop())
+        fut = asyncio.run_coroutine_threadsafe(self._run(items, kwargs, out, timeout), background_loop())
         show = os.environ.get("TETHER_PROGRESS", "1") != "0" and len(items) > 1
         return self._ordered(items, out, fut, show)
 
@@ -138,8 +148,8 @@ class Pool:
                 with contextlib.suppress(BaseException):
                     fut.result(timeout=10)
 
-    async def _run(self, items: list[tuple[Any, ...]], out: queue.Queue[tuple[int, bool, Any]],
-                   timeout: float | None) -> None:
+    async def _run(self, items: list[tuple[Any, ...]], kwargs: dict[str, Any],
+                   out: queue.Queue[tuple[int, bool, Any]], timeout: float | None) -> None:
         todo = iter(range(len(items)))
         failed = asyncio.Event()
 
@@ -148,7 +158,7 @@ class Pool:
                 if failed.is_set():
                     return
                 try:
-                    out.put((i, True, await self._call(items[i], {})))
+                    out.put((i, True, await self._call(items[i], kwargs)))
                 except Exception as exc:  # noqa: BLE001 - handed to the caller in its place
                     failed.set()
                     out.put((i, False, exc))
