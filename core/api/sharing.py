@@ -2,8 +2,8 @@
 that the service's daemon accepts (its per-service access), and records the grant in the registry when the
 service is saved there; ``revoke`` takes both back; ``shared_with`` lists the daemon's grants on the service.
 
-The daemon keeps only the tokens' hashes (``POST /grants``, owner only). The tokens this user handed out are kept
-in ``$TETHER_HOME/clusters/issued-tokens.json`` (0600) so that sharing a second service with the same user returns
+The daemon keeps only the tokens' hashes (``POST /grants``, owner only). The tokens this user handed out are kept,
+by cluster name, in ``$TETHER_HOME/clusters/issued-tokens.json`` (0600) so that sharing a second service with the same user returns
 the token they already hold instead of replacing it. There is no mail: ``notify_users`` is accepted and the
 returned tokens are what you hand over.
 """
@@ -38,9 +38,9 @@ def _issued() -> dict[str, dict[str, str]]:
     return data if isinstance(data, dict) else {}
 
 
-def _remember(endpoint: str, principal: str, token: str | None) -> None:
+def _remember(cluster: str, principal: str, token: str | None) -> None:
     data = _issued()
-    tokens = data.setdefault(endpoint, {})
+    tokens = data.setdefault(cluster, {})
     if token is None:
         tokens.pop(principal, None)
     else:
@@ -67,8 +67,8 @@ def grant(cluster: Any, service: str, users: str | list[str] | None, access_leve
     """Give ``users`` ``access_level`` on ``service`` (``"*"``: every service) of ``cluster``'s daemon; returns
     ``{user: token}`` (the token a user already holds from this machine, else a new one)."""
     level, names = _level(access_level), _users(users)
-    endpoint = cluster.endpoint.rstrip("/")
-    issued = _issued().get(endpoint, {})
+    where = cluster.name  # not its endpoint: a local daemon's port changes when it restarts, its grants stay
+    issued = _issued().get(where, {})
     out: dict[str, str] = {}
     for user in names:
         body = {"principal": user, "services": {service: level}, "allow_pickle": allow_pickle,
@@ -78,19 +78,18 @@ def grant(cluster: Any, service: str, users: str | list[str] | None, access_leve
         if token is None:  # the daemon knows the user but this machine lost the token: a new one
             answer = cluster.client.sync.send(routes.raw("POST", "/grants", json_body={**body, "rotate": True}))
             token = answer["token"]
-        _remember(endpoint, user, token)
+        _remember(where, user, token)
         out[user] = token
     return out
 
 
 def ungrant(cluster: Any, service: str, users: str | list[str] | None) -> None:
     """Take ``service`` out of ``users``' grants on ``cluster``'s daemon (a grant left empty goes, with its token)."""
-    endpoint = cluster.endpoint.rstrip("/")
     for user in _users(users):
         answer = cluster.client.sync.send(routes.raw("POST", "/grants/revoke", json_body={
             "principal": user, "service": service}))
         if not answer.get("remaining"):
-            _remember(endpoint, user, None)
+            _remember(cluster.name, user, None)
 
 
 def _registry(name: str, users: list[str], level: str | None) -> None:

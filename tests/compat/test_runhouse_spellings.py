@@ -356,6 +356,11 @@ def test_sharing_the_cluster_grants_every_service(local_cluster):
     assert r.status_code == 200 and r.json()["result"] == 2
     again = local_cluster.share(users=["carol"])  # sharing again keeps the token she holds
     assert again == tokens
+    local_cluster.stop()
+    local_cluster.up()  # a restarted daemon (a new port) keeps its grants, and sharing again keeps her token
+    carol_ep = f"{local_cluster.endpoint}/cluster_add?a=2&b=2"
+    assert requests.get(carol_ep, headers=carol, timeout=10).json()["result"] == 4
+    assert local_cluster.share(users=["carol"]) == tokens
     local_cluster.revoke(users=["carol"])
     assert requests.get(f"{local_cluster.endpoint}/cluster_add?a=1&b=1", headers=carol, timeout=10).status_code == 401
 
