@@ -46,3 +46,13 @@ def runs_too_long(marker_dir: str) -> str:
         time.sleep(0.1)
     (Path(marker_dir) / "finished").touch()
     return "not cancelled"
+
+
+@task
+def run_until_cancelled(marker_dir: str) -> str:
+    """Says it started, then runs for up to two minutes; ``finished`` marks a run nobody cancelled."""
+    (Path(marker_dir) / "started").touch()
+    for _ in range(1200):
+        time.sleep(0.1)
+    (Path(marker_dir) / "finished").touch()
+    return "not cancelled"

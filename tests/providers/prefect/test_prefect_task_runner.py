@@ -5,6 +5,7 @@ the run; the link artifact; the Prefect run recorded as the caller."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 from prefect.logging.handlers import APILogHandler
+from prefect.runtime import flow_run
+from prefect.states import Cancelling
 
 import tether
 from examples.services.embed import embed
@@ -134,3 +137,31 @@ def test_a_call_leaves_a_link_artifact_and_records_the_run_as_caller(local_clust
     assert "on `local`" in str(link.description)
     records = tether.registry.get_registry().calls("pf-embed")
     assert records and records[0].run_id is not None and records[0].run_id.startswith(f"prefect:{flow_run_id}/")
+
+
+def test_cancelling_the_flow_run_cancels_the_remote_body(local_cluster: Any, markers: Path) -> None:
+    ids: list[UUID] = []
+
+    @flow(task_runner=TetherTaskRunner(cluster=local_cluster, env=TASKS_ENV))
+    def pipeline() -> str:
+        ids.append(UUID(flow_run.id))
+        return rt.run_until_cancelled.submit(str(markers)).result()
+
+    outcome: dict[str, Any] = {}
+    runner = threading.Thread(target=lambda: outcome.update(state=pipeline(return_state=True)))
+    runner.start()
+    for _ in range(6000):
+        if (markers / "started").exists():
+            break
+        time.sleep(0.02)
+    assert (markers / "started").exists()
+    with get_client(sync_client=True) as client:  # what the UI's "Cancel" button does
+        client.set_flow_run_state(ids[0], Cancelling(), force=True)
+    runner.join(timeout=120)
+
+    assert not runner.is_alive()
+    messages = flow_run_logs(ids[0])
+    (line,) = [m for m in messages if m.startswith("tether: cancelled remote call run-")]
+    call_id = line.rsplit(" ", 1)[1]
+    assert tether.call(call_id, local_cluster, on_log=None).status()["state"] == "cancelled"
+    assert not (markers / "finished").exists()
