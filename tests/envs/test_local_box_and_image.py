@@ -3,6 +3,7 @@ hands-on-the-box calls (run, rsync, ssh, status, restart, the CLI) work on this 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -62,5 +63,22 @@ def test_run_rsync_status_and_the_cli_on_the_local_cluster(tether_home, tmp_path
         listed = subprocess.run([sys.executable, "-m", "tether.cli", "cluster", "list"], capture_output=True,
                                 text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
         assert "lbox" in listed.stdout and "local" in listed.stdout
+    finally:
+        c.teardown()
+
+
+def test_an_images_secrets_reach_every_env_and_cluster_up_from_the_cli(tether_home, tmp_path):
+    token = "img-" + "secret-value-77"
+    img = tether.Image("with-secret").sync_secrets([tether.secret("svc", values={"SVC_TOKEN": token})])
+    assert img.spec.steps[0].args == ["svc"] and token not in json.dumps(img.config())
+    c = tether.cluster(name="isec", image=img).up_if_not()
+    try:
+        for env in ("a", "b"):
+            seen = tether.function(fns.environ_digests).to(c, env=tether.env(name=env))(["SVC_TOKEN"])
+            assert seen == {"SVC_TOKEN": hashlib.sha256(token.encode()).hexdigest()}
+        c.stop()
+        up = subprocess.run([sys.executable, "-m", "tether.cli", "cluster", "up", "isec"], capture_output=True,
+                            text=True, timeout=120)
+        assert up.returncode == 0 and "up" in up.stdout and c.status() == "up"
     finally:
         c.teardown()
