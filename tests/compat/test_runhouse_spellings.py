@@ -195,6 +195,10 @@ def test_endpoint_and_get_with_query_parameters(local_cluster):
     assert r.json()["result"] == "xy"  # anything else as a string
     r = requests.get(f"{local_cluster.endpoint}/add?a=1", timeout=10)
     assert r.status_code == 401  # the token is needed as for POST
+    deep = "[" * 1200 + "]" * 1200  # deeper than the interpreter decodes, within the URL limit
+    r = requests.get(f"{local_cluster.endpoint}/add", params={"a": deep, "b": 1}, headers=_auth(local_cluster),
+                     timeout=10)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]["message"]  # typed, not a 500
 
 
 def test_get_call_of_a_module_method(local_cluster):
