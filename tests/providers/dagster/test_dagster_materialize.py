@@ -132,14 +132,15 @@ class WorkerLost(Exception):
 
 
 def _waiting_for_a_frame(frame: Any) -> bool:
-    """Whether the interrupted thread waits on the call's socket for its next frame, and is not inside a log
-    handler (where ``logging`` would swallow the exception the signal handler raises)."""
+    """Whether the interrupted thread waits on the call's socket (for the response or its next frame), and is not
+    inside a log handler (where ``logging`` would swallow the exception the signal handler raises)."""
     waiting = False
     while frame is not None:
         code = frame.f_code
         if f"{os.sep}logging{os.sep}" in code.co_filename:
             return False
-        waiting = waiting or (code.co_name == "_more" and code.co_filename.endswith(f"client{os.sep}syncwire.py"))
+        waiting = waiting or (code.co_name in ("send", "_more")  # the response's head, or its next frame
+                              and code.co_filename.endswith(f"client{os.sep}syncwire.py"))
         frame = frame.f_back
     return waiting
 
@@ -150,9 +151,11 @@ def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, i
     metadata records the remote call's duration, not the retry's shorter wait.
 
     The first attempt ends by a SIGUSR1 whose handler raises in the step's thread. It raises only while that
-    thread waits for the call's next frame (on its socket): a signal handled inside a log handler (the remote
-    ``print`` arriving as a log line) would be swallowed by ``logging`` (``Handler.handleError``), so the watcher
-    signals again until the handler says it raised — no timing decides the outcome.
+    thread waits on the call's socket (for the response or its next frame): a signal handled inside a log handler
+    (the remote ``print`` arriving as a log line) would be swallowed by ``logging`` (``Handler.handleError``), so
+    the watcher signals again until the handler says it raised; and the watcher waits for real events (the
+    remote function started, the retry chose its call) for as long as the job runs, never giving up silently on
+    a time limit — no timing decides the outcome.
     """
     attempts: list[tuple[int, str]] = []  # (retry number, run id) as each attempt starts
     times: dict[str, float] = {}
@@ -190,7 +193,7 @@ def test_step_retry_reattaches_to_the_remote_call_still_running(local_cluster, i
             if not until(handled.is_set, "the signal was handled"):
                 return
             if not raised.is_set():
-                time.sleep(0.01)  # it was in a log handler: signal again once it waits on its socket
+                time.sleep(0.01)  # it was elsewhere (a log handler): signal again once it waits on its socket
         if not until(lambda: len(call_ids()) >= 2, "the retry chose its call"):  # the retry has chosen its call ...
             return
         state_on_retry.append(tether_runs.call_state(call_ids()[1], local_cluster))
