@@ -287,9 +287,16 @@ class Cluster:
     def daemon_status(self) -> dict[str, Any]:
         return dict(self.client.sync.daemon_status())
 
-    def keep_warm(self, autostop_mins: float | None = None) -> None:
-        """Never autostop this cluster (``autostop_mins``: stop after that many idle minutes instead; -1: never)."""
-        self.client.sync.set_autostop(None if autostop_mins is None or autostop_mins < 0 else autostop_mins)
+    def keep_warm(self, autostop_mins: float | None = None, *, autostop: float | None = None) -> None:
+        """Never autostop this cluster (``autostop_mins``, or Runhouse's ``autostop``: stop after that many idle
+        minutes instead; -1: never)."""
+        mins = autostop_mins if autostop_mins is not None else autostop
+        self.client.sync.set_autostop(None if mins is None or mins < 0 else mins)
+
+    @property
+    def head_ip(self) -> str | None:
+        """The head node's address (the first of :attr:`ips`)."""
+        return self.ips[0] if self.ips else None
 
     @property
     def ips(self) -> list[str]:

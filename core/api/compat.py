@@ -12,7 +12,7 @@ from typing import Any
 from tether.api.envs import Env
 from tether.errors import ConfigError
 
-__all__ = ["CALL_KEYWORDS", "call_keywords", "cluster_fields", "placement", "process_env", "quiet"]
+__all__ = ["CALL_KEYWORDS", "call_keywords", "cluster_fields", "placement", "process_env", "quiet", "resource_name"]
 
 #: call keywords that are tether's, never passed on to the user's function
 CALL_KEYWORDS = frozenset({"run_async", "stream_logs"})
@@ -54,11 +54,24 @@ def _listed(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
+def resource_name(name: str) -> str:
+    """Runhouse's resource names as tether's: ``~/aws_cluster`` (a local resource) is ``aws_cluster``,
+    ``/team/embed`` (a Den path) is the registry's ``team/embed``."""
+    if name.startswith("~/"):
+        return name[2:]
+    return name.lstrip("/") if name.startswith("/") else name
+
+
 def cluster_fields(fields: dict[str, Any]) -> dict[str, Any]:
     """Cluster fields with Runhouse's names as ours: ``region`` → ``regions``, ``ips`` → ``host``,
-    ``open_ports`` → ``ports``. An ssh password is refused (tether connects with keys, never a password it would
+    ``open_ports`` → ``ports``, ``gpus`` → ``instance_type``, ``autostop_minutes`` → ``autostop_mins``, and
+    :func:`resource_name`. An ssh password is refused (tether connects with keys, never a password it would
     have to keep), naming the key, never its value."""
     out = dict(fields)
+    if isinstance(out.get("name"), str):
+        out["name"] = resource_name(out["name"])
+    _one_of(out, "gpus", "instance_type", str)
+    _one_of(out, "autostop_minutes", "autostop_mins", lambda v: v)
     _one_of(out, "region", "regions", lambda v: [v])
     _one_of(out, "ips", "host", _listed)
     _one_of(out, "open_ports", "ports", _listed)

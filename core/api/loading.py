@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.api.clusters import Cluster, new_cluster
+from tether.api.compat import resource_name
 from tether.api.envs import Env
 from tether.api.module import Module
 from tether.api.services import Function, service_from_config
@@ -97,6 +98,7 @@ def load(name: str, *, trust: bool = False) -> Any:
     your token goes (see ``Cluster.from_config``). A version someone else saved that carries by-value code,
     pickled init arguments or an ``env.python`` raises AuthError unless ``trust=True`` (after reviewing it).
     """
+    name = resource_name(name)
     registry = get_registry()
     record = registry.get(name)
     reader = _reader(registry)
@@ -147,6 +149,7 @@ def cluster(name: str | None = None, *, instance_type: str | None = None, provid
             autostop_mins: float | None = None, **kwargs: Any) -> Cluster:
     """Describe a cluster. No arguments: the embedded local daemon. ``tether.cluster(name="lab")`` alone loads a
     saved cluster of that name when one exists. ``endpoint=URL, token=...`` attaches to a daemon run elsewhere."""
+    name = resource_name(name) if name else name
     if name and instance_type is None and host is None and provider is None and not kwargs:
         saved = try_load(name, "cluster")
         if saved is not None:

@@ -293,6 +293,21 @@ def test_keep_warm_with_and_without_minutes(local_cluster):
     assert local_cluster.daemon_status()["autostop_mins"] == 30
     local_cluster.keep_warm()
     assert local_cluster.daemon_status()["autostop_mins"] is None
+    local_cluster.keep_warm(autostop=60)  # the spelling of Runhouse's resources tutorial
+    assert local_cluster.daemon_status()["autostop_mins"] == 60
+    local_cluster.keep_warm(autostop=-1)
+    assert local_cluster.daemon_status()["autostop_mins"] is None
+
+
+def test_runhouse_resource_names_and_gpus(local_cluster):
+    saved = rh.ondemand_cluster(name="~/aws_cluster", instance_type="V100:1", provider="aws")
+    assert saved.name == "aws_cluster"  # "~/" marks a local resource in Runhouse
+    saved.save()
+    assert rh.load("~/aws_cluster").spec.instance_type == "V100:1"
+    assert rh.cluster(name="~/aws_cluster").spec.instance_type == "V100:1"
+    gpu = rh.cluster(name="multi-gpu", gpus="A10G:1", provider="aws", autostop_minutes=45)
+    assert gpu.spec.instance_type == "A10G:1" and gpu.spec.autostop_mins == 45
+    assert local_cluster.head_ip == "127.0.0.1"
 
 
 def test_process_is_an_env_placement(local_cluster):
