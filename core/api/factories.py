@@ -36,7 +36,8 @@ def kubernetes_cluster(name: str | None = None, *, instance_type: str | None = N
     """Pods on Kubernetes through SkyPilot: ``context`` (a kubeconfig context; none: the current one) is the
     provider's region (``provider="kubernetes/<context>"``), ``namespace`` the pods' namespace."""
     if fields.get("provider") is not None:
-        raise ConfigError("a kubernetes cluster's provider is kubernetes", hint="pass context= for the kubeconfig context")
+        raise ConfigError("a kubernetes cluster's provider is kubernetes",
+                          hint="pass context= for the kubeconfig context")
     provider = f"kubernetes/{context}" if context else "kubernetes"
     return _sky(cluster(name, instance_type=instance_type or "CPU:1", provider=provider, backend="sky",
                         kubernetes_namespace=namespace, **fields), "kubernetes cluster")

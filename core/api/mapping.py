@@ -26,8 +26,8 @@ def zip_args(iterables: tuple[Iterable[Any], ...]) -> list[tuple[Any, ...]]:
     return [tuple(args) for args in zip(*iterables, strict=False)]
 
 
-def map_calls(handle: Any, method: str | None, arg_tuples: Iterable[Iterable[Any]], kwargs: dict[str, Any] | None = None,
-              *, concurrency: int = DEFAULT_CONCURRENCY) -> list[Any]:
+def map_calls(handle: Any, method: str | None, arg_tuples: Iterable[Iterable[Any]],
+              kwargs: dict[str, Any] | None = None, *, concurrency: int = DEFAULT_CONCURRENCY) -> list[Any]:
     """Call ``handle`` (its ``method``) once per argument tuple, ``kwargs`` added to each; the results in order."""
     calls = [tuple(args) for args in arg_tuples]
     if not calls:

@@ -161,9 +161,10 @@ def live_stub(cluster: Cluster, name: str) -> Any:
     rows = {row["name"]: row for row in cluster.up_if_not().ls()}
     row = rows.get(name)
     if row is None or row.get("kind") == "object":
+        services = sorted(n for n, r in rows.items() if r.get("kind") != "object")
         raise NotFound(f"no service {name!r} on cluster {cluster.name!r}",
                        hint="deploy it with .to(cluster, name=...), or read an object with cluster.get(name)",
-                       details={"name": name, "services": sorted(n for n, r in rows.items() if r.get("kind") != "object")})
+                       details={"name": name, "services": services})
     kinds: dict[str, type[Any]] = {"function": LiveFunction, "module": LiveClass, "instance": LiveInstance}
     handle = kinds[row["kind"]](None, name=name)
     handle.spec = ServiceSpec(name=name, kind=row["kind"], env=EnvSpec(name=row.get("env") or "default"),

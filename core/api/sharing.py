@@ -3,9 +3,9 @@ that the service's daemon accepts (its per-service access), and records the gran
 service is saved there; ``revoke`` takes both back; ``shared_with`` lists the daemon's grants on the service.
 
 The daemon keeps only the tokens' hashes (``POST /grants``, owner only). The tokens this user handed out are kept,
-by cluster name, in ``$TETHER_HOME/clusters/issued-tokens.json`` (0600) so that sharing a second service with the same user returns
-the token they already hold instead of replacing it. There is no mail: ``notify_users`` is accepted and the
-returned tokens are what you hand over.
+by cluster name, in ``$TETHER_HOME/clusters/issued-tokens.json`` (0600) so that sharing a second service with the
+same user returns the token they already hold instead of replacing it. There is no mail: ``notify_users`` is
+accepted and the returned tokens are what you hand over.
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def _remember(cluster: str, principal: str, token: str | None) -> None:
 def _users(users: str | list[str] | None) -> list[str]:
     names = [users] if isinstance(users, str) else list(users or [])
     if not names or not all(isinstance(u, str) and u.strip() for u in names):
-        raise ConfigError("share needs the users to share with", hint="share(users=['alice@team'], access_level='read')")
+        raise ConfigError("share needs the users to share with",
+                          hint="share(users=['alice@team'], access_level='read')")
     return names
 
 

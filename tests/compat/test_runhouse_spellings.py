@@ -1,39 +1,43 @@
 """Code written for Runhouse runs with ``import tether as rh``: each Runhouse spelling, against a real local daemon.
 
-The calls Runhouse's tutorials (quick-start local, api-basics/compute, functions and modules, async, saving and
-loading/resources, clusters, processes) and examples make, in our words, and where each is pinned down here:
+The calls Runhouse's tutorials (quick-start local, api-basics/compute, functions and modules, async, resources:
+saving and loading, clusters, processes) make, in our words, and where each is pinned down here:
 
 functions
-    ``rh.function(fn)`` and ``rh.function(fn=fn)``; ``.to(cluster)``, ``.to(system=cluster)``, ``.to(rh.here)``,
+    ``rh.function(fn)``, ``rh.function(fn=fn)``; ``.to(cluster)``, ``.to(system=cluster)``, ``.to(rh.here)``,
     ``.to(cluster, env=[reqs])``, ``.to(cluster, process=p)``; calling it; ``fn(..., stream_logs=False)``;
-    ``fn.endpoint()`` then a GET of ``<endpoint>/call?a=1`` (query parameters as the arguments);
+    ``fn.endpoint()``, then a GET of ``<endpoint>/call?a=1`` (query parameters as the arguments);
     ``fn.map(xs, ys)``, ``fn.starmap([(x, y), ...])``; ``rh.function(fn).get_or_to(cluster, name=...)``;
     ``fn.local(...)`` (in this process)
 async
     awaiting a remote ``async def``; ``fn(..., run_async=True)`` of a sync function (a coroutine);
     ``fn(..., run_async=False)`` of an async one (the value)
 modules
-    ``rh.module(Cls).to(cluster)`` then ``RemoteCls(args)`` and its methods; ``class M(rh.Module)`` with
-    ``super().__init__()``; ``M(a=5).to(cluster)`` (built locally, state travels), methods remote, attributes
-    remote (``m.a``, ``m.remote.a``, properties), ``m.local.a`` (the local copy), ``m.fetch("a")`` and
-    ``m.fetch()`` (by value), ``m.resolve()`` passed into another remote call (the object itself arrives),
-    ``await m.set_async("a", v)``, ``await m.fetch_async("a")``, ``M(...).get_or_to(cluster, name=...)``; ``rh.module(cls=Cls, system=c)``
+    ``rh.module(Cls).to(cluster)``, then ``RemoteCls(args)`` and its methods; ``rh.module(cls=Cls, system=c)``;
+    ``class M(rh.Module)`` with ``super().__init__()``; ``M(a=5).to(cluster)`` (built locally, state travels);
+    methods remote; attributes remote (``m.a``, ``m.remote.a``, properties); ``m.local.a`` (the local copy);
+    ``m.fetch("a")``, ``m.fetch()`` (by value); ``m.resolve()`` passed into another remote call (the object
+    itself arrives); ``await m.set_async("a", v)``, ``await m.fetch_async("a")``;
+    ``M(...).get_or_to(cluster, name=...)``
 clusters
     ``rh.cluster(name=, instance_type=, provider=, region=, autostop_mins=, use_spot=, disk_size=, open_ports=,
-    image_id=)``; ``rh.cluster(name=, ips=[...], ssh_creds={"ssh_user", "ssh_private_key"})`` (a password is
-    refused: tether connects with keys only); ``rh.ondemand_cluster(...)``; ``rh.kubernetes_cluster(name=,
-    instance_type=, namespace=, context=)``; ``cluster.up_if_not()``, ``is_up()``, ``put(k, v)`` / ``get(k)``,
-    ``get(name, remote=True)`` (a stub of a live service), ``keys()``, ``on_this_cluster()``, ``ips``,
-    ``teardown()``, ``keep_warm()`` / ``keep_warm(autostop_mins=)``, ``ensure_process_created(name, env_vars=)``
-    then ``.to(cluster, process=p)``, ``list_processes()``, ``cluster.share(users=..., access_level=...)``
+    image_id=)``, ``rh.cluster(gpus="A10G:1", autostop_minutes=)``; ``rh.cluster(name=, ips=[...],
+    ssh_creds={"ssh_user", "ssh_private_key"})`` (a password is refused: tether connects with keys only);
+    ``rh.ondemand_cluster(...)``; ``rh.kubernetes_cluster(name=, instance_type=, namespace=, context=)``;
+    ``cluster.up_if_not()``, ``is_up()``, ``put(k, v)`` / ``get(k)``, ``get(name, remote=True)`` (a stub of a
+    live service), ``keys()``, ``on_this_cluster()``, ``ips``, ``head_ip``, ``teardown()``, ``keep_warm()`` /
+    ``keep_warm(autostop=60)``; ``ensure_process_created(name, env_vars=)`` then ``.to(cluster, process=p)``,
+    ``list_processes()``; ``cluster.share(users=..., access_level=...)``
 resources
-    ``.save()``, ``rh.load(name)`` / ``rh.function(name=...)``, ``.share(users=[...], access_level=...,
-    notify_users=False)`` (the teammate calls the live service with their own token), ``.revoke(users=[...])``,
-    ``.history()``
+    ``.save()``, ``rh.load(name)``, ``rh.cluster(name=...)`` / ``rh.function(name=...)`` by name, names
+    ``~/aws_cluster`` and ``/team/name``; ``.share(users=[...], access_level=..., notify_users=False)`` (the
+    teammate calls the live service with their own token), ``.revoke(users=[...])``, ``.history()``
 
-Not carried over, with the reason in the README's "Coming from Runhouse" table: ``rh.Image`` / ``rh.env`` with
-conda, ``cluster.run`` / ``run_python`` / ``ssh`` (another helper's), ``rh.folder`` / ``rh.blob`` (code travels
-as files already; data belongs to the user's store), ``rh.configs``, Den login.
+Not carried over (the README's "Coming from Runhouse" table says why): ``rh.Package`` / ``rh.GitPackage`` /
+``rh.conda_env`` / ``env.to(system)`` / ``cluster.install_packages`` (an env's ``reqs`` install into its own
+venv), ``cluster.run_python``, ``cluster.ssh_tunnel``, ``rh.configs``, Den login and ``den_auth`` (a daemon
+always has a token), ``vpc_name``, ``rh.folder`` / ``rh.blob``. ``cluster.run`` / ``ssh``, ``rh.Image`` and
+secrets are other helpers' and tested with their areas.
 """
 
 from __future__ import annotations
