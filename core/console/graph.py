@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from html import escape
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from tether.console.html import service_path
 from tether.registry.models import Artifact, LineageCall, LineageGraph
@@ -37,7 +37,7 @@ def graph_svg(graph: LineageGraph) -> str:
     for c in graph.calls:
         key = _call_key(c)
         labels[key] = (c.ref, f"{c.cluster or '?'} · {c.caller} · {c.duration_s:.2f}s",
-                       f"{service_path(c.service)}/calls/{c.call_id}")
+                       f"{service_path(c.service)}/calls/{quote(c.call_id, safe='')}")
         for i in c.inputs:
             edges += [(k, key) for k, a in arts.items() if _matches(a, i)]
         for o in c.outputs:

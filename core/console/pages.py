@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -181,7 +182,7 @@ class Pages:
     async def _lineage_section(self, ref: Ref, calls: list[CallRecord], s: Session) -> str:
         graph = await self.run(self.store.dependents, ref, principal=s.principal, depth=10)
         base = service_path(ref.full)
-        rows = [[link(f"{base}/calls/{c.call_id}", c.call_id[:16]), e(f"v{c.version}"), e(c.caller),
+        rows = [[link(f"{base}/calls/{quote(c.call_id, safe='')}", c.call_id[:16]), e(f"v{c.version}"), e(c.caller),
                  e(when(c.started_at)), e(c.outcome)] for c in calls[:10]]
         hidden = f'<p class="muted">{graph.hidden} calls of services you may not read are left out.</p>' \
             if graph.hidden else ""
@@ -231,7 +232,7 @@ class Pages:
     # ------------------------------------------------------------------ calls and lineage
     async def calls(self, request: web.Request, s: Session) -> web.Response:
         records = await self.run(self.store.recent_calls, principal=s.principal, limit=200)
-        rows = [[link(f"{service_path(c.name)}/calls/{c.call_id}", c.call_id[:16]), link(service_path(c.name), c.name),
+        rows = [[link(f"{service_path(c.name)}/calls/{quote(c.call_id, safe='')}", c.call_id[:16]), link(service_path(c.name), c.name),
                  e(f"v{c.version}"), e(c.caller), e(c.run_id), e(f"{c.duration_s:.3f}s"),
                  f'<span class="{"ok" if c.outcome == "ok" else "bad"}">{e(c.outcome)}</span>', e(when(c.started_at))]
                 for c in records]
@@ -248,7 +249,7 @@ class Pages:
             return page("Lineage", f"<h1>Lineage</h1><p>What produced an artifact, with which code, from which "
                         f"inputs.</p>{search}", s)
         graph = await self.run(self.store.lineage, Artifact(uri=uri, version=version), principal=s.principal)
-        rows = [[link(f"{service_path(c.service)}/calls/{c.call_id}", c.ref), e((c.code_hash or "")[:12]),
+        rows = [[link(f"{service_path(c.service)}/calls/{quote(c.call_id, safe='')}", c.ref), e((c.code_hash or "")[:12]),
                  e(c.cluster), e(c.caller), e(c.run_id), "<br>".join(e(a) for a in c.inputs),
                  "<br>".join(e(a) for a in c.outputs)] for c in graph.calls]
         hidden = f'<p class="muted" id="hidden">{graph.hidden} calls you may not read are left out.</p>' \

@@ -176,6 +176,7 @@ def add_console(app: web.Application, store: Store, *, local_token: str | None =
     app.router.add_get(s_path + "/code/{version:\\d+}", c.view(c.pages.code))
     app.router.add_get(s_path + "/calls/{call_id}", c.view(c.tail.page))
     app.router.add_get(s_path + "/calls/{call_id}/logs", c.view(c.tail.logs))
+    app.router.add_post(s_path + "/calls/{call_id}/cancel", c.action(c.tail.cancel))
     app.router.add_post(s_path + "/rollback", c.action(c.pages.rollback))
     app.router.add_post(s_path + "/grant", c.action(c.pages.grant))
     app.router.add_post(s_path + "/revoke", c.action(c.pages.revoke))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -18,10 +19,10 @@ from tether.client import DaemonClient
 from tether.compute import get_backend
 from tether.compute.state import load_state, state_backend
 from tether.console.auth import Session
-from tether.console.html import e, link, page, service_path, when
-from tether.errors import NotFound, TetherError
+from tether.console.html import e, form, link, page, service_path, when
+from tether.errors import AuthError, NotFound, TetherError
 from tether.protocol import reports
-from tether.registry.models import LineageCall
+from tether.registry.models import LineageCall, level_at_least
 from tether.registry.names import parse_ref
 from tether.registry.store import Store
 from tether.specs import ClusterSpec
@@ -107,9 +108,13 @@ class Tail:
                                           for a in record.outputs))]
         else:
             rows = [("service", link(service_path(ref.full), ref.full)), ("cluster", e(cluster))]
+        level = await asyncio.to_thread(self.store.access_level, ref, principal=s.principal)
+        if live is not None and not live.get("finished") and level_at_least(level, "owner"):
+            rows.append(("", form(f"{service_path(ref.full)}/calls/{quote(call_id, safe='')}/cancel", s, "",
+                                  "Cancel call", css="danger", confirm="Cancel this call?")))
         details = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows)
         if live is not None:
-            src = f"{service_path(ref.full)}/calls/{call_id}/logs"
+            src = f"{service_path(ref.full)}/calls/{quote(call_id, safe='')}/logs"
             logs = (f'<h2>Log <span class="muted">(live from {e(cluster)}: <span id="log-state">'
                     f'{e(live.get("state"))}</span>)</span></h2>'
                     f'<pre class="log" id="log-tail" data-src="{e(src)}"></pre>')
@@ -159,3 +164,16 @@ class Tail:
         except TetherError as exc:
             await send("end", {"state": f"log unavailable: {exc}"})
         return response
+
+    async def cancel(self, request: web.Request, s: Session, data: Any) -> str:
+        """Cancel a running call (owner access to its service, as the daemon asks of anyone but its starter)."""
+        ref, _, cluster, service_name = await self._target(request, s)
+        level = await asyncio.to_thread(self.store.access_level, ref, principal=s.principal)
+        if not level_at_least(level, "owner"):
+            raise AuthError(f"cancelling a call of {ref.full!r} needs owner access", details={"needed": "owner"})
+        call_id = request.match_info["call_id"]
+        client = daemon_for(cluster)
+        if client is None or await self._live(client, call_id, service_name) is None:
+            raise NotFound(f"call {call_id!r} of {ref.full!r} is not on a reachable daemon")
+        await client.cancel(call_id)
+        return f"cancelled call {call_id}"

@@ -199,3 +199,28 @@ def test_a_live_log_tail_shows_lines_as_the_call_prints_them(
     carol.login(team.tokens["carol"])
     carol.open(f"/console/s/alice/gated/calls/{handle.call_id}")
     carol.wait_text("lacks 'read' access", "#error")
+
+
+def test_an_owner_cancels_a_running_call_from_its_page(
+    team: Team, as_alice: Any, browsers: Browsers, tmp_path: Path
+) -> None:
+    tether.function(console_fns.gated_lines).to(as_alice, name="gated").save()
+    tether.registry.get_registry().share("gated", "carol", "read")
+    handle = tether.function(name="gated").spawn(str(tmp_path / "never"))
+    carol = browsers()  # read access: sees the live log, no cancel button
+    carol.login(team.tokens["carol"])
+    carol.open(f"/console/s/alice/gated/calls/{handle.call_id}")
+    carol.wait_text("line 3 of 6", "#log-tail")
+    assert not carol.find("form[action$='/cancel']")
+    alice = browsers()
+    alice.login(team.tokens["alice"])
+    alice.open(f"/console/s/alice/gated/calls/{handle.call_id}")
+    alice.wait_text("line 3 of 6", "#log-tail")
+    alice.shot("cancel-button")
+    alice.driver.execute_script("window.confirm = () => true;")
+    alice.driver.find_element(By.CSS_SELECTOR, "form[action$='/cancel'] button").click()
+    alice.wait_text(f"cancelled call {handle.call_id}", "#flash")
+    carol.wait_text("cancelled", "#log-state")  # the tail that was open sees the end
+    with pytest.raises(tether.CallCancelled):
+        handle.result(timeout=60)
+    carol.shot("tail-cancelled")
