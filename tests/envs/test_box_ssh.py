@@ -78,6 +78,7 @@ def test_status_per_worker_and_restart_keeps_services(box, netns_hosts):
     assert remote(["HOME"]) == {"HOME": str(netns_hosts.hosts[0].home / "home")}  # its service came back
 
 
+@pytest.mark.timeout(400)  # two hosts bootstrapped and brought up more than once
 def test_the_cluster_and_ssh_commands(box, netns_hosts):
     tether.function(fns.environ).to(box, env=tether.env(name="busy"))(["HOME"])
     listed = _cli("cluster", "list")

@@ -14,6 +14,7 @@ from tether.compute.setup import setup_script
 pytestmark = pytest.mark.netns
 
 
+@pytest.mark.timeout(400)  # two hosts bootstrapped and brought up more than once
 def test_image_steps_run_once_per_host_and_are_cached_on_the_next_up(netns_hosts, pinned_wheel, tether_home,
                                                                        tmp_path, capfd):
     hosts = netns_hosts
@@ -68,6 +69,7 @@ def test_a_failing_step_names_the_step_the_host_and_its_stderr(netns_hosts, pinn
     c.teardown()
 
 
+@pytest.mark.timeout(400)  # two hosts bootstrapped and brought up more than once
 def test_the_launch_setup_script_runs_each_step_once_on_a_real_host(netns_hosts, pinned_wheel, tether_home,
                                                                     tmp_path):
     """What a sky launch runs in its setup, run here on a netns host with tether's venv: steps run, then a rerun

@@ -39,6 +39,7 @@ def _files_holding(root: Path, value: str, skip: str = "secrets") -> list[str]:
     return hits
 
 
+@pytest.mark.timeout(400)  # two hosts bootstrapped and brought up more than once
 def test_secrets_reach_workers_and_host_homes_and_no_log_or_row(netns_hosts, pinned_wheel, tether_home, tmp_path):
     hosts = netns_hosts
     c = tether.cluster(name="sshsec", host=hosts.addresses, ssh_creds=hosts.ssh_creds).up_if_not()
