@@ -105,3 +105,14 @@ def test_a_replica_its_node_lost_is_deployed_again(pool, hosts):
     out = pool.map(range(8))
     assert [o["square"] for o in out] == [x * x for x in range(8)] and len({o["pid"] for o in out}) == 4
     assert "dist.where.replica3" in worker_envs(hosts, 1)
+
+
+def test_gpus_are_partitioned_among_a_nodes_replicas(lab, hosts, dist_env):
+    p = tether.function(fns.visible_gpus).to(lab, env=dist_env).distribute(
+        "pool", num_replicas=4, replicas_per_node=2, gpus_per_replica=2)
+    try:
+        seen = {(home, gpus) for home, gpus, _ in p.map(range(16))}
+        homes = [str(h.home / "home") for h in hosts.hosts]
+        assert seen == {(homes[0], "0,1"), (homes[0], "2,3"), (homes[1], "0,1"), (homes[1], "2,3")}
+    finally:
+        p.delete()

@@ -6,7 +6,7 @@ runs the function on the head against it.
 - Dask: ``dask scheduler`` on the head and one ``dask worker`` on every node (the head too); the function gets a
   connected ``distributed.Client`` as its first argument.
 
-Each engine process belongs to a worker of an env of its own on its node (``<env>.ray0``, ...) and dies with it
+Each engine process belongs to a worker of an env of its own on its node (``<env>.<service>.ray0``, ...) and dies with it
 (:mod:`tether.api.distribute.nodeside`): :meth:`Engine.stop`, deleting the env, stopping or tearing down the
 cluster all stop the engine. The engine needs its package (``ray[default]``, ``distributed``) in the env.
 """

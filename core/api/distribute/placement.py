@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tether.api.clusters import Cluster
     from tether.api.services import _Service
 
-__all__ = ["Copy", "Placement", "cluster_nodes", "cluster_status", "prefixed", "spread"]
+__all__ = ["Copy", "Placement", "cluster_nodes", "cluster_status", "gpu_slice", "prefixed", "spread"]
 
 T = TypeVar("T")
 
@@ -92,6 +92,8 @@ class Placement:
     count: int
     per_node: int | None = None
     env_vars: Callable[[int, list[Copy]], dict[str, str]] | None = None
+    gpus_per_copy: int | None = None
+    """Partition each node's GPUs: copy ``j`` of a node sees GPUs ``j*g .. j*g+g-1`` (``CUDA_VISIBLE_DEVICES``)."""
     nodes: list[Node] = field(default_factory=list)
     copies: list[Copy] = field(default_factory=list)
 
@@ -112,9 +114,12 @@ class Placement:
                 code = CodeRef(**{**code.model_dump(), "root": node_code_root(code.root, self.nodes[0], node)})
             spec = base.model_copy(update={"name": f"{svc.name}.{self.kind}{i}", "env": env, "code": code})
             copies.append(Copy(i, node, spec.name, env.name, spec))
-        if self.env_vars is not None:
-            for c in copies:
-                env = c.spec.env.model_copy(update={"env_vars": {**c.spec.env.env_vars, **self.env_vars(c.index, copies)}})
+        for c in copies:
+            extra = self.env_vars(c.index, copies) if self.env_vars is not None else {}
+            if self.gpus_per_copy:
+                extra["CUDA_VISIBLE_DEVICES"] = gpu_slice(c, copies, self.gpus_per_copy)
+            if extra:
+                env = c.spec.env.model_copy(update={"env_vars": {**c.spec.env.env_vars, **extra}})
                 c.spec = c.spec.model_copy(update={"env": env})
         self.copies = copies
         return copies
@@ -128,6 +133,12 @@ class Placement:
     def remove(self) -> None:
         """Delete every copy's env on its node: its worker stops and its running calls end (``WorkerDied``)."""
         run_sync(remove_copies(self.copies))
+
+
+def gpu_slice(c: Copy, copies: list[Copy], per_copy: int) -> str:
+    """The GPUs copy ``c`` sees: its own ``per_copy`` of its node's, by its place among that node's copies."""
+    j = [x.index for x in copies if x.node.index == c.node.index].index(c.index)
+    return ",".join(str(j * per_copy + k) for k in range(per_copy))
 
 
 async def _deploy(c: Copy, replace_env: bool) -> None:

@@ -5,6 +5,7 @@ A replica that dies (a segfault, the OOM killer) fails only the calls it was run
 ``WorkerDied``/``OutOfMemory``; its node's daemon starts it again on its next call, with the service restored.
 ``map``/``starmap`` return results in input order, ``imap`` yields them in that order as soon as each is
 known. An interrupted, cancelled or timed-out map cancels every call it still has running.
+``gpus_per_replica=g``: each node's GPUs are partitioned among its replicas with ``CUDA_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,12 @@ class Pool:
     """Replicas of one service; call it like the function, or ``map``/``starmap``/``imap`` over many inputs."""
 
     def __init__(self, service: _Service, num_replicas: int, replicas_per_node: int | None = None, *,
-                 in_flight: int = 8) -> None:
+                 in_flight: int = 8, gpus_per_replica: int | None = None) -> None:
         self.service = service
         self.in_flight = in_flight
         """Calls at most in flight per replica during a map."""
-        self.placement = Placement(service, "replica", num_replicas, replicas_per_node)
+        self.placement = Placement(service, "replica", num_replicas, replicas_per_node,
+                                   gpus_per_copy=gpus_per_replica)  # fmt: skip
         self.placement.deploy()
         self._lock = threading.Lock()
         self._turn = 0
