@@ -36,7 +36,7 @@ nav.tabs a { margin-right:14px; }
 .log .line { white-space:pre-wrap; }
 .grid { display:grid; grid-template-columns:1fr 1fr; gap:18px; } .card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px; }
 svg text { font:11px system-ui, sans-serif; fill:#344054; }
-.graph { background:#fff; border:1px solid var(--line); overflow:auto; }
+.graph { background:#fff; border:1px solid var(--line); overflow:auto; } .graph svg { max-width:100%; height:auto; }
 """
 
 JS = """

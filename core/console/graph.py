@@ -76,7 +76,8 @@ def graph_svg(graph: LineageGraph) -> str:
             pos[key] = (10 + col * (W + GAP_X), 10 + row * (H + GAP_Y))
     width = 20 + (depth + 1) * (W + GAP_X)
     height = 20 + max(len(k) for k in columns.values()) * (H + GAP_Y)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" id="lineage-graph">',
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+           'id="lineage-graph">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M 0 0 L 10 5 L 0 10 z" fill="#98a2b3"/></marker></defs>']
     for a, b in edges:
