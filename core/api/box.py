@@ -174,8 +174,9 @@ def rsync(cluster: Any, source: str, dest: str, *, up: bool = True, node: int | 
             raise step_error("rsync", place.host, r.returncode, r.stderr)
 
 
-def write_private_files(place: Place, files: dict[str, bytes], *, base: str) -> None:
-    """Write files (path under ``base`` → content) 0600 in 0700 folders on a node, in one go over stdin."""
+def write_private_files(place: Place, files: dict[str, bytes], *, base: str, keep_old: bool = False) -> None:
+    """Write files (path under ``base`` → content) 0600 in 0700 folders on a node, in one go over stdin;
+    ``keep_old``: a different file already there is first renamed ``<name>.tether-bak`` (once)."""
     if place.local:
         root = Path(os.path.expanduser(os.path.expandvars(base)))
         for rel, data in files.items():
@@ -184,7 +185,9 @@ def write_private_files(place: Place, files: dict[str, bytes], *, base: str) -> 
         return
     payload = json.dumps({rel: data.decode() for rel, data in files.items()})
     assert place.target is not None
-    place.target.run(f"python3 -c {shlex.quote(_WRITER)} {_remote_path(base)}", step="write files", stdin=payload)
+    keep = " keep" if keep_old else ""
+    place.target.run(f"python3 -c {shlex.quote(_WRITER)} {_remote_path(base)}{keep}", step="write files",
+                     stdin=payload)
 
 
 def _remote_path(path: str) -> str:
@@ -196,10 +199,14 @@ def _remote_path(path: str) -> str:
 
 _WRITER = """
 import json, os, sys
-base = os.path.expanduser(sys.argv[1])
+base, keep = os.path.expanduser(sys.argv[1]), len(sys.argv) > 2
 for rel, text in json.load(sys.stdin).items():
     path = os.path.join(base, rel)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    if keep and os.path.exists(path) and not os.path.exists(path + ".tether-bak"):
+        with open(path) as f:
+            if f.read() != text:
+                os.replace(path, path + ".tether-bak")  # a different file of the host's own: kept aside once
     tmp = path + ".tether-tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

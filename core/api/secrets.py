@@ -239,6 +239,15 @@ class Secret:
         vault, ref = _vault_for(self.name)
         vault.share(ref, principal, access_level)
 
+    def to(self, cluster: Any, env: Any = None) -> Secret:
+        """Deliver this secret to a cluster: to every env's workers (and its files into each remote HOME), or
+        with ``env`` (a ``tether.env`` or its name) to that env's workers only."""
+        if env is None:
+            cluster.sync_secrets([self])
+        else:
+            sync_to_cluster(cluster, [self], all_envs=False, to_home=False)
+        return self
+
     def __repr__(self) -> str:
         return f"Secret({self.name!r}, provider={self.provider!r})"
 
@@ -341,7 +350,7 @@ def sync_to_cluster(cluster: Any, items: Iterable[Secret | str], *, all_envs: bo
         if to_home and not place.local:
             files = {rel: text.encode() for s in chosen for rel, text in s.home_files().items()}
             if files:
-                box.write_private_files(place, files, base="~")
+                box.write_private_files(place, files, base="~", keep_old=True)
     return [s.name for s in chosen]
 
 

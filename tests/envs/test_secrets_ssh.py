@@ -46,7 +46,11 @@ def test_secrets_reach_workers_and_host_homes_and_no_log_or_row(netns_hosts, pin
     try:
         hf = tether.secret("huggingface", values={"token": HF})
         aws = tether.secret("aws", values={"access_key": "AKIASSH", "secret_key": AWS_SECRET})
+        own = hosts.hosts[1].home / "home" / ".aws" / "credentials"
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_text("[default]\naws_access_key_id = HOSTS-OWN\n")
         assert c.sync_secrets([hf, aws]) == ["huggingface", "aws"]
+        assert "HOSTS-OWN" in own.with_name("credentials.tether-bak").read_text()  # the host's own file kept aside
         for h in hosts.hosts:  # the tool's own layout in each host's HOME, 0600
             token = h.home / "home" / ".cache" / "huggingface" / "token"
             assert token.read_text() == HF and token.stat().st_mode & 0o777 == 0o600
@@ -57,6 +61,9 @@ def test_secrets_reach_workers_and_host_homes_and_no_log_or_row(netns_hosts, pin
         mine = tether.secret("mine", values={"MY_VALUE": MINE})
         remote = tether.function(fns.environ_digests).to(c, env=tether.env(name="own", secrets=[mine]))
         assert remote(["MY_VALUE", "HF_TOKEN"]) == {"MY_VALUE": sha(MINE), "HF_TOKEN": sha(HF)}
+        tether.secret("later", values={"LATER": "x"}).to(c, env="own")  # Runhouse's secret.to(cluster)
+        c.restart_server()
+        assert remote(["LATER"]) == {"LATER": None}  # only envs that name it get an env-scoped secret
         remote.save()
         rows = json.dumps(tether.registry.get_registry().get("environ_digests").config)
 
