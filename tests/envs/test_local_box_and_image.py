@@ -82,3 +82,15 @@ def test_an_images_secrets_reach_every_env_and_cluster_up_from_the_cli(tether_ho
         assert up.returncode == 0 and "up" in up.stdout and c.status() == "up"
     finally:
         c.teardown()
+
+
+def test_conda_steps_say_where_conda_cannot_be_had(tether_home, monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # a machine without conda
+    img = tether.Image("conda").conda_install(["numpy"])
+    with pytest.raises(tether.ClusterUnavailable) as info:
+        tether.cluster(name="conda", image=img).up_if_not()
+    assert info.value.details["step"] == "0:conda_install numpy" and info.value.details["host"] == "localhost"
+    assert "conda is not on this host" in info.value.details["stderr"]
+    with pytest.raises(tether.ConfigError) as env:
+        tether.Image("c").setup_conda_env("env.yml")
+    assert "docker image with conda" in (env.value.hint or "")
