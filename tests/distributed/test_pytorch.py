@@ -3,12 +3,15 @@ DDP step across the hosts, per-rank log prefixes, a failing rank stopping the ot
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 import tether
 from tests.distributed import fns
 from tests.distributed.helpers import worker_envs
-from tether.errors import CallTimeout
+from tether.errors import CallCancelled, CallTimeout
 
 
 def _no_ranks_left(hosts) -> bool:
@@ -57,4 +60,24 @@ def test_a_timed_out_call_stops_every_rank(lab, hosts, dist_env, tmp_path):
     with pytest.raises(CallTimeout):
         ranks.call((0, str(tmp_path), 600.0), timeout=10)
     assert len(list(tmp_path.glob("start-*"))) == 2  # both ranks were running
+    assert _no_ranks_left(hosts)
+
+
+def test_cancel_from_another_thread_stops_every_rank(lab, hosts, dist_env, tmp_path):
+    ranks = tether.function(fns.sleep_then_mark).to(lab, env=dist_env).distribute("pytorch", num_replicas=2)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            ranks.call((0, str(tmp_path), 600.0))
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    while len(list(tmp_path.glob("start-*"))) < 2 and t.is_alive():
+        time.sleep(0.1)
+    ranks.cancel()
+    t.join(timeout=120)
+    assert not t.is_alive() and isinstance(outcome[0], CallCancelled)
     assert _no_ranks_left(hosts)

@@ -59,6 +59,7 @@ class Ranks:
         self.world = num_replicas or len(cluster_nodes(service.cluster)) * (replicas_per_node or 1)
         self.master_port = master_port
         self.last: Placement | None = None
+        self._cancelled = False
 
     def _placement(self) -> Placement:
         port = self.master_port or 20000 + secrets.randbelow(30000)
@@ -73,7 +74,7 @@ class Ranks:
         """Run every rank; one result per rank. ``timeout``: :class:`CallTimeout` after stopping every rank."""
         placement = self._placement()
         placement.plan()
-        self.last = placement
+        self.last, self._cancelled = placement, False
         try:
             return run_sync(self._run(placement, tuple(args), dict(kwargs or {})), timeout=timeout)
         except TimeoutError as exc:
@@ -109,6 +110,9 @@ class Ranks:
                 for t in tasks:
                     t.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if self._cancelled:
+                    raise CallCancelled(f"the ranks of {self.service.name!r} were cancelled",
+                                        details={"service": self.service.name, "world_size": len(copies)})
                 c, exc = _first_cause(failed)
                 assert exc is not None
                 exc.add_note(f"raised by rank {c.index} of {len(copies)} (node {c.node.index}, {c.node.host}); "
@@ -124,8 +128,9 @@ class Ranks:
                 await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
 
     def cancel(self) -> None:
-        """Stop every rank of the call running now (from another thread); the call raises ``WorkerDied``."""
+        """Stop every rank of the call running now (from another thread); that call raises ``CallCancelled``."""
         if self.last is not None:
+            self._cancelled = True
             run_sync(remove_copies(self.last.copies))
 
     def __repr__(self) -> str:
