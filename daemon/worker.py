@@ -111,6 +111,16 @@ class _LogForwarder(logging.Handler):
         ctx.emit({"level": record.levelno, "name": record.name, "msg": msg})
 
 
+class TetherLogForwarder(_LogForwarder):
+    """The forwarder on the worker's root logger. Public and with a formatter, so libraries that configure logging
+    when imported and keep a root logger that has user handlers (Prefect's ``setup_logging`` does) leave it, and
+    its level, alone: their records still reach the caller."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+
 def _emit_report(event: dict[str, Any]) -> bool:
     """``tether.report()`` inside a call: the report event goes to the call's caller like a log event."""
     ctx = _current.get()
@@ -663,7 +673,7 @@ def main() -> None:
     root = logging.getLogger()
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
-    root.addHandler(_LogForwarder())
+    root.addHandler(TetherLogForwarder())
     reports.set_emitter(_emit_report)
     if len(sys.argv) > 2:  # the daemon's liveness pings, answered by a thread (see tether.daemon.liveness)
         liveness.answer_pings(int(sys.argv[2]))

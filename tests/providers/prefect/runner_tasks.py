@@ -17,6 +17,7 @@ def square(x: int) -> tuple[int, int]:
     """``x * x`` and the process it ran in."""
     print(f"square: {x} in {os.getpid()}")
     log.warning("square: logged for %d", x)
+    log.info("square: info record for %d", x)
     return x * x, os.getpid()
 
 

@@ -31,8 +31,8 @@ from tether.providers.prefect import TetherTaskRunner, run_remote
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-# the task modules import Prefect, whose logging setup replaces the root logger's handlers in the worker that
-# imports them: the runner's tasks get an env (a worker) of their own
+# the task modules import Prefect in the worker that runs them (its start takes a while): the runner's tasks get
+# an env (a worker) of their own, apart from the other tests' services
 TASKS_ENV = tether.env(name="prefect-tasks")
 
 
@@ -61,6 +61,9 @@ def test_task_bodies_run_on_the_cluster_with_futures_and_map(local_cluster: Any)
     messages = flow_run_logs(state.state_details.flow_run_id)
     assert any(m.endswith(f"square: 7 in {one[1]}") for m in messages), messages  # remote print in the run's logs
     assert any(m.endswith("square: logged for 7") for m in messages)
+    # an INFO record too: the task module imports Prefect in the worker, whose logging setup keeps the worker's
+    # forwarder (and root level) since it is a handler of the user's kind
+    assert any(m.endswith("runner_tasks: square: info record for 7") for m in messages), messages
     assert sum("tether: square done:" in m and "call id run-" in m for m in messages) == 4
 
 
