@@ -50,6 +50,34 @@ def _call_op(summary: str, params: list[str]) -> dict[str, Any]:
     return op
 
 
+def _get_call_op(summary: str, params: list[str]) -> dict[str, Any]:
+    """A GET call route: its query parameters are the keyword arguments (each a JSON value when it parses as one,
+    else the string), Runhouse's ``curl "$ENDPOINT/fn?a=1"`` spelling."""
+    op = _op(summary, params=params)
+    op["parameters"] += [
+        {"name": "kwargs", "in": "query", "required": False, "style": "form", "explode": True,
+         "schema": {"type": "object", "additionalProperties": {}},
+         "description": "each query parameter is one keyword argument of the call"},
+    ]
+    return op
+
+
+_PRINCIPAL = {"type": "string", "minLength": 1, "maxLength": 200, "not": {"enum": ["owner"]}}
+_GRANT_BODY = {"application/json": {"schema": {"type": "object", "required": ["principal", "services"], "properties": {
+    "principal": _PRINCIPAL,
+    "services": {"type": "object", "minProperties": 1,
+                 "additionalProperties": {"type": "string", "enum": ["read", "write", "owner"]},
+                 "description": "service name (or '*') -> level, added to the principal's grant"},
+    "allow_pickle": {"type": "boolean"}, "rotate": {"type": "boolean", "description": "issue a new token"}}}}}
+_GRANTED = {"description": "the grant; token: a new one when the principal had none or rotate was set, else null",
+            "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "principal": {"type": "string"}, "token": {"type": "string", "nullable": True},
+                "services": {"type": "object"}}}}}}
+_REVOKE_BODY = {"application/json": {"schema": {"type": "object", "required": ["principal"], "properties": {
+    "principal": _PRINCIPAL,
+    "service": {"type": "string", "description": "the one service to take away (none: the whole grant)"}}}}}
+
+
 _KEY_BODY = {"application/x-tether-pickle": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -57,7 +85,8 @@ ACCESS = (
     "Access (--access-file principals; the owner token may do everything): read = call, read public attributes, "
     "re-attach, list what it is granted; write = also deploy, put, delete, rename, set public attributes; owner = "
     "also private attributes, a service's pickled state, deleting an env whose every name it owns. Daemon-wide "
-    "routes (autostop, shutdown, deleting an empty env) need owner on '*'. Without allow_pickle a principal sends "
+    "routes (autostop, shutdown, deleting an empty env, the grant routes) need owner on '*'. A GET call (query "
+    "parameters as kwargs) is a call: read, JSON only. Without allow_pickle a principal sends "
     "JSON only and may not PUT objects (they are pickles, whatever the label); without --allowed-roots a deploy "
     "runs any code, so it needs allow_code or allow_pickle; replace_env needs write on everything in the env, an "
     "instance's 'of' and a rename's 'to' need write too; new env requirements need allow_code. "
@@ -104,8 +133,20 @@ def document() -> dict[str, Any]:
             "/autostop": {"post": _op("set autostop minutes or pause it", body={"application/json": {"schema": {
                 "type": "object", "properties": {"mins": {"type": "number", "nullable": True},
                                                  "paused": {"type": "boolean"}}}}})},
-            "/{name}/call": {"post": _call_op("call a function service", ["name"])},
-            "/{name}/{method}/call": {"post": _call_op("call a method of an instance", ["name", "method"])},
+            "/{name}/call": {"post": _call_op("call a function service", ["name"]),
+                             "get": _get_call_op("call a function service, query parameters as kwargs", ["name"])},
+            "/{name}/{method}/call": {"post": _call_op("call a method of an instance", ["name", "method"]),
+                                      "get": _get_call_op("call a method, query parameters as kwargs",
+                                                          ["name", "method"])},
+            "/{name}": {"get": _get_call_op("call a function service: GET /{name}?a=1 (query parameters as kwargs)",
+                                            ["name"])},
+            "/grants": {"post": {**_op("share services with a principal (its grant in the daemon's access file)",
+                                       body=_GRANT_BODY, codes=(400, 401, 422)), "responses": {
+                "200": _GRANTED, **{str(c): _ERROR for c in (400, 401, 422)}}},
+                "get": _op("every grant: principal, services and levels, allow_pickle, allow_code (no token hashes)",
+                           codes=(401,))},
+            "/grants/revoke": {"post": _op("take a service (or the whole grant) away from a principal",
+                                           body=_REVOKE_BODY, codes=(400, 401, 422))},
             "/calls/{call_id}": {"get": _op("re-attach to a call (frames) or its state with ?wait=0",
                                             params=["call_id"])},
             "/calls/{call_id}/logs": {"get": {**_op("a call's logs so far (from event ?since=N)", params=["call_id"]),

@@ -90,6 +90,12 @@ ROWS: list[tuple[str, str, dict[str, Any], str]] = [
     ("post", "/{name}/call", {"data": _pickled_args(), "headers": {"Content-Type": PICKLE}}, "FFFTFT"),
     ("post", "/{name}/call", {"data": _pickled_args(), "headers": {"Content-Type": "application/octet-stream"}},
      "FTTTTT"),  # read as JSON (the label decides how it is read, never lets a pickle through): 400
+    # GET calls: the query parameters are the kwargs (Runhouse's curl spelling), JSON only, the same read check
+    ("get", "/{name}", {"params": {"a": 1, "b": 2}}, "FTTTTT"),
+    ("get", "/{name}/call", {"params": {"a": 1, "b": 2}}, "FTTTTT"),
+    ("get", "/secret", {"params": {"x": 1}}, "FFFFFT"),  # granted to nobody: not even its env-mate's owners
+    ("get", "/ctr/{method}/call", {"params": {"by": 1}}, "FTTTTT"),
+    ("get", "/ctr/__getattr__/call", {"params": {"name": "__dict__"}}, "FFFTTT"),
     ("post", "/ctr/{method}/call", {"json": {"args": [1]}}, "FTTTTT"),
     ("post", "/ctr/__getattr__/call", {"json": {"args": ["n"]}}, "FTTTTT"),
     ("post", "/ctr/__getattr__/call", {"json": {"args": ["__dict__"]}}, "FFFTTT"),
@@ -109,6 +115,12 @@ ROWS: list[tuple[str, str, dict[str, Any], str]] = [
     ("delete", "/objects/{key}", {}, "FFTTTT"),
     ("delete", "/services/{key}", {}, "FFTTTT"),
     ("delete", "/envs/{env}", {}, "FFFFFT"),
+    # grants (daemon/grants.py): owner on '*' only; an owner of some services shares none of them this way
+    ("get", "/grants", {}, "FFFFFT"),
+    ("post", "/grants", {"json": {"principal": "levels-tmp", "services": {"add": "owner"}}}, "FFFFFT"),
+    ("post", "/grants", {"json": {"principal": "svcowner", "services": {"*": "owner"}}}, "FFFFF-"),
+    ("post", "/grants/revoke", {"json": {"principal": "reader", "service": "add"}}, "FFFFF-"),
+    ("post", "/grants/revoke", {"json": {"principal": "levels-tmp"}}, "FFFFFT"),
 ]
 
 FILL = {"name": "add", "method": "incr", "call_id": "root-call-1", "key": "objk", "env": "nothere"}
