@@ -48,6 +48,17 @@ def _importable_body(fn: Callable[..., Any]) -> Callable[..., Any]:
     return body
 
 
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    out = dict(config)
+    for key in ("cluster", "env", "escalation"):
+        value = out[key]
+        if hasattr(value, "config") and callable(value.config):
+            out[key] = value.config()
+        elif hasattr(value, "model_dump"):
+            out[key] = value.model_dump()
+    return out
+
+
 class TetherTaskRunner(ThreadPoolTaskRunner):  # type: ignore[type-arg]
     """Runs each submitted task's function on a tether cluster; the Prefect engine runs locally in a thread pool.
 
@@ -87,7 +98,9 @@ class TetherTaskRunner(ThreadPoolTaskRunner):  # type: ignore[type-arg]
         return type(self)(**self._config())
 
     def __eq__(self, value: object) -> bool:
-        return isinstance(value, TetherTaskRunner) and self._config() == value._config()
+        """Equal settings (clusters and envs compared by their configs: a copy unpickled in a flow run's process
+        equals the original)."""
+        return isinstance(value, TetherTaskRunner) and _comparable(self._config()) == _comparable(value._config())
 
     __hash__ = None  # type: ignore[assignment]
 

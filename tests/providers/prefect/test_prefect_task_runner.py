@@ -168,3 +168,14 @@ def test_cancelling_the_flow_run_cancels_the_remote_body(local_cluster: Any, mar
     call_id = line.rsplit(" ", 1)[1]
     assert tether.call(call_id, local_cluster, on_log=None).status()["state"] == "cancelled"
     assert not (markers / "finished").exists()
+
+
+def test_the_runner_travels_to_a_flow_runs_process_and_compares_by_settings(local_cluster: Any) -> None:
+    import cloudpickle
+
+    runner = TetherTaskRunner(cluster=local_cluster, env=TASKS_ENV, max_workers=4)
+    copy = cloudpickle.loads(cloudpickle.dumps(runner))  # what a served flow's run process gets
+    assert copy == runner and runner.duplicate() == runner
+    assert copy != TetherTaskRunner(cluster=local_cluster, env=TASKS_ENV, max_workers=8)
+    with copy:  # usable: its own locks and tables were rebuilt
+        assert copy._running == {}
