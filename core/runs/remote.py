@@ -18,6 +18,7 @@ from tether.api.report import Report, split_reports
 from tether.errors import NotFound, TetherError
 from tether.escalation import run_with_escalation
 from tether.protocol import CallState
+from tether.protocol.reports import is_report
 from tether.runs.cursor import LogCursor
 from tether.runs.facts import call_url, estimated_cost, price_per_hour, reported_checks, reported_metadata
 from tether.runs.ids import CallChoice, choose_attempt
@@ -39,13 +40,7 @@ def log_sink(log: Callable[[str], None]) -> Callable[[LogEvent], None]:
     """An ``on_log`` callback that passes each line of each event (:func:`log_event_line`) to ``log``; report
     events (``tether.report``) are not log lines and are dropped."""
 
-    def sink(event: LogEvent) -> None:
-        if isinstance(event.get("report"), Mapping):
-            return  # a report (tether.report), not a log line
-        for line in log_event_line(event).splitlines():
-            log(line)
-
-    return sink
+    return level_sink(lambda _level, line: log(line))
 
 
 def level_sink(log: Callable[[int, str], None]) -> Callable[[LogEvent], None]:
@@ -53,7 +48,7 @@ def level_sink(log: Callable[[int, str], None]) -> Callable[[LogEvent], None]:
     remote logging records (printed text is INFO); report events are not log lines and are dropped."""
 
     def sink(event: LogEvent) -> None:
-        if isinstance(event.get("report"), Mapping):
+        if is_report(event):
             return
         level = event.get("level") if "text" not in event else logging.INFO
         for line in log_event_line(event).splitlines():
