@@ -43,6 +43,20 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _is_daemon(pid: int | None, state_dir: Path) -> bool:
+    """``pid`` is this cluster's daemon: alive and running ``tether.daemon`` on ``state_dir``. A pid in a state file
+    may name another process after a reboot, and a daemon that is exiting (its sockets already closed, not yet a
+    zombie) has no command line left: neither is up, and neither may be signalled."""
+    if not pid or not _alive(pid):
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"tether.daemon" in argv and os.fsencode(state_dir) in argv
+
+
 def _healthy(endpoint: str) -> bool:
     # /health carries no secret; the client pins the certificate on every request that does
     return probe_health(endpoint, timeout=2) is not None
@@ -62,7 +76,7 @@ class LocalBackend:
     def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The running daemon's handle, or None."""
         state = self._read(spec)
-        if not state or not state.get("pid") or not _alive(state["pid"]):
+        if not state or not _is_daemon(state.get("pid"), self._paths(spec)[1]):
             return None
         scheme = "https" if state.get("tls_fingerprint") else "http"
         endpoint = f"{scheme}://127.0.0.1:{state['port']}"
@@ -80,7 +94,7 @@ class LocalBackend:
             if handle is not None and same_image and _healthy(handle.endpoint):
                 return handle
             if handle is not None:  # alive but not answering, or another image: replace it
-                self._kill(handle.pid)
+                self._kill(handle.pid, state_dir)
             return self._start(spec, state_file, state_dir)
 
     def _start(self, spec: ClusterSpec, state_file: Path, state_dir: Path) -> ClusterHandle:
@@ -149,9 +163,11 @@ class LocalBackend:
         _, state_dir = self._paths(spec)
         return "stopped" if (state_dir / "manifest.json").exists() else "down"
 
-    def _kill(self, pid: int | None, timeout: float = 10.0) -> None:
-        if not pid:
+    def _kill(self, pid: int | None, state_dir: Path, timeout: float = 10.0) -> None:
+        """Stop the daemon ``pid`` if it is this cluster's (never a process that took its pid over)."""
+        if not _is_daemon(pid, state_dir):
             return
+        assert pid is not None
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -165,11 +181,11 @@ class LocalBackend:
 
     def stop(self, spec: ClusterSpec) -> None:
         """Stop the daemon but keep its manifest, so the next ``up`` restores its services."""
-        state_file, _ = self._paths(spec)
+        state_file, state_dir = self._paths(spec)
         with file_lock(state_file.with_suffix(".lock")):
             state = self._read(spec)
             if state:
-                self._kill(state.get("pid"))
+                self._kill(state.get("pid"), state_dir)
                 state["pid"] = None
                 write_private(state_file, json.dumps(state).encode())
 
@@ -179,7 +195,7 @@ class LocalBackend:
         with file_lock(state_file.with_suffix(".lock")):
             state = self._read(spec)
             if state:
-                self._kill(state.get("pid"))
+                self._kill(state.get("pid"), state_dir)
             state_file.unlink(missing_ok=True)
             shutil.rmtree(state_dir, ignore_errors=True)
 
