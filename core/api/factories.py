@@ -4,7 +4,6 @@ the backend fixed; a name alone loads a saved cluster as ``tether.cluster(name=.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from tether.api.clusters import Cluster
@@ -12,8 +11,6 @@ from tether.api.loading import cluster
 from tether.errors import ConfigError
 
 __all__ = ["kubernetes_cluster", "ondemand_cluster"]
-
-log = logging.getLogger("tether.compat")
 
 
 def _sky(made: Cluster, what: str) -> Cluster:
@@ -42,9 +39,5 @@ def kubernetes_cluster(name: str | None = None, *, instance_type: str | None = N
         raise ConfigError("a kubernetes cluster's provider is kubernetes",
                           hint="pass context= for the kubeconfig context")
     provider = f"kubernetes/{context}" if context else "kubernetes"
-    if namespace:  # recorded in the spec; SkyPilot takes it from the context until the sky backend passes it
-        log.warning("kubernetes_cluster(namespace=%r) is recorded, but the pods go to the namespace of the "
-                    "kubeconfig context %s (the sky backend does not pass a namespace to SkyPilot yet)",
-                    namespace, context or "(current)")
     return _sky(cluster(name, instance_type=instance_type or "CPU:1", provider=provider, backend="sky",
                         kubernetes_namespace=namespace, **fields), "kubernetes cluster")

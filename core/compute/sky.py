@@ -193,6 +193,8 @@ def build_task(spec: ClusterSpec, cand: routing.Candidate, *, wheel: Path | None
         extra["image_id"] = spec.image_id or f"docker:{docker}"
     if spec.ports:
         extra["ports"] = [str(p) for p in spec.ports]
+    if spec.kubernetes_namespace and cand.cloud == "kubernetes":  # SkyPilot resolves the pods' namespace from these
+        extra["_cluster_config_overrides"] = {"kubernetes": {"namespace": spec.kubernetes_namespace}}
     if cand.priced:
         resources = sky.Resources(infra=cand.infra, instance_type=cand.instance_type, accelerators=accelerators,
                                   use_spot=cand.use_spot, **extra)  # fmt: skip

@@ -219,3 +219,19 @@ def test_a_stopped_cluster_restarts_where_it_was_and_reruns_the_daemon(
     assert again["idle_minutes_to_autostop"] == 1 and "--autostop-mins 15" in again["task"].run
     assert len(cloud.launches) == 3  # the failed us-east-1 try, the launch, the restart
     assert len(cloud.nodes["a10"].jobs) == 2
+
+
+def test_a_kubernetes_namespace_reaches_skypilots_own_namespace_resolver(sky_home, wheel, tether_home):
+    """``tether.kubernetes_cluster(namespace=...)``: SkyPilot's resolver (the one its Kubernetes provisioner asks)
+    finds the namespace in the launch's resources, not the kubeconfig context's."""
+    from sky import skypilot_config
+
+    c = __import__("tether").kubernetes_cluster("kns", namespace="team-ml", context="lab")
+    plan = routing.plan(c.spec)
+    (res,) = list(build_task(c.spec, plan.candidates[0], wheel=wheel, token=None).resources)
+    assert skypilot_config.get_effective_namespace(cloud="kubernetes", region="lab",
+                                                   override_configs=res.cluster_config_overrides) == "team-ml"
+    plain = ClusterSpec(name="kplain", instance_type="CPU:1", provider="kubernetes/lab", backend="sky")
+    (res,) = list(build_task(plain, routing.plan(plain).candidates[0], wheel=wheel, token=None).resources)
+    assert skypilot_config.get_effective_namespace(cloud="kubernetes", region="lab",
+                                                   override_configs=res.cluster_config_overrides) is None
