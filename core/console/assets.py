@@ -36,6 +36,7 @@ nav.tabs a { margin-right:14px; }
 .log .line { white-space:pre-wrap; }
 .grid { display:grid; grid-template-columns:1fr 1fr; gap:18px; } .card { background:#fff; border:1px solid var(--line); border-radius:8px; padding:12px; }
 svg text { font:11px system-ui, sans-serif; fill:#344054; }
+#cluster-facts { width:auto; min-width:480px; } #cluster-facts th { width:160px; }
 .graph { background:#fff; border:1px solid var(--line); overflow:auto; } .graph svg { max-width:100%; height:auto; }
 """
 
@@ -62,6 +63,18 @@ JS = """
   document.querySelectorAll("form[data-confirm]").forEach(function (form) {
     form.addEventListener("submit", function (e) { if (!window.confirm(form.dataset.confirm)) { e.preventDefault(); } });
   });
+  var countdowns = document.querySelectorAll(".countdown[data-left]");
+  if (countdowns.length) {
+    var shown = Date.now();
+    var tick = function () {
+      countdowns.forEach(function (el) {
+        var left = Math.max(0, Math.round(Number(el.dataset.left) - (Date.now() - shown) / 1000));
+        el.textContent = left >= 3600 ? Math.floor(left / 3600) + "h " + Math.floor(left % 3600 / 60) + "m"
+          : Math.floor(left / 60) + "m " + String(left % 60).padStart(2, "0") + "s";
+      });
+    };
+    setInterval(tick, 1000);
+  }
   var search = document.getElementById("search");
   if (search) {
     search.addEventListener("input", function () {

@@ -1,4 +1,4 @@
-"""Inline SVG charts for the console: stacked bars per day, duration percentiles."""
+"""Inline SVG charts for the console: stacked bars per day, lines over time, duration percentiles."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-__all__ = ["COLORS", "percentile", "stacked_bars"]
+__all__ = ["COLORS", "line_chart", "percentile", "stacked_bars"]
 
 COLORS = ["#3559e0", "#f79009", "#12b76a", "#ee46bc", "#7a5af8", "#06aed4", "#f04438", "#667085"]
 
@@ -51,5 +51,40 @@ def stacked_bars(days: Sequence[str], series: dict[str, Sequence[int]], *, title
         y = height + 16 * n
         parts.append(f'<rect x="{left}" y="{y - 9}" width="10" height="10" fill="{COLORS[n % len(COLORS)]}"/>'
                      f'<text x="{left + 16}" y="{y}">{escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def line_chart(series: dict[str, Sequence[tuple[float, float]]], *, title: str, unit: str, start: float, end: float,
+               width: int = 540, height: int = 160) -> str:
+    """An SVG of one line per label over ``start``..``end`` (epoch seconds; ``series``: label → (t, value)), with
+    a y scale in ``unit``, minutes-ago ticks and a legend. A single point is drawn as a dot."""
+    left, bottom, top, right = 44, 22, 22, 10
+    inner_w, inner_h = width - left - right, height - bottom - top
+    peak = max((v for pts in series.values() for _, v in pts), default=0.0) or 1.0
+    span = max(end - start, 1.0)
+
+    def xy(t: float, v: float) -> str:
+        return f"{left + (t - start) / span * inner_w:.1f},{top + inner_h - v / peak * inner_h:.1f}"
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 16 * len(series)}" '
+             f'role="img" aria-label="{escape(title)}">',
+             f'<text x="{left}" y="14" font-weight="600">{escape(title)}</text>',
+             f'<line x1="{left}" y1="{top + inner_h}" x2="{left + inner_w}" y2="{top + inner_h}" stroke="#d0d5dd"/>',
+             f'<text x="2" y="{top + 8}">{peak:.4g}{escape(unit)}</text><text x="2" y="{top + inner_h}">0</text>']
+    for mins in range(0, int(span // 60) + 1, max(1, int(span // 60) // 6 or 1)):
+        x = left + inner_w - mins * 60 / span * inner_w
+        parts.append(f'<text x="{x - 8:.1f}" y="{top + inner_h + 14}">-{mins}m</text>')
+    for n, (label, pts) in enumerate(series.items()):
+        color = COLORS[n % len(COLORS)]
+        if len(pts) == 1:
+            cx, cy = xy(*pts[0]).split(",")
+            parts.append(f'<circle class="point" cx="{cx}" cy="{cy}" r="3" fill="{color}"/>')
+        elif pts:
+            parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" '
+                         f'points="{" ".join(xy(t, v) for t, v in pts)}"><title>{escape(label)}</title></polyline>')
+        y0 = height + 16 * n
+        parts.append(f'<rect x="{left}" y="{y0 - 9}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{left + 16}" y="{y0}">{escape(label)}</text>')
     parts.append("</svg>")
     return "".join(parts)

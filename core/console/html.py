@@ -65,7 +65,7 @@ def page(title: str, body: str, session: Session | None, *, status: int = 200, f
         logout = form("/console/logout", session, "", "Log out", css="quiet")
         who = f'<span class="who">signed in as <b id="whoami">{e(session.label)}</b> {logout}</span>'
     nav = ('<a class="brand" href="/console/services">tether</a><a href="/console/services">Services</a>'
-           '<a href="/console/calls">Calls</a><a href="/console/lineage">Lineage</a>') if session else \
+           '<a href="/console/clusters">Clusters</a><a href="/console/calls">Calls</a><a href="/console/lineage">Lineage</a>') if session else \
         '<span class="brand">tether</span>'
     note = f'<div class="flash" id="flash">{e(flash)}</div>' if flash else ""
     html = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} · tether</title>'

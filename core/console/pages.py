@@ -17,6 +17,7 @@ from tether.console.auth import Session
 from tether.console.charts import percentile, stacked_bars
 from tether.console.graph import graph_svg
 from tether.console.html import e, form, link, page, service_path, table, when
+from tether.console.usage import cluster_price, team_section, teams_of_callers
 from tether.home import tether_home
 from tether.registry.models import Artifact, CallRecord, Version, level_at_least
 from tether.registry.names import Ref, parse_ref
@@ -100,7 +101,11 @@ class Pages:
                 '<a href="#usage">Usage</a><a href="#lineage">Lineage</a></nav>']
         body.append(self._versions(ref, versions, level, s, request))
         body.append(self._access(base, grants, level, s))
-        body.append(self._usage(calls))
+        cluster = (versions[-1].config.get("cluster") or {}).get("name") if versions else None
+        cluster = cluster if isinstance(cluster, str) else None
+        teams = await self.run(teams_of_callers, self.store, [c.caller or "unknown" for c in calls])
+        price = await self.run(cluster_price, cluster)
+        body.append(self._usage(calls, team_section(calls, teams, price, cluster) if calls else ""))
         body.append(await self._lineage_section(ref, calls, s))
         return page(ref.full, "".join(body), s, flash=request.query.get("done"))
 
@@ -157,7 +162,7 @@ class Pages:
                 '<option>owner</option></select> ', "Grant", inline=False))
         return "".join(out)
 
-    def _usage(self, calls: list[CallRecord]) -> str:
+    def _usage(self, calls: list[CallRecord], by_team: str = "") -> str:
         if not calls:
             return '<h2 id="usage">Usage</h2><p class="muted">no recorded calls</p>'
         days = sorted({c.started_at.strftime("%Y-%m-%d") for c in calls})
@@ -177,7 +182,7 @@ class Pages:
                 f'<div class="card" id="chart-callers">{stacked_bars(days, by_caller, title="calls per day by caller")}</div>'
                 f'<div class="card" id="chart-versions">{stacked_bars(days, by_version, title="calls per day by version")}'
                 '</div></div><h3>Duration (seconds)</h3>'
-                + table(["version", "calls", "p50", "p90", "p99", "max", "errors"], rows))
+                + table(["version", "calls", "p50", "p90", "p99", "max", "errors"], rows) + by_team)
 
     async def _lineage_section(self, ref: Ref, calls: list[CallRecord], s: Session) -> str:
         graph = await self.run(self.store.dependents, ref, principal=s.principal, depth=10)

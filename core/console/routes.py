@@ -8,11 +8,12 @@ it prints a one-time login token and acts as the trusted local user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -21,7 +22,9 @@ from aiohttp import web
 
 from tether.console.assets import ASSETS
 from tether.console.auth import COOKIE, Session, Sessions, same_origin, set_cookie
+from tether.console.clusters import ClusterPages
 from tether.console.html import e, error_page, page, service_path
+from tether.console.machines import Sampler
 from tether.console.pages import Pages
 from tether.console.tail import Tail
 from tether.errors import ConfigError, TetherError
@@ -32,6 +35,7 @@ __all__ = ["PREFIX", "add_console", "is_console_path", "serve_local"]
 
 PREFIX = "/console"
 LOGIN_COOKIE = "tether_console_login"
+SAMPLE_S = float(os.environ.get("TETHER_CONSOLE_SAMPLE_S", "30"))  # how often the console samples each cluster
 View = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 Action = Callable[[web.Request, Session, Any], Awaitable[str]]
 
@@ -49,6 +53,8 @@ class Console:
         self.sessions = Sessions()
         self.pages = Pages(store)
         self.tail = Tail(store)
+        self.sampler = Sampler()
+        self.clusters = ClusterPages(store, self.sampler)
 
     async def session(self, request: web.Request) -> Session | None:
         s = self.sessions.get(request)
@@ -172,6 +178,8 @@ def add_console(app: web.Application, store: Store, *, local_token: str | None =
     app.router.add_get(PREFIX + "/services", c.view(c.pages.services))
     app.router.add_get(PREFIX + "/calls", c.view(c.pages.calls))
     app.router.add_get(PREFIX + "/lineage", c.view(c.pages.lineage))
+    app.router.add_get(PREFIX + "/clusters", c.view(c.clusters.clusters))
+    app.router.add_get(PREFIX + "/c/{cluster}", c.view(c.clusters.cluster))
     app.router.add_get(s_path, c.view(c.pages.service))
     app.router.add_get(s_path + "/code/{version:\\d+}", c.view(c.pages.code))
     app.router.add_get(s_path + "/calls/{call_id}", c.view(c.tail.page))
@@ -180,6 +188,15 @@ def add_console(app: web.Application, store: Store, *, local_token: str | None =
     app.router.add_post(s_path + "/rollback", c.action(c.pages.rollback))
     app.router.add_post(s_path + "/grant", c.action(c.pages.grant))
     app.router.add_post(s_path + "/revoke", c.action(c.pages.revoke))
+
+    async def sampling(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(c.sampler.run(SAMPLE_S))  # CPU/memory per worker over the last hour
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(sampling)
 
 
 def serve_local(db: str | Path, *, host: str = "127.0.0.1", port: int = 0, ready_file: str | None = None,

@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from selenium import webdriver
@@ -16,6 +17,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
+import tether
 from tests.processes import registry_server
 
 CHROMIUM = os.environ.get("TETHER_CHROMIUM", "/usr/bin/chromium")
@@ -54,6 +56,19 @@ def team(tmp_path: Path) -> Iterator[Team]:
         store.close()
     with registry_server(db, tmp_path) as (url, _proc):
         yield Team(url=url, db=db, tokens=tokens)
+
+
+@pytest.fixture
+def as_alice(team: Team, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """This process saves and calls as alice through the team server, on the embedded local daemon."""
+    monkeypatch.setenv("TETHER_REGISTRY_URL", team.url)
+    monkeypatch.setenv("TETHER_TOKEN", team.tokens["alice"])
+    c = tether.cluster()
+    try:
+        yield c
+    finally:
+        tether.registry.get_registry().flush()
+        tether.cluster().teardown()
 
 
 @pytest.fixture(scope="session")
@@ -125,3 +140,6 @@ def browsers(team: Team, shots_dir: Path, request: pytest.FixtureRequest) -> Ite
         for driver in made:
             driver.quit()
         shutil.rmtree(profile_root, ignore_errors=True)
+
+
+Browsers = Callable[[], Browser]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,8 @@ from selenium.webdriver.common.by import By
 
 import tether
 from tests.console import console_fns
-from tests.console.conftest import Browser, Team
+from tests.console.conftest import Browser, Browsers, Team
 from tests.registry import lineage_fns
-
-Browsers = Callable[[], Browser]
-
-
-@pytest.fixture
-def as_alice(team: Team, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """This process saves and calls as alice through the team server, on the embedded local daemon."""
-    monkeypatch.setenv("TETHER_REGISTRY_URL", team.url)
-    monkeypatch.setenv("TETHER_TOKEN", team.tokens["alice"])
-    c = tether.cluster()
-    try:
-        yield c
-    finally:
-        tether.registry.get_registry().flush()
-        tether.cluster().teardown()
 
 
 def chain(local: Any) -> None:
