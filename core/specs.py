@@ -46,6 +46,26 @@ def parse_bytes(value: int | str | None) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+COMPUTE_KEYS = ("CPU", "GPU", "memory")
+
+
+def parse_compute(value: Any) -> dict[str, float]:
+    """An env's ``compute`` request: ``{"CPU": 2, "GPU": 1, "memory": "8GB"}`` → numbers (memory in bytes)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"compute must be a dict of {', '.join(COMPUTE_KEYS)}, not {value!r}")
+    out: dict[str, float] = {}
+    for key, amount in value.items():
+        if key not in COMPUTE_KEYS:
+            raise ValueError(f"unknown resource {key!r} in compute (known: {', '.join(COMPUTE_KEYS)})")
+        n = float(parse_bytes(amount) or 0) if key == "memory" else float(amount)
+        if n < 0 or (key == "GPU" and n != int(n)):
+            raise ValueError(f"compute {key}={amount!r}: " + ("whole GPUs only" if key == "GPU" else "negative"))
+        out[key] = n
+    return out
+
+
 def validate_name(name: str, what: str = "name") -> str:
     """Daemon-side names: letters, digits, ``_ . -``; at most 128 characters."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -71,11 +91,19 @@ class EnvSpec(_Spec):
                                                            "0 or none: the daemon's default)")
     secrets: list[str] = Field(default_factory=list, description="names of secrets delivered to the worker (env "
                                                                  "vars, 0600 files); never their values")
+    compute: dict[str, float] = Field(default_factory=dict, description="resources the env asks of its node: "
+                                      "CPU, GPU (whole), memory (bytes; accepts '8GB'); see tether.api.placement")
+    node: int | str | None = Field(None, description="the node the env is placed on (an index or a host)")
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         return validate_name(v, "env name")
+
+    @field_validator("compute", mode="before")
+    @classmethod
+    def _compute(cls, v: Any) -> dict[str, float]:
+        return parse_compute(v)
 
     @field_validator("memory_limit", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from pydantic import SecretStr
 
-from tether.api import box, sharing
+from tether.api import box, placement, sharing
 from tether.api import secrets as cluster_secrets
 from tether.api.compat import cluster_fields, process_env
 from tether.api.envs import Env
@@ -408,6 +408,13 @@ class Cluster:
         """Remove secrets from the cluster's secret store (workers lose them at their next start)."""
         self._allowed()
         cluster_secrets.delete_from_cluster(self, names)
+
+    # -- nodes (tether.api.placement): thin delegates -----------------------------------------------------------
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node, head first: host, address, index, ``head``, ``status`` (``"up"``/``"unreachable"``) and
+        its daemon's ``workers`` (env, pid, alive) and ``services`` (see :func:`tether.api.placement.cluster_status`)."""
+        self._allowed()
+        return placement.cluster_status(self)
 
 
 def new_cluster(name: str | None = None, **fields: Any) -> Cluster:

@@ -48,12 +48,17 @@ def env(
     python: str | None = None,
     memory_limit: int | str | None = None,
     secrets: list[str | Secret] | None = None,
+    compute: dict[str, int | float | str] | None = None,
+    node: int | str | None = None,
 ) -> Env:
     """Describe a worker environment: ``tether.env(name="train", reqs=["numpy"], env_vars={"X": "1"})``.
 
     ``secrets``: ``tether.secret(...)`` objects or names (saved secrets, or providers like ``"aws"``), delivered to
-    the env's workers at deploy; the spec (and any saved config) keeps their names only."""
+    the env's workers at deploy; the spec (and any saved config) keeps their names only. ``compute``: what the env
+    asks of its node (``{"CPU": 2, "GPU": 1, "memory": "8GB"}``), ``node``: the node it goes on (an index or a
+    host); :mod:`tether.api.placement` chooses the node and its GPUs (``CUDA_VISIBLE_DEVICES``)."""
     objects = {s.name: s for s in secrets or [] if isinstance(s, Secret)}
     names = [s.name if isinstance(s, Secret) else str(s) for s in secrets or []]
     return Env(build(EnvSpec, dict(name=name, reqs=reqs or [], env_vars=env_vars or {}, working_dir=working_dir,
-                                   python=python, memory_limit=memory_limit, secrets=names)), objects)
+                                   python=python, memory_limit=memory_limit, secrets=names,
+                                   compute=compute or {}, node=node)), objects)

@@ -122,3 +122,8 @@ def pid_after(x: int, seconds: float) -> int:
 
 def visible_gpus(_: int) -> tuple[str, str | None, int]:
     return os.environ.get("HOME", ""), os.environ.get("CUDA_VISIBLE_DEVICES"), os.getpid()
+
+
+def gpus_seen(*_: Any) -> str | None:
+    """The GPUs this worker was given (``CUDA_VISIBLE_DEVICES``)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -116,3 +116,14 @@ def test_gpus_are_partitioned_among_a_nodes_replicas(lab, hosts, dist_env):
         assert seen == {(homes[0], "0,1"), (homes[0], "2,3"), (homes[1], "0,1"), (homes[1], "2,3")}
     finally:
         p.delete()
+
+
+def test_cluster_nodes_is_every_node_with_its_workers_and_status_has_every_node(lab, hosts, pool):
+    rows = lab.nodes()  # the public form of cluster_status
+    assert [r["host"] for r in rows] == hosts.addresses and rows[0]["head"] and not rows[1]["head"]
+    assert all(r["status"] == "up" for r in rows)
+    envs = [sorted(w["env"] for w in r["workers"] if ".replica" in w["env"]) for r in rows]
+    assert envs == [["dist.where.replica0", "dist.where.replica1"], ["dist.where.replica2", "dist.where.replica3"]]
+    report = lab.status()
+    assert report == "up" and [n["index"] for n in report.nodes] == [0, 1]
+    assert all(n["cpus"] >= 1 for n in report.nodes)

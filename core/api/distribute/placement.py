@@ -10,34 +10,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from tether.api.placement import Held, assign, cluster_nodes, cluster_status, held, node_facts, with_gpus
 from tether.client import LogSink
 from tether.client.loop import run_sync
-from tether.compute.nodes import Node, head_node, node_code_root, nodes_status
+from tether.compute.nodes import Node, node_code_root
 from tether.errors import ConfigError, NotFound, TetherError
 from tether.specs import CodeRef, ServiceSpec
 
 if TYPE_CHECKING:
-    from tether.api.clusters import Cluster
     from tether.api.services import _Service
 
 __all__ = ["Copy", "Placement", "cluster_nodes", "cluster_status", "gpu_slice", "prefixed", "spread"]
 
 T = TypeVar("T")
-
-
-def cluster_nodes(cluster: Cluster) -> list[Node]:
-    """The cluster's nodes, head first (a single-node backend: its daemon alone)."""
-    handle = cluster.up_if_not().handle
-    nodes = getattr(cluster.backend, "nodes", None)
-    if nodes is None:
-        return [head_node(handle.endpoint, handle.token)]
-    return list(nodes(cluster.spec, handle))
-
-
-def cluster_status(cluster: Cluster) -> list[dict[str, Any]]:
-    """Every node of the cluster with its daemon's workers and services (the client asks the head's tunnel
-    and the tunnels through the head)."""
-    return nodes_status(cluster_nodes(cluster))
 
 
 def spread(count: int, nodes: int, per_node: int | None) -> list[int]:
@@ -105,10 +90,14 @@ class Placement:
         self.nodes = cluster_nodes(svc.cluster)
         where = spread(self.count, len(self.nodes), self.per_node)
         base: ServiceSpec = svc.spec
+        names = [f"{base.env.name}.{svc.name}.{self.kind}{i}" for i in range(self.count)]
+        gpus: list[list[int]] = [[] for _ in names]
+        if base.env.compute or base.env.node is not None:
+            where, gpus = self._by_resources(base, where, names)
         copies = []
         for i, n in enumerate(where):
             node = self.nodes[n]
-            env = base.env.model_copy(update={"name": f"{base.env.name}.{svc.name}.{self.kind}{i}"})
+            env = with_gpus(base.env.model_copy(update={"name": names[i]}), gpus[i])
             code = base.code
             if code.root:
                 code = CodeRef(**{**code.model_dump(), "root": node_code_root(code.root, self.nodes[0], node)})
@@ -123,6 +112,19 @@ class Placement:
                 c.spec = c.spec.model_copy(update={"env": env})
         self.copies = copies
         return copies
+
+    def _by_resources(self, base: ServiceSpec, where: list[int], names: list[str]) -> tuple[list[int],
+                                                                                            list[list[int]]]:
+        """Nodes (and GPUs) for copies of an env that asks for resources or a node: each copy on the first node
+        from its spread place on with room, counting what the nodes' other envs hold (the copies' own envs and
+        the base env, which the copies stand in for, aside). CapacityError when a copy fits nowhere."""
+        assert self.service.cluster is not None
+        facts = node_facts(self.service.cluster, self.nodes)
+        skip = {base.env.name, *names}
+        used: list[Held] = [held(n, skip) for n in self.nodes]
+        placed = [assign(base.env, self.nodes, facts, used, start=w, cluster=self.service.cluster.name)
+                  for w in where]
+        return [p[0] for p in placed], [p[1] for p in placed]
 
     def deploy(self, *, replace_env: bool = True) -> list[Copy]:
         """Deploy every copy (in parallel): each starts its worker and imports the service there."""
