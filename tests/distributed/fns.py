@@ -127,3 +127,10 @@ def visible_gpus(_: int) -> tuple[str, str | None, int]:
 def gpus_seen(*_: Any) -> str | None:
     """The GPUs this worker was given (``CUDA_VISIBLE_DEVICES``)."""
     return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def rank_allocates(mib_by_rank: dict[int, int]) -> dict[str, int]:
+    """Each rank allocates and touches its share of memory (``mib_by_rank[RANK]`` MiB); its rank and pid."""
+    rank = int(os.environ["RANK"])
+    data = b"\x01" * (mib_by_rank.get(rank, 1) * 2**20)
+    return {"rank": rank, "mib": len(data) // 2**20, "pid": os.getpid()}

@@ -27,6 +27,7 @@ from tether.api.distribute.placement import (
 from tether.client.loop import run_sync
 from tether.client.transport import new_call_id
 from tether.errors import CallCancelled, CallTimeout, ConfigError, TetherError, WorkerDied
+from tether.escalation import Ladder
 from tether.specs import CodeRef, ServiceSpec
 
 if TYPE_CHECKING:
@@ -60,10 +61,12 @@ class Ranks:
         self.master_port = master_port
         self.last: Placement | None = None
         self._cancelled = False
+        self._rung: tuple[int, Any, _Service | None] = (0, None, None)
+        """Where escalated calls start: the rung index, its cluster and the service copied there."""
 
-    def _placement(self) -> Placement:
+    def _placement(self, service: _Service) -> Placement:
         port = self.master_port or 20000 + secrets.randbelow(30000)
-        return Placement(self.service, "rank", self.world, self.per_node,
+        return Placement(service, "rank", self.world, self.per_node,
                          env_vars=lambda i, copies: torchrun_env(i, copies, port))  # fmt: skip
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
@@ -71,8 +74,43 @@ class Ranks:
 
     def call(self, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None, *,
              timeout: float | None = None) -> list[Any]:
-        """Run every rank; one result per rank. ``timeout``: :class:`CallTimeout` after stopping every rank."""
-        placement = self._placement()
+        """Run every rank; one result per rank. ``timeout``: :class:`CallTimeout` after stopping every rank.
+
+        With the service's ``on_oom`` policy, a rank killed for memory makes the whole group run again on the
+        next rung (every rank there); later calls start on the rung that worked."""
+        policy = self.service.options.on_oom
+        if policy is None:
+            return self._call_on(self.service, args, kwargs, timeout)
+        assert self.service.cluster is not None
+        start, start_cluster, target = self._rung
+        ladder = Ladder(policy, self.service.cluster, start=start, start_cluster=start_cluster,
+                        on_attempt=self.service.options.on_attempt)
+        while True:
+            step = ladder.next_step()
+            try:
+                if target is None:  # the first attempt starts where the last call succeeded
+                    target = self._on_rung(step.cluster)
+                ladder.calling(step)
+                results = self._call_on(target, args, kwargs, timeout)
+            except BaseException as exc:
+                target = None
+                ladder.failed(step, exc)  # raises unless the next rung may help
+                continue
+            ladder.succeeded(step)
+            self._rung = (ladder.rung_index(step), step.cluster, target)
+            return results
+
+    def _on_rung(self, cluster: Any) -> _Service:
+        """The service (escalation off) deployed on ``cluster``, in the same env: what a rung's ranks copy."""
+        if cluster is self.service.cluster:
+            return self.service.with_options(on_oom=None)
+        cluster.up_if_not()
+        return self.service.with_options(on_oom=None).with_cluster(cluster, env=self.service.env)
+
+    def _call_on(self, service: _Service, args: tuple[Any, ...], kwargs: dict[str, Any] | None,
+                 timeout: float | None) -> list[Any]:
+        """One run of every rank, copies of ``service`` (the deployed one, or its copy on an escalation rung)."""
+        placement = self._placement(service)
         placement.plan()
         self.last, self._cancelled = placement, False
         try:
