@@ -104,9 +104,11 @@ class SSHTarget:
     def rsync(
         self, sources: Iterable[str | Path], remote_dir: str, *, step: str, extra: Iterable[str] = ()
     ) -> None:
-        """Copy files/trees to ``remote_dir`` (created if missing); unchanged files are not sent again."""
+        """Copy files/trees to ``remote_dir`` (created if missing); unchanged files are not sent again. A file counts
+        as unchanged only when its size and its mtime to the nanosecond match (``--modify-window=-1``): rsync's default
+        whole-second check skips an edit made within a second of the last sync that kept the file's size."""
         rsh = " ".join(shlex.quote(a) for a in ["ssh", *self.options()])
-        argv = ["rsync", "-a", "--mkpath", *extra, "-e", rsh, *map(str, sources), f"{self.dest}:{remote_dir}"]
+        argv = ["rsync", "-a", "--modify-window=-1", "--mkpath", *extra, "-e", rsh, *map(str, sources), f"{self.dest}:{remote_dir}"]
         r = _with_handshake_retries(lambda: subprocess.run(argv, capture_output=True, text=True, timeout=900))
         if r.returncode != 0:
             raise step_error(step, self.host, r.returncode, r.stderr)

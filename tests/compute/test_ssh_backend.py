@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -140,3 +141,19 @@ def test_stop_then_up_if_not_restarts_the_daemon_with_its_services(netns_hosts, 
     out = remote(6)
     assert out["square"] == 36 and out["pid"] != first_pid  # a new worker behind a restarted daemon
     c.teardown()
+
+
+def test_an_edit_in_the_same_second_with_the_same_size_is_synced(netns_hosts, tether_home, tmp_path):
+    """Code sync must not run old code: rsync's default quick check (size + whole-second mtime) skips a file edited
+    within the second of the last sync when its size did not change."""
+    t = _target(netns_hosts, 1, tmp_path)
+    root = tmp_path / "proj"
+    root.mkdir()
+    mod = root / "model.py"
+    remote = t.run("echo $HOME", step="test").strip() + "/tether-sync-test/proj"
+    second = int(time.time()) - 10
+    for value, frac in ((1, 100_000_000), (2, 600_000_000)):  # same size, same whole second, 0.5 s apart
+        mod.write_text(f"def answer():\n    return {value}\n")
+        os.utime(mod, ns=(second * 10**9 + frac, second * 10**9 + frac))
+        t.rsync([f"{root}/"], f"{remote}/", step="sync code", extra=["--delete"])
+        assert f"return {value}" in t.run(f"cat {remote}/model.py", step="test")
