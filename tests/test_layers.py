@@ -43,6 +43,10 @@ DEFERRED = {
     ("tether.registry.cli", "tether.registry.server"): "aiohttp's server, for `tether registry serve` only",
     ("tether.registry.cli", "tether.registry.store"): "SQLAlchemy, for the commands that open a store",
     ("tether.console.cli", "tether.console.routes"): "aiohttp's server and SQLAlchemy, for `tether console` only",
+    ("tether.compute.bootstrap", "rich.console"): "rich ~20 ms: only a host's bring-up shows progress, and a fresh "
+                                                  "caller imports this module (tether.api.box) without bringing up",
+    ("tether.compute.bootstrap", "rich.progress"): "rich, as above",
+    ("tether.api.distribute.pool", "rich.progress"): "rich, only for a map's progress bar",
     ("tether.compute.bootstrap", "packaging.requirements"): "not a core dependency: only bootstrapping hosts needs it",
     ("tether.compute.bootstrap", "packaging.utils"): "not a core dependency: only bootstrapping hosts needs it",
     ("tether.api.secrets", "tether.registry.vault_client"): "the registry's vault (HTTP client or SQLAlchemy), only "

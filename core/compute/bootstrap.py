@@ -25,9 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
 from tether import _version
 from tether.errors import AuthError, ClusterUnavailable, ConfigError
 from tether.home import file_lock
@@ -459,6 +456,9 @@ def bootstrap_hosts(
     image_key: str | None = None, prepare: Callable[[SSHTarget, DaemonInfo], None] | None = None,
 ) -> list[DaemonInfo]:  # fmt: skip
     """Bootstrap every host in parallel with a rich progress display; the first failure is raised."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     console = Console(stderr=True, quiet=not show_progress)
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[host]}[/] {task.description}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:  # fmt: skip

@@ -28,7 +28,7 @@ from tether.registry.names import Ref
 from tether.registry.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("aiohttp", "sqlalchemy", "structlog")
+HEAVY = ("aiohttp", "sqlalchemy", "structlog", "rich")
 
 PROGRAM = """
 import asyncio, json, sys

@@ -19,8 +19,6 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from rich.progress import Progress
-
 from tether.api.distribute.placement import Copy, Placement, prefixed
 from tether.api.mapping import zip_args
 from tether.client.loop import background_loop, run_sync
@@ -130,6 +128,8 @@ class Pool:
         done: dict[int, tuple[bool, Any]] = {}
         nxt = 0
         try:
+            from rich.progress import Progress
+
             with Progress(transient=True, disable=not show) as bar:
                 task = bar.add_task(f"{self.service.name} x{len(self.replicas)}", total=len(items))
                 while nxt < len(items):
