@@ -57,33 +57,38 @@ def stacked_bars(days: Sequence[str], series: dict[str, Sequence[int]], *, title
 
 def line_chart(series: dict[str, Sequence[tuple[float, float]]], *, title: str, unit: str, start: float, end: float,
                width: int = 540, height: int = 160) -> str:
-    """An SVG of one line per label over ``start``..``end`` (epoch seconds; ``series``: label → (t, value)), with
-    a y scale in ``unit``, minutes-ago ticks and a legend. A single point is drawn as a dot."""
-    left, bottom, top, right = 44, 22, 22, 10
+    """An SVG of one line (and a dot per sample) per label over ``start``..``end`` (epoch seconds; ``series``:
+    label → (t, value)), with a y scale in ``unit``, time-before-``end`` ticks and a legend."""
+    left, bottom, top, right = 66, 22, 22, 14
     inner_w, inner_h = width - left - right, height - bottom - top
     peak = max((v for pts in series.values() for _, v in pts), default=0.0) or 1.0
-    span = max(end - start, 1.0)
+    scale = peak * 1.15  # headroom: the top line stays clear of the title
+    span = end - start if end - start > 1e-6 else 1.0
 
-    def xy(t: float, v: float) -> str:
-        return f"{left + (t - start) / span * inner_w:.1f},{top + inner_h - v / peak * inner_h:.1f}"
+    def xy(t: float, v: float) -> tuple[float, float]:
+        return left + (t - start) / span * inner_w, top + inner_h - v / scale * inner_h
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 16 * len(series)}" '
+    legend_top = height + 12
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{legend_top + 16 * len(series)}" '
              f'role="img" aria-label="{escape(title)}">',
              f'<text x="{left}" y="14" font-weight="600">{escape(title)}</text>',
              f'<line x1="{left}" y1="{top + inner_h}" x2="{left + inner_w}" y2="{top + inner_h}" stroke="#d0d5dd"/>',
-             f'<text x="2" y="{top + 8}">{peak:.4g}{escape(unit)}</text><text x="2" y="{top + inner_h}">0</text>']
-    for mins in range(0, int(span // 60) + 1, max(1, int(span // 60) // 6 or 1)):
-        x = left + inner_w - mins * 60 / span * inner_w
-        parts.append(f'<text x="{x - 8:.1f}" y="{top + inner_h + 14}">-{mins}m</text>')
+             f'<text x="2" y="{xy(start, peak)[1] + 4:.1f}">{peak:.4g}{escape(unit)}</text>'
+             f'<text x="2" y="{top + inner_h}">0</text>']
+    unit_s, name = (60.0, "m") if span >= 120 else (1.0, "s")
+    step = next((n for n in (1, 2, 5, 10, 15, 30, 60) if span / unit_s / n <= 6), 60) * unit_s
+    for k in range(int(span // step) + 1):
+        x = left + inner_w - k * step / span * inner_w
+        label = "now" if k == 0 else f"-{k * step / unit_s:g}{name}"
+        parts.append(f'<text x="{x:.1f}" y="{top + inner_h + 14}" text-anchor="middle">{label}</text>')
     for n, (label, pts) in enumerate(series.items()):
         color = COLORS[n % len(COLORS)]
-        if len(pts) == 1:
-            cx, cy = xy(*pts[0]).split(",")
-            parts.append(f'<circle class="point" cx="{cx}" cy="{cy}" r="3" fill="{color}"/>')
-        elif pts:
-            parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" '
-                         f'points="{" ".join(xy(t, v) for t, v in pts)}"><title>{escape(label)}</title></polyline>')
-        y0 = height + 16 * n
+        coords = [xy(t, v) for t, v in pts]
+        if len(coords) > 1:
+            parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="2" points="'
+                         + " ".join(f"{x:.1f},{y:.1f}" for x, y in coords) + f'"><title>{escape(label)}</title></polyline>')
+        parts.extend(f'<circle class="point" cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in coords)
+        y0 = legend_top + 16 * n
         parts.append(f'<rect x="{left}" y="{y0 - 9}" width="10" height="10" fill="{color}"/>'
                      f'<text x="{left + 16}" y="{y0}">{escape(label)}</text>')
     parts.append("</svg>")

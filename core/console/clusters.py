@@ -160,7 +160,7 @@ class ClusterPages:
                     if r is not None:
                         mem[env].append((sample.t, r / 2**20))
         end = history[-1].t
-        start = end - self.sampler.window_s
+        start = max(end - self.sampler.window_s, history[0].t)  # the hour, or as much of it as was sampled
         return (f'<h3>The last hour ({len(history)} samples kept by this server)</h3><div class="grid">'
                 f'<div class="card" id="chart-cpu">{line_chart(cpu, title="CPU per worker", unit="%", start=start, end=end)}</div>'
                 f'<div class="card" id="chart-memory">{line_chart(mem, title="memory per worker", unit=" MiB", start=start, end=end)}'

@@ -94,6 +94,20 @@ def _rss(pid: int) -> int | None:
     return None
 
 
+def _meminfo() -> dict[str, int]:
+    """This machine's ``/proc/meminfo`` in bytes (empty where there is none)."""
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                with contextlib.suppress(ValueError, IndexError):
+                    out[key] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
 def proc_usage(pids: list[int], interval: float = 0.2) -> dict[int, tuple[float | None, int | None]]:
     """Per pid of this machine: (CPU percent over ``interval`` seconds, resident bytes); None where unreadable.
     Blocks for ``interval``: call it off the event loop."""
@@ -144,7 +158,8 @@ class ClusterView:
             or spec.get("instance_type")
         if not hosts and self.state is not None:
             hosts = [self.name] * int(spec.get("num_nodes") or 1)
-        return [{"host": h, "index": i, "instance_type": itype} for i, h in enumerate(hosts)]
+        here = {"cpus": os.cpu_count(), "memory_total": _meminfo().get("MemTotal")} if self.local else {}
+        return [{"host": h, "index": i, "instance_type": itype, **here} for i, h in enumerate(hosts)]
 
     def autostop_left(self) -> float | None:
         """Seconds until the daemon's idle clock stops the cluster (None: no autostop, paused, or unknown)."""

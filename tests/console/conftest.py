@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -93,18 +94,25 @@ class Browser:
     def open(self, path: str) -> None:
         self.driver.get(self.base + path)
 
-    def login(self, token: str) -> None:
+    def login(self, token: str, *, wait: bool = True) -> None:
+        """Sign in with ``token``; ``wait``: until signed in (a page opened at once would race the login POST)."""
         self.open("/console/login")
         box = self.driver.find_element(By.ID, "token")
         box.clear()
         box.send_keys(token)
         self.driver.find_element(By.ID, "login").click()
+        if wait:
+            WebDriverWait(self.driver, 60).until(lambda d: d.find_elements(By.ID, "whoami"))
 
     def text(self) -> str:
         return str(self.driver.find_element(By.TAG_NAME, "body").text)
 
     def wait_text(self, needle: str, css: str = "body", timeout: float = 60) -> None:
-        WebDriverWait(self.driver, timeout).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), needle))
+        try:
+            WebDriverWait(self.driver, timeout).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), needle))
+        except TimeoutException:
+            raise AssertionError(f"{needle!r} not in {css!r} of {self.driver.current_url} after {timeout} s; the page "
+                                 f"says:\n{self.text()[:2000]}") from None
 
     def find(self, css: str) -> list[object]:
         return list(self.driver.find_elements(By.CSS_SELECTOR, css))

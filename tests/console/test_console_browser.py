@@ -35,7 +35,7 @@ def test_login_and_browsing(team: Team, as_alice: Any, browsers: Browsers) -> No
     b.open("/console/services")
     assert b.driver.current_url.startswith(team.url + "/console/login")  # not signed in: the login page
     b.shot("login")
-    b.login("not-a-token")
+    b.login("not-a-token", wait=False)
     b.wait_text("unknown, revoked or expired token", "#error")
     b.shot("wrong-token")
     b.login(team.tokens["alice"])

@@ -86,7 +86,11 @@ def test_clusters_and_cost_by_team_in_the_browser(
     assert [w[0] for w in workers] == ["default"]
     assert workers[0][4].endswith("%") and workers[0][5].endswith("MiB"), workers  # read from /proc: local daemon
     assert b.find("#chart-cpu svg polyline.series") and b.find("#chart-memory svg polyline.series")
+    nodes = _cells(b, "#nodes ~ table tbody tr")
+    assert nodes[0][:3] == ["0", "127.0.0.1", "local"] and nodes[0][4].endswith("GiB"), nodes  # this machine
     b.shot("cluster-local")
+    b.driver.execute_script("document.getElementById('workers').scrollIntoView();")
+    b.shot("cluster-local-charts")
 
     b.open("/console/s/alice/embed")
     b.driver.execute_script("document.getElementById('usage-teams').scrollIntoView();")
