@@ -1,75 +1,148 @@
 """Big call bodies of clients that are not on this host (TCP, with or without TLS), without full copies here.
 
 A same-host client hands its big arguments over in ``/dev/shm`` and maps big results itself. A client on another
-host sends and receives them through the socket, and the daemon used to hold each one whole in its own memory twice
-over: the request read and joined (a copy), then written to ``/dev/shm`` for the worker (another); the worker's
-result read back out of its ``/dev/shm`` file (a third) before it was sent. Here:
+host sends and receives them through the socket. Here:
 
 - :func:`receive_args`: a pickle body of ``SHM_THRESHOLD`` bytes or more with a ``Content-Length`` is streamed
-  from the socket straight into a new ``/dev/shm`` file of the daemon's, which the call then takes as its argument
-  file (as it takes a same-host client's ``X-Tether-Shm`` file): the worker unpickles it from there.
-- :func:`result_view`: a result (or item) the worker left in ``/dev/shm`` is sent from a read-only mapping of its
-  file, never read into the daemon's memory.
+  from the socket into one of the daemon's reusable argument files (:class:`ArgSlabs`), which the call's worker
+  takes as a lent slab (``_lent``, as a same-host client's, see ``tether.daemon.slabs``): it maps the file once and
+  unpickles in place. The pages of a reused file are already allocated, so the daemon's one copy (socket buffer
+  -> file) lands in warm memory, and no file is allocated, zero-filled and freed per call.
+- :func:`result_body`: a result (or item) the worker left in ``/dev/shm`` is sent from its file: by ``sendfile``
+  over a plain socket (the kernel copies the file's pages to the socket; nothing passes through the daemon's
+  memory), from a read-only mapping in 1 MiB slices over TLS (the TLS layer copies what it encrypts, never the
+  whole payload at once).
+
+The reuse rule for argument files: a file goes back to the pool only once its call's RESULT or ERROR frame has
+arrived (the worker has unpickled the arguments and let go of its view long before); after a refused or short
+body, or a call that could not be handed to its worker, the file is removed, never reused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import os
+import select
 from typing import Any
 
 from aiohttp import web
 
 from tether.daemon.calls import Call, frame_body
 from tether.errors import PayloadTooLarge, SerializationError
-from tether.protocol.shm import SHM_DIR, SHM_THRESHOLD, new_shm_file, unlink_quietly
+from tether.protocol.shm import SHM_DIR, SHM_THRESHOLD, shm_name, unlink_quietly
 
-__all__ = ["receive_args", "result_view"]
+__all__ = ["ArgSlab", "ArgSlabs", "ShmBody", "receive_args", "release_when_done", "result_body", "result_view",
+           "slabs"]
 
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-_BATCH = 1024 * 1024  # body bytes gathered per write  # Linux: map every page at once (no fault per page while sending)
+_BATCH = 1024 * 1024  # body bytes gathered per write
+_SLICE = 1024 * 1024  # bytes per write of a mapped body over TLS
+_STEP = 1024 * 1024  # argument files grow in whole MiB
+READ_STALL_MS = 300_000  # a client that takes none of a result for this long is dropped
 
 
-async def receive_args(request: web.Request, max_body: int) -> str | None:
-    """The path of a new ``/dev/shm`` file of ours holding the request's pickle body, for a body of
-    ``SHM_THRESHOLD`` bytes or more with a ``Content-Length``; None to read it the ordinary way (a small or
-    chunked body, no ``/dev/shm``, or no room there: nothing was read yet). The file is removed on any failure."""
+class ArgSlab:
+    """One reusable argument file of the daemon's: open, ``size`` bytes allocated; ``length`` of them hold the
+    current call's pickle."""
+
+    __slots__ = ("fd", "length", "path", "size")
+
+    def __init__(self) -> None:
+        self.path = shm_name()
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        self.size = 0
+        self.length = 0
+
+    def reserve(self, n: int) -> None:
+        """At least ``n`` bytes allocated now (``OSError`` for a full ``/dev/shm``, before a byte is written)."""
+        if n > self.size:
+            new = -(-n // _STEP) * _STEP
+            os.posix_fallocate(self.fd, 0, new)
+            self.size = new
+
+    def lent(self) -> dict[str, Any]:
+        """The CALL meta handing this file to the worker (``tether.daemon.slabs``' ``_lent``)."""
+        return {"_lent": [self.path, self.length]}
+
+    def discard(self) -> None:
+        os.close(self.fd)
+        unlink_quietly(self.path)
+
+
+class ArgSlabs:
+    """The daemon's pool of free argument files: at most ``keep`` of them and ``max_bytes`` in all; one beyond
+    that is removed when its call ends."""
+
+    def __init__(self, keep: int = 4, max_bytes: int = 512 * 1024 * 1024) -> None:
+        self.keep = keep
+        self.max_bytes = max_bytes
+        self.free: list[ArgSlab] = []
+
+    def take(self, length: int) -> ArgSlab:
+        """A free file for ``length`` bytes: the smallest big enough, else the biggest (grown), else a new one."""
+        fits = [s for s in self.free if s.size >= length]
+        pick = min(fits, key=lambda s: s.size) if fits else max(self.free, key=lambda s: s.size, default=None)
+        if pick is None:
+            return ArgSlab()
+        self.free.remove(pick)
+        return pick
+
+    def give_back(self, slab: ArgSlab) -> None:
+        slab.length = 0
+        if len(self.free) >= self.keep or sum(s.size for s in self.free) + slab.size > self.max_bytes:
+            slab.discard()
+        else:
+            self.free.append(slab)
+
+    def close(self) -> None:
+        for slab in self.free:
+            slab.discard()
+        self.free.clear()
+
+
+slabs = ArgSlabs()  # the daemon process's pool
+
+
+async def receive_args(request: web.Request, max_body: int) -> ArgSlab | None:
+    """One of :data:`slabs` holding the request's pickle body, for a body of ``SHM_THRESHOLD`` bytes or more with a
+    ``Content-Length``; None to read it the ordinary way (a small or chunked body, no ``/dev/shm``, or no room
+    there: nothing was read yet). Hand it to :func:`release_when_done` with its call; on any failure here it is
+    removed."""
     length = request.content_length
     if length is None or length < SHM_THRESHOLD or SHM_DIR is None or request.method == "GET":
         return None
     if length > max_body:
         raise PayloadTooLarge(f"request body over the daemon's limit of {max_body} bytes",
                               details={"limit": max_body})
-    f, path = new_shm_file()
+    slab = slabs.take(length)
     try:
-        with f:
-            fd = f.fileno()
-            try:
-                os.posix_fallocate(fd, 0, length)  # room for all of it now, or the ordinary way
-            except OSError:
-                unlink_quietly(path)
-                return None
-            got, written, first, last = 0, 0, b"", b""
-            pieces: list[bytes] = []
-            while got < length:
-                chunk, _ = await request.content.readchunk()  # as the parser made it: not joined (no copy)
-                if not chunk:
-                    raise SerializationError(f"the request body ended after {got} of its {length} bytes",
-                                             details={"reason": "short_body"})
-                if not got:
-                    first = chunk[:1]
-                pieces.append(chunk)
-                got += len(chunk)
-                last = chunk[-1:]
-                if got - written >= _BATCH or got >= length:  # the kernel copies into the file's pages
-                    written += _write_all(fd, pieces, written)
-                    pieces.clear()
+        slab.reserve(length)  # room for all of it now, or the ordinary way
+    except OSError:
+        slab.discard()
+        return None
+    try:
+        got, written, first, last = 0, 0, b"", b""
+        pieces: list[bytes] = []
+        while got < length:
+            chunk, _ = await request.content.readchunk()  # as the parser made it: not joined (no copy)
+            if not chunk:
+                raise SerializationError(f"the request body ended after {got} of its {length} bytes",
+                                         details={"reason": "short_body"})
+            if not got:
+                first = chunk[:1]
+            pieces.append(chunk)
+            got += len(chunk)
+            last = chunk[-1:]
+            if got - written >= _BATCH or got >= length:  # the kernel copies into the file's (warm) pages
+                written += _write_all(slab.fd, pieces, written)
+                pieces.clear()
         if first != b"\x80" or last != b".":  # PROTO ... STOP
             raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
     except BaseException:
-        unlink_quietly(path)
+        slab.discard()
         raise
-    return path
+    slab.length = length
+    return slab
 
 
 def _write_all(fd: int, pieces: list[bytes], offset: int) -> int:
@@ -84,21 +157,101 @@ def _write_all(fd: int, pieces: list[bytes], offset: int) -> int:
     return total
 
 
-def result_view(meta: dict[str, Any], body: bytes, call: Call) -> bytes | memoryview:
-    """A frame's payload as :func:`tether.daemon.calls.frame_body` gives it, except that one in a ``/dev/shm``
-    file is a read-only mapping of that file (no copy; the mapping lives as long as the view, and outlives the file
-    being removed)."""
+def release_when_done(call: Call | None, slab: ArgSlab) -> None:
+    """Give ``slab`` back to the pool once ``call`` has its last frame; remove it now when there is no call (it
+    never reached a worker)."""
+    if call is None:
+        slab.discard()
+    elif call.done:
+        slabs.give_back(slab)
+    else:
+        asyncio.ensure_future(_after(call, slab))
+
+
+async def _after(call: Call, slab: ArgSlab) -> None:
+    try:
+        while not call.done:
+            await call.changed(None)
+    except BaseException:  # the daemon stops: the file goes (a restarted daemon sweeps what is left)
+        slab.discard()
+        raise
+    slabs.give_back(slab)
+
+
+class ShmBody:
+    """A response body in a ``/dev/shm`` file: sent by ``sendfile`` over a plain socket, from a read-only mapping in
+    slices over TLS (see :meth:`send`)."""
+
+    __slots__ = ("path", "size")
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path = path
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    async def send(self, request: web.Request, stream: web.StreamResponse) -> str:
+        """Write the file to ``stream`` (prepared, its headers sent); returns how: ``"sendfile"`` (a plain socket)
+        or ``"mapped"`` (TLS, or a transport without a socket)."""
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("the connection is gone")
+        sock = transport.get_extra_info("socket")
+        with open(self.path, "rb", buffering=0) as f:
+            if transport.get_extra_info("sslcontext") is None and sock is not None:
+                await stream.drain()
+                while transport.get_write_buffer_size():  # what was written before goes first
+                    await asyncio.sleep(0.001)
+                await asyncio.get_running_loop().run_in_executor(None, _sendfile, sock.fileno(), f.fileno(),
+                                                                 self.size)
+                return "sendfile"
+            view = memoryview(mmap.mmap(f.fileno(), self.size, prot=mmap.PROT_READ))  # goes with its last slice
+        for off in range(0, self.size, _SLICE):
+            await stream.write(view[off:off + _SLICE])
+        return "mapped"
+
+
+def _sendfile(sock: int, fd: int, count: int) -> None:
+    """``count`` bytes of ``fd`` to the (non-blocking) socket ``sock`` by ``sendfile``, waiting in this thread for
+    room (the event loop's own writes to this socket wait for the response, and its reads go on)."""
+    poll = select.poll()
+    poll.register(sock, select.POLLOUT)
+    offset = 0
+    while offset < count:
+        try:
+            sent = os.sendfile(sock, fd, offset, count - offset)
+        except BlockingIOError:
+            sent = None
+        if sent == 0:
+            raise ConnectionResetError("the connection closed while a result was sent")
+        if sent is None:
+            if not poll.poll(READ_STALL_MS):
+                raise ConnectionResetError("the client read nothing for too long")
+            continue
+        offset += sent
+
+
+def result_body(meta: dict[str, Any], body: bytes, call: Call) -> bytes | ShmBody:
+    """A frame's payload as :func:`tether.daemon.calls.frame_body` gives it, except that a big one in a
+    ``/dev/shm`` file is a :class:`ShmBody` of that file (sent without a copy in the daemon)."""
     path = meta.get("_shm")
     if not path or meta.get("_size", SHM_THRESHOLD) < SHM_THRESHOLD:
         return frame_body(meta, body, call)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        size = os.stat(path).st_size
     except FileNotFoundError:
         return frame_body(meta, body, call)  # gone: the typed result-gone error, as there
+    return ShmBody(path, size)
+
+
+def result_view(meta: dict[str, Any], body: bytes, call: Call) -> bytes | memoryview:
+    """:func:`result_body` as bytes or a read-only mapping of the file (the mapping lives as long as the view)."""
+    out = result_body(meta, body, call)
+    if not isinstance(out, ShmBody):
+        return out
+    fd = os.open(out.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        if not size:
-            return b""
-        return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ))
+        return memoryview(mmap.mmap(fd, out.size, prot=mmap.PROT_READ)) if out.size else b""
     finally:
         os.close(fd)

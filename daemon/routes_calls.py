@@ -76,8 +76,14 @@ async def call(request: web.Request) -> web.StreamResponse:
             raise
     if arg_file is not None or "_lent" in lent:
         return await reply(request, await d.start_call(call_id, name, method, b"", json_mode, arg_file, lent))
-    if not json_mode and (big := await bodies.receive_args(request, d.max_body)) is not None:  # TCP: into /dev/shm
-        return await reply(request, await d.start_call(call_id, name, method, b"", json_mode, big, lent))
+    if not json_mode and (big := await bodies.receive_args(request, d.max_body)) is not None:  # TCP: a reused file
+        started: Call | None = None
+        try:
+            started = await d.start_call(call_id, name, method, b"", json_mode, None, {**lent, **big.lent()})
+        finally:
+            bodies.release_when_done(started, big)  # back to the pool once the call ended (removed if it never ran)
+        assert started is not None
+        return await reply(request, started)
     body = query_body(request) if request.method == "GET" else await request.read()
     if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
@@ -185,7 +191,10 @@ async def respond(request: web.Request, call: Call) -> web.StreamResponse:
             elif stream is None:
                 stream = await _open_stream(request, headers)
             for part in payload:
-                await stream.write(part)
+                if isinstance(part, bodies.ShmBody):
+                    await part.send(request, stream)  # sendfile over a plain socket, mapped slices over TLS
+                else:
+                    await stream.write(part)
             if final:
                 await stream.write_eof()
                 return stream
@@ -200,7 +209,7 @@ async def _open_stream(request: web.Request, headers: dict[str, str]) -> web.Str
 
 
 def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, files: bool,
-                    mine: str | None = None) -> tuple[bytes | memoryview, ...]:
+                    mine: str | None = None) -> tuple[bytes | memoryview | bodies.ShmBody, ...]:
     """A frame as the client reads it: one buffer, or a header and a large body (not joined: no copy).
 
     A result left in a lent slab goes only to the request that lent it (``mine``), as an ``F`` frame."""
@@ -222,10 +231,10 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
             call.shared = True
             ref = {"kind": kind, "path": path, "size": meta["_size"]}
             return (p.client_frame(p.FILE, json.dumps(ref).encode()),)
-        view = bodies.result_view(meta, body, call)  # a mapping of the file: sent without a copy
-        if len(view) > 1024 * 1024:
-            return p.client_header(kind, len(view)), view
-        body = bytes(view)
+        big = bodies.result_body(meta, body, call)  # the file itself: sent without a copy in the daemon
+        if len(big) > 1024 * 1024:
+            return p.client_header(kind, len(big)), big
+        body = bytes(bodies.result_view(meta, body, call)) if isinstance(big, bodies.ShmBody) else big
     if len(body) > 1024 * 1024:
         return p.client_header(kind, len(body)), body
     return (p.client_frame(kind, body),)
