@@ -200,7 +200,6 @@ class ShmBody:
         sock = transport.get_extra_info("socket")
         with open(self.path, "rb", buffering=0) as f:
             if transport.get_extra_info("sslcontext") is None and sock is not None:
-                await stream.drain()
                 while transport.get_write_buffer_size():  # what was written before goes first
                     await asyncio.sleep(0.001)
                 await asyncio.get_running_loop().run_in_executor(None, _sendfile, sock.fileno(), f.fileno(),

@@ -1,0 +1,97 @@
+"""How the daemon sends a big result in a ``/dev/shm`` file to a client that is not on this host
+(``tether.daemon.bodies.ShmBody``): by ``sendfile`` over a plain socket (the file's pages go to the socket; nothing
+passes through the daemon's memory), from a mapping in slices over TLS (the TLS layer must see the bytes). Real
+aiohttp servers on real sockets, on the daemon's own event loop (uvloop when installed, and the stdlib loop); the
+client checks every byte and the keep-alive connection serves the next request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tether.daemon import bodies
+from tether.daemon.eventloop import run
+from tether.daemon.tls import server_context
+from tether.protocol.shm import SHM_DIR, new_shm_file, unlink_quietly
+from tether.protocol.tls import ensure_self_signed
+
+pytestmark = pytest.mark.skipif(SHM_DIR is None, reason="needs a writable /dev/shm")
+
+MiB = 1024 * 1024
+HEAD = b"frame-header"
+
+
+async def _serve_twice(payload_path: str, size: int, tls: ssl.SSLContext | None) -> tuple[list[str], list[bytes]]:
+    how: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        stream = web.StreamResponse()
+        stream.content_length = len(HEAD) + size
+        await stream.prepare(request)
+        await stream.write(HEAD)
+        how.append(await bodies.ShmBody(payload_path, size).send(request, stream))
+        await stream.write_eof()
+        return stream
+
+    app = web.Application()
+    app.router.add_get("/r", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        got = await asyncio.get_running_loop().run_in_executor(None, _get_twice, port, tls is not None)
+    finally:
+        await runner.cleanup()
+    return how, got
+
+
+def _get_twice(port: int, tls: bool) -> list[bytes]:
+    """Two GETs on one keep-alive connection; each response's body."""
+    sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        sock = ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+    out = []
+    with sock, sock.makefile("rb") as f:
+        for _ in range(2):
+            sock.sendall(b"GET /r HTTP/1.1\r\nHost: x\r\n\r\n")
+            length = None
+            while (line := f.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert length is not None
+            out.append(f.read(length))
+    return out
+
+
+@pytest.fixture()
+def result_file():
+    data = os.urandom(12 * MiB + 123)
+    f, path = new_shm_file()
+    with f:
+        f.write(data)
+    yield path, data
+    unlink_quietly(path)
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_plain_tcp_sends_the_file_by_sendfile_and_tls_from_a_mapping(result_file, tmp_path: Path, monkeypatch,
+                                                                     loop: str) -> None:
+    monkeypatch.setenv("TETHER_LOOP", loop)
+    path, data = result_file
+    how, got = run(_serve_twice(path, len(data), None))
+    assert how == ["sendfile", "sendfile"]
+    assert got == [HEAD + data, HEAD + data]
+    ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
+    how, got = run(_serve_twice(path, len(data), server_context(tmp_path / "cert.pem", tmp_path / "key.pem")))
+    assert how == ["mapped", "mapped"]
+    assert got == [HEAD + data, HEAD + data]
