@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field
 
+from tether.registry.bodies import read_body
 from tether.registry.names import parse_ref
 from tether.registry.store import Store
 from tether.registry.vault import Vault, vault_key
@@ -70,7 +71,7 @@ class _Handlers:
         return parse_ref(f"{request.match_info['namespace']}/{request.match_info['name']}", allow_selector=False)
 
     async def put_secret(self, request: web.Request) -> web.Response:
-        body = SecretBody.model_validate(await request.json())
+        body = await read_body(request, SecretBody)
         ref, who = self._ref(request), request["principal"]
         number = await asyncio.to_thread(self.vault().put, ref, body.values, body.provider, by=who, principal=who)
         return web.json_response(SecretVersion(name=ref.full, version=number).model_dump(), status=200)
@@ -85,7 +86,7 @@ class _Handlers:
         return web.json_response(Deleted(deleted=n).model_dump())
 
     async def share_secret(self, request: web.Request) -> web.Response:
-        body = SecretShare.model_validate(await request.json())
+        body = await read_body(request, SecretShare)
         ref = self._ref(request)
         await asyncio.to_thread(self.vault().share, ref, body.principal, body.access_level,
                                 principal=request["principal"])

@@ -23,8 +23,9 @@ from sqlalchemy.exc import DataError
 from tether.console.routes import add_console, is_console_path
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
 from tether.logging import configure_logging
-from tether.protocol.serving import Runner, input_error, mark_authenticated, read_json
+from tether.protocol.serving import Runner, input_error, mark_authenticated
 from tether.registry import lineage_routes, secret_routes
+from tether.registry.bodies import read_body
 from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, parse_ref
 from tether.registry.store import Store
@@ -253,14 +254,6 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-async def _body(request: web.Request, model: type[BaseModel]) -> Any:
-    try:
-        data = await read_json(request)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError("request body is not JSON", details={"field": "body"}) from None
-    return model.model_validate(data)
-
-
 def _ref(request: web.Request, *, namespace_wide: bool = False) -> Ref:
     ns, name = request.match_info["namespace"], request.match_info["name"]
     if name == "*" and namespace_wide:
@@ -291,7 +284,7 @@ class Handlers:
         return _json(await self._run(self.store.list, ns, principal=request["principal"]))
 
     async def save(self, request: web.Request) -> web.Response:
-        body = await _body(request, SaveBody)
+        body = await read_body(request, SaveBody)
         p = request["principal"]
         v = await self._run(
             self.store.save, _ref(request), body.config, by=p, code_hash=body.code_hash, principal=p
@@ -307,14 +300,14 @@ class Handlers:
         return _json(await self._run(self.store.get, ref, principal=request["principal"]))
 
     async def rollback(self, request: web.Request) -> web.Response:
-        body = await _body(request, VersionBody)
+        body = await read_body(request, VersionBody)
         p = request["principal"]
         return _json(
             await self._run(self.store.rollback, _ref(request), body.version, by=p, principal=p), 201
         )
 
     async def tag(self, request: web.Request) -> web.Response:
-        body = await _body(request, VersionBody)
+        body = await read_body(request, VersionBody)
         p, tag = request["principal"], request.match_info["tag"]
         return _json(await self._run(self.store.tag, _ref(request), body.version, tag, by=p, principal=p))
 
@@ -322,7 +315,7 @@ class Handlers:
         return _json(await self._run(self.store.grants, _ref(request), principal=request["principal"]))
 
     async def share(self, request: web.Request) -> web.Response:
-        body = await _body(request, ShareBody)
+        body = await read_body(request, ShareBody)
         p = request["principal"]
         grant = await self._run(
             self.store.share,
@@ -356,7 +349,7 @@ class Handlers:
         )
 
     async def record_calls(self, request: web.Request) -> web.Response:
-        body = await _body(request, CallsBody)
+        body = await read_body(request, CallsBody)
         stored = await self._run(self.store.record_calls, body.records, principal=request["principal"])
         return _json(Stored(stored=stored))
 

@@ -113,3 +113,29 @@ def _delete_as(name: str) -> None:
     from tether.registry.vault_client import open_vault, secret_ref
 
     open_vault().delete(secret_ref(name))
+
+
+def test_bad_bodies_on_the_secret_routes_are_typed_errors_and_store_nothing(as_alice, tmp_path):
+    """Bytes that are not UTF-8, not JSON, or JSON nested past the spec limit: a typed JSON error (422 ConfigError,
+    400 SerializationError; the fuzzer found a 500 UnicodeDecodeError), nothing stored, the server keeps serving."""
+    import requests
+
+    from tether.registry.store import Store
+
+    db = str(tmp_path / "team.db")
+    store = Store(db)
+    try:
+        token = store.create_token("alice")
+    finally:
+        store.close()
+    with registry_server(db, tmp_path) as (url, _proc):
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        for body in (b"\xa31\x80\x05K\xb5/", b"{not json", b"[" * 5000 + b"]" * 5000):
+            for route in ("/v1/secrets/alice/db", "/v1/secrets/alice/db/grants"):
+                method = requests.put if route.endswith("/db") else requests.post
+                r = method(url + route, data=body, headers=auth, timeout=30)
+                assert r.status_code in (400, 422), (route, body[:10], r.status_code, r.text[:300])
+                err = r.json()["error"]
+                assert err["type"] in ("ConfigError", "SerializationError") and err["message"]
+        r = requests.get(url + "/v1/secrets/alice/db", headers=auth, timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["type"] == "NotFound"  # nothing was stored

@@ -174,3 +174,14 @@ def test_malformed_http_gets_tether_json_errors(server: str, daemon: DaemonProc,
 
 def test_the_probe_list_covers_the_issue(tmp_path: Path):
     assert len(PROBES) >= 22
+
+
+def test_bad_bodies_on_the_grant_routes_are_typed_and_change_nothing(daemon: DaemonProc):
+    """The owner's grant routes (``POST /grants``, ``/grants/revoke``) with bytes that are not UTF-8, not JSON, not an
+    object, or nested too deep: a typed 4xx JSON error, no grant written, the daemon keeps serving."""
+    before = daemon.get("/grants").json()
+    for path in ("/grants", "/grants/revoke"):
+        for body in (b"\xa31\x80\x05K\xb5/", b"{not json", b"[1, 2]", b'"principal"', deep(5_000).encode()):
+            _typed_4xx(daemon.post(path, data=body, headers={"Content-Type": "application/json"}), f"{path} {body[:12]!r}")
+    assert daemon.get("/grants").json() == before
+    assert daemon.post("/add/call", json={"args": [1, 2]}).json()["result"] == 3
