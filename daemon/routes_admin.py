@@ -12,6 +12,7 @@ from tether.daemon.auth import GRANT_KEY, check_code_roots, visible
 from tether.daemon.eventloop import loop_name
 from tether.daemon.middleware import DAEMON, _name, _valid_name
 from tether.daemon.openapi import document
+from tether.daemon.procstat import CpuSampler, rss_bytes
 from tether.errors import (
     ConfigError,
     NotFound,
@@ -26,6 +27,17 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "version": __version__, "pid": os.getpid()})
 
 
+_CPU = CpuSampler()
+
+
+def _usage(pid: int | None) -> dict[str, object]:
+    """A live worker's ``cpu_percent`` (since the previous status request) and ``rss_bytes``: of the worker itself,
+    not of the launcher that applies a memory limit."""
+    if not pid:
+        return {}
+    return {"cpu_percent": _CPU.percent(pid), "rss_bytes": rss_bytes(pid)}
+
+
 async def status(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     grant = request.get(GRANT_KEY)  # a principal sees the services it has a grant on, their envs and calls
@@ -33,8 +45,10 @@ async def status(request: web.Request) -> web.Response:
                 for row in d.manifest.status() if visible(grant, row["name"])]
     envs = {row["env"] for row in services}
     workers = [{"env": n, "pid": w.pid, "alive": w.alive, "state": w.state(),
+                **_usage((w.worker_pid or w.pid) if w.alive else None),
                 **({"error": w.death.to_wire()["error"]} if isinstance(w.death, TetherError) else {})}
                for n, w in d.pool.workers.items() if n in envs or visible(grant, "*")]
+    _CPU.forget_except({p for w in d.pool.workers.values() for p in (w.worker_pid, w.pid) if p})
     return web.json_response({
         "version": __version__, "pid": os.getpid(), "loop": loop_name(), "uptime": time.time() - d.started,
         "idle_seconds": time.time() - d.last_activity, "autostop_mins": d.autostop_mins,
