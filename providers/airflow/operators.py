@@ -21,6 +21,7 @@ from airflow.sdk.configuration import conf
 import tether
 import tether.runs
 from tether.errors import ConfigError, error_from_wire
+from tether.providers.airflow import lineage
 from tether.providers.airflow.hook import TetherHook, make_cluster
 from tether.providers.airflow.links import TetherCallLink
 from tether.providers.airflow.triggers import TetherCallTrigger
@@ -132,7 +133,8 @@ class RunhouseOperator(BaseOperator):
 
     # Airflow forbids templating an attribute named like a BaseOperator parameter ("kwargs"), so the call's
     # arguments live in ``call_args``/``call_kwargs``; the constructor takes them as ``args=``/``kwargs=``.
-    template_fields: Sequence[str] = ("service", "function", "call_args", "call_kwargs", "cluster")
+    # ``function`` is not templated: Airflow calls a callable template field with the context instead of keeping it.
+    template_fields: Sequence[str] = ("service", "call_args", "call_kwargs", "cluster")
     template_fields_renderers = {"call_args": "py", "call_kwargs": "json", "cluster": "json"}
     ui_color = "#e8f1fb"
     operator_extra_links = (TetherCallLink(),)
@@ -182,6 +184,8 @@ class RunhouseOperator(BaseOperator):
         self._cluster: Any = None
         self.call_url: str | None = None
         """The call's page on its daemon, once the call is chosen (what the "Tether call" link opens)."""
+        self.call_metadata: dict[str, Any] | None = None
+        """The finished call's facts (the ``tether`` XCom), which its OpenLineage facets are made of."""
 
     # -- the call ---------------------------------------------------------------------------------------------------
     @property
@@ -224,9 +228,13 @@ class RunhouseOperator(BaseOperator):
                 retry_failed=False,  # choose_attempt chose the id
                 reattached=choice.reattached,
             )
-        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result.metadata()))
+        context["ti"].xcom_push(key=METADATA_KEY, value=self._facts(result))
         self.log.info("%s", tether.runs.describe_finish(label, result))
         return result.value
+
+    def _facts(self, result: tether.runs.RunResult) -> dict[str, Any]:
+        self.call_metadata = _metadata({**result.metadata(), "cluster": getattr(self._cluster, "name", None)})
+        return self.call_metadata
 
     def _remote_log(self, level: int, line: str) -> None:
         self.log.log(level, "%s", line)
@@ -254,9 +262,23 @@ class RunhouseOperator(BaseOperator):
         self._cluster = make_cluster(event.get("cluster"), TetherHook(self.tether_conn_id).get_conn())
         result = tether.runs.attach_result(call_id, self._cluster)
         self.call_url = result.url
-        context["ti"].xcom_push(key=METADATA_KEY, value=_metadata(result.metadata()))
+        context["ti"].xcom_push(key=METADATA_KEY, value=self._facts(result))
         self.log.info("%s", tether.runs.describe_finish(tether.runs.target_label(self.target), result))
         return result.value
+
+    # -- lineage ----------------------------------------------------------------------------------------------------
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage's ``OperatorLineage`` of the finished call (needs ``apache-airflow-providers-openlineage``):
+        a ``tether`` run facet (service, version, cluster, instance type, call id, page, seconds, cost) and the
+        inputs/outputs the remote code declared with ``tether.lineage.input``/``output`` as ``Dataset`` objects."""
+        meta = self.call_metadata
+        if meta is None:  # another instance of the task (the facts are in its XCom)
+            meta = task_instance.xcom_pull(task_ids=task_instance.task_id, key=METADATA_KEY,
+                                           map_indexes=task_instance.map_index)
+        if not isinstance(meta, dict):  # the call did not finish: what is known of it
+            meta = {"service": tether.runs.target_label(self.target), "call_id": self._call_id,
+                    "url": self.call_url, "cluster": getattr(self._cluster, "name", None)}
+        return lineage.operator_lineage(meta)
 
     # -- kill -------------------------------------------------------------------------------------------------------
     def on_kill(self) -> None:
