@@ -7,11 +7,15 @@ A body of 1 MiB or more travels as a file in ``/dev/shm`` named ``tether-<owner 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import concurrent.futures
 import contextlib
+import functools
 import json
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Container
 from typing import Any
 
@@ -42,7 +46,7 @@ from tether.protocol.shm import (
 
 __all__ = [
     "CALL", "CANCEL", "CLIENT_HDR_SIZE", "DEPLOY", "ERROR", "FILE", "HEARTBEAT", "ITEM", "LOG", "OBJECT", "READY",
-    "RESULT", "SHM_DIR", "SHM_THRESHOLD", "FrameWriter", "Spill", "adopt_shm", "claim_shm", "client_frame",
+    "RESULT", "SHM_DIR", "SHM_THRESHOLD", "SPARES", "FrameWriter", "SpareFiles", "Spill", "adopt_shm", "claim_shm", "client_frame",
     "client_header", "encode_meta", "map_shm", "open_client_file", "parse_client_header", "read_frame", "read_shm",
     "shm_name", "spill", "split_client_frames", "sweep_stale_shm", "unlink_quietly", "write_frame",
 ]
@@ -89,6 +93,71 @@ def spill(body: bytes | memoryview) -> str:
     return path
 
 
+class SpareFiles:
+    """Result files allocated ahead of time, off the call's path: a big result is pickled into pages that are
+    already there (a write into a fresh tmpfs page costs ~4x one into an allocated page), and once the spare is
+    taken the next one is allocated by a background thread. One spare at a time, as long as the last big result
+    (up to ``max_bytes``); it is removed when the process exits."""
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._ready: tuple[Any, str, int] | None = None
+        self._filling = False
+
+    def take(self) -> tuple[Any, str, int] | None:
+        """The spare (file object, path, size), now the caller's; None when none is ready."""
+        with self._lock:
+            got, self._ready = self._ready, None
+        if got is not None and os.fstat(got[0].fileno()).st_nlink == 0:  # its name was removed (a sweep): not it
+            got[0].close()
+            return None
+        return got
+
+    def refill(self, size: int) -> None:
+        """Allocate a spare of ``size`` bytes in the background, unless one that big is ready or on its way."""
+        if size > self.max_bytes or SHM_DIR is None:
+            return
+        with self._lock:
+            if self._filling or (self._ready is not None and self._ready[2] >= size):
+                return
+            self._filling = True
+        _filler().submit(self._fill, size)
+
+    def _fill(self, size: int) -> None:
+        try:
+            f, path = new_shm_file()
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError:  # no room in /dev/shm: no spare (a call's own file may still fit)
+                f.close()
+                unlink_quietly(path)
+                return
+            with self._lock:
+                old, self._ready = self._ready, (f, path, size)
+            if old is not None:
+                old[0].close()
+                unlink_quietly(old[1])
+        finally:
+            with self._lock:
+                self._filling = False
+
+    def close(self) -> None:
+        got = self.take()
+        if got is not None:
+            got[0].close()
+            unlink_quietly(got[1])
+
+
+@functools.cache
+def _filler() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tether-spare")
+
+
+SPARES = SpareFiles()
+atexit.register(SPARES.close)
+
+
 class Spill:
     """A write-only file for a pickler: output stays in memory below ``SHM_THRESHOLD``, then continues in a new
     shared-memory file (a large result is pickled straight into ``/dev/shm``, no in-memory copy).
@@ -116,12 +185,21 @@ class Spill:
         return n
 
     def _open(self) -> Any:
-        """Where the output continues past the threshold: a file object with ``write`` and ``writelines``."""
-        f, self.path = new_shm_file()
+        """Where the output continues past the threshold: a file object with ``write`` and ``writelines`` (an
+        allocated spare file when one is ready, see :class:`SpareFiles`)."""
+        got = SPARES.take()
+        if got is None:
+            f, self.path = new_shm_file()
+            return f
+        f, self.path, self._spare = got
         return f
 
     def _meta(self) -> dict[str, Any]:
+        n = self._file.tell()
+        if getattr(self, "_spare", n) != n:
+            self._file.truncate(n)  # a spare is as long as the result it was made for: cut to this one
         self._file.close()
+        SPARES.refill(n)
         return {"_shm": self.path}
 
     def finish(self) -> tuple[dict[str, Any] | None, bytes]:
