@@ -6,6 +6,7 @@ says which step failed on which host, with the remote stderr.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata as md
 import importlib.util
@@ -26,121 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from tether import _version
-from tether.errors import AuthError, ClusterUnavailable, ConfigError
+from tether.compute.sshtarget import SSHTarget, step_error
+from tether.errors import ClusterUnavailable, ConfigError
 from tether.home import file_lock
 
-__all__ = ["DaemonInfo", "SSHTarget", "bootstrap_hosts", "build_wheel", "build_wheelhouse", "stop_daemon"]
+__all__ = ["DaemonInfo", "Phase", "SSHTarget", "bootstrap_hosts", "build_wheel", "build_wheelhouse", "step_error",
+           "stop_daemon"]
 
 #: the daemon's home on a host, relative to the remote user's HOME.
 REMOTE_DIR = ".tether/daemon"
 DEFAULT_PORT = 32300
 _BUILD_LOCK = threading.RLock()
-_AUTH_RE = re.compile(
-    r"Permission denied|Host key verification failed|Too many authentication failures", re.I
-)
-
-
-@dataclass(frozen=True)
-class SSHTarget:
-    """How to reach one host with the system ``ssh``/``rsync``."""
-
-    host: str
-    user: str | None = None
-    key: str | None = None
-    port: int | None = 22  # None: the port the ssh config gives (SkyPilot's 10022 for docker, a probed one on k8s)
-    known_hosts: str | None = None
-    connect_timeout: int = 5
-    config_file: str | None = None  # ``ssh -F``: a config that defines ``host`` (a cluster's own alias)
-
-    @classmethod
-    def from_creds(
-        cls, host: str, creds: dict[str, str] | None, known_hosts: Path | None = None
-    ) -> SSHTarget:
-        c = dict(creds or {})
-        key = os.path.expanduser(c["key"]) if c.get("key") else None
-        unknown = set(c) - {"user", "key", "port", "connect_timeout"}
-        if unknown:
-            raise ConfigError(f"unknown ssh_creds keys {sorted(unknown)}", hint="use user, key, port")
-        return cls(host=host, user=c.get("user"), key=key, port=int(c.get("port", 22)),
-                   known_hosts=str(known_hosts) if known_hosts else None,
-                   connect_timeout=int(c.get("connect_timeout", 5)))  # fmt: skip
-
-    @property
-    def dest(self) -> str:
-        return f"{self.user}@{self.host}" if self.user else self.host
-
-    def options(self) -> list[str]:
-        opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={self.connect_timeout}",
-                "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3", "-o", "LogLevel=ERROR",
-                "-o", "StrictHostKeyChecking=accept-new"]  # fmt: skip
-        if self.config_file:
-            opts = ["-F", self.config_file, *opts]
-        if self.port is not None:
-            opts += ["-p", str(self.port)]
-        if self.known_hosts:
-            opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
-        if self.key:
-            opts += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
-        return opts
-
-    def ssh_argv(self, command: str) -> list[str]:
-        return ["ssh", *self.options(), self.dest, command]
-
-    def run(self, command: str, *, step: str, stdin: str | None = None, timeout: float = 600) -> str:
-        """Run a shell command on the host; raise a step-named error with the remote stderr if it fails."""
-        try:
-            r = _with_handshake_retries(lambda: subprocess.run(
-                self.ssh_argv(command), input=stdin, capture_output=True, text=True, timeout=timeout))
-        except subprocess.TimeoutExpired as exc:
-            raise ClusterUnavailable(f"step {step!r} timed out after {timeout:.0f}s on {self.host}",
-                                     details={"step": step, "host": self.host}) from exc  # fmt: skip
-        if r.returncode != 0:
-            raise step_error(step, self.host, r.returncode, r.stderr)
-        return r.stdout
-
-    def rsync(
-        self, sources: Iterable[str | Path], remote_dir: str, *, step: str, extra: Iterable[str] = ()
-    ) -> None:
-        """Copy files/trees to ``remote_dir`` (created if missing); unchanged files are not sent again. A file counts
-        as unchanged only when its size and its mtime to the nanosecond match (``--modify-window=-1``): rsync's default
-        whole-second check skips an edit made within a second of the last sync that kept the file's size."""
-        rsh = " ".join(shlex.quote(a) for a in ["ssh", *self.options()])
-        argv = ["rsync", "-a", "--modify-window=-1", "--mkpath", *extra, "-e", rsh, *map(str, sources), f"{self.dest}:{remote_dir}"]
-        r = _with_handshake_retries(lambda: subprocess.run(argv, capture_output=True, text=True, timeout=900))
-        if r.returncode != 0:
-            raise step_error(step, self.host, r.returncode, r.stderr)
-
-
-_HANDSHAKE_RE = re.compile(r"Connection reset by peer|Connection closed by|kex_exchange_identification", re.I)
-
-
-def _with_handshake_retries(run: Callable[[], subprocess.CompletedProcess[str]], attempts: int = 3
-                            ) -> subprocess.CompletedProcess[str]:
-    """Run an ssh/rsync command again (up to ``attempts`` times) when the SSH handshake itself was cut — e.g.
-    right after a link comes back. Unreachable hosts, timeouts and refused credentials fail at once."""
-    for attempt in range(1, attempts + 1):
-        r = run()
-        if r.returncode not in (255, 12) or not _HANDSHAKE_RE.search(r.stderr or "") or attempt == attempts:
-            return r
-        time.sleep(0.5 * attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def step_error(step: str, host: str, returncode: int, stderr: str) -> ClusterUnavailable | AuthError:
-    """The error for a failed remote step: auth failures are AuthError, the rest ClusterUnavailable."""
-    tail = stderr.strip()[-2000:]
-    details = {"step": step, "host": host, "returncode": returncode, "stderr": tail}
-    if returncode == 255 and _AUTH_RE.search(tail):
-        hint = ("the host's key changed: remove its line from tether's known_hosts ($TETHER_HOME/ssh/known_hosts)"
-                if "Host key verification failed" in tail else "check ssh_creds user/key")  # fmt: skip
-        return AuthError(
-            f"ssh to {host} refused the credentials (step {step!r}): {tail}", hint=hint, details=details
-        )
-    if returncode == 255:
-        return ClusterUnavailable(f"cannot reach {host} over ssh (step {step!r}): {tail}",
-                                  hint="is the host up and reachable?", details=details)  # fmt: skip
-    return ClusterUnavailable(f"step {step!r} failed on {host} (exit {returncode}): {tail}",
-                              retryable=False, details=details)  # fmt: skip
 
 
 # --- local artifacts: the wheel and its wheelhouse -------------------------------------------------------
@@ -163,12 +60,14 @@ def project_root() -> Path:
 
 
 def _tree_fingerprint(root: Path) -> str:
-    """Content hash of the package sources and pyproject (a touched but unchanged file changes nothing)."""
+    """Content hash of every file of the packages (code and data, not bytecode) and of pyproject: a touched but
+    unchanged file changes nothing, any changed byte gives a new wheel."""
     h = hashlib.sha256()
     for sub in ("core", "daemon", "providers"):
-        for p in sorted((root / sub).rglob("*.py")):
-            h.update(f"{p.relative_to(root)}\n".encode())
-            h.update(p.read_bytes())
+        for p in sorted((root / sub).rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"):
+                h.update(f"{p.relative_to(root)}\n{p.stat().st_size}\n".encode())
+                h.update(p.read_bytes())
     h.update((root / "pyproject.toml").read_bytes())
     return h.hexdigest()[:16]
 
@@ -185,18 +84,23 @@ def wheel_fingerprint(wheel: Path) -> str:
 
 def build_wheel() -> Path:
     """Build (or reuse) the tether wheel of the local tree; ``TETHER_WHEEL`` overrides."""
+    return _wheel()[0]
+
+
+def _wheel() -> tuple[Path, str]:
+    """The wheel and how it was got: ``pinned`` (TETHER_WHEEL), ``cached`` (same sources built before), ``built``."""
     if os.environ.get("TETHER_WHEEL"):
-        return Path(os.environ["TETHER_WHEEL"])
+        return Path(os.environ["TETHER_WHEEL"]), "pinned"
     root = project_root()
     with _BUILD_LOCK, file_lock(_cache_dir() / "wheels.lock"):
         return _build_wheel(root)
 
 
-def _build_wheel(root: Path) -> Path:
+def _build_wheel(root: Path) -> tuple[Path, str]:
     out = _cache_dir() / "wheels" / _tree_fingerprint(root)
     found = sorted(out.glob("tether-*.whl"))
     if found:
-        return found[0]
+        return found[0], "cached"
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     if shutil.which("uv"):
@@ -212,7 +116,7 @@ def _build_wheel(root: Path) -> Path:
     tmp.rename(out)
     for old in sorted(out.parent.iterdir(), key=lambda p: p.stat().st_mtime)[:-3]:  # keep the 3 newest builds
         shutil.rmtree(old, ignore_errors=True)
-    return sorted(out.glob("tether-*.whl"))[0]
+    return sorted(out.glob("tether-*.whl"))[0], "built"
 
 
 def pinned_requirements(dist: str = "tether", env: dict[str, str] | None = None) -> list[str]:
@@ -267,26 +171,37 @@ def _pip() -> list[str]:
 
 def build_wheelhouse(remote: dict[str, Any]) -> Path:
     """Download binary wheels of tether's pinned dependencies for the host's Python and platform (cached)."""
+    return _wheelhouse(remote)[0]
+
+
+def _wheelhouse(remote: dict[str, Any]) -> tuple[Path, str]:
+    """The wheelhouse and how it was got: ``pinned`` (TETHER_WHEELHOUSE), ``cached`` or ``downloaded``."""
     if os.environ.get("TETHER_WHEELHOUSE"):
-        return Path(os.environ["TETHER_WHEELHOUSE"])
+        return Path(os.environ["TETHER_WHEELHOUSE"]), "pinned"
     # hosts bootstrap in threads: one download at a time here, and a file lock against other processes
     with _BUILD_LOCK:
         return _build_wheelhouse(remote)
 
 
-def _build_wheelhouse(remote: dict[str, Any]) -> Path:
+def _build_wheelhouse(remote: dict[str, Any]) -> tuple[Path, str]:
     env = {"python_version": remote["python"], "python_full_version": remote["python_full"],
            "sys_platform": "linux", "platform_system": "Linux", "platform_machine": remote["machine"],
            "os_name": "posix", "implementation_name": "cpython", "platform_python_implementation": "CPython"}  # fmt: skip
     pins = pinned_requirements("tether", env) + [f"pip=={_local_pip_version()}"]
+    uv = _local_uv_pin()  # uv's own wheel: a host without uv installs with it (seconds faster than pip)
     tag = f"cp{remote['python'].replace('.', '')}-{remote['machine']}-glibc{remote.get('glibc') or 'none'}"
     out = _cache_dir() / "wheelhouse" / tag
-    wanted = "\n".join(pins)
+    wanted = "\n".join([*pins, uv or ""])
+    how = "cached"
     with file_lock(out.with_name(tag + ".lock")):
         if not ((out / "pins.txt").exists() and (out / "pins.txt").read_text() == wanted):
             _download(out, remote, pins)
+            if uv:
+                with contextlib.suppress(ClusterUnavailable):  # no uv wheel for this platform: pip installs
+                    _download(out, remote, [uv])
             (out / "pins.txt").write_text(wanted)
-    return out
+            how = "downloaded"
+    return out, how
 
 
 def _download(out: Path, remote: dict[str, Any], pins: list[str]) -> None:
@@ -302,6 +217,16 @@ def _download(out: Path, remote: dict[str, Any], pins: list[str]) -> None:
                                  retryable=False, details={"step": "wheelhouse", "host": "localhost"})  # fmt: skip
 
 
+def _local_uv_pin() -> str | None:
+    """``uv==<version>`` of the uv here (the same one on every host), or None without uv."""
+    exe = shutil.which("uv")
+    if not exe:
+        return None
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    m = re.match(r"uv (\d+\.\d+\.\d+)", r.stdout.strip())
+    return f"uv=={m.group(1)}" if r.returncode == 0 and m else None
+
+
 def _local_pip_version() -> str:
     try:
         return md.version("pip")
@@ -312,8 +237,10 @@ def _local_pip_version() -> str:
 # --- remote steps ----------------------------------------------------------------------------------------
 
 _PROBE = r"""
-import json, os, platform, sys
+import json, os, platform, shutil, sys
 d = os.path.expanduser("~/{rdir}")
+uv = shutil.which("uv") or next((p for p in (os.path.expanduser("~/.local/bin/uv"), os.path.expanduser(
+    "~/.cargo/bin/uv")) if os.access(p, os.X_OK)), None)
 def read(name):
     try:
         with open(os.path.join(d, name)) as f: return f.read().strip()
@@ -326,7 +253,7 @@ if pid:
 ready = read("ready.json")
 print(json.dumps({{"home": os.path.expanduser("~"), "python": "%d.%d" % sys.version_info[:2],
   "python_full": platform.python_version(), "machine": platform.machine(), "glibc": platform.libc_ver()[1] or None,
-  "installed": read("installed"), "running": running, "daemon_key": read("daemon.key"),
+  "installed": read("installed"), "uv": uv, "running": running, "daemon_key": read("daemon.key"),
   "ready": json.loads(ready) if ready and running else None}}))
 """
 
@@ -353,9 +280,23 @@ done
 """
 
 
+#: the phases of a host's bring-up, in order (``image`` only when an image is applied)
+PHASES = ("build wheel", "connect", "wheelhouse", "copy", "venv", "install", "image", "daemon start")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """How long one phase of a host's bring-up took and what it did (``cached``, ``built``, ``skipped``...)."""
+
+    name: str
+    seconds: float
+    detail: str = ""
+
+
 @dataclass
 class DaemonInfo:
-    """A running daemon on a host: its port (on the host's loopback) and where its files are."""
+    """A running daemon on a host: its port (on the host's loopback), where its files are, and how long each
+    phase of its bring-up took (:attr:`phases`, in :data:`PHASES` order)."""
 
     host: str
     port: int
@@ -363,80 +304,155 @@ class DaemonInfo:
     remote_dir: str
     pid: int | None = None
     steps: list[str] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
+
+    def phase(self, name: str) -> Phase | None:
+        """The phase of that name, or None when it did not apply."""
+        return next((p for p in self.phases if p.name == name), None)
+
+    def report(self) -> str:
+        """One line: every phase with its seconds and what it did, and the total."""
+        parts = [f"{p.name} {p.seconds:.2f}s" + (f" ({p.detail})" if p.detail else "") for p in self.phases]
+        return f"{self.host}: " + " · ".join(parts) + f" = {sum(p.seconds for p in self.phases):.2f}s"
+
+
+class _Clock:
+    """Times consecutive phases into a DaemonInfo's list."""
+
+    def __init__(self, phases: list[Phase]) -> None:
+        self.phases, self.t = phases, time.perf_counter()
+
+    def done(self, name: str, detail: str = "", seconds: float | None = None) -> None:
+        now = time.perf_counter()
+        self.phases.append(Phase(name, now - self.t if seconds is None else seconds, detail))
+        self.t = now
+
+
+_UNPACK_UV = """import os, zipfile
+z = zipfile.ZipFile("{wheel}"); m = next(n for n in z.namelist() if n.endswith("/scripts/uv"))
+os.makedirs(os.path.dirname("{out}"), exist_ok=True); tmp = "{out}.tmp"
+with z.open(m) as src, open(tmp, "wb") as dst:
+    dst.write(src.read())
+os.chmod(tmp, 0o755); os.replace(tmp, "{out}")"""
+
+
+def _install_script(rdir: str, python: str, uv: str | None, wheel: str, install_key: str,
+                    shipped_uv: str | None = None) -> str:  # fmt: skip
+    """One round trip: make the venv (uv when the host has it, else ``venv --without-pip``) and install tether
+    with its dependencies from the shipped wheelhouse only (``--no-index``); prints when the venv was ready."""
+    links = f"--no-index --find-links {rdir}/wheels"
+    unpack = ""
+    if not uv and shipped_uv:  # the uv wheel from the wheelhouse: its binary, unpacked once per host
+        uv = f"{rdir}/bin/uv"
+        unpack = (f"test -x {uv} || {python} -c {shlex.quote(_UNPACK_UV.format(wheel=shipped_uv, out=uv))}; ")
+    if uv:
+        uv = f"UV_PYTHON_DOWNLOADS=never {uv}"
+        venv = f"test -x {rdir}/venv/bin/python || {uv} venv -q --offline --python {python} {rdir}/venv"
+        install = (f"{uv} pip install --offline -q --python {rdir}/venv/bin/python {links} "
+                   f"--reinstall-package tether {wheel} pip")  # fmt: skip
+    else:
+        venv = f"test -x {rdir}/venv/bin/python || {python} -m venv --without-pip {rdir}/venv"
+        pip = f'{rdir}/venv/bin/python "$(ls {rdir}/wheels/pip-*.whl | head -1)"/pip'
+        flags = "-q --no-compile --disable-pip-version-check"
+        install = (f"{pip} install {flags} {links} {wheel} pip; "
+                   f"{pip} install {flags} --no-index --no-deps --force-reinstall {wheel}")  # fmt: skip
+    t = 'python3 -c "import time; print(time.time())" 2>/dev/null || date +%s'
+    return f"set -e; s=$({t}); {unpack}{venv}; v=$({t}); echo \"venv $s $v\"; {install}; echo {install_key} > {rdir}/installed"
+
+
+def _remote_seconds(out: str, tag: str) -> float | None:
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == tag:
+            try:
+                return max(0.0, float(parts[2]) - float(parts[1]))
+            except ValueError:
+                return None
+    return None
 
 
 def bootstrap_host(
     t: SSHTarget, *, wheel: Path, port: int, token: str | None, autostop_mins: int | None,
     python: str = "python3", progress: Callable[[str], None] = lambda s: None,
     image_key: str | None = None, prepare: Callable[[SSHTarget, DaemonInfo], None] | None = None,
+    phases: Iterable[Phase] = (),
 ) -> DaemonInfo:  # fmt: skip
     """Make sure the daemon of this wheel runs on the host; returns where. Only does the steps still needed.
 
     ``prepare(target, info)`` runs after the install and before the daemon starts (an image's setup steps);
-    a change of ``image_key`` restarts the daemon."""
+    a change of ``image_key`` restarts the daemon. ``phases`` (the local ones, e.g. the wheel build) open the
+    returned info's phase list."""
     progress("connect")
+    timed: list[Phase] = list(phases)
+    clock = _Clock(timed)
     probe = json.loads(t.run(f"{python} -", step="connect", stdin=_PROBE.format(rdir=REMOTE_DIR)))
+    clock.done("connect", "shared connection" if t.control_path else "")
     rdir = f"{probe['home']}/{REMOTE_DIR}"
     wheel_sha = wheel_fingerprint(wheel)
     install_key = f"{wheel_sha}+pip"  # the venv has pip too: envs with reqs install with it on a host without uv
     daemon_key = hashlib.sha256(f"{wheel_sha}:{port}:{token}:{autostop_mins}:{image_key}".encode()).hexdigest()[:16]
-    info = DaemonInfo(host=t.host, port=port, home=probe["home"], remote_dir=rdir)
+    info = DaemonInfo(host=t.host, port=port, home=probe["home"], remote_dir=rdir, phases=timed)
     if probe["installed"] != install_key:
         progress("wheelhouse")
-        house = build_wheelhouse(probe)
-        progress("ship wheels")
+        house, how = _wheelhouse(probe)
+        clock.done("wheelhouse", how)
+        progress("copy")
         t.rsync([*sorted(house.glob("*.whl")), wheel], f"{rdir}/wheels/", step="ship wheels")
+        clock.done("copy", "one rsync")
         progress("venv + install")
-        pip = f'{rdir}/venv/bin/python "$(ls {rdir}/wheels/pip-*.whl | head -1)"/pip'
-        wpath = f"{rdir}/wheels/{wheel.name}"
-        t.run(
-            f"set -e; test -x {rdir}/venv/bin/python || {python} -m venv --without-pip {rdir}/venv; "
-            f"{pip} install -q --no-compile --disable-pip-version-check --no-index --find-links {rdir}/wheels {wpath} pip; "
-            f"{pip} install -q --no-compile --disable-pip-version-check --no-index --no-deps --force-reinstall {wpath}; "
-            f"echo {install_key} > {rdir}/installed",
-            step="install",
-        )  # fmt: skip
+        shipped = next((f"{rdir}/wheels/{w.name}" for w in sorted(house.glob("uv-*.whl"))), None)
+        uv = "uv" if probe.get("uv") else "shipped uv" if shipped else None
+        out = t.run(_install_script(rdir, python, probe.get("uv"), f"{rdir}/wheels/{wheel.name}", install_key,
+                                    shipped), step="install")  # fmt: skip
+        wall = time.perf_counter() - clock.t
+        venv = min(_remote_seconds(out, "venv") or 0.0, wall)
+        clock.done("venv", uv or "venv --without-pip", seconds=venv)
+        clock.done("install", f"{uv or 'pip'}, --no-index", seconds=wall - venv)
         info.steps.append("install")
+    else:
+        for name in ("wheelhouse", "copy", "venv", "install"):
+            timed.append(Phase(name, 0.0, "skipped (installed)"))
     if prepare is not None:
         progress("image")
         prepare(t, info)
+        clock.done("image")
     if probe["running"] and probe["daemon_key"] == daemon_key and probe["ready"]:
         info.pid = probe["ready"].get("pid")
         info.port = int(probe["ready"]["port"])
+        clock.done("daemon start", "skipped (running)")
         return info
     progress("start daemon")
     if probe["running"]:
         stop_daemon(t, rdir)
+    _start_daemon(t, info, rdir, port=port, token=token, autostop_mins=autostop_mins, daemon_key=daemon_key)
+    clock.done("daemon start")
+    return info
+
+
+def _start_daemon(t: SSHTarget, info: DaemonInfo, rdir: str, *, port: int, token: str | None,
+                  autostop_mins: int | None, daemon_key: str) -> None:  # fmt: skip
+    """One round trip: write the token and the supervisor, start it, wait until the daemon is ready."""
     cmd = f"\"$PY\" -m tether.daemon --host 127.0.0.1 --port {port} --state-dir state --ready-file ready.json"
     if token:
         cmd += " --token-file token"
     if autostop_mins is not None:
         cmd += f" --autostop-mins {autostop_mins}"
-    script = _SUPERVISOR.format(cmd=cmd)
-    # the token travels on stdin, never on a command line (where `ps` would show it)
-    if token:
-        t.run(f"set -e; mkdir -p {rdir}; cd {rdir}; umask 077; cat > token.tmp; mv token.tmp token",
-              step="token", stdin=token)  # fmt: skip
-    else:
-        t.run(f"rm -f {rdir}/token", step="token")
-    t.run(
-        f"set -e; mkdir -p {rdir}; cd {rdir}; umask 077; cat > supervise.sh; chmod +x supervise.sh; "
-        + f"echo {daemon_key} > daemon.key; rm -f ready.json; "
-        "setsid nohup ./supervise.sh > daemon.log 2>&1 < /dev/null & echo $! > supervisor.pid",
+    # the token travels on stdin (its first line), never on a command line (where `ps` would show it)
+    stdin = f"{token or ''}\n{_SUPERVISOR.format(cmd=cmd)}"
+    ready = t.run(
+        f"set -e; mkdir -p {rdir}; cd {rdir}; umask 077; IFS= read -r tok || true; "
+        'if [ -n "$tok" ]; then printf %s "$tok" > token.tmp; mv token.tmp token; else rm -f token; fi; '
+        f"cat > supervise.sh; chmod +x supervise.sh; echo {daemon_key} > daemon.key; rm -f ready.json; "
+        "setsid nohup ./supervise.sh > daemon.log 2>&1 < /dev/null & echo $! > supervisor.pid; set +e; "
+        "for i in $(seq 600); do if [ -s ready.json ]; then cat ready.json; exit 0; fi; "
+        "if ! kill -0 $(cat supervisor.pid) 2>/dev/null; then break; fi; sleep 0.05; done; "
+        "echo 'daemon did not become ready; daemon.log:' >&2; tail -n 40 daemon.log >&2; exit 1",
         step="start daemon",
-        stdin=script,
+        stdin=stdin,
     )
     info.steps.append("start daemon")
-    progress("wait for daemon")
-    ready = t.run(
-        f"cd {rdir}; for i in $(seq 600); do if [ -s ready.json ]; then cat ready.json; exit 0; fi; "
-        "if ! kill -0 $(cat supervisor.pid) 2>/dev/null; then break; fi; sleep 0.1; done; "
-        "echo 'daemon did not become ready; daemon.log:' >&2; tail -n 40 daemon.log >&2; exit 1",
-        step="wait for daemon",
-    )
     data = json.loads(ready)
     info.port, info.pid = int(data["port"]), data.get("pid")
-    return info
 
 
 def stop_daemon(t: SSHTarget, remote_dir: str, *, step: str = "stop daemon") -> None:
@@ -455,7 +471,8 @@ def bootstrap_hosts(
     autostop_mins: int | None = None, python: str = "python3", show_progress: bool = True,
     image_key: str | None = None, prepare: Callable[[SSHTarget, DaemonInfo], None] | None = None,
 ) -> list[DaemonInfo]:  # fmt: skip
-    """Bootstrap every host in parallel with a rich progress display; the first failure is raised."""
+    """Bootstrap every host in parallel with a rich progress display; the first failure is raised. Each info's
+    :attr:`~DaemonInfo.phases` says how long each phase took there; with progress shown, one line per host."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -463,15 +480,20 @@ def bootstrap_hosts(
     with Progress(SpinnerColumn(), TextColumn("[bold]{task.fields[host]}[/] {task.description}"),
                   TimeElapsedColumn(), console=console, transient=False) as bar:  # fmt: skip
         task_ids = {t.host: bar.add_task("build wheel", host=t.host, total=None) for t in targets}
-        wheel = build_wheel()
+        t0 = time.perf_counter()
+        wheel, how = _wheel()
+        built = Phase("build wheel", time.perf_counter() - t0, how)
 
         def one(t: SSHTarget) -> DaemonInfo:
             tid = task_ids[t.host]
             info = bootstrap_host(t, wheel=wheel, port=port, token=token, autostop_mins=autostop_mins,
                                   python=python, progress=lambda s: bar.update(tid, description=s),
-                                  image_key=image_key, prepare=prepare)  # fmt: skip
+                                  image_key=image_key, prepare=prepare, phases=[built])  # fmt: skip
             bar.update(tid, description=f"daemon up on port {info.port}", total=1, completed=1)
             return info
 
         with ThreadPoolExecutor(max_workers=min(8, len(targets)) or 1) as pool:
-            return list(pool.map(one, targets))
+            infos = list(pool.map(one, targets))
+    for info in infos:
+        console.print(info.report(), highlight=False, soft_wrap=True)
+    return infos

@@ -10,6 +10,7 @@ import hashlib
 import os
 import secrets
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.bootstrap import DEFAULT_PORT, REMOTE_DIR, SSHTarget, bootstrap_hosts, stop_daemon
 from tether.compute.nodes import Node, close_node_tunnels, ssh_nodes
 from tether.compute.setup import ImagePrep, image_hash
+from tether.compute.sshtarget import control_dir
 from tether.compute.state import claim_name, load_state, save_state, state_path
 from tether.compute.tunnel import close_tunnel, open_tunnel, tunnel_alive
 from tether.errors import ClusterUnavailable, ConfigError, TetherError
@@ -48,7 +50,8 @@ class SSHBackend:
             raise ConfigError(f"cluster {spec.name!r} has no hosts", hint="pass host=['10.0.0.5', ...]")
         known = tether_home() / "ssh" / "known_hosts"
         known.parent.mkdir(parents=True, exist_ok=True)
-        return [SSHTarget.from_creds(h, spec.ssh_creds, known) for h in spec.host]
+        mux = str(control_dir(tether_home()))  # one shared connection per host for bootstrap, sync and status
+        return [replace(SSHTarget.from_creds(h, spec.ssh_creds, known), control_dir=mux) for h in spec.host]
 
     def _handle(self, spec: ClusterSpec, st: dict[str, Any]) -> ClusterHandle:
         return ClusterHandle(endpoint=f"http://127.0.0.1:{st['local_port']}", token=st.get("token"),
@@ -110,11 +113,11 @@ class SSHBackend:
         close_tunnel(st.get("tunnel_pid"))
         log = clusters_dir() / f"{spec.name}.tunnel.log"
         try:
-            tunnel = open_tunnel(head, st["remote_port"], local_port=st.get("local_port"), log=log)
+            tunnel = open_tunnel(head.unshared(), st["remote_port"], local_port=st.get("local_port"), log=log)
         except TetherError:
             if not st.get("local_port"):
                 raise
-            tunnel = open_tunnel(head, st["remote_port"], log=log)  # the old port is taken: use a new one
+            tunnel = open_tunnel(head.unshared(), st["remote_port"], log=log)  # the old port is taken: use a new one
         st.update(tunnel_pid=tunnel.pid, local_port=tunnel.local_port)
         save_state(spec.name, st)
 
@@ -127,7 +130,7 @@ class SSHBackend:
 
     def nodes(self, spec: ClusterSpec, handle: ClusterHandle) -> list[Node]:
         """Every host as a :class:`~tether.compute.nodes.Node`; the non-head ones reached through the head."""
-        return ssh_nodes(spec.name, self.targets(spec), handle.endpoint, handle.token)
+        return ssh_nodes(spec.name, [t.unshared() for t in self.targets(spec)], handle.endpoint, handle.token)
 
     def status(self, spec: ClusterSpec) -> ClusterStatus:
         """``up`` when the head's daemon answers (the tunnel is reopened on its old port if it dropped),
@@ -158,6 +161,7 @@ class SSHBackend:
         close_tunnel(st.get("tunnel_pid"))
         close_node_tunnels(st)
         errors = self._each_host(spec, st, lambda t, rdir: stop_daemon(t, rdir))
+        self._close_connections(spec)
         if st:
             st["tunnel_pid"], st["local_port"] = None, None
             save_state(spec.name, st)
@@ -178,6 +182,7 @@ class SSHBackend:
             )
 
         errors = self._each_host(spec, st, clean)
+        self._close_connections(spec)
         state_path(spec.name).unlink(missing_ok=True)
         if errors:
             raise errors[0]
@@ -199,6 +204,12 @@ class SSHBackend:
                 t.rsync([f"{root}/"], f"{rdir}/{sub}/", step="sync code", extra=["--delete", *excludes])
             paths.append(f"{rdir}/{sub}")
         return paths[0]
+
+    def _close_connections(self, spec: ClusterSpec) -> None:
+        """Close the hosts' shared SSH connections (they would otherwise linger ``ControlPersist`` seconds)."""
+        if spec.host:
+            for t in self.targets(spec):
+                t.close()
 
     def _each_host(self, spec: ClusterSpec, st: dict[str, Any], fn: Any) -> list[TetherError]:
         errors: list[TetherError] = []
