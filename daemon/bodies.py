@@ -30,7 +30,7 @@ from aiohttp import web
 
 from tether.daemon.calls import Call, frame_body
 from tether.errors import PayloadTooLarge, SerializationError
-from tether.protocol.shm import SHM_DIR, SHM_THRESHOLD, shm_name, unlink_quietly
+from tether.protocol.shm import SHM_DIR, SHM_THRESHOLD, shm_name, shm_share, unlink_quietly
 
 __all__ = ["ArgSlab", "ArgSlabs", "ShmBody", "receive_args", "release_when_done", "result_body", "result_view",
            "slabs"]
@@ -75,7 +75,7 @@ class ArgSlabs:
 
     def __init__(self, keep: int = 4, max_bytes: int = 512 * 1024 * 1024) -> None:
         self.keep = keep
-        self.max_bytes = max_bytes
+        self.max_bytes = shm_share(max_bytes)
         self.free: list[ArgSlab] = []
 
     def take(self, length: int) -> ArgSlab:

@@ -41,6 +41,7 @@ from tether.protocol.shm import (
     open_client_file,
     read_shm,
     shm_name,
+    shm_share,
     unlink_quietly,
 )
 
@@ -100,7 +101,7 @@ class SpareFiles:
     (up to ``max_bytes``); it is removed when the process exits."""
 
     def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
+        self.max_bytes = shm_share(max_bytes)
         self._lock = threading.Lock()
         self._ready: tuple[Any, str, int] | None = None
         self._filling = False

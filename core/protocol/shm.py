@@ -23,7 +23,7 @@ from typing import Any
 from tether.errors import ConfigError
 
 __all__ = [
-    "SHM_DIR", "SHM_THRESHOLD", "MappedFile", "SlabWriter", "is_slab_path", "keep_freed_memory", "new_shm_file",
+    "SHM_DIR", "SHM_THRESHOLD", "MappedFile", "shm_share", "SlabWriter", "is_slab_path", "keep_freed_memory", "new_shm_file",
     "open_client_file", "read_shm", "shm_name", "unlink_quietly",
 ]
 
@@ -92,6 +92,18 @@ def unlink_quietly(path: str) -> None:
     """Remove a file that may already be gone."""
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def shm_share(limit: int, fraction: float = 0.125) -> int:
+    """``limit`` bytes, or ``fraction`` of ``/dev/shm``'s size when that is less: what a pool of files kept for
+    reuse may hold there (a 64 MiB ``/dev/shm`` in a default Docker container keeps room for the calls)."""
+    if SHM_DIR is None:
+        return 0
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return min(limit, int(st.f_blocks * st.f_frsize * fraction))
 
 
 def is_slab_path(path: str) -> bool:
