@@ -215,7 +215,10 @@ class AsyncTransport:
             conn = pool.pop() if reused else await self._connect(min(self.connect_timeout, wait))
             conn.arm(loop, wait)
             try:
-                conn.writer.writelines([data, body] if body else [data])
+                if len(body) >= SHM_THRESHOLD:
+                    await _send_big(conn.writer, data, body)
+                else:
+                    conn.writer.writelines([data, body] if body else [data])
                 head = await conn.reader.readuntil(b"\r\n\r\n")
                 conn.last_read = loop.time()
                 status, hdrs = http11.parse_status_and_headers(head)
@@ -233,6 +236,21 @@ class AsyncTransport:
     async def aclose(self) -> None:
         for conn in (_pools.get(asyncio.get_running_loop()) or {}).pop(self._key, []):
             conn.close()
+
+
+_SLICE = 1024 * 1024
+
+
+async def _send_big(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> None:
+    """``head`` then ``body`` in 1 MiB slices, each sent from the body itself once the last is out: not joined
+    (``writelines`` joins into a copy) and never buffered whole in the transport (it copies what the socket does
+    not take at once)."""
+    writer.write(head)
+    view = memoryview(body)  # not released here: a TLS transport may still hold slices of it
+    for off in range(0, len(view), _SLICE):
+        await writer.drain()
+        writer.write(view[off:off + _SLICE])
+    await writer.drain()
 
 
 async def close_pools() -> None:
