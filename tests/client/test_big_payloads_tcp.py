@@ -12,6 +12,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -117,3 +118,22 @@ def test_a_big_body_that_ends_early_leaves_nothing_behind(tcp_client: DaemonClie
         time.sleep(0.05)
     assert set(_files_of(pid)) <= before
     assert tcp_client.call_sync("echo", None, (b"still",), {}, call_id=os.urandom(8).hex()) == b"still"
+
+
+def _mapped_daemon_files(worker_pid: int, daemon_pid: int) -> set[str]:
+    """The daemon's /dev/shm files the worker has mapped (its argument files, see ``bodies.ArgSlabs``)."""
+    maps = Path(f"/proc/{worker_pid}/maps").read_text().split()
+    return {m for m in maps if m.startswith(f"/dev/shm/tether-{daemon_pid}-")}
+
+
+def test_big_arguments_go_through_one_reused_daemon_file(tcp_client: DaemonClient) -> None:
+    status = tcp_client.sync.daemon_status()
+    pid = status["pid"]
+    worker, = [w["pid"] for w in status["workers"] if w.get("env") == "default"]
+    seen = []
+    for size in (4 * MB, 6 * MB, 3 * MB):  # grows once, then a shorter body in the same file
+        payload = os.urandom(size)
+        assert tcp_client.call_sync("echo", None, (payload,), {}, call_id=os.urandom(8).hex()) == payload
+        seen.append(_mapped_daemon_files(worker, pid))
+    assert seen[0] and seen[0] == seen[1] == seen[2]  # mapped once by the worker, the same file every call
+    assert all(os.path.exists(path) for path in seen[0])  # kept for the next call, not removed
