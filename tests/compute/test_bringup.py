@@ -4,6 +4,7 @@ connection lives in a private folder and is closed at teardown."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -97,3 +98,18 @@ def test_the_shared_connection_is_private_and_closed_at_teardown(netns_hosts, te
     c.teardown()
     assert not sockets[0].exists()
     assert not _master_alive(str(sockets[0]), hosts.addresses[1])
+
+
+def test_a_wheelhouse_without_uv_installs_with_pip_from_it_alone(netns_hosts, tether_home, tmp_path, monkeypatch):
+    t = SSHTarget.from_creds(netns_hosts.addresses[1], netns_hosts.ssh_creds, tmp_path / "known_hosts")
+    probe = json.loads(t.run("python3 -", step="test", stdin=bootstrap._PROBE.format(rdir=REMOTE_DIR)))
+    no_uv = tmp_path / "wheelhouse"
+    shutil.copytree(bootstrap.build_wheelhouse(probe), no_uv, ignore=shutil.ignore_patterns("uv-*.whl"))
+    monkeypatch.setenv("TETHER_WHEELHOUSE", str(no_uv))
+    t.run(f"rm -rf $HOME/{REMOTE_DIR}/venv $HOME/{REMOTE_DIR}/installed", step="test")  # a host never installed
+    info = bootstrap_hosts([t], port=32322, show_progress=False)[0]
+    assert info.phase("wheelhouse").detail == "pinned"
+    assert info.phase("venv").detail == "venv --without-pip"
+    assert info.phase("install").detail == "pip, --no-index"
+    assert json.loads(t.run(f"cat {info.remote_dir}/ready.json", step="test"))["port"] == 32322
+    stop_daemon(t, info.remote_dir)
