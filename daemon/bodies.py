@@ -21,6 +21,7 @@ body, or a call that could not be handed to its worker, the file is removed, nev
 from __future__ import annotations
 
 import asyncio
+import atexit
 import mmap
 import os
 import select
@@ -101,6 +102,7 @@ class ArgSlabs:
 
 
 slabs = ArgSlabs()  # the daemon process's pool
+atexit.register(slabs.close)  # a daemon killed outright: any daemon's sweep of dead processes' files
 
 
 async def receive_args(request: web.Request, max_body: int) -> ArgSlab | None:
