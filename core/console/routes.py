@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from tether.console.machines import Sampler
 from tether.console.pages import Pages
 from tether.console.tail import Tail
 from tether.errors import ConfigError, TetherError
+from tether.protocol.serving import serve_until_signalled
 from tether.registry.names import current_user
 from tether.registry.store import Store
 
@@ -210,29 +209,14 @@ def serve_local(db: str | Path, *, host: str = "127.0.0.1", port: int = 0, ready
     login = token or secrets.token_urlsafe(24)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         app = web.Application()
         add_console(app, store, local_token=login)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        bound = runner.addresses[0][1]
-        url = f"http://{host}:{bound}{PREFIX}/login"
-        print(f"tether console: {url}\nlogin token: {login}", flush=True)
-        if ready_file:
-            tmp = Path(ready_file + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps({"port": bound, "pid": os.getpid(), "url": f"http://{host}:{bound}",
-                                    "token": login}))
-            tmp.replace(ready_file)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+
+        def bound(port: int) -> dict[str, Any]:
+            print(f"tether console: http://{host}:{port}{PREFIX}/login\nlogin token: {login}", flush=True)
+            return {"token": login}
+
+        await serve_until_signalled(web.AppRunner(app, access_log=None), host, port, ready_file, bound)
 
     try:
         asyncio.run(main())

@@ -16,15 +16,22 @@
   new one is refused with a typed, retryable 503 (``ClusterUnavailable``, ``details.reason``
   ``too_many_connections``). The default cap stays below the open-file limit, so accepting never fails.
 
-Only the daemon and the registry server import this module (it needs ``aiohttp.web``).
+- :func:`serve_until_signalled`: the registry server and the local console bind, write their ready file and
+  serve until SIGTERM/SIGINT the same way.
+
+Only the daemon, the registry server and the console import this module (it needs ``aiohttp.web``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import resource
+import signal
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -35,7 +42,7 @@ from tether.errors import ClusterUnavailable, SerializationError, TetherError
 
 __all__ = [
     "IDLE_TIMEOUT", "MAX_SPEC_DEPTH", "JsonErrorsHandler", "Runner", "Server", "default_max_connections",
-    "input_error", "loads_json", "mark_authenticated", "read_json",
+    "input_error", "loads_json", "mark_authenticated", "read_json", "serve_until_signalled",
 ]
 
 log = structlog.get_logger("tether.serving")
@@ -292,3 +299,29 @@ class Runner(web.AppRunner):
         server = Server.like(await super()._make_server())
         server.max_connections = self.max_connections
         return server
+
+
+async def serve_until_signalled(runner: web.AppRunner, host: str, port: int, ready_file: str | None,
+                                bound: Callable[[int], dict[str, Any]]) -> None:
+    """Serve ``runner``'s app on ``host:port`` (``0``: a free port) until SIGTERM/SIGINT, then clean up.
+
+    Once listening, ``bound(port)`` is called (to log or print the address); the dict it returns is written,
+    with ``port``, ``pid`` and ``url``, atomically and owner-only to ``ready_file`` (when given)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    actual = runner.addresses[0][1]
+    extra = bound(actual)
+    if ready_file:
+        tmp = Path(ready_file + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"port": actual, "pid": os.getpid(), "url": f"http://{host}:{actual}", **extra}))
+        tmp.replace(ready_file)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

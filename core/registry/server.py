@@ -8,11 +8,7 @@ Every error is a JSON body from ``TetherError.to_wire()`` with the error's HTTP 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,7 +19,7 @@ from sqlalchemy.exc import DataError
 from tether.console.routes import add_console, is_console_path
 from tether.errors import AuthError, ConfigError, NotFound, TetherError
 from tether.logging import configure_logging
-from tether.protocol.serving import Runner, input_error, mark_authenticated
+from tether.protocol.serving import Runner, input_error, mark_authenticated, serve_until_signalled
 from tether.registry import lineage_routes, secret_routes
 from tether.registry.bodies import read_body
 from tether.registry.models import MAX_INT, AccessLevel, CallRecord, Grant, ServiceEntry, UsageRow, Version
@@ -457,26 +453,14 @@ def serve(db: str, *, host: str = "127.0.0.1", port: int = 0, ready_file: str | 
     store = Store(db)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         app = make_app(store)
         add_console(app, store)  # the web console under /console (tether.console)
-        runner = Runner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        log.info("registry_serving", host=host, port=bound, db=store.url.split("@")[-1])
-        if ready_file:
-            tmp = Path(ready_file + ".tmp")
-            tmp.write_text(json.dumps({"port": bound, "pid": os.getpid(), "url": f"http://{host}:{bound}"}))
-            tmp.replace(ready_file)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
+
+        def bound(port: int) -> dict[str, Any]:
+            log.info("registry_serving", host=host, port=port, db=store.url.split("@")[-1])
+            return {}
+
+        await serve_until_signalled(Runner(app), host, port, ready_file, bound)
 
     try:
         asyncio.run(main())
