@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import shlex
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -34,8 +35,13 @@ def control_dir(base: Path) -> Path:
     may hold ~107 bytes; when ``base`` is too deep for that, a 0700 folder named by its hash under /tmp is used."""
     d = base / "ssh" / "mux"
     if len(str(d)) > 70:  # + "/" + 16-hex name + ssh's 17-char temporary suffix must stay < 108
-        d = Path("/tmp") / f"tether-mux-{hashlib.sha256(str(d).encode()).hexdigest()[:12]}"
-    return private_dir(d)
+        d = Path("/tmp") / f"tether-mux-{os.geteuid()}-{hashlib.sha256(str(d).encode()).hexdigest()[:12]}"
+    private_dir(d)
+    st = d.lstat()
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700 or not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"{d} (shared ssh connections) is not a 0700 folder of this user",
+                          hint="remove it; tether makes it again")  # fmt: skip
+    return d
 
 
 @dataclass(frozen=True)
