@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.compute.hosts import hosts_or_skip
+
 CATALOG = Path(__file__).resolve().parents[3] / "shared" / "catalog" / "v8"
 if not CATALOG.exists():  # the shared folder sits beside the repo; fall back to the workplace copy
     CATALOG = Path("/work/shared/catalog/v8")
@@ -23,12 +25,7 @@ def catalog_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="module")
 def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Two real sshd hosts in network namespaces; removed afterwards."""
-    from tests.compute.hosts import NetnsHosts, available
-
-    reason = available()
-    if reason:
-        pytest.skip(f"netns hosts unavailable: {reason}")
-    with NetnsHosts(2, tmp_path_factory.mktemp("hosts")) as hosts:
+    with hosts_or_skip(2, tmp_path_factory.mktemp("hosts")) as hosts:
         yield hosts
 
 

@@ -4,6 +4,9 @@ Each host is a namespace with its own address in a private /24, its own loopback
 (generated host and client keys). The hosts share this machine's filesystem, so each gets its own HOME
 (sshd ``SetEnv HOME=...``). ``link_down(i)`` cuts host i off (``ip link set ... down``); ``stop()`` kills
 every process in the namespaces and removes the namespaces, veths and bridge.
+
+Test fixtures use :func:`hosts_or_skip` (the hosts, or the test skipped where this machine cannot make them)
+and :func:`pinned_tether_wheel` (the tether wheel the hosts install, built once).
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
+
+from tether.compute.bootstrap import build_wheel
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -203,3 +211,26 @@ class NetnsHosts:
     @property
     def ssh_creds(self) -> dict[str, str]:
         return {"user": self.user, "key": str(self.key)}
+
+
+@contextlib.contextmanager
+def hosts_or_skip(n: int, workdir: Path) -> Iterator[NetnsHosts]:
+    """``n`` netns hosts under ``workdir``, removed afterwards; the test is skipped where :func:`available` says
+    they cannot be made here."""
+    reason = available()
+    if reason:
+        pytest.skip(f"netns hosts unavailable: {reason}")
+    with NetnsHosts(n, workdir) as hosts:
+        yield hosts
+
+
+@contextlib.contextmanager
+def pinned_tether_wheel(where: Path) -> Iterator[Path]:
+    """The tether wheel, built once and copied into ``where``, named by ``TETHER_WHEEL`` until the block ends: edits
+    to the tree during the run do not make the hosts reinstall."""
+    src = build_wheel()
+    wheel = where / src.name
+    shutil.copy(src, wheel)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TETHER_WHEEL", str(wheel))
+        yield wheel

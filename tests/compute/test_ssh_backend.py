@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +15,8 @@ import pytest
 
 import tether
 from tests.compute import remote_fns
-from tether.compute.bootstrap import REMOTE_DIR, SSHTarget, bootstrap_hosts, build_wheel
+from tests.compute.hosts import pinned_tether_wheel
+from tether.compute.bootstrap import REMOTE_DIR, SSHTarget, bootstrap_hosts
 from tether.errors import AuthError, ClusterUnavailable
 
 pytestmark = pytest.mark.netns
@@ -25,13 +25,8 @@ pytestmark = pytest.mark.netns
 @pytest.fixture(scope="module", autouse=True)
 def pinned_wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Build the tether wheel once for the module, so edits to the tree during the run do not reinstall."""
-    src = build_wheel()
-    wheel = tmp_path_factory.mktemp("wheel") / src.name
-    shutil.copy(src, wheel)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TETHER_WHEEL", str(wheel))
-    yield wheel
-    mp.undo()
+    with pinned_tether_wheel(tmp_path_factory.mktemp("wheel")) as wheel:
+        yield wheel
 
 
 def _target(hosts, i: int, tmp_path) -> SSHTarget:

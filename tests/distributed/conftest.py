@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.compute.hosts import hosts_or_skip
 from tests.processes import teardown_clusters
 
 PYTHON = sys.executable
@@ -20,12 +21,7 @@ PYTHON = sys.executable
 
 @pytest.fixture(scope="session")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from tests.compute.hosts import NetnsHosts, available
-
-    reason = available()
-    if reason:
-        pytest.skip(f"netns hosts unavailable: {reason}")
-    with NetnsHosts(2, tmp_path_factory.mktemp("dist-hosts")) as h:
+    with hosts_or_skip(2, tmp_path_factory.mktemp("dist-hosts")) as h:
         yield h
 
 

@@ -5,38 +5,27 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tether.compute.bootstrap import build_wheel
+from tests.compute.hosts import hosts_or_skip, pinned_tether_wheel
 
 
 @pytest.fixture(scope="module")
 def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """Two real sshd hosts in network namespaces; removed afterwards."""
-    from tests.compute.hosts import NetnsHosts, available
-
-    reason = available()
-    if reason:
-        pytest.skip(f"netns hosts unavailable: {reason}")
-    with NetnsHosts(2, tmp_path_factory.mktemp("hosts")) as hosts:
+    with hosts_or_skip(2, tmp_path_factory.mktemp("hosts")) as hosts:
         yield hosts
 
 
 @pytest.fixture(scope="module")
 def pinned_wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The tether wheel built once for the module (edits to the tree during the run do not reinstall)."""
-    src = build_wheel()
-    wheel = tmp_path_factory.mktemp("wheel") / src.name
-    shutil.copy(src, wheel)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TETHER_WHEEL", str(wheel))
-    yield wheel
-    mp.undo()
+    with pinned_tether_wheel(tmp_path_factory.mktemp("wheel")) as wheel:
+        yield wheel
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.compute.hosts import hosts_or_skip
 from tether.api.clusters import new_cluster
 from tether.compute.sky import SkyBackend
 
@@ -19,12 +20,7 @@ pytestmark = [pytest.mark.sky, pytest.mark.netns]
 
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from tests.compute.hosts import NetnsHosts, available
-
-    reason = available()
-    if reason:
-        pytest.skip(f"netns hosts unavailable: {reason}")
-    with NetnsHosts(1, tmp_path_factory.mktemp("skybox")) as hosts:
+    with hosts_or_skip(1, tmp_path_factory.mktemp("skybox")) as hosts:
         yield hosts
 
 
