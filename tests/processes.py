@@ -40,6 +40,26 @@ def registry_server(db: str, workdir: Path, timeout: float = 60.0) -> Iterator[t
             proc.wait()
 
 
+def issue_tokens(db: str, *users: str, teams: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """A token for each of ``users``, written to the registry database ``db`` (the members of ``teams`` added
+    first); returns user -> token."""
+    from tether.registry.store import Store  # SQLAlchemy: only the tests that use a team registry pay for it
+
+    store = Store(db)
+    try:
+        for team, members in (teams or {}).items():
+            for member in members:
+                store.add_member(team, member)
+        return {who: store.create_token(who) for who in users}
+    finally:
+        store.close()
+
+
+def issue_team_tokens(db: str) -> dict[str, str]:
+    """Tokens for alice, bob (member of team ml-platform) and carol, written to the registry database ``db``."""
+    return issue_tokens(db, "alice", "bob", "carol", teams={"ml-platform": ["bob"]})
+
+
 def pid_gone(pid: int) -> bool:
     """Whether process ``pid`` has ended (a zombie waiting to be reaped counts as ended)."""
     try:

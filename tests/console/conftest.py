@@ -19,7 +19,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 import tether
-from tests.processes import registry_server
+from tests.processes import issue_team_tokens, registry_server
 
 CHROMIUM = os.environ.get("TETHER_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("TETHER_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -46,15 +46,8 @@ def console_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def team(tmp_path: Path) -> Iterator[Team]:
     """``tether registry serve`` (SQLite) with tokens for alice, bob (team ml-platform) and carol."""
-    from tether.registry.store import Store
-
     db = str(tmp_path / "registry.db")
-    store = Store(db)
-    try:
-        store.add_member("ml-platform", "bob")
-        tokens = {who: store.create_token(who) for who in ("alice", "bob", "carol")}
-    finally:
-        store.close()
+    tokens = issue_team_tokens(db)
     with registry_server(db, tmp_path) as (url, _proc):
         yield Team(url=url, db=db, tokens=tokens)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from tests.processes import registry_server
+from tests.processes import issue_team_tokens, issue_tokens, registry_server
 from tether.errors import AuthError, NotFound
 
 FIRST = "vault-first-" + "value-a1b2"
@@ -50,15 +50,8 @@ def test_the_local_registry_keeps_secrets_encrypted_with_versions_and_delete(as_
 
 
 def test_the_team_server_grants_reading_and_rotating_by_access_level(as_alice, tmp_path, monkeypatch):
-    from tether.registry.store import Store
-
     db = str(tmp_path / "team.db")
-    store = Store(db)
-    try:
-        store.add_member("ml-platform", "bob")
-        tokens = {who: store.create_token(who) for who in ("alice", "bob", "carol")}
-    finally:
-        store.close()
+    tokens = issue_team_tokens(db)
     with registry_server(db, tmp_path) as (url, _proc):
         monkeypatch.setenv("TETHER_REGISTRY_URL", url)
 
@@ -120,14 +113,8 @@ def test_bad_bodies_on_the_secret_routes_are_typed_errors_and_store_nothing(as_a
     400 SerializationError; the fuzzer found a 500 UnicodeDecodeError), nothing stored, the server keeps serving."""
     import requests
 
-    from tether.registry.store import Store
-
     db = str(tmp_path / "team.db")
-    store = Store(db)
-    try:
-        token = store.create_token("alice")
-    finally:
-        store.close()
+    token = issue_tokens(db, "alice")["alice"]
     with registry_server(db, tmp_path) as (url, _proc):
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         for body in (b"\xa31\x80\x05K\xb5/", b"{not json", b"[" * 5000 + b"]" * 5000):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import registry_server
+from tests.processes import issue_team_tokens, registry_server
 
 PG_BIN = Path(os.environ.get("TETHER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 ENV_KEYS = ("TETHER_REGISTRY_URL", "TETHER_TOKEN", "TETHER_REGISTRY_DB", "TETHER_NAMESPACE")
@@ -119,21 +119,9 @@ class TeamServer:
     proc: subprocess.Popen[bytes]
 
 
-def _issue_tokens(db: str) -> dict[str, str]:
-    """Tokens for alice, bob (member of team ml-platform) and carol, written to the server's database."""
-    from tether.registry.store import Store
-
-    store = Store(db)
-    try:
-        store.add_member("ml-platform", "bob")
-        return {who: store.create_token(who) for who in ("alice", "bob", "carol")}
-    finally:
-        store.close()
-
-
 @pytest.fixture
 def team_server(db_url: str, tmp_path: Path) -> Iterator[TeamServer]:
     """``tether registry serve`` as a subprocess on 127.0.0.1, with tokens for alice, bob (team ml-platform), carol."""
-    tokens = _issue_tokens(db_url)
+    tokens = issue_team_tokens(db_url)
     with registry_server(db_url, tmp_path) as (url, proc):
         yield TeamServer(url=url, db=db_url, tokens=tokens, proc=proc)

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.processes import issue_tokens, registry_server
+
 if "airflow" in sys.modules and not os.environ.get("AIRFLOW_HOME", "").startswith(tempfile.gettempdir()):
     raise RuntimeError("airflow was imported before the Airflow test harness could isolate AIRFLOW_HOME")
 
@@ -205,3 +207,12 @@ def run_operator(airflow_db: Path) -> Any:
         return run_dag(operator_dag(dag_id, task_id, **operator_kwargs), dag_id)
 
     return run
+
+
+@pytest.fixture
+def team_registry(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """``tether registry serve`` on 127.0.0.1 with a token for the Airflow deployment; yields (url, token)."""
+    db = f"sqlite:///{tmp_path / 'team.db'}"
+    token = issue_tokens(db, "airflow-bot")["airflow-bot"]
+    with registry_server(db, tmp_path) as (url, _proc):
+        yield url, token

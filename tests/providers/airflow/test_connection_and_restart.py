@@ -94,23 +94,14 @@ async def test_a_restarted_triggerer_does_not_show_lines_again(cluster, tmp_path
     assert steps == [f"slow_count: step {i} of 6" for i in range(1, 7)], (before, shown)
 
 
-def test_the_connection_test_checks_the_registry_and_its_token(airflow_db, cluster, tmp_path: Path,
+def test_the_connection_test_checks_the_registry_and_its_token(airflow_db, cluster, team_registry,
                                                                monkeypatch) -> None:
-    from tests.processes import registry_server
-    from tether.registry.store import Store
+    url, token = team_registry
+    extra = {"cluster": {"name": "af-reg", "endpoint": cluster.endpoint}, "cluster_token": cluster.token}
+    good = _connection(monkeypatch, "tether_reg_good", host=url, password=token, extra=extra)
+    ok, message = TetherHook(good).test_connection()
+    assert ok is True and f"registry {url} answered" in message, message
 
-    db = f"sqlite:///{tmp_path / 'team.db'}"
-    store = Store(db)
-    try:
-        token = store.create_token("airflow-bot")
-    finally:
-        store.close()
-    with registry_server(db, tmp_path) as (url, _proc):
-        extra = {"cluster": {"name": "af-reg", "endpoint": cluster.endpoint}, "cluster_token": cluster.token}
-        good = _connection(monkeypatch, "tether_reg_good", host=url, password=token, extra=extra)
-        ok, message = TetherHook(good).test_connection()
-        assert ok is True and f"registry {url} answered" in message, message
-
-        bad = _connection(monkeypatch, "tether_reg_bad", host=url, password="not-a-team-token", extra=extra)
-        ok, message = TetherHook(bad).test_connection()
-        assert ok is False and "token" in message.lower(), message
+    bad = _connection(monkeypatch, "tether_reg_bad", host=url, password="not-a-team-token", extra=extra)
+    ok, message = TetherHook(bad).test_connection()
+    assert ok is False and "token" in message.lower(), message

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tether
 from examples.services.embed import embed
-from tests.processes import registry_server
 
 FNS = "af_remote_fns"  # airflow_fns.py, deployed from its own code root (conftest)
 TOKEN = "s3cr3t-team-token"
@@ -125,21 +123,6 @@ def test_tether_masks_the_token_of_a_connection_airflow_did_not_mask(airflow_db)
 
     assert connection_settings(conn).token == token
     assert redact(f"calling with {token}") == "calling with ***"
-
-
-@pytest.fixture
-def team_registry(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    """``tether registry serve`` on 127.0.0.1 with a token for the Airflow deployment; yields (url, token)."""
-    from tether.registry.store import Store
-
-    db = f"sqlite:///{tmp_path / 'team.db'}"
-    store = Store(db)
-    try:
-        token = store.create_token("airflow-bot")
-    finally:
-        store.close()
-    with registry_server(db, tmp_path) as (url, _proc):
-        yield url, token
 
 
 def test_a_service_saved_in_the_team_registry_is_called_through_the_connection(
