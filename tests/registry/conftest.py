@@ -1,4 +1,4 @@
-"""Registry fixtures: isolated TETHER_HOME, a real PostgreSQL server, databases of both kinds, the team server."""
+"""Registry fixtures: isolated TETHER_HOME, the local cluster, a real PostgreSQL server, databases of both kinds, the team server."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import tether
 from tests.processes import issue_team_tokens, registry_server
 
 PG_BIN = Path(os.environ.get("TETHER_PG_BIN", "/usr/lib/postgresql/15/bin"))
@@ -38,6 +40,16 @@ def tether_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
     return home
+
+
+@pytest.fixture
+def local() -> Iterator[Any]:
+    """The embedded local cluster of this test's TETHER_HOME; torn down afterwards."""
+    c = tether.cluster()
+    try:
+        yield c
+    finally:
+        tether.cluster().teardown()
 
 
 def _as_postgres(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:

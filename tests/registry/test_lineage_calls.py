@@ -4,7 +4,6 @@ and downstream questions about a three-step chain."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,15 +12,6 @@ import tether
 from tests.registry import lineage_fns
 from tether.api.report import collecting
 from tether.errors import ConfigError
-
-
-@pytest.fixture
-def local() -> Iterator[Any]:
-    c = tether.cluster()
-    try:
-        yield c
-    finally:
-        tether.cluster().teardown()
 
 
 def test_a_three_step_chain_declared_where_it_runs(local: Any) -> None:

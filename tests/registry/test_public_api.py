@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,6 @@ from examples.services.embed import embed, embed_batch
 from tether.errors import AuthError, NotFound
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def local() -> Iterator[Any]:
-    """The embedded local cluster of this test's TETHER_HOME; torn down afterwards."""
-    c = tether.cluster()
-    try:
-        yield c
-    finally:
-        tether.cluster().teardown()
 
 
 def test_saved_function_relaunches_after_the_daemon_stopped(local: Any) -> None:
