@@ -13,6 +13,7 @@ import pytest
 
 import tether
 from tests.envs import fns
+from tests.envs.leaks import files_holding
 from tether.api.secrets import secret
 
 # built at run time, so the test's own source (synced to the cluster as code) never holds a whole value
@@ -65,19 +66,6 @@ def test_provider_secrets_are_read_from_where_each_tool_keeps_them(tool_home, te
     assert "nothing-saved" in str(info.value)
 
 
-def _grep(root: Path, value: str, *, skip: tuple[str, ...] = ("secrets",)) -> list[str]:
-    """Files under ``root`` holding ``value``, apart from the secret stores themselves."""
-    hits = []
-    for p in root.rglob("*"):
-        if p.is_file() and not any(part in skip for part in p.relative_to(root).parts):
-            try:
-                if value.encode() in p.read_bytes():
-                    hits.append(str(p))
-            except OSError:
-                continue
-    return hits
-
-
 def test_env_secrets_reach_the_worker_and_no_log_config_or_registry_row(tool_home, tether_home):
     c = tether.cluster(name="sec").up_if_not()
     mine = tether.secret("db", values={"DB_PASSWORD": CUSTOM})
@@ -100,7 +88,7 @@ def test_env_secrets_reach_the_worker_and_no_log_config_or_registry_row(tool_hom
     for value in (CUSTOM, AWS_SECRET, HF_TOKEN, WANDB_KEY):
         assert value not in ps
         assert value not in json.dumps(version.config)
-        assert _grep(tether_home, value) == []  # logs, state, manifest, registry.db: names only
+        assert files_holding(tether_home, value) == []  # logs, state, manifest, registry.db: names only
     assert version.config["service"]["env"]["secrets"] == ["db", "aws", "huggingface", "wandb"]
     c.teardown()
 

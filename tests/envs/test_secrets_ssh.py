@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import tether
 from tests.envs import fns
+from tests.envs.leaks import files_holding
 from tether.compute.bootstrap import SSHTarget
 
 pytestmark = pytest.mark.netns
@@ -25,18 +25,6 @@ MINE = "my-own-" + "value-ee01"
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _files_holding(root: Path, value: str, skip: str = "secrets") -> list[str]:
-    hits = []
-    for p in root.rglob("*"):
-        if p.is_file() and skip not in p.relative_to(root).parts:
-            try:
-                if value.encode() in p.read_bytes():
-                    hits.append(str(p))
-            except OSError:
-                continue
-    return hits
 
 
 @pytest.mark.timeout(400)  # two hosts bootstrapped and brought up more than once
@@ -73,8 +61,8 @@ def test_secrets_reach_workers_and_host_homes_and_no_log_or_row(netns_hosts, pin
         for value in (HF, AWS_SECRET, MINE):
             assert value not in ps and value not in rows
             for h in hosts.hosts:
-                assert _files_holding(h.home / "home" / ".tether", value) == []  # daemon.log, manifest, state
-            assert _files_holding(tether_home, value) == []
+                assert files_holding(h.home / "home" / ".tether", value) == []  # daemon.log, manifest, state
+            assert files_holding(tether_home, value) == []
         c.delete_secrets(["mine"])
         for h in hosts.hosts:
             assert not list((h.home / "home" / ".tether").rglob("mine.json"))
