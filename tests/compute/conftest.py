@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.compute.hosts import hosts_or_skip
+from tests.compute.hosts import netns_hosts  # noqa: F401  (the fixture, for this folder)
 
 CATALOG = Path(__file__).resolve().parents[3] / "shared" / "catalog" / "v8"
 if not CATALOG.exists():  # the shared folder sits beside the repo; fall back to the workplace copy
@@ -20,13 +19,6 @@ def catalog_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TETHER_CATALOG_DIR", str(CATALOG))
     monkeypatch.setenv("TETHER_CATALOG_READER", "csv")
     return CATALOG
-
-
-@pytest.fixture(scope="module")
-def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """Two real sshd hosts in network namespaces; removed afterwards."""
-    with hosts_or_skip(2, tmp_path_factory.mktemp("hosts")) as hosts:
-        yield hosts
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -5,8 +5,9 @@ Each host is a namespace with its own address in a private /24, its own loopback
 (sshd ``SetEnv HOME=...``). ``link_down(i)`` cuts host i off (``ip link set ... down``); ``stop()`` kills
 every process in the namespaces and removes the namespaces, veths and bridge.
 
-Test fixtures use :func:`hosts_or_skip` (the hosts, or the test skipped where this machine cannot make them)
-and :func:`pinned_tether_wheel` (the tether wheel the hosts install, built once).
+The :func:`netns_hosts` fixture (two hosts per test module) and other fixtures use :func:`hosts_or_skip` (the
+hosts, or the test skipped where this machine cannot make them) and :func:`pinned_tether_wheel` (the tether
+wheel the hosts install, built once).
 """
 
 from __future__ import annotations
@@ -221,6 +222,13 @@ def hosts_or_skip(n: int, workdir: Path) -> Iterator[NetnsHosts]:
     if reason:
         pytest.skip(f"netns hosts unavailable: {reason}")
     with NetnsHosts(n, workdir) as hosts:
+        yield hosts
+
+
+@pytest.fixture(scope="module")
+def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NetnsHosts]:
+    """Two real sshd hosts in network namespaces for a test module; removed afterwards (a conftest imports it)."""
+    with hosts_or_skip(2, tmp_path_factory.mktemp("hosts")) as hosts:
         yield hosts
 
 

@@ -11,14 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.compute.hosts import hosts_or_skip, pinned_tether_wheel
-
-
-@pytest.fixture(scope="module")
-def netns_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """Two real sshd hosts in network namespaces; removed afterwards."""
-    with hosts_or_skip(2, tmp_path_factory.mktemp("hosts")) as hosts:
-        yield hosts
+from tests.compute.hosts import netns_hosts, pinned_tether_wheel  # noqa: F401  (netns_hosts: the fixture)
 
 
 @pytest.fixture(scope="module")
