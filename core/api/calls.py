@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tether.api.clusters import Cluster, new_cluster
@@ -21,8 +23,9 @@ class CallHandle:
 
     def __init__(self, client: AsyncClient, call_id: str, future: concurrent.futures.Future[Any] | None = None,
                  on_log: LogSink | None = default_log_sink, *, attempts: list[Any] | None = None,
-                 cluster: Cluster | None = None) -> None:
+                 cluster: Cluster | None = None, on_outcome: Callable[[str], None] | None = None) -> None:
         self._client = client
+        self._on_outcome = on_outcome  # told the call's outcome once this handle has it (a spawn's usage record)
         self._cluster = cluster  # when known, its current client is used (a relaunched daemon has a new one)
         self.call_id = call_id
         self.attempts: list[Any] = attempts if attempts is not None else []
@@ -42,14 +45,32 @@ class CallHandle:
             coro = self.client.attach(self.call_id, on_log=self._on_log)
             self._future = asyncio.run_coroutine_threadsafe(coro, background_loop())
         try:
-            return self._future.result(timeout)
+            value = self._future.result(timeout)
         except concurrent.futures.TimeoutError:
             raise CallTimeout(f"call {self.call_id} not finished after {timeout}s",
                               hint="it keeps running; wait again or cancel()", details={"call_id": self.call_id}
                               ) from None
+        except Exception as exc:
+            self._outcome(type(exc).__name__)
+            raise
+        self._outcome("ok")
+        return value
 
     async def result_async(self) -> Any:
-        return await self.client.attach(self.call_id, on_log=self._on_log)
+        try:
+            value = await self.client.attach(self.call_id, on_log=self._on_log)
+        except Exception as exc:
+            self._outcome(type(exc).__name__)
+            raise
+        self._outcome("ok")
+        return value
+
+    def _outcome(self, outcome: str) -> None:
+        """Say the call's outcome once (errors of the recorder never reach the caller)."""
+        tell, self._on_outcome = self._on_outcome, None
+        if tell is not None:
+            with contextlib.suppress(Exception):
+                tell(outcome)
 
     def status(self) -> dict[str, Any]:
         """``{"state": ..., ...}``: the state is a :class:`~tether.protocol.CallState` value."""

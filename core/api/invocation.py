@@ -265,11 +265,14 @@ class Invocation:
             return CallHandle(cluster.client, self.call_id, future, self.on_log, attempts=self.attempts,
                               cluster=cluster).wait_started()
         cluster = svc._ensure_deployed()
+        started = time.perf_counter()
         while True:
             try:
                 call_id = cluster.client.sync.spawn(svc.name or "", self.method, self.args, self.kwargs,
                                                     call_id=self.call_id, caller=svc.options.caller, expect=svc.expects)
-                return CallHandle(cluster.client, call_id, None, self.on_log, cluster=cluster)
+                # a saved version's usage record once the handle has the outcome (its remote duration, its lineage)
+                return CallHandle(cluster.client, call_id, None, self.on_log, cluster=cluster,
+                                  on_outcome=lambda outcome: self._record(started, outcome))
             except Exception as exc:
                 if not self._recover(exc):
                     raise

@@ -53,7 +53,7 @@ def test_a_caller_delayed_by_its_log_sink_records_the_remote_duration(cluster: t
 def test_a_reattach_to_a_finished_call_records_the_remote_duration(cluster: tether.Cluster) -> None:
     nap = tether.function(svc.sleep_then).to(cluster, name="napper")
     nap.save()
-    handle = nap.spawn(0.5)  # started elsewhere (an orchestrator's first try): a spawn records nothing
+    handle = nap.spawn(0.5)  # started elsewhere (an orchestrator's first try)
     assert handle.result(60) == 0.5
     started = time.perf_counter()
     assert nap.call((0.5,), call_id=handle.call_id) == 0.5  # re-attaches to the finished call
@@ -62,3 +62,24 @@ def test_a_reattach_to_a_finished_call_records_the_remote_duration(cluster: teth
     record = _record("napper", handle.call_id)
     assert record.duration_s == pytest.approx(remote, abs=1e-6), (record.duration_s, remote, waited)
     assert remote > waited  # the re-attach waited less than the call ran
+
+
+def test_a_spawned_call_is_recorded_once_its_handle_has_the_outcome(cluster: tether.Cluster) -> None:
+    """Every call of a saved version is recorded, spawned ones too: when the handle gets the result (or the remote
+    error), with the remote duration; fetching it again, or re-attaching by id, records nothing twice."""
+    nap = tether.function(svc.sleep_then).to(cluster, name="spawned-nap")
+    nap.save()
+    handle = nap.spawn(0.3)
+    assert handle.result(60) == 0.3
+    record = _record("spawned-nap", handle.call_id)
+    assert record.outcome == "ok" and record.version == nap.spec.version
+    assert record.duration_s == pytest.approx(_remote_seconds(cluster, handle.call_id), abs=1e-6)
+    assert nap.call((0.3,), call_id=handle.call_id) == 0.3 and handle.result(60) == 0.3
+    _record("spawned-nap", handle.call_id)  # still exactly one
+
+    boom = tether.function(svc.raises_value_error).to(cluster, name="spawned-boom")
+    boom.save()
+    failing = boom.spawn("no")
+    with pytest.raises(ValueError):
+        failing.result(60)
+    assert _record("spawned-boom", failing.call_id).outcome == "error"
