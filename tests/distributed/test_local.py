@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 
 import tether
@@ -22,5 +23,8 @@ def test_pool_and_ranks_on_the_local_cluster(dist_home, dist_env):
         res = ranks()
         assert [r["rank"] for r in res] == [0, 1] and {r["sum"] for r in res} == {3.0}
         assert {r["home"] for r in res} == {os.environ.get("HOME")}
+        with concurrent.futures.ThreadPoolExecutor(2) as both:  # two callers of one group: one run at a time
+            runs = [f.result(300) for f in [both.submit(ranks) for _ in range(2)]]
+        assert all([r["rank"] for r in run] == [0, 1] and {r["sum"] for r in run} == {3.0} for run in runs)
     finally:
         c.teardown()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import threading
 from typing import TYPE_CHECKING, Any
 
 from tether.api.distribute.placement import (
@@ -63,6 +64,7 @@ class Ranks:
         self._cancelled = False
         self._rung: tuple[int, Any, _Service | None] = (0, None, None)
         """Where escalated calls start: the rung index, its cluster and the service copied there."""
+        self._running = threading.Lock()  # one group run at a time: the ranks' envs and ports are the group's
 
     def _placement(self, service: _Service) -> Placement:
         port = self.master_port or 20000 + secrets.randbelow(30000)
@@ -77,7 +79,12 @@ class Ranks:
         """Run every rank; one result per rank. ``timeout``: :class:`CallTimeout` after stopping every rank.
 
         With the service's ``on_oom`` policy, a rank killed for memory makes the whole group run again on the
-        next rung (every rank there); later calls start on the rung that worked."""
+        next rung (every rank there); later calls start on the rung that worked. Calls from several threads run
+        one after another (a group runs one job at a time)."""
+        with self._running:
+            return self._call(args, kwargs, timeout)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any] | None, timeout: float | None) -> list[Any]:
         policy = self.service.options.on_oom
         if policy is None:
             return self._call_on(self.service, args, kwargs, timeout)
