@@ -27,6 +27,7 @@ from tether.api.compat import CALL_KEYWORDS, call_keywords, placement
 from tether.api.distribute import distribute
 from tether.api.envs import Env
 from tether.api.invocation import Invocation
+from tether.api.placement import place_env
 from tether.api.records import save_resource, snapshot_code
 from tether.api.secrets import deliver_for_deploy
 from tether.api.sharing import json_call, refuses_pickle
@@ -165,7 +166,10 @@ class _Service(ServiceSpellings):
                 replace_env: bool = False) -> None:
         """Deploy this (new, not yet shared) handle's service; called only on handles made for that."""
         cluster = (cluster or self.cluster or new_cluster()).up_if_not()
-        env = _resolve_env(cluster, env if env is not None else self.env)
+        resolved = _resolve_env(cluster, env if env is not None else self.env)
+        if resolved.spec.compute and resolved.spec.node in (None, 0):  # checked on the head, given its GPU share
+            resolved = place_env(cluster, resolved)
+        env = resolved
         deliver_for_deploy(cluster, env)  # the env's secrets into the cluster's store (values never in the spec)
         name = name or self.name
         if not name:

@@ -72,3 +72,21 @@ def test_envs_are_placed_on_the_node_asked_for_or_one_that_has_the_resources(lab
         tether.function(fns.where).to(lab, env=big).distribute("pool", num_replicas=3)
     with pytest.raises(ConfigError, match="node"):
         tether.function(fns.where).to(lab, env=tether.env(name="nowhere", node=5)).distribute("pool")
+
+
+def test_a_plain_to_checks_the_heads_resources_and_partitions_its_gpus(dist_home, dist_env, monkeypatch):
+    """``.to(c, env=env(compute=...))`` without ``.distribute()``: the service runs on the head, so the head must
+    have what the env asks for, and its GPUs are shared out among such envs."""
+    monkeypatch.setenv("TETHER_NODE_GPUS", "2")
+    c = tether.cluster(name="dist-to").up_if_not()
+    try:
+        first = tether.function(fns.gpus_seen).to(
+            c, env=tether.env(name="g1", python=dist_env.spec.python, compute={"GPU": 1}), name="first")
+        again = tether.function(fns.gpus_seen).to(c, env="g1", name="again")  # the same env, not counted twice
+        second = tether.function(fns.gpus_seen).to(
+            c, env=tether.env(name="g2", python=dist_env.spec.python, compute={"GPU": 1}), name="second")
+        assert {first(), second()} == {"0", "1"} and again() == first()
+        with pytest.raises(CapacityError, match="GPU"):
+            tether.function(fns.gpus_seen).to(c, env=tether.env(name="g3", compute={"GPU": 1}), name="third")
+    finally:
+        c.teardown()
