@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from tether.compute.bootstrap import REMOTE_DIR, SSHTarget, step_error
+from tether.compute.nodes import nodes_status
 from tether.compute.state import load_state, write_private
 from tether.errors import ConfigError
 from tether.home import clusters_dir, private_dir
@@ -313,8 +314,8 @@ def usage(place: Place, pids: list[int]) -> dict[str, Any]:
 
 
 def report(cluster: Any) -> dict[str, Any]:
-    """Per node: CPUs, load, memory, GPUs; per worker of the head's daemon: env, pid, CPU percent, resident
-    memory (and GPU memory under NVML/nvidia-smi)."""
+    """Per node: CPUs, load, memory, GPUs and its daemon's workers; per worker: env, pid, CPU percent, resident
+    memory (and GPU memory under NVML/nvidia-smi, measured on the head). ``workers`` at the top: the head's."""
     info = dict(cluster.connected().daemon_status())
     workers = [dict(w) for w in info.get("workers", [])]
     nodes = []
@@ -326,10 +327,27 @@ def report(cluster: Any) -> dict[str, Any]:
             info["daemon_usage"] = procs.get(str(info["pid"]))
             for w in workers:
                 w.update(procs.get(str(w.get("pid")), None) or {})
-        nodes.append({"host": place.host, "index": place.index, **data})
+        nodes.append({"host": place.host, "index": place.index, **data,
+                      "workers": workers if place.index == 0 else []})
+    _other_nodes_workers(cluster, nodes)
     return {"name": cluster.name, "backend": cluster.spec.backend, "daemon_pid": info.get("pid"),
             "uptime": info.get("uptime"), "workers": workers, "nodes": nodes,
             "running_calls": len(info.get("running_calls", []))}
+
+
+def _other_nodes_workers(cluster: Any, nodes: list[dict[str, Any]]) -> None:
+    """Each non-head node's workers, as that node's daemon reports them (CPU and memory included), into its row;
+    an unreachable node's row gets its error."""
+    listed = getattr(cluster.backend, "nodes", None)
+    if listed is None:
+        return
+    rows = {r["index"]: r for r in nodes_status([n for n in listed(cluster.spec, cluster.handle) if not n.is_head])}
+    for node in nodes:
+        row = rows.get(node["index"])
+        if row is not None:
+            node["workers"] = row.get("workers", [])
+            if row.get("status") != "up":
+                node["error"] = row.get("error")
 
 
 class StatusReport(str):

@@ -127,3 +127,6 @@ def test_cluster_nodes_is_every_node_with_its_workers_and_status_has_every_node(
     report = lab.status()
     assert report == "up" and [n["index"] for n in report.nodes] == [0, 1]
     assert all(n["cpus"] >= 1 for n in report.nodes)
+    seen = [sorted(w["env"] for w in n["workers"] if ".replica" in w["env"]) for n in report.nodes]
+    assert seen == envs  # every node's workers, not only the head's
+    assert all(w["rss_bytes"] > 0 for n in report.nodes for w in n["workers"] if w["alive"])
