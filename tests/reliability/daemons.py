@@ -147,3 +147,23 @@ def start_daemon(
         time.sleep(0.02)
     port = json.loads(ready.read_text())["port"]
     return DaemonProc(proc, f"{scheme}://127.0.0.1:{port}", token, state_dir, log)
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 30.0) -> None:
+    """Wait until ``path`` holds ``text`` (a marker a remote function writes)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.02)
+
+
+def worker_pid(d: DaemonProc, env: str) -> int:
+    """The pid of ``env``'s live worker, from the daemon's /status."""
+    return next(w["pid"] for w in d.get("/status").json()["workers"] if w["env"] == env and w["alive"])
+
+
+def kill_quietly(*pids: int) -> None:
+    """SIGKILL each of ``pids`` that still runs."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

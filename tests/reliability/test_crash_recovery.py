@@ -19,14 +19,13 @@ import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
 import tether
 from tests.core import services as svc
-from tests.reliability.daemons import ROOT, DaemonProc, start_daemon
+from tests.reliability.daemons import ROOT, DaemonProc, kill_quietly, start_daemon, wait_for_text, worker_pid
 from tether.client import AsyncClient
 from tether.client.loop import run_sync
 from tether.daemon import protocol as p
@@ -35,17 +34,6 @@ from tether.daemon.journal import Journal, kill_orphans
 
 pool = ThreadPoolExecutor(4)
 MiB = 1024 * 1024
-
-
-def _wait_for(path: Path, text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and text in path.read_text()):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
-        time.sleep(0.02)
-
-
-def _worker_pid(d: DaemonProc, env: str) -> int:
-    return next(w["pid"] for w in d.get("/status").json()["workers"] if w["env"] == env and w["alive"])
 
 
 def _alive(pid: int) -> bool:
@@ -64,12 +52,6 @@ def _wait_dead(pid: int, timeout: float) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def _kill_quietly(*pids: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
 
 
 def _post(d: DaemonProc, name: str, call_id: str, *args: object) -> requests.Response:
@@ -100,9 +82,9 @@ def test_a_call_running_when_the_daemon_dies_is_lost_typed_and_its_retry_runs_on
         d.deploy("slow", "sleep_then")
         for i in range(3):
             assert _post(d, "slow", f"warm-{i}", 0).json()["result"] == 0
-        orphans.append(worker := _worker_pid(d, "default"))
+        orphans.append(worker := worker_pid(d, "default"))
         first = pool.submit(_post_quietly, d, "slow", "c1", 30, str(marker))
-        _wait_for(marker, "start")
+        wait_for_text(marker, "start")
         d.kill(signal.SIGKILL)
         assert first.result(30) is None
         assert _wait_dead(worker, 5), "the worker outlived its daemon: it would finish the call beside a retry"
@@ -120,10 +102,10 @@ def test_a_call_running_when_the_daemon_dies_is_lost_typed_and_its_retry_runs_on
             assert r.result(60).json()["result"] == 0.5
         assert _post(d, "slow", "c1", 0.5, str(marker)).json()["result"] == 0.5  # attached, not run
         assert marker.read_text().split() == ["start", "start", "end"]  # the orphan never finished its run
-        orphans.append(_worker_pid(d, "default"))
+        orphans.append(worker_pid(d, "default"))
     finally:
         d.kill()
-        _kill_quietly(*orphans)
+        kill_quietly(*orphans)
 
 
 def test_calls_finished_before_the_crash_answer_from_the_restarted_daemon(tmp_path):
@@ -140,7 +122,7 @@ def test_calls_finished_before_the_crash_answer_from_the_restarted_daemon(tmp_pa
         assert big == bytes([9]) * (3 * MiB)
         failed = _post(d, "boom", "e1", "no good")
         assert failed.status_code == 422 and "no good" in failed.text, failed.text
-        orphans.append(_worker_pid(d, "default"))
+        orphans.append(worker_pid(d, "default"))
         d.kill(signal.SIGKILL)
         for name in os.listdir("/dev/shm"):  # what a reboot, or another tether process's sweep, does
             if name.startswith(f"tether-{d.proc.pid}-"):
@@ -160,7 +142,7 @@ def test_calls_finished_before_the_crash_answer_from_the_restarted_daemon(tmp_pa
         assert r.status_code == failed.status_code and r.json() == failed.json()
     finally:
         d.kill()
-        _kill_quietly(*orphans)
+        kill_quietly(*orphans)
 
 
 async def block_loop(seconds, marker):
@@ -230,11 +212,11 @@ def test_a_worker_that_outlives_its_daemon_is_killed_by_the_restarted_daemon(tmp
                          "qualname": "block_loop"}}
         assert d.post("/deploy", json=spec).status_code == 200
         pids = subprocess.run(["pgrep", "-f", "tether.daemon.worker"], capture_output=True, text=True).stdout.split()
-        launched = int(_worker_pid(d, "wrapped"))
+        launched = int(worker_pid(d, "wrapped"))
         worker = next(int(p) for p in pids if _parent(int(p)) == launched)
         orphans += [launched, worker]
         pool.submit(_post_quietly, d, "slow", "c2", 30, str(marker))
-        _wait_for(marker, "start")
+        wait_for_text(marker, "start")
         d.kill(signal.SIGKILL)
         time.sleep(0.5)
         assert _alive(worker)  # orphaned, still running the call
@@ -246,7 +228,7 @@ def test_a_worker_that_outlives_its_daemon_is_killed_by_the_restarted_daemon(tmp
         assert marker.read_text().split() == ["start", "start", "end"]
     finally:
         d.kill()
-        _kill_quietly(*orphans)
+        kill_quietly(*orphans)
 
 
 def _parent(pid: int) -> int:
@@ -263,7 +245,7 @@ def test_tether_call_after_a_local_cluster_daemon_crash(tether_home, tmp_path):
     try:
         slow = tether.function(svc.sleep_then).to(c)
         handle = slow.spawn(30, str(marker))
-        _wait_for(marker, "start")
+        wait_for_text(marker, "start")
         worker = next(w["pid"] for w in c.client.sync.daemon_status()["workers"] if w["alive"])
         os.kill(c.handle.pid, signal.SIGKILL)
         assert _wait_dead(worker, 5)

@@ -6,12 +6,10 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -21,27 +19,11 @@ import tether
 from tests.core import services as svc
 from tests.netproxy import CuttableProxy
 from tests.processes import assert_sigkill_is_worker_died, host_oom_kills
-from tests.reliability.daemons import ROOT, DaemonProc, start_daemon
+from tests.reliability.daemons import ROOT, DaemonProc, kill_quietly, start_daemon, wait_for_text, worker_pid
 from tether.client import AsyncClient
 from tether.client.loop import run_sync
 
 pool = ThreadPoolExecutor(4)
-
-
-def _wait_for(path: Path, text: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not (path.exists() and text in path.read_text()):
-        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
-        time.sleep(0.02)
-
-
-def _worker_pid(d: DaemonProc, env: str) -> int:
-    return next(w["pid"] for w in d.get("/status").json()["workers"] if w["env"] == env and w["alive"])
-
-
-def _kill_quietly(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 def test_worker_sigkilled_mid_call(daemon: DaemonProc, tmp_path):
@@ -51,21 +33,21 @@ def test_worker_sigkilled_mid_call(daemon: DaemonProc, tmp_path):
     daemon.deploy("add_bystander", "add", env="bystander")
     client = AsyncClient(daemon.endpoint, daemon.token)
     marker = tmp_path / "marker"
-    victim = _worker_pid(daemon, "victim")
-    bystander = _worker_pid(daemon, "bystander")
+    victim = worker_pid(daemon, "victim")
+    bystander = worker_pid(daemon, "bystander")
 
     future = pool.submit(run_sync, client.call("slow", None, (30, str(marker)), {}, call_id="victim-1"))
-    _wait_for(marker, "start")
+    wait_for_text(marker, "start")
     os.kill(victim, signal.SIGKILL)
     with pytest.raises(tether.TetherError) as info:
         future.result(60)
     assert_sigkill_is_worker_died(info.value, oom_kills)
 
     assert daemon.call("add_bystander", 2, 2).json()["result"] == 4  # other envs keep serving, same process
-    assert _worker_pid(daemon, "bystander") == bystander
+    assert worker_pid(daemon, "bystander") == bystander
     # the env restarted and its services were restored
     assert daemon.call("add_victim", 1, 1).json()["result"] == 2
-    assert _worker_pid(daemon, "victim") != victim
+    assert worker_pid(daemon, "victim") != victim
     # the dead call is reported, not lost: re-attaching gives the same typed error
     state = daemon.get("/calls/victim-1?wait=0").json()["state"]
     assert state == "failed"
@@ -102,10 +84,10 @@ def test_daemon_sigkilled_and_restarted_restores_services(tmp_path):
             ).status_code
             == 200
         )
-        orphans += [_worker_pid(d, "default"), _worker_pid(d, "counters")]
+        orphans += [worker_pid(d, "default"), worker_pid(d, "counters")]
         client = AsyncClient(d.endpoint, d.token)
         future = pool.submit(run_sync, client.call("slow", None, (20, str(marker)), {}, call_id="inflight-1"))
-        _wait_for(marker, "start")
+        wait_for_text(marker, "start")
         d.kill(signal.SIGKILL)
         with pytest.raises((tether.ClusterUnavailable, tether.WorkerDied)) as info:
             future.result(60)
@@ -121,7 +103,7 @@ def test_daemon_sigkilled_and_restarted_restores_services(tmp_path):
     finally:
         d.kill()
         for pid in orphans:
-            _kill_quietly(pid)
+            kill_quietly(pid)
 
 
 def test_local_cluster_recovers_from_daemon_kill_without_redeploy(tether_home):
@@ -154,7 +136,7 @@ def test_connection_reset_mid_call_retries_and_runs_once(daemon: DaemonProc, tmp
         future = pool.submit(
             run_sync, client.call("slow_once", None, (1.5, str(marker)), {}, call_id="reset-1")
         )
-        _wait_for(marker, "start")
+        wait_for_text(marker, "start")
         assert proxy.reset() >= 1
         assert future.result(60) == 1.5
         assert marker.read_text().count("start") == 1  # the retry re-attached instead of running it again
@@ -165,7 +147,7 @@ def test_connection_reset_mid_call_retries_and_runs_once(daemon: DaemonProc, tmp
         future = pool.submit(
             run_sync, client.call("slow_once", None, (0.5, str(marker2)), {}, call_id="reset-2")
         )
-        _wait_for(marker2, "end")
+        wait_for_text(marker2, "end")
         proxy.reset()
         assert future.result(60) == 0.5
         assert marker2.read_text().count("start") == 1
@@ -182,7 +164,7 @@ def test_a_call_during_an_envs_restore_waits_for_its_services(tmp_path):
     try:
         d.deploy("slow_first", "ready", env="restoring", module="tests.reliability.slow_import")  # restored first
         d.deploy("quick", "add", env="restoring")
-        orphans.append(_worker_pid(d, "restoring"))
+        orphans.append(worker_pid(d, "restoring"))
         d.kill(signal.SIGKILL)
         d = start_daemon(state)  # starts restoring the env at once (a 1.5 s import first)
         deadline = time.monotonic() + 30
@@ -195,7 +177,7 @@ def test_a_call_during_an_envs_restore_waits_for_its_services(tmp_path):
     finally:
         d.kill()
         for pid in orphans:
-            _kill_quietly(pid)
+            kill_quietly(pid)
 
 
 def test_an_object_that_no_longer_loads_does_not_take_its_env_down(tmp_path):
@@ -210,7 +192,7 @@ def test_an_object_that_no_longer_loads_does_not_take_its_env_down(tmp_path):
         r = requests.put(d.endpoint + "/objects/fussy", data=cloudpickle.dumps(Fussy(str(marker))), headers=h,
                          timeout=10)
         assert r.status_code == 200, r.text
-        orphans.append(_worker_pid(d, "default"))
+        orphans.append(worker_pid(d, "default"))
         d.kill(signal.SIGKILL)
         marker.write_text("")  # from now on the stored object fails to unpickle
         d = start_daemon(state)
@@ -222,4 +204,4 @@ def test_an_object_that_no_longer_loads_does_not_take_its_env_down(tmp_path):
     finally:
         d.kill()
         for pid in orphans:
-            _kill_quietly(pid)
+            kill_quietly(pid)
