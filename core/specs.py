@@ -17,7 +17,7 @@ from pydantic import (
 
 from tether.errors import ConfigError
 
-__all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ImageSpec", "ImageStep", "ServiceSpec", "build", "parse_bytes", "validate_name"]
+__all__ = ["ClusterSpec", "CodeRef", "EnvSpec", "ImageSpec", "ImageStep", "ServiceSpec", "MIN_MEMORY_LIMIT", "build", "check_memory_limit", "parse_bytes", "validate_name"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -34,6 +34,19 @@ def build(model: type[M], data: dict[str, Any]) -> M:
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3,
           "KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "T": 1024**4, "TB": 1024**4}
+
+
+MIN_MEMORY_LIMIT = 64 * 2**20
+"""The smallest worker memory limit: a worker's Python and tether take ~35 MiB before any user code runs, and a
+memory cgroup below what a process already uses OOM-kills it on the spot."""
+
+
+def check_memory_limit(limit: int | None) -> int | None:
+    """``limit`` if it is none, 0 (the daemon's default) or at least :data:`MIN_MEMORY_LIMIT`; else a ValueError."""
+    if limit is not None and 0 < limit < MIN_MEMORY_LIMIT:
+        raise ValueError(f"memory_limit {limit} B is below the {MIN_MEMORY_LIMIT >> 20} MiB a worker needs to start "
+                         "(give at least '64MB', or 0/none for the daemon's default)")
+    return limit
 
 
 def parse_bytes(value: int | str | None) -> int | None:
@@ -108,7 +121,7 @@ class EnvSpec(_Spec):
     @field_validator("memory_limit", mode="before")
     @classmethod
     def _mem(cls, v: Any) -> int | None:
-        return parse_bytes(v)
+        return check_memory_limit(parse_bytes(v))
 
 
 class ImageStep(_Spec):

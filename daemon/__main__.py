@@ -22,7 +22,8 @@ from tether.daemon.tls import server_context
 from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
 from tether.protocol.serving import IDLE_TIMEOUT, Runner
-from tether.specs import parse_bytes
+from tether.errors import ConfigError
+from tether.specs import check_memory_limit, parse_bytes
 
 log = structlog.get_logger("tether.daemon")
 
@@ -46,14 +47,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                                                         "limit, at most 4096; $TETHER_MAX_CONNECTIONS)")
     ap.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT,
                     help="seconds a connection may take to send a request head, also between requests")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    try:
+        args.memory_limit = check_memory_limit(parse_bytes(args.memory_limit))
+    except (ValueError, ConfigError) as exc:
+        ap.error(f"--memory-limit: {exc}")
+    return args
 
 
 async def serve(args: argparse.Namespace) -> None:
     token_hash = read_token_file(args.token_file) if args.token_file else None
     if token_hash is None and not is_loopback(args.host):
         raise SystemExit(f"refusing to bind {args.host} without auth: pass --token-file (or bind 127.0.0.1)")
-    daemon = Daemon(args.state_dir, token_hash=token_hash, memory_limit=parse_bytes(args.memory_limit),
+    daemon = Daemon(args.state_dir, token_hash=token_hash, memory_limit=args.memory_limit,
                     autostop_mins=args.autostop_mins, max_body=parse_bytes(args.max_body) or 2 * 1024**3,
                     access_file=args.access_file, allowed_roots=args.allowed_roots)
     daemon.host = args.host

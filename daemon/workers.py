@@ -247,10 +247,16 @@ class WorkerPool:
                 return worker
             if worker is not None:
                 await worker.stop()
+            known = env.name in self.envs
             self.envs[env.name] = env
-            python = await self._python_for(env)
             worker = WorkerProcess(env, self.memory_limit)
-            await worker.start(python, env.working_dir, secret_env(self.state_dir, env.secrets))
+            try:
+                python = await self._python_for(env)
+                await worker.start(python, env.working_dir, secret_env(self.state_dir, env.secrets))
+            except BaseException:
+                if not known:  # a new env that never started is not kept: a corrected deploy may use its name
+                    self.envs.pop(env.name, None)
+                raise
             log.info("worker_started", env=env.name, pid=worker.pid)
             if self.journal is not None:
                 journal = self.journal

@@ -241,6 +241,22 @@ class JsonErrorsHandler(web.RequestHandler):
         return resp
 
 
+def _expect_in_json(handler: Callable[[web.BaseRequest], Any]) -> Callable[[web.BaseRequest], Any]:
+    """``handler`` answering an ``Expect`` header other than ``100-continue`` with a JSON 417: aiohttp checks it
+    before any middleware runs and answers in plain text."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPExpectationFailed:
+            err = SerializationError(f"unsupported Expect header {request.headers.get('Expect', '')[:64]!r}",
+                                     hint="send no Expect header, or 'Expect: 100-continue'",
+                                     details={"reason": "unsupported_expect"})
+            return web.json_response(err.to_wire(), status=417)
+
+    return handle
+
+
 class Server(web.Server):
     """aiohttp's low-level server, with :class:`JsonErrorsHandler` for every connection and a connection cap
     (``max_connections``; 0: none)."""
@@ -250,7 +266,7 @@ class Server(web.Server):
     @classmethod
     def like(cls, server: web.Server) -> Server:
         """This server class with everything ``server`` (made by an ``AppRunner``) was configured with."""
-        return cls(server.request_handler, request_factory=server.request_factory,
+        return cls(_expect_in_json(server.request_handler), request_factory=server.request_factory,
                    handler_cancellation=server.handler_cancellation, loop=server._loop, **server._kwargs)
 
     def __call__(self) -> web.RequestHandler:

@@ -159,3 +159,43 @@ def test_a_negative_memory_limit_is_refused_at_deploy(daemon: DaemonProc):
     assert r.status_code == 422, r.text
     assert "memory_limit" in r.text
     assert daemon.call("add", 1, 2).json()["result"] == 3
+
+
+@pytest.mark.parametrize("limit", [1, 5, 4096, "1MB", "20MB"])
+def test_a_memory_limit_too_small_to_start_a_worker_is_refused_at_deploy(daemon: DaemonProc, limit: object):
+    """Found by the API fuzzer (seed 1486715927): a limit of a few bytes reached the worker, whose memory cgroup
+    then OOM-killed it before it was ready (a 502 WorkerDied, code -9). A worker needs tens of MiB to start."""
+    spec = {"name": "tiny", "env": {"name": "tiny", "memory_limit": limit},
+            "code": {"import_path": "tests.core.services", "qualname": "add"}}
+    r = daemon.post("/deploy", json=spec)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["type"] == "ConfigError" and "memory_limit" in err["message"] and "MiB" in err["message"]
+    assert "tiny" not in daemon.get("/status").text  # nothing deployed, no worker started
+    assert daemon.call("add", 1, 2).json()["result"] == 3
+
+
+def test_an_unknown_expect_header_gets_a_json_417(daemon: DaemonProc):
+    """Found by the API fuzzer (seed 1486715927): aiohttp answered an unknown ``Expect`` with a plain-text 417
+    before any middleware ran."""
+    r = daemon.post("/add/call", json={"args": [1, 2], "kwargs": {}}, headers={**daemon.headers, "Expect": "v>VI~"})
+    assert r.status_code == 417, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    err = r.json()["error"]
+    assert err["type"] == "SerializationError" and "Expect" in err["message"]
+    r = daemon.post("/add/call", json={"args": [1, 2], "kwargs": {}},
+                    headers={**daemon.headers, "Expect": "100-continue"})
+    assert r.json()["result"] == 3
+
+
+def test_a_new_env_whose_worker_cannot_start_is_not_kept(daemon: DaemonProc):
+    """A deploy into a new env whose worker cannot start must not leave that env's spec behind: the corrected
+    deploy under the same name then failed with 'env has another spec' (found with the fuzzer's tiny limits)."""
+    bad = {"name": "fixme", "env": {"name": "fixme", "python": "/nonexistent/python"},
+           "code": {"import_path": "tests.core.services", "qualname": "add"}}
+    r = daemon.post("/deploy", json=bad)
+    assert r.status_code == 422 and r.json()["error"]["type"] == "ConfigError", r.text
+    good = {"name": "fixme", "env": {"name": "fixme"}, "code": {"import_path": "tests.core.services", "qualname": "add"}}
+    r = daemon.post("/deploy", json=good)
+    assert r.status_code == 200, r.text
+    assert daemon.call("fixme", 2, 3).json()["result"] == 5
