@@ -19,10 +19,10 @@ from tether.daemon.protocol import sweep_stale_shm
 from tether.daemon.server import Daemon, make_app
 from tether.daemon.store import write_atomic
 from tether.daemon.tls import server_context
+from tether.errors import ConfigError
 from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
 from tether.protocol.serving import IDLE_TIMEOUT, Runner
-from tether.errors import ConfigError
 from tether.specs import check_memory_limit, parse_bytes
 
 log = structlog.get_logger("tether.daemon")
