@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.reliability.daemons import DaemonProc, start_daemon
-from tests.reliability.fuzzing import dump, fuzz, grouped
+from tests.reliability.fuzzing import CI_SEED, dump, fuzz, grouped
 
 REPORT_DIR = os.environ.get("TETHER_FUZZ_REPORT_DIR")
 
@@ -172,4 +172,9 @@ def test_a_fuzz_run_is_replayed_exactly_from_its_seed(tiny_server: str, monkeypa
     monkeypatch.setenv("TETHER_FUZZ_SEED", "1234")
     assert run(None).digest == first.digest  # TETHER_FUZZ_SEED replays a run that chose no seed
     monkeypatch.delenv("TETHER_FUZZ_SEED")
+    monkeypatch.delenv("CI", raising=False)
     assert len({run(None).seed for _ in range(3)}) == 3  # without it, every run draws a seed of its own
+    monkeypatch.setenv("CI", "true")
+    assert {run(None).seed for _ in range(2)} == {CI_SEED}  # ... except in CI: one fixed seed
+    monkeypatch.setenv("TETHER_FUZZ_SEED", "random")
+    assert len({run(None).seed for _ in range(2)}) == 2  # unless asked for fresh ones
