@@ -23,8 +23,10 @@ class CallHandle:
 
     def __init__(self, client: AsyncClient, call_id: str, future: concurrent.futures.Future[Any] | None = None,
                  on_log: LogSink | None = default_log_sink, *, attempts: list[Any] | None = None,
-                 cluster: Cluster | None = None, on_outcome: Callable[[str], None] | None = None) -> None:
+                 cluster: Cluster | None = None, on_outcome: Callable[[str], None] | None = None,
+                 node: int | str | None = None) -> None:
         self._client = client
+        self._node = node  # the node of the service's env (None: the head)
         self._on_outcome = on_outcome  # told the call's outcome once this handle has it (a spawn's usage record)
         self._cluster = cluster  # when known, its current client is used (a relaunched daemon has a new one)
         self.call_id = call_id
@@ -36,7 +38,7 @@ class CallHandle:
     @property
     def client(self) -> AsyncClient:
         if self._cluster is not None and self._cluster._handle is not None:
-            return self._cluster.client
+            return self._cluster.node_client(self._node)
         return self._client
 
     def result(self, timeout: float | None = None) -> Any:

@@ -18,6 +18,7 @@ from tether.api.envs import Env
 from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
+from tether.compute.nodes import Node
 from tether.compute.routing import plan
 from tether.compute.state import load_state, state_backend, write_private
 from tether.errors import AuthError, ClusterUnavailable, ConfigError, NotFound
@@ -124,6 +125,7 @@ class Cluster:
         self._handle: ClusterHandle | None = None
         self._refused: AuthError | None = None  # a loaded config that would redirect this user's token
         self._synced: dict[str, str] = {}
+        self._nodes: tuple[str, list[Node], dict[int, AsyncClient]] | None = None  # by the head's endpoint
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     @property
@@ -173,12 +175,12 @@ class Cluster:
     def stop(self) -> None:
         """Stop the cluster's daemon; its services come back on the next ``up``."""
         self.backend.stop(self.spec)
-        self._handle = None
+        self._handle = self._nodes = None
 
     def teardown(self) -> None:
         """Bring the cluster down and delete what it held."""
         self.backend.down(self.spec)
-        self._handle = None
+        self._handle = self._nodes = None
 
     down = teardown
 
@@ -210,6 +212,31 @@ class Cluster:
             client = self._client = AsyncClient(h.endpoint, h.token, h.tls_fingerprint, h.unix_socket)
         return client
 
+    def _node_table(self) -> tuple[list[Node], dict[int, AsyncClient]]:
+        key = self.handle.endpoint
+        if self._nodes is None or self._nodes[0] != key:
+            self._nodes = (key, placement.cluster_nodes(self), {})
+        return self._nodes[1], self._nodes[2]
+
+    def node(self, node: int | str) -> Node:
+        """Node ``node`` (an index or a host) of the cluster, its daemon reached through the head; a ConfigError
+        naming the nodes when there is no such node."""
+        nodes, _ = self._node_table()
+        return nodes[placement.node_index(nodes, node)]
+
+    def node_client(self, node: int | str | None) -> AsyncClient:
+        """The client of node ``node``'s daemon (``None`` or 0: the head's, :attr:`client`), kept per node."""
+        if node is None or node == 0:
+            return self.client
+        n = self.node(node)
+        if n.is_head:
+            return self.client
+        clients = self._node_table()[1]
+        client = clients.get(n.index)
+        if client is None or client.endpoint != n.endpoint.rstrip("/"):
+            client = clients[n.index] = n.client()
+        return client
+
     def connected(self) -> Cluster:
         """Connect to an already-running cluster without launching it."""
         self._allowed()
@@ -233,6 +260,7 @@ class Cluster:
             return False
         self._handle = current
         self._client = None
+        self._nodes = None
         return True
 
     def sync(self, root: Path) -> str:

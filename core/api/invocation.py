@@ -132,7 +132,7 @@ class Invocation:
         if cluster is None or cluster._handle is None:
             return
         with contextlib.suppress(Exception):
-            cluster.client.sync.send(replace(routes.cancel(self.call_id), timeout=CANCEL_TIMEOUT))
+            self.service.client_on(cluster).sync.send(replace(routes.cancel(self.call_id), timeout=CANCEL_TIMEOUT))
 
     async def cancel_quietly_async(self) -> None:
         cluster = self.service.cluster
@@ -140,7 +140,7 @@ class Invocation:
             return
         with contextlib.suppress(Exception):
             op = replace(routes.cancel(self.call_id), timeout=CANCEL_TIMEOUT)
-            await asyncio.wait_for(asyncio.shield(cluster.client.send(op)), CANCEL_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(self.service.client_on(cluster).send(op)), CANCEL_TIMEOUT)
 
     # -- one attempt on the handle's cluster ----------------------------------------------------------------------
     def run_sync(self) -> Any:
@@ -155,7 +155,7 @@ class Invocation:
         with self._settling():
             while True:
                 try:
-                    return cluster.client.call_sync(svc.name or "", self.method, self.args, self.kwargs,
+                    return svc.client_on(cluster).call_sync(svc.name or "", self.method, self.args, self.kwargs,
                                                     call_id=self.call_id, on_log=self.on_log,
                                                     caller=svc.options.caller, expect=svc.expects, lend=self.lend)
                 except Exception as exc:
@@ -173,7 +173,7 @@ class Invocation:
         async with self._settling_async():
             while True:
                 try:
-                    return await cluster.client.call(svc.name or "", self.method, self.args, self.kwargs,
+                    return await svc.client_on(cluster).call(svc.name or "", self.method, self.args, self.kwargs,
                                                      call_id=self.call_id, on_log=self.on_log,
                                                      caller=svc.options.caller, expect=svc.expects, lend=self.lend)
                 except Exception as exc:
@@ -221,7 +221,7 @@ class Invocation:
         async with self._settling_async():
             while True:
                 try:
-                    async with contextlib.aclosing(cluster.client.stream(
+                    async with contextlib.aclosing(svc.client_on(cluster).stream(
                             svc.name or "", self.method, self.args, self.kwargs, call_id=self.call_id,
                             on_log=self.on_log, caller=svc.options.caller, expect=svc.expects,
                             replayable=svc.options.replayable)) as items:
@@ -262,16 +262,16 @@ class Invocation:
         if svc.options.on_oom is not None:
             cluster = self._probe()
             future = _SPAWNED.submit(self._escalate, lambda inv: inv.run_sync_once())
-            return CallHandle(cluster.client, self.call_id, future, self.on_log, attempts=self.attempts,
-                              cluster=cluster).wait_started()
+            return CallHandle(svc.client_on(cluster), self.call_id, future, self.on_log, attempts=self.attempts,
+                              cluster=cluster, node=svc.node).wait_started()
         cluster = svc._ensure_deployed()
         started = time.perf_counter()
         while True:
             try:
-                call_id = cluster.client.sync.spawn(svc.name or "", self.method, self.args, self.kwargs,
+                call_id = svc.client_on(cluster).sync.spawn(svc.name or "", self.method, self.args, self.kwargs,
                                                     call_id=self.call_id, caller=svc.options.caller, expect=svc.expects)
                 # a saved version's usage record once the handle has the outcome (its remote duration, its lineage)
-                return CallHandle(cluster.client, call_id, None, self.on_log, cluster=cluster,
+                return CallHandle(svc.client_on(cluster), call_id, None, self.on_log, cluster=cluster, node=svc.node,
                                   on_outcome=lambda outcome: self._record(started, outcome))
             except Exception as exc:
                 if not self._recover(exc):
@@ -284,13 +284,13 @@ class Invocation:
         svc = self.service
         cluster = svc._ensure_deployed()
         try:
-            names = {r["name"] for r in cluster.ls()}
+            names = {r["name"] for r in svc.client_on(cluster).sync.services()}
         except ClusterUnavailable:
             if "launch" in self._recovered or not svc._relaunch():
                 raise
             self._recovered.add("launch")
             cluster = svc._ensure_deployed()
-            names = {r["name"] for r in cluster.ls()}
+            names = {r["name"] for r in svc.client_on(cluster).sync.services()}
         if svc.name not in names and "deploy" not in self._recovered:
             self._recovered.add("deploy")
             svc._redeploy_spec()

@@ -135,8 +135,8 @@ def assign(env: EnvSpec, nodes: list[Node], facts: list[Facts], used: list[Held]
     """The node for ``env`` (its ``node`` if set, else the first from ``start`` on with room) and the GPU ids it
     gets there; ``used`` is updated with what it takes. A CapacityError naming what each node lacks otherwise."""
     want = dict(env.compute)
-    if env.node is not None:
-        order = [node_index(nodes, env.node)]
+    if env.node is not None:  # its place in ``nodes`` (which may be some of the cluster's nodes only)
+        order = [[n.index for n in nodes].index(node_index(nodes, env.node))]
     else:
         order = [(start + k) % len(nodes) for k in range(len(nodes))]
     lacks: dict[str, list[str]] = {}
@@ -167,13 +167,16 @@ def with_gpus(env: EnvSpec, ids: list[int]) -> EnvSpec:
 
 
 def place_env(cluster: Cluster, env: Env) -> Env:
-    """``env`` checked against the head (a single service runs there; ``.distribute()`` spreads copies over the
-    nodes) and given its share of the head's GPUs, to pass to ``.to(cluster, env=...)``. CapacityError when the
-    head lacks what it asks; an env already deployed under this name is not counted against itself."""
+    """``env`` placed for a single service, to pass to ``.to(cluster, env=...)``: on its ``node`` (made an index)
+    or the head, checked against what that node has and given its share of the node's GPUs when it asks for
+    resources. A ConfigError when the cluster has no such node, a CapacityError when the node lacks what the env
+    asks; an env already deployed under this name is not counted against itself."""
     nodes = cluster_nodes(cluster)
-    if env.spec.node is not None and node_index(nodes, env.spec.node) != 0:
-        raise ConfigError(f"env {env.name!r} asks for node {env.spec.node!r}: a single service runs on the head",
-                          hint="use .distribute('pool', ...) to place copies on other nodes, or node=0")
-    head = nodes[:1]
-    _, ids = assign(env.spec, head, node_facts(cluster, head), [held(head[0], {env.name})], cluster=cluster.name)
-    return Env(with_gpus(env.spec, ids), env.secret_objects)
+    spec = env.spec
+    if spec.node is not None:
+        spec = spec.model_copy(update={"node": node_index(nodes, spec.node)})
+    if not spec.compute:
+        return Env(spec, env.secret_objects)
+    node = nodes[spec.node or 0:][:1]
+    _, ids = assign(spec, node, node_facts(cluster, node), [held(node[0], {env.name})], cluster=cluster.name)
+    return Env(with_gpus(spec, ids), env.secret_objects)

@@ -59,7 +59,7 @@ def record_call(service: Any, *, call_id: str, method: str | None, seconds: floa
         inputs=[Artifact(uri=u, version=v) for u, v in edges.inputs] if edges is not None else [],
         outputs=[Artifact(uri=u, version=v) for u, v in edges.outputs] if edges is not None else [],
     )
-    client = service.cluster.client if handle is not None else None
+    client = service.client_on(service.cluster) if handle is not None else None
     get_registry().record_call(record, _remote_duration(client, call_id) if client is not None else None)
 
 

@@ -32,7 +32,8 @@ from tether.api.records import save_resource, snapshot_code
 from tether.api.secrets import deliver_for_deploy
 from tether.api.sharing import json_call, refuses_pickle
 from tether.api.spellings import FunctionSpellings, InstanceSpellings, ServiceSpellings
-from tether.client import LogSink, default_log_sink
+from tether.client import AsyncClient, LogSink, default_log_sink
+from tether.compute.nodes import node_code_root
 from tether.errors import AuthError, ConfigError, NotFound
 from tether.escalation import Attempt, Escalation, Ladder, Step
 from tether.protocol.deployments import deployment_id
@@ -167,7 +168,7 @@ class _Service(ServiceSpellings):
         """Deploy this (new, not yet shared) handle's service; called only on handles made for that."""
         cluster = (cluster or self.cluster or new_cluster()).up_if_not()
         resolved = _resolve_env(cluster, env if env is not None else self.env)
-        if resolved.spec.compute and resolved.spec.node in (None, 0):  # checked on the head, given its GPU share
+        if resolved.spec.compute or resolved.spec.node not in (None, 0):  # checked on its node, given its GPUs
             resolved = place_env(cluster, resolved)
         env = resolved
         deliver_for_deploy(cluster, env)  # the env's secrets into the cluster's store (values never in the spec)
@@ -177,9 +178,20 @@ class _Service(ServiceSpellings):
         spec = self._build_spec(cluster, env, name)
         if self.spec is not None and self.spec.version is not None:
             spec.version = self.spec.version
-        out = cluster.client.sync.deploy(spec, replace_env=replace_env)
+        spec.code.root = _root_on_node(cluster, spec.env.node, spec.code.root)
+        out = cluster.node_client(spec.env.node).sync.deploy(spec, replace_env=replace_env)
         self.cluster, self.env, self.spec, self.name = cluster, env, spec, name
         self.methods = dict(out.get("methods", {}))
+
+    def client_on(self, cluster: Cluster) -> AsyncClient:
+        """The client of the daemon this service lives on in ``cluster``: the head's, or that of the node its env
+        was placed on (``tether.env(node=k)``)."""
+        return cluster.node_client(self.node)
+
+    @property
+    def node(self) -> int | str | None:
+        """The node this service's env was placed on (``None``: the head)."""
+        return self.spec.env.node if self.spec is not None else None
 
     def _needs_preparing(self) -> bool:
         """Whether :meth:`_ensure_deployed` has work to do (a launch or a version check), i.e. may block."""
@@ -197,7 +209,7 @@ class _Service(ServiceSpellings):
     def _deploy_saved_version(self) -> None:
         """A service loaded from the registry: make the daemon run exactly the loaded version (once)."""
         assert self.spec is not None and self.cluster is not None
-        running = {r["name"]: r.get("version") for r in self.cluster.ls()}
+        running = {r["name"]: r.get("version") for r in self.client_on(self.cluster).sync.services()}
         if running.get(self.spec.name, -1) != self.spec.version:
             self._redeploy_spec()
         self._verified = True
@@ -207,15 +219,15 @@ class _Service(ServiceSpellings):
         assert self.spec is not None and self.cluster is not None
         snapshot = self.spec.metadata.get("snapshot")
         if snapshot and Path(snapshot).is_dir():
-            self.spec.code.root = self.cluster.sync(Path(snapshot))
-        out = self.cluster.client.sync.deploy(self.spec)
+            self.spec.code.root = _root_on_node(self.cluster, self.spec.env.node, self.cluster.sync(Path(snapshot)))
+        out = self.client_on(self.cluster).sync.deploy(self.spec)
         self.methods.update(out.get("methods", {}))
 
     def _relaunch(self) -> bool:
         """The daemon did not answer: bring the cluster back (it may have autostopped); whether it was tried."""
         if self.spec is None or self.cluster is None or self.cluster.spec.backend == "endpoint":
             return False
-        self.cluster._handle = None
+        self.cluster._handle = self.cluster._nodes = None
         self.cluster.up_if_not()  # a relaunched daemon restores its services from its manifest
         return True
 
@@ -309,7 +321,7 @@ class _Service(ServiceSpellings):
         if self.spec is not None and self.cluster is not None:
             self.spec.version = record.version
             self.spec.metadata["snapshot"] = config["service"]["metadata"].get("snapshot")
-            self.cluster.client.sync.deploy(self.spec)
+            self.client_on(self.cluster).sync.deploy(self.spec)
         self.registry_name = getattr(record, "name", None)
         return record
 
@@ -321,11 +333,21 @@ class _Service(ServiceSpellings):
     def delete(self) -> None:
         """Delete the service from its cluster."""
         cluster = self._ensure_deployed()
-        cluster.delete(self.name or "")
+        if self.spec is not None and self.spec.env.node not in (None, 0):
+            self.client_on(cluster).sync.delete_object(self.name or "")
+        else:
+            cluster.delete(self.name or "")
 
     def __repr__(self) -> str:
         where = self.cluster.name if self.cluster else "not deployed"
         return f"{type(self).__name__}({self.name!r} on {where})"
+
+
+def _root_on_node(cluster: Cluster, node: int | str | None, root: str | None) -> str | None:
+    """Where a code tree synced to every node lies on ``node``, given its path on the head."""
+    if root is None or node is None or node == 0:
+        return root
+    return node_code_root(root, cluster.node(0), cluster.node(node))
 
 
 def _resolve_env(cluster: Cluster, env: Env | str | None) -> Env:
@@ -491,7 +513,7 @@ class RemoteClass(_Service):
         inst.spec = self.spec.model_copy(update={"name": inst_name, "kind": "instance", "init_pickled_b64": init,
                                                  "of": self.name, "version": None})
         inst.cluster, inst.env, inst.root, inst.options = self.cluster, self.env, self.root, self.options
-        out = self.cluster.client.sync.deploy(inst.spec)
+        out = self.client_on(self.cluster).sync.deploy(inst.spec)
         inst.methods = dict(out.get("methods", {}))
         return inst
 

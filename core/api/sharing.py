@@ -151,5 +151,5 @@ def json_call(handle: Any, method: str | None, args: tuple[Any, ...], kwargs: di
         raise SerializationError(f"your grant on {handle.name!r} takes JSON arguments only, and these are not JSON: "
                                  f"{exc}", hint="pass JSON values (numbers, strings, lists, dicts), or ask the "
                                                "owner to share with allow_pickle=True") from None
-    answer = cluster.client.sync.send(op)
+    answer = handle.client_on(cluster).sync.send(op)
     return answer["items"] if "items" in answer else answer.get("result")

@@ -59,12 +59,13 @@ def head_node(endpoint: str, token: str | None, host: str = "127.0.0.1") -> Node
     return Node(0, host, host, endpoint, token)
 
 
-def node_code_root(root_on_head: str, head: Node, node: Node) -> str:
-    """Where a code tree synced to every node lies on ``node``, given its path on the head (the same path
-    under each node's own tether folder)."""
-    if node.is_head or not head.remote_dir or not node.remote_dir or not root_on_head.startswith(head.remote_dir):
-        return root_on_head
-    return node.remote_dir + root_on_head[len(head.remote_dir):]
+def node_code_root(root: str, source: Node, node: Node) -> str:
+    """Where a code tree synced to every node lies on ``node``, given its path ``root`` on ``source`` (the same
+    path under each node's own tether folder)."""
+    if node.index == source.index or not source.remote_dir or not node.remote_dir \
+            or not root.startswith(source.remote_dir):
+        return root
+    return node.remote_dir + root[len(source.remote_dir):]
 
 
 def via_head(name: str, head: SSHTarget, node: SSHTarget, address: str, index: int) -> SSHTarget:

@@ -90,3 +90,30 @@ def test_a_plain_to_checks_the_heads_resources_and_partitions_its_gpus(dist_home
             tether.function(fns.gpus_seen).to(c, env=tether.env(name="g3", compute={"GPU": 1}), name="third")
     finally:
         c.teardown()
+
+
+def test_a_service_whose_env_names_a_node_runs_on_that_node(lab, hosts, dist_env):
+    """``.to(c, env=env(node=k))`` without ``.distribute()``: the service itself lives on node k, and every way of
+    calling it goes there (before: it was deployed on the head and ran there, silently)."""
+    on1 = str(hosts.hosts[1].home / "home")
+    fn = tether.function(fns.where).to(lab, env=tether.env(name="on1", python=dist_env.spec.python, node=1),
+                                       name="where1")
+    try:
+        assert fn.env.spec.node == 1
+        out = fn(3)
+        assert out["square"] == 9 and out["home"] == on1
+        assert fn.spawn(4).result(timeout=60)["home"] == on1
+        assert [o["home"] for o in fn.map([1, 2])] == [on1, on1]
+        assert type(fn).from_config(fn.config())(5)["home"] == on1  # a handle made from its config goes there too
+        nodes = lab.nodes()
+        assert "where1" in nodes[1]["services"] and "where1" not in nodes[0]["services"]
+        tally = tether.module(fns.Tally).to(lab, env=tether.env(name="on1t", python=dist_env.spec.python,
+                                                                node=nodes[1]["host"]))  # a node by its host
+        t = tally(5, name="tally1")
+        assert t.add() == 6 and t.add(2) == 8 and t.home() == on1
+        assert "tally1" in lab.nodes()[1]["services"]
+    finally:
+        fn.delete()
+    assert "where1" not in lab.nodes()[1]["services"]
+    with pytest.raises(ConfigError, match="no node 7"):
+        tether.function(fns.where).to(lab, env=tether.env(name="on7", node=7), name="where7")

@@ -18,6 +18,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from tether.api.distribute.placement import Copy, cluster_nodes, gather_all, prefixed, remove_copies
+from tether.api.placement import node_index
 from tether.client.loop import run_sync
 from tether.client.transport import new_call_id
 from tether.compute.nodes import node_code_root
@@ -71,8 +72,9 @@ class Engine:
         extra = {"RAY_ADDRESS": self.address} if self.kind == "ray" else {}
         self.runner = self._side(head, f"{svc.name}.{self.kind}-run", f"{base}.{self.kind}", "run_function", extra)
         user = spec.model_copy(update={"name": f"{svc.name}.{self.kind}", "env": self.runner.spec.env})
-        if user.code.root:  # the user's code on the head's sys.path, beside the runner
-            user.code = CodeRef(**{**user.code.model_dump(), "root": node_code_root(user.code.root, head, head)})
+        if user.code.root:  # the user's code on the head's sys.path, beside the runner (the service may be on another)
+            source = nodes[node_index(nodes, spec.env.node)] if spec.env.node is not None else head
+            user.code = CodeRef(**{**user.code.model_dump(), "root": node_code_root(user.code.root, source, head)})
         run_sync(self._start(user))
         self.started = True
         return self

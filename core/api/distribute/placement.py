@@ -10,7 +10,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tether.api.placement import Held, assign, cluster_nodes, cluster_status, held, node_facts, with_gpus
+from tether.api.placement import (
+    Held,
+    assign,
+    cluster_nodes,
+    cluster_status,
+    held,
+    node_facts,
+    node_index,
+    with_gpus,
+)
 from tether.client import LogSink
 from tether.client.loop import run_sync
 from tether.compute.nodes import Node, node_code_root
@@ -95,12 +104,13 @@ class Placement:
         if base.env.compute or base.env.node is not None:
             where, gpus = self._by_resources(base, where, names)
         copies = []
+        source = self.nodes[node_index(self.nodes, base.env.node) if base.env.node is not None else 0]  # the base's
         for i, n in enumerate(where):
             node = self.nodes[n]
             env = with_gpus(base.env.model_copy(update={"name": names[i]}), gpus[i])
             code = base.code
             if code.root:
-                code = CodeRef(**{**code.model_dump(), "root": node_code_root(code.root, self.nodes[0], node)})
+                code = CodeRef(**{**code.model_dump(), "root": node_code_root(code.root, source, node)})
             spec = base.model_copy(update={"name": f"{svc.name}.{self.kind}{i}", "env": env, "code": code})
             copies.append(Copy(i, node, spec.name, env.name, spec))
         for c in copies:
