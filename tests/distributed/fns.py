@@ -148,3 +148,21 @@ class Tally:
 
     def home(self) -> str | None:
         return os.environ.get("HOME")
+
+
+def ray_resources() -> dict[str, Any]:
+    """What each node of the Ray cluster offers (CPU, GPU), as Ray itself sees it."""
+    import ray
+
+    ray.init(address="auto", log_to_driver=False)
+    try:
+        return {n["NodeManagerAddress"]: {k: v for k, v in n["Resources"].items() if k in ("CPU", "GPU")}
+                for n in ray.nodes() if n["Alive"]}
+    finally:
+        ray.shutdown()
+
+
+def dask_resources(client: Any) -> dict[str, Any]:
+    """Each Dask worker's threads, memory limit and resources, as the scheduler sees them."""
+    return {w["host"]: {"nthreads": w["nthreads"], "memory_limit": w["memory_limit"],
+                        "resources": w.get("resources", {})} for w in client.scheduler_info()["workers"].values()}

@@ -18,10 +18,10 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 from tether.api.distribute.placement import Copy, cluster_nodes, gather_all, prefixed, remove_copies
-from tether.api.placement import node_index
+from tether.api.placement import Held, assign, held, node_facts, node_index, with_gpus
 from tether.client.loop import run_sync
 from tether.client.transport import new_call_id
-from tether.compute.nodes import node_code_root
+from tether.compute.nodes import Node, node_code_root
 from tether.errors import CallTimeout, ConfigError, TetherError
 from tether.specs import CodeRef, ServiceSpec
 
@@ -45,6 +45,23 @@ class Engine:
         self.engines: list[Copy] = []
         self.runner: Copy | None = None
         self.started = False
+        self.gpus: list[list[int]] | None = None
+        """Per node, the GPU ids its engine offers, when the env asks for resources (``compute``)."""
+        if service.spec.env.compute:
+            self.gpus = self._place(cluster_nodes(service.cluster))
+
+    def _place(self, nodes: list[Node]) -> list[list[int]]:
+        """The env's ``compute`` is what the engine offers on every node: each node must have it (counting what
+        its other envs hold; the service's own env, which the engine stands for, aside). The GPU ids of each
+        node's engine; a CapacityError naming what a node lacks."""
+        svc = self.service
+        assert svc.spec is not None and svc.cluster is not None
+        base = f"{svc.spec.env.name}.{svc.name}"
+        skip = {svc.spec.env.name, f"{base}.{self.kind}", *(f"{base}.{self.kind}{n.index}" for n in nodes)}
+        facts = node_facts(svc.cluster, nodes)
+        used: list[Held] = [held(n, skip) for n in nodes]
+        return [assign(svc.spec.env.model_copy(update={"node": n.index}), nodes, facts, used,
+                       cluster=svc.cluster.name)[1] for n in nodes]  # fmt: skip
 
     @property
     def address(self) -> str:
@@ -52,9 +69,15 @@ class Engine:
         return f"tcp://{head}:{self.port}" if self.kind == "dask" else f"{head}:{self.port}"
 
     def _side(self, node: Any, name: str, env_name: str, qualname: str, env_vars: dict[str, str]) -> Copy:
+        """A copy of the service's env on ``node`` running one of nodeside's functions: an engine's holds the
+        env's ``compute`` on its node (and its GPUs); the runner, beside the head's engine, holds none."""
         assert self.service.spec is not None
-        env = self.service.spec.env.model_copy(update={
-            "name": env_name, "env_vars": {**self.service.spec.env.env_vars, **env_vars}})
+        base = self.service.spec.env
+        env = base.model_copy(update={"name": env_name, "env_vars": {**base.env_vars, **env_vars}, "node": node.index})
+        if qualname == "start_engine" and self.gpus is not None:
+            env = with_gpus(env, self.gpus[node.index])
+        elif qualname != "start_engine":
+            env = env.model_copy(update={"compute": {}})
         spec = ServiceSpec(name=name, kind="function", env=env, code=CodeRef(import_path=_SIDE, qualname=qualname))
         return Copy(node.index, node, name, env_name, spec)
 
@@ -87,12 +110,22 @@ class Engine:
         head, rest = self.engines[0], self.engines[1:]
         addr = head.node.address
         first = "head" if self.kind == "ray" else "scheduler"
-        await self._side_call(head, "start_engine", (self.kind, first, addr, self.port, addr))
+        res = self._resources
+        await self._side_call(head, "start_engine", (self.kind, first, addr, self.port, addr, 120, res(head)))
         if self.kind == "dask":  # the head node runs a worker too: one worker per node
             rest = self.engines
-        await gather_all([self._side_call(c, "start_engine", (self.kind, "worker", c.node.address, self.port, addr))
-                          for c in rest])  # fmt: skip
+        await gather_all([self._side_call(c, "start_engine", (self.kind, "worker", c.node.address, self.port, addr,
+                                                              120, res(c))) for c in rest])  # fmt: skip
         await self._side_call(self.runner, "wait_nodes", (self.kind, self.address, len(self.engines)))
+
+    def _resources(self, c: Copy) -> dict[str, float] | None:
+        """What node ``c``'s engine offers: the env's ``compute`` (its GPUs: as many as it was given)."""
+        if self.gpus is None:
+            return None
+        res = dict(self.service.spec.env.compute) if self.service.spec is not None else {}
+        if "GPU" in res:
+            res["GPU"] = float(len(self.gpus[c.node.index]))
+        return res
 
     async def _side_call(self, c: Copy, what: str, args: tuple[Any, ...]) -> Any:
         sink = prefixed(self.service.options.on_log, f"[{self.kind} node {c.node.index}] ")

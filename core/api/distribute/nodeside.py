@@ -72,18 +72,30 @@ def engine_tmp(kind: str, address: str, port: int) -> str:
     return str(path)
 
 
-def _argv(kind: str, role: str, address: str, port: int, head: str, tmp: str) -> list[str]:
+def _argv(kind: str, role: str, address: str, port: int, head: str, tmp: str,
+          resources: dict[str, float] | None = None) -> list[str]:
+    """The engine's command line; ``resources`` (the env's ``compute``: CPU, GPU, memory in bytes) is what this
+    node offers the engine (Ray: ``--num-cpus/--num-gpus/--memory``; a Dask worker: threads, memory limit, and a
+    ``GPU`` resource)."""
     bindir = Path(sys.executable).parent
+    res = resources or {}
     if kind == "ray":
         argv = [str(bindir / "ray"), "start", "--block", "--disable-usage-stats", f"--node-ip-address={address}"]
+        argv += [f"--num-cpus={max(1, int(res['CPU']))}"] if "CPU" in res else []
+        argv += [f"--num-gpus={int(res['GPU'])}"] if "GPU" in res else []
+        argv += [f"--memory={int(res['memory'])}"] if "memory" in res else []
         if role == "head":
             return [*argv, "--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={tmp}"]
         return [*argv, f"--address={head}:{port}"]
     if role == "scheduler":
         return [str(bindir / "dask"), "scheduler", "--host", address, "--port", str(port), "--no-dashboard",
                 "--no-show"]  # fmt: skip
-    return [str(bindir / "dask"), "worker", f"tcp://{head}:{port}", "--host", address, "--nworkers", "1",
+    argv = [str(bindir / "dask"), "worker", f"tcp://{head}:{port}", "--host", address, "--nworkers", "1",
             "--no-dashboard", "--local-directory", tmp, "--name", f"{address}"]  # fmt: skip
+    argv += ["--nthreads", str(max(1, int(res["CPU"])))] if "CPU" in res else []
+    argv += ["--memory-limit", str(int(res["memory"]))] if "memory" in res else []
+    argv += ["--resources", f"GPU={int(res['GPU'])}"] if res.get("GPU") else []
+    return argv
 
 
 def _port_open(address: str, port: int) -> bool:
@@ -94,12 +106,14 @@ def _port_open(address: str, port: int) -> bool:
         return False
 
 
-def start_engine(kind: str, role: str, address: str, port: int, head: str, timeout: float = 120) -> dict[str, Any]:
+def start_engine(kind: str, role: str, address: str, port: int, head: str, timeout: float = 120,
+                 resources: dict[str, float] | None = None) -> dict[str, Any]:
     """Start one engine process on this node (``role``: ray ``head``/``worker``, dask ``scheduler``/``worker``)
-    and wait until a head or scheduler accepts connections; returns its pid."""
+    and wait until a head or scheduler accepts connections; returns its pid. ``resources``: see :func:`_argv`
+    (the GPUs are those of this worker's ``CUDA_VISIBLE_DEVICES``, which the engine inherits)."""
     tmp = engine_tmp(kind, address, port)
     env = dict(os.environ, RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0")
-    argv = _argv(kind, role, address, port, head, tmp)
+    argv = _argv(kind, role, address, port, head, tmp, resources if role != "scheduler" else None)
     log = open(Path(tmp) / f"{role}.log", "ab")  # noqa: SIM115 - the child keeps it open
     proc: subprocess.Popen[bytes] = _on_launcher(lambda: subprocess.Popen(
         argv, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
