@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from tether.api import box
 from tether.api.envs import Env
-from tether.compute.nodes import Node, head_node, nodes_status
-from tether.errors import CapacityError, ConfigError
+from tether.compute.nodes import Node, head_node, node_code_root, nodes_status
+from tether.errors import CapacityError, ConfigError, NotFound
 from tether.specs import EnvSpec
 
 if TYPE_CHECKING:
     from tether.api.clusters import Cluster
 
-__all__ = ["Facts", "Held", "assign", "cluster_nodes", "cluster_status", "held", "node_facts", "node_index",
-           "place_env"]
+__all__ = ["Facts", "Held", "assign", "cluster_nodes", "cluster_status", "code_root_on", "held", "node_facts",
+           "node_index", "place_env", "resolve_env", "with_gpus"]
 
 
 def cluster_nodes(cluster: Cluster) -> list[Node]:
@@ -180,3 +180,23 @@ def place_env(cluster: Cluster, env: Env) -> Env:
     node = nodes[spec.node or 0:][:1]
     _, ids = assign(spec, node, node_facts(cluster, node), [held(node[0], {env.name})], cluster=cluster.name)
     return Env(with_gpus(spec, ids), env.secret_objects)
+
+
+def code_root_on(cluster: Cluster, node: int | str | None, root: str | None) -> str | None:
+    """Where a code tree synced to every node lies on ``node``, given its path on the head."""
+    if root is None or node is None or node == 0:
+        return root
+    return node_code_root(root, cluster.node(0), cluster.node(node))
+
+
+def resolve_env(cluster: Cluster, env: Env | str | None) -> Env:
+    """``env`` as an Env: a name (or none: ``"default"``) means that env as the cluster has it, or a new empty one
+    when the cluster does not know it."""
+    if isinstance(env, Env):
+        return env
+    name = env or "default"
+    try:
+        known = cluster.client.sync.envs().get(name)
+    except NotFound:  # a daemon from before envs were listed: it knows no env by name
+        known = None
+    return Env.from_config(known if known is not None else {"name": name})

@@ -27,14 +27,13 @@ from tether.api.compat import CALL_KEYWORDS, call_keywords, placement
 from tether.api.distribute import distribute
 from tether.api.envs import Env
 from tether.api.invocation import Invocation
-from tether.api.placement import place_env
+from tether.api.placement import code_root_on, place_env, resolve_env
 from tether.api.records import save_resource, snapshot_code
 from tether.api.secrets import deliver_for_deploy
 from tether.api.sharing import json_call, refuses_pickle
 from tether.api.spellings import FunctionSpellings, InstanceSpellings, ServiceSpellings
 from tether.client import AsyncClient, LogSink, default_log_sink
-from tether.compute.nodes import node_code_root
-from tether.errors import AuthError, ConfigError, NotFound
+from tether.errors import AuthError, ConfigError
 from tether.escalation import Attempt, Escalation, Ladder, Step
 from tether.protocol.deployments import deployment_id
 from tether.specs import ServiceSpec, build
@@ -167,7 +166,7 @@ class _Service(ServiceSpellings):
                 replace_env: bool = False) -> None:
         """Deploy this (new, not yet shared) handle's service; called only on handles made for that."""
         cluster = (cluster or self.cluster or new_cluster()).up_if_not()
-        resolved = _resolve_env(cluster, env if env is not None else self.env)
+        resolved = resolve_env(cluster, env if env is not None else self.env)
         if resolved.spec.compute or resolved.spec.node not in (None, 0):  # checked on its node, given its GPUs
             resolved = place_env(cluster, resolved)
         env = resolved
@@ -178,7 +177,7 @@ class _Service(ServiceSpellings):
         spec = self._build_spec(cluster, env, name)
         if self.spec is not None and self.spec.version is not None:
             spec.version = self.spec.version
-        spec.code.root = _root_on_node(cluster, spec.env.node, spec.code.root)
+        spec.code.root = code_root_on(cluster, spec.env.node, spec.code.root)
         out = cluster.node_client(spec.env.node).sync.deploy(spec, replace_env=replace_env)
         self.cluster, self.env, self.spec, self.name = cluster, env, spec, name
         self.methods = dict(out.get("methods", {}))
@@ -219,7 +218,7 @@ class _Service(ServiceSpellings):
         assert self.spec is not None and self.cluster is not None
         snapshot = self.spec.metadata.get("snapshot")
         if snapshot and Path(snapshot).is_dir():
-            self.spec.code.root = _root_on_node(self.cluster, self.spec.env.node, self.cluster.sync(Path(snapshot)))
+            self.spec.code.root = code_root_on(self.cluster, self.spec.env.node, self.cluster.sync(Path(snapshot)))
         out = self.client_on(self.cluster).sync.deploy(self.spec)
         self.methods.update(out.get("methods", {}))
 
@@ -341,26 +340,6 @@ class _Service(ServiceSpellings):
     def __repr__(self) -> str:
         where = self.cluster.name if self.cluster else "not deployed"
         return f"{type(self).__name__}({self.name!r} on {where})"
-
-
-def _root_on_node(cluster: Cluster, node: int | str | None, root: str | None) -> str | None:
-    """Where a code tree synced to every node lies on ``node``, given its path on the head."""
-    if root is None or node is None or node == 0:
-        return root
-    return node_code_root(root, cluster.node(0), cluster.node(node))
-
-
-def _resolve_env(cluster: Cluster, env: Env | str | None) -> Env:
-    """``env`` as an Env: a name (or none: ``"default"``) means that env as the cluster has it, or a new empty one
-    when the cluster does not know it."""
-    if isinstance(env, Env):
-        return env
-    name = env or "default"
-    try:
-        known = cluster.client.sync.envs().get(name)
-    except NotFound:  # a daemon from before envs were listed: it knows no env by name
-        known = None
-    return Env.from_config(known if known is not None else {"name": name})
 
 
 def service_from_config(config: dict[str, Any], *, version: int | None = None,
