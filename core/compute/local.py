@@ -20,6 +20,7 @@ from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
 from tether.compute.setup import LocalRunner, apply_image, image_hash, local_image_env
 from tether.compute.state import claim_name, load_state, state_path, write_private
+from tether.compute.tunnel import pid_alive
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock, open_private, private_dir
 from tether.protocol.tls import ensure_self_signed
@@ -29,25 +30,11 @@ from tether.specs import ClusterSpec
 START_TIMEOUT = 60.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
-
-
 def _is_daemon(pid: int | None, state_dir: Path) -> bool:
     """``pid`` is this cluster's daemon: alive and running ``tether.daemon`` on ``state_dir``. A pid in a state file
     may name another process after a reboot, and a daemon that is exiting (its sockets already closed, not yet a
     zombie) has no command line left: neither is up, and neither may be signalled."""
-    if not pid or not _alive(pid):
+    if not pid or not pid_alive(pid):
         return False
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -171,9 +158,9 @@ class LocalBackend:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if _alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError, OSError):
