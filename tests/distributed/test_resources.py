@@ -6,11 +6,15 @@ is read from the worker itself."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 import tether
 from tests.distributed import fns
 from tether.api.placement import node_facts, place_env
+from tether.compute.state import load_state
 from tether.errors import CapacityError, ConfigError
 
 
@@ -104,6 +108,10 @@ def test_a_service_whose_env_names_a_node_runs_on_that_node(lab, hosts, dist_env
         assert out["square"] == 9 and out["home"] == on1
         assert fn.spawn(4).result(timeout=60)["home"] == on1
         assert [o["home"] for o in fn.map([1, 2])] == [on1, on1]
+        tunnels = list((load_state(lab.name) or {}).get("node_tunnels", {}).values())
+        assert len(tunnels) == 1
+        os.kill(tunnels[0]["pid"], signal.SIGKILL)  # the client's tunnel to node 1 dies
+        assert fn(6)["home"] == on1  # the next call reopens it
         assert type(fn).from_config(fn.config())(5)["home"] == on1  # a handle made from its config goes there too
         nodes = lab.nodes()
         assert "where1" in nodes[1]["services"] and "where1" not in nodes[0]["services"]
