@@ -3,6 +3,8 @@ cluster's status per node, calls balanced by outstanding work, ordered map, a dy
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -12,6 +14,7 @@ import tether
 from tests.distributed import fns
 from tests.distributed.helpers import worker_envs
 from tether.api.distribute import Pool, cluster_nodes, cluster_status
+from tether.compute.state import load_state
 from tether.errors import CallTimeout, WorkerDied
 
 
@@ -130,3 +133,15 @@ def test_cluster_nodes_is_every_node_with_its_workers_and_status_has_every_node(
     seen = [sorted(w["env"] for w in n["workers"] if ".replica" in w["env"]) for n in report.nodes]
     assert seen == envs  # every node's workers, not only the head's
     assert all(w["rss_bytes"] > 0 for n in report.nodes for w in n["workers"] if w["alive"])
+
+
+def test_a_pool_survives_the_client_losing_its_tunnel_to_a_node(lab, hosts, pool):
+    """The client's tunnel to node 1 dies (its ssh connection dropped: a laptop slept): the pool's next calls
+    reopen it and run on both nodes again (before: every call to node 1's replicas failed ClusterUnavailable)."""
+    assert len({o["home"] for o in pool.map(range(8))}) == 2
+    tunnels = list((load_state(lab.name) or {}).get("node_tunnels", {}).values())
+    assert len(tunnels) == 1
+    os.kill(tunnels[0]["pid"], signal.SIGKILL)
+    out = pool.map(range(8))
+    assert [o["square"] for o in out] == [x * x for x in range(8)]
+    assert {o["home"] for o in out} == {str(h.home / "home") for h in hosts.hosts}

@@ -136,6 +136,18 @@ class Placement:
                   for w in where]
         return [p[0] for p in placed], [p[1] for p in placed]
 
+    def reconnect(self, c: Copy) -> None:
+        """The client lost its tunnel to ``c``'s node (its ssh connection dropped): look the nodes up again,
+        which reopens every dead tunnel, and point the copies on that node at the new one."""
+        cluster = self.service.cluster
+        assert cluster is not None
+        cluster._nodes = None  # the cluster's own per-node clients (tether.env(node=k) services) too
+        self.nodes = cluster_nodes(cluster)
+        fresh = self.nodes[c.node.index]
+        for x in self.copies:
+            if x.node.index == fresh.index:
+                x.node = fresh
+
     def deploy(self, *, replace_env: bool = True) -> list[Copy]:
         """Deploy every copy (in parallel): each starts its worker and imports the service there."""
         copies = self.copies or self.plan()

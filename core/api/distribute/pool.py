@@ -23,7 +23,7 @@ from tether.api.distribute.placement import Copy, Placement, prefixed
 from tether.api.mapping import zip_args
 from tether.client.loop import background_loop, run_sync
 from tether.client.transport import new_call_id
-from tether.errors import CallTimeout, NotFound, TetherError
+from tether.errors import CallTimeout, ClusterUnavailable, NotFound, TetherError
 
 if TYPE_CHECKING:
     from tether.api.services import _Service
@@ -78,8 +78,13 @@ class Pool:
                 if exc.details.get("missing_service") != c.service:
                     raise
                 await client.deploy(c.spec, replace_env=True)
-                return await client.call(c.service, None, args, kwargs, call_id=call_id, on_log=sink,
-                                         caller=self.service.options.caller)  # fmt: skip
+            except ClusterUnavailable as exc:  # the client's tunnel to the node is gone: reopen it, once more
+                if not exc.details.get("unreachable") or c.node.is_head:
+                    raise
+                await asyncio.to_thread(self.placement.reconnect, c)
+                client = c.node.client()
+            return await client.call(c.service, None, args, kwargs, call_id=call_id, on_log=sink,
+                                     caller=self.service.options.caller)  # fmt: skip
         except BaseException as exc:
             if not isinstance(exc, Exception):  # interrupted, cancelled, timed out: stop the remote call
                 with contextlib.suppress(Exception):
