@@ -74,9 +74,10 @@ _PICKLED = frozenset({RESULT, ITEM})
 _HEAD = struct.Struct("!BI")
 
 
-def _split_big(data: bytes, out: list[Frame]) -> int:
+def _split_big(data: bytes | bytearray, out: list[Frame]) -> int:
     """:func:`tether.protocol.frames.decode_frames` for a big body: a pickled payload of 1 MiB or more is a view
-    of ``data``, not a copy (100 MB: ~0.1 s less per call); returns the bytes the whole frames took."""
+    of ``data``, not a copy (100 MB: ~0.1 s less per call), the other frames' payloads are ``bytes``; returns the
+    bytes the whole frames took."""
     i, n, size = 0, len(data), _HEAD.size
     view = memoryview(data)
     while n - i >= size:
@@ -84,7 +85,7 @@ def _split_big(data: bytes, out: list[Frame]) -> int:
         end = i + size + length
         if end > n:
             break
-        payload = view[i + size:end] if length >= _BIG and kind in _PICKLED else data[i + size:end]
+        payload = view[i + size:end] if length >= _BIG and kind in _PICKLED else bytes(view[i + size:end])
         out.append(Frame(kind, payload))  # type: ignore[arg-type]  # a view, read like bytes (pickle.loads)
         i = end
     return i
@@ -200,7 +201,7 @@ class BodyReader:
     def take(self) -> bytes:
         """The bytes fed so far."""
         parts, self._parts = self._parts, _NONE  # type: ignore[assignment]
-        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        return parts[0] if len(parts) == 1 and isinstance(parts[0], (bytes, bytearray)) else b"".join(parts)
 
     @property
     def reusable(self) -> bool:
@@ -236,9 +237,10 @@ class BodyReader:
                 raise ValueError("more bytes than the Content-Length")
             self.length -= len(data)
             self.done = not self.length
-            if frames is None and self.done and type(data) is bytes:  # the common case: the whole body in one read
+            if frames is None and self.done and type(data) in (bytes, bytearray):  # the whole body in one read
                 out: list[Frame] = []
-                if (decode_frames(data, out) if len(data) < _BIG else _split_big(data, out)) != len(data):
+                small = len(data) < _BIG and type(data) is bytes
+                if (decode_frames(data, out) if small else _split_big(data, out)) != len(data):  # type: ignore[arg-type]
                     raise ValueError("the response ended inside a frame")
                 return out
         if frames is None:

@@ -33,7 +33,7 @@ def _json(headers: dict[str, str], body: bytes) -> Any:
 def _raw(headers: dict[str, str], body: bytes) -> Any:
     """Parsed JSON, or the bytes of a pickle body (what :meth:`DaemonClient.request` has always returned)."""
     if headers.get("content-type", "").split(";", 1)[0].strip() == h.PICKLE:
-        return body
+        return body if type(body) is bytes else bytes(body)  # a big body was received into a bytearray
     return _json(headers, body)
 
 

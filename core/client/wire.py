@@ -99,7 +99,10 @@ class Response:
         assert conn is not None
         try:
             n = body.want()
-            data = await (conn.reader.readexactly(n) if body.length is not None else conn.reader.read(n))
+            if body.length is not None and n >= SHM_THRESHOLD:  # a big body of known length, whole
+                data: bytes | bytearray = await _read_into(conn, n)
+            else:
+                data = await (conn.reader.readexactly(n) if body.length is not None else conn.reader.read(n))
             if not data:
                 raise ConnectionResetError("the daemon closed the connection mid-response")
             body.feed(data, framed)
@@ -239,6 +242,83 @@ class AsyncTransport:
 
 
 _SLICE = 1024 * 1024
+
+
+class _Into(asyncio.BufferedProtocol):
+    """Stands in for a connection's stream protocol while the rest of a big body of known length arrives: the
+    transport receives straight into the body's buffer (``recv_into``), where the stream reader would copy every
+    piece into its own buffer and then out again. Gives the connection back to ``orig`` once the body is whole;
+    a closed connection fails :attr:`done` and is passed on to ``orig`` (the stream sees it too)."""
+
+    def __init__(self, conn: _Conn, buf: bytearray, pos: int) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport = conn.writer.transport  # type: ignore[assignment]
+        self.orig = self.transport.get_protocol()
+        self.view = memoryview(buf)
+        self.pos = pos
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.pos:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.pos += nbytes
+        self.conn.last_read = asyncio.get_running_loop().time()
+        if self.pos >= len(self.view):
+            self._give_back()
+            if not self.done.done():
+                self.done.set_result(None)
+
+    def _give_back(self) -> None:
+        if self.transport.get_protocol() is self:
+            self.transport.set_protocol(self.orig)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._give_back()
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def eof_received(self) -> bool | None:
+        self._fail(ConnectionResetError("the daemon closed the connection mid-response"))
+        return self.orig.eof_received()  # type: ignore[attr-defined,no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionResetError("the connection closed mid-response"))
+        self.orig.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.orig.pause_writing()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        self.orig.resume_writing()  # type: ignore[attr-defined]
+
+
+async def _read_into(conn: _Conn, n: int) -> bytearray:
+    """The next ``n`` bytes of ``conn``, received into one buffer of their own: what the stream reader holds
+    already, then the rest by :class:`_Into` (one copy of each byte here; ``readexactly`` makes three)."""
+    reader = conn.reader
+    if reader.exception() is not None:
+        raise reader.exception()  # type: ignore[misc]
+    buf = bytearray(n)
+    held: bytearray = reader._buffer  # type: ignore[attr-defined]  # asyncio.StreamReader's own buffer
+    k = min(len(held), n)
+    buf[:k] = held[:k]
+    del held[:k]
+    if k == n:
+        return buf
+    if reader.at_eof():
+        raise asyncio.IncompleteReadError(bytes(buf[:k]), n)
+    into = _Into(conn, buf, k)
+    into.transport.set_protocol(into)
+    if getattr(reader, "_paused", False):  # the reader had paused the transport (its buffer was full)
+        reader._paused = False  # type: ignore[attr-defined]
+        into.transport.resume_reading()
+    try:
+        await into.done
+    except BaseException:
+        into._give_back()
+        raise
+    return buf
 
 
 async def _send_big(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> None:

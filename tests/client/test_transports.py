@@ -178,3 +178,66 @@ def test_the_health_probe(tmp_path: Path):
 
     with serve(not_ok) as endpoint:
         assert probe_health(endpoint) is None
+
+
+BIG = client_frame(ord("L"), b'{"text": "x"}') + client_frame(ord("R"), bytes(range(256)) * (3 * 4096 + 7))
+
+
+def _slowly(conn: socket.socket, data: bytes, piece: int = 256 * 1024, pause: float = 0.005) -> None:
+    for off in range(0, len(data), piece):
+        conn.sendall(data[off:off + piece])
+        time.sleep(pause)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_the_async_transport_receives_a_big_body_whole_and_keeps_the_connection(tmp_path: Path, tls: bool):
+    """A body of 1 MiB or more is received straight into a buffer of its own (the transport's protocol is swapped
+    for the body's length): every byte arrives in order, in pieces or at once, framed or whole, and the connection
+    carries the next request afterwards (the stream protocol was given back)."""
+    connections: list[int] = []
+
+    def script(conn: socket.socket, n: int) -> None:
+        connections.append(n)
+        while read_request(conn):
+            _slowly(conn, response(200, BIG))
+
+    with serve(script, tls_dir=tmp_path if tls else None) as endpoint:
+        pin = fingerprint(tmp_path / "cert.pem") if tls else None
+
+        async def go() -> list[Any]:
+            t = AsyncTransport(endpoint, tls_fingerprint=pin)
+            out: list[Any] = []
+            for framed in (True, False, True):
+                resp = await t.asend("GET", "/x", {})
+                if framed:
+                    frames = []
+                    while (frame := await resp.anext_frame()) is not None:
+                        frames.append((frame[0], bytes(frame[1])))
+                    out.append(frames)
+                else:
+                    out.append(bytes(await resp.aread()))
+                resp.close()
+            return out
+
+        framed, whole, again = asyncio.run(go())
+        want = [(ord("L"), b'{"text": "x"}'), (ord("R"), bytes(range(256)) * (3 * 4096 + 7))]
+        assert framed == want and again == want and whole == BIG
+        assert len(connections) == 1  # one connection carried all three
+
+
+@pytest.mark.parametrize("how", ["cut", "silent"])
+def test_a_big_body_cut_short_or_stalled_is_dropped(how: str):
+    """The daemon goes away (or says nothing) halfway through a big body: a typed Dropped, not a hang."""
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        whole = response(200, BIG)
+        conn.sendall(whole[: len(whole) // 2])
+        if how == "silent":
+            time.sleep(3)
+
+    with serve(script) as endpoint:
+        with pytest.raises(Dropped) as info:
+            _async(endpoint, AsyncTransport(endpoint, read_timeout=0.5))
+        assert type(info.value) is Dropped and info.value.details["unreachable"] is False
+        if how == "silent":  # the read deadline fired (the server would only close the connection after 3 s)
+            assert "no answer" in str(info.value)
