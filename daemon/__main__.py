@@ -16,7 +16,6 @@ from aiohttp import web
 from tether.daemon import eventloop
 from tether.daemon.auth import ROOTS_ENV, is_loopback, read_token_file
 from tether.daemon.protocol import sweep_stale_shm
-from tether.protocol.shm import keep_freed_memory
 from tether.daemon.server import Daemon, make_app
 from tether.daemon.store import write_atomic
 from tether.daemon.tls import server_context
@@ -24,6 +23,7 @@ from tether.errors import ConfigError
 from tether.home import USER_UMASK_ENV, private_dir
 from tether.logging import configure_logging
 from tether.protocol.serving import IDLE_TIMEOUT, Runner
+from tether.protocol.shm import keep_freed_memory
 from tether.specs import check_memory_limit, parse_bytes
 
 log = structlog.get_logger("tether.daemon")
