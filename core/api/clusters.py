@@ -218,6 +218,10 @@ class Cluster:
             self._nodes = (key, placement.cluster_nodes(self), {})
         return self._nodes[1], self._nodes[2]
 
+    def forget_nodes(self) -> None:
+        """Look the nodes up again at their next use (which reopens a dead tunnel to one), new clients with them."""
+        self._nodes = None
+
     def node(self, node: int | str) -> Node:
         """Node ``node`` (an index or a host) of the cluster, its daemon reached through the head; a ConfigError
         naming the nodes when there is no such node."""
@@ -228,10 +232,10 @@ class Cluster:
         """The client of node ``node``'s daemon (``None`` or 0: the head's, :attr:`client`), kept per node."""
         if node is None or node == 0:
             return self.client
-        n = self.node(node)
+        nodes, clients = self._node_table()
+        n = nodes[placement.node_index(nodes, node)]
         if n.is_head:
             return self.client
-        clients = self._node_table()[1]
         client = clients.get(n.index)
         if client is None or client.endpoint != n.endpoint.rstrip("/"):
             client = clients[n.index] = n.client()

@@ -177,7 +177,7 @@ def place_env(cluster: Cluster, env: Env) -> Env:
         spec = spec.model_copy(update={"node": node_index(nodes, spec.node)})
     if not spec.compute:
         return Env(spec, env.secret_objects)
-    node = nodes[spec.node or 0:][:1]
+    node = [nodes[spec.node or 0]]  # an index is the node's place among the cluster's nodes
     _, ids = assign(spec, node, node_facts(cluster, node), [held(node[0], {env.name})], cluster=cluster.name)
     return Env(with_gpus(spec, ids), env.secret_objects)
 

@@ -226,7 +226,8 @@ class _Service(ServiceSpellings):
         """The daemon did not answer: bring the cluster back (it may have autostopped); whether it was tried."""
         if self.spec is None or self.cluster is None or self.cluster.spec.backend == "endpoint":
             return False
-        self.cluster._handle = self.cluster._nodes = None
+        self.cluster._handle = None
+        self.cluster.forget_nodes()
         self.cluster.up_if_not()  # a relaunched daemon restores its services from its manifest
         return True
 

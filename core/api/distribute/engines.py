@@ -56,12 +56,18 @@ class Engine:
         node's engine; a CapacityError naming what a node lacks."""
         svc = self.service
         assert svc.spec is not None and svc.cluster is not None
-        base = f"{svc.spec.env.name}.{svc.name}"
-        skip = {svc.spec.env.name, f"{base}.{self.kind}", *(f"{base}.{self.kind}{n.index}" for n in nodes)}
+        skip = {svc.spec.env.name, self._env_name(), *(self._env_name(n.index) for n in nodes)}
         facts = node_facts(svc.cluster, nodes)
         used: list[Held] = [held(n, skip) for n in nodes]
         return [assign(svc.spec.env.model_copy(update={"node": n.index}), nodes, facts, used,
                        cluster=svc.cluster.name)[1] for n in nodes]  # fmt: skip
+
+    def _env_name(self, node: int | None = None) -> str:
+        """The env of this engine's process on node ``node`` (None: the runner's, on the head); envs of its own,
+        so another service's engine is another env."""
+        assert self.service.spec is not None
+        base = f"{self.service.spec.env.name}.{self.service.name}.{self.kind}"
+        return base if node is None else f"{base}{node}"
 
     @property
     def address(self) -> str:
@@ -88,12 +94,11 @@ class Engine:
         svc, spec = self.service, self.service.spec
         assert spec is not None and svc.cluster is not None
         nodes = cluster_nodes(svc.cluster)
-        base = f"{spec.env.name}.{svc.name}"  # envs of its own: another service's engine is another env
-        self.engines = [self._side(n, f"{svc.name}.{self.kind}{n.index}", f"{base}.{self.kind}{n.index}",
-                                   "start_engine", {}) for n in nodes]  # fmt: skip
+        self.engines = [self._side(n, f"{svc.name}.{self.kind}{n.index}", self._env_name(n.index), "start_engine", {})
+                        for n in nodes]  # fmt: skip
         head = nodes[0]
         extra = {"RAY_ADDRESS": self.address} if self.kind == "ray" else {}
-        self.runner = self._side(head, f"{svc.name}.{self.kind}-run", f"{base}.{self.kind}", "run_function", extra)
+        self.runner = self._side(head, f"{svc.name}.{self.kind}-run", self._env_name(), "run_function", extra)
         user = spec.model_copy(update={"name": f"{svc.name}.{self.kind}", "env": self.runner.spec.env})
         if user.code.root:  # the user's code on the head's sys.path, beside the runner (the service may be on another)
             source = nodes[node_index(nodes, spec.env.node)] if spec.env.node is not None else head

@@ -141,7 +141,7 @@ class Placement:
         which reopens every dead tunnel, and point the copies on that node at the new one."""
         cluster = self.service.cluster
         assert cluster is not None
-        cluster._nodes = None  # the cluster's own per-node clients (tether.env(node=k) services) too
+        cluster.forget_nodes()  # the cluster's own per-node clients (tether.env(node=k) services) too
         self.nodes = cluster_nodes(cluster)
         fresh = self.nodes[c.node.index]
         for x in self.copies:
