@@ -8,6 +8,11 @@ host sends and receives them through the socket. Here:
   takes as a lent slab (``_lent``, as a same-host client's, see ``tether.daemon.slabs``): it maps the file once and
   unpickles in place. The pages of a reused file are already allocated, so the daemon's one copy (socket buffer
   -> file) lands in warm memory, and no file is allocated, zero-filled and freed per call.
+  A client that knows this daemon takes bodies that follow (``tether.protocol.headers.BODY_FOLLOWS``) sends the
+  head with ``Content-Length: 0`` and the pickle only after the daemon's ``100 Continue``: the pickle is then
+  received straight into a mapping of the argument file (:func:`receive_following`), past aiohttp's HTTP parser,
+  which copies every piece it reads (and the event loop makes a ``bytes`` of each read before that). For a 10 MB
+  body that is ~4 ms against ~13 ms on this machine.
 - :func:`result_body`: a result (or item) the worker left in ``/dev/shm`` is sent from its file: by ``sendfile``
   over a plain socket (the kernel copies the file's pages to the socket; nothing passes through the daemon's
   memory), from a read-only mapping in 1 MiB slices over TLS (the TLS layer copies what it encrypts, never the
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import mmap
 import os
 import select
@@ -31,28 +37,43 @@ from aiohttp import web
 
 from tether.daemon.calls import Call, frame_body
 from tether.errors import PayloadTooLarge, SerializationError
+from tether.protocol.headers import BODY_FOLLOWS
+from tether.protocol.receive import ReceiveInto
 from tether.protocol.shm import SHM_DIR, SHM_THRESHOLD, shm_name, shm_share, unlink_quietly
 
-__all__ = ["ArgSlab", "ArgSlabs", "ShmBody", "receive_args", "release_when_done", "result_body", "result_view",
-           "slabs"]
+__all__ = ["ArgSlab", "ArgSlabs", "ShmBody", "following", "read_body", "receive_args", "receive_following",
+           "release_when_done", "result_body", "result_view", "slabs"]
 
 _BATCH = 1024 * 1024  # body bytes gathered per write
 _SLICE = 1024 * 1024  # bytes per write of a mapped body over TLS
 _STEP = 1024 * 1024  # argument files grow in whole MiB
 READ_STALL_MS = 300_000  # a client that takes none of a result for this long is dropped
+BODY_STALL_S = float(os.environ.get("TETHER_BODY_STALL_S", "120"))
+"""A client that sends no byte of a body that follows for this long is dropped."""
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class ArgSlab:
     """One reusable argument file of the daemon's: open, ``size`` bytes allocated; ``length`` of them hold the
     current call's pickle."""
 
-    __slots__ = ("fd", "length", "path", "size")
+    __slots__ = ("_map", "fd", "length", "path", "size")
 
     def __init__(self) -> None:
         self.path = shm_name()
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         self.size = 0
         self.length = 0
+        self._map: mmap.mmap | None = None
+
+    def mapped(self) -> mmap.mmap:
+        """A shared mapping of the whole file (kept for the next call; a new one once the file grew)."""
+        if self._map is None or len(self._map) != self.size:
+            if self._map is not None:
+                with contextlib.suppress(BufferError):  # a view is still held: the old mapping goes with it
+                    self._map.close()
+            self._map = mmap.mmap(self.fd, self.size)
+        return self._map
 
     def reserve(self, n: int) -> None:
         """At least ``n`` bytes allocated now (``OSError`` for a full ``/dev/shm``, before a byte is written)."""
@@ -66,6 +87,10 @@ class ArgSlab:
         return {"_lent": [self.path, self.length]}
 
     def discard(self) -> None:
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a view is still held: the mapping goes with it
+                self._map.close()
+            self._map = None
         os.close(self.fd)
         unlink_quietly(self.path)
 
@@ -105,12 +130,79 @@ slabs = ArgSlabs()  # the daemon process's pool
 atexit.register(slabs.close)  # a daemon killed outright: any daemon's sweep of dead processes' files
 
 
+def following(request: web.Request, max_body: int) -> int | None:
+    """The length of a body that follows the request's head (:data:`~tether.protocol.headers.BODY_FOLLOWS`), None
+    for an ordinary body; a typed error for a bad announcement (nothing was read)."""
+    value = request.headers.get(BODY_FOLLOWS)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 19:
+        raise SerializationError(f"{BODY_FOLLOWS} {value[:40]!r} is not a byte count",
+                                 details={"reason": "bad_body_follows"})
+    if request.body_exists or request.method == "GET":
+        raise SerializationError(f"a request with {BODY_FOLLOWS} has no body of its own (Content-Length: 0)",
+                                 hint=f"send the head with Content-Length: 0, then the {value} bytes after "
+                                      "the daemon's 100 Continue", details={"reason": "bad_body_follows"})
+    length = int(value)
+    if length > max_body:
+        raise PayloadTooLarge(f"request body over the daemon's limit of {max_body} bytes",
+                              details={"limit": max_body})
+    return length
+
+
+async def receive_following(request: web.Request, view: memoryview) -> None:
+    """Answer ``100 Continue`` and receive the body that follows straight into ``view`` (all of it: the
+    connection is left at the start of the next request). A client that closes the connection first, or sends
+    nothing for :data:`BODY_STALL_S`, is dropped (a typed error here)."""
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the connection is gone")
+    loop = asyncio.get_running_loop()
+    last = loop.time()
+
+    def on_read() -> None:
+        nonlocal last
+        last = loop.time()
+
+    into = ReceiveInto(transport, view, on_read=on_read, closed="the client closed the connection mid-body")
+    into.start()
+    transport.write(_CONTINUE)
+    try:
+        while not into.done.done():
+            await asyncio.wait([into.done], timeout=max(0.01, last + BODY_STALL_S - loop.time()))
+            if not into.done.done() and loop.time() - last >= BODY_STALL_S:
+                into.give_back()
+                transport.abort()  # the rest may still come: the connection cannot carry a next request
+                raise SerializationError(f"the client sent none of its body for {BODY_STALL_S:.0f} s "
+                                         f"({into.pos} of {len(view)} bytes in)", details={"reason": "stalled_body"})
+        try:
+            into.done.result()
+        except OSError as exc:
+            raise SerializationError(f"the request body ended after {into.pos} of its {len(view)} bytes: {exc}",
+                                     details={"reason": "short_body"}) from None
+    finally:
+        into.give_back()
+
+
+async def read_body(request: web.Request, max_body: int) -> bytes:
+    """The request's body read whole: the ordinary way, or one that follows the head (:func:`following`; this
+    way only when :func:`receive_args` could not take it: no room in ``/dev/shm``)."""
+    length = following(request, max_body)
+    if length is None:
+        return await request.read()
+    buf = bytearray(length)
+    with memoryview(buf) as view:
+        await receive_following(request, view)
+    return bytes(buf)
+
+
 async def receive_args(request: web.Request, max_body: int) -> ArgSlab | None:
     """One of :data:`slabs` holding the request's pickle body, for a body of ``SHM_THRESHOLD`` bytes or more with a
-    ``Content-Length``; None to read it the ordinary way (a small or chunked body, no ``/dev/shm``, or no room
-    there: nothing was read yet). Hand it to :func:`release_when_done` with its call; on any failure here it is
-    removed."""
-    length = request.content_length
+    ``Content-Length`` or one that follows the head; None to read it the ordinary way (:func:`read_body`: a small
+    or chunked body, no ``/dev/shm``, or no room there: nothing was read yet). Hand it to
+    :func:`release_when_done` with its call; on any failure here it is removed."""
+    follows = following(request, max_body)
+    length = request.content_length if follows is None else follows
     if length is None or length < SHM_THRESHOLD or SHM_DIR is None or request.method == "GET":
         return None
     if length > max_body:
@@ -123,21 +215,12 @@ async def receive_args(request: web.Request, max_body: int) -> ArgSlab | None:
         slab.discard()
         return None
     try:
-        got, written, first, last = 0, 0, b"", b""
-        pieces: list[bytes] = []
-        while got < length:
-            chunk, _ = await request.content.readchunk()  # as the parser made it: not joined (no copy)
-            if not chunk:
-                raise SerializationError(f"the request body ended after {got} of its {length} bytes",
-                                         details={"reason": "short_body"})
-            if not got:
-                first = chunk[:1]
-            pieces.append(chunk)
-            got += len(chunk)
-            last = chunk[-1:]
-            if got - written >= _BATCH or got >= length:  # the kernel copies into the file's (warm) pages
-                written += _write_all(slab.fd, pieces, written)
-                pieces.clear()
+        if follows is not None:
+            with memoryview(slab.mapped()) as whole, whole[:length] as view:
+                await receive_following(request, view)
+                first, last = view[:1].tobytes(), view[-1:].tobytes()
+        else:
+            first, last = await _stream_into(request, slab, length)
         if first != b"\x80" or last != b".":  # PROTO ... STOP
             raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
     except BaseException:
@@ -145,6 +228,27 @@ async def receive_args(request: web.Request, max_body: int) -> ArgSlab | None:
         raise
     slab.length = length
     return slab
+
+
+async def _stream_into(request: web.Request, slab: ArgSlab, length: int) -> tuple[bytes, bytes]:
+    """The request's ``Content-Length`` body, as aiohttp's parser hands it over, written into ``slab``; its
+    first and last byte."""
+    got, written, first, last = 0, 0, b"", b""
+    pieces: list[bytes] = []
+    while got < length:
+        chunk, _ = await request.content.readchunk()  # as the parser made it: not joined (no copy)
+        if not chunk:
+            raise SerializationError(f"the request body ended after {got} of its {length} bytes",
+                                     details={"reason": "short_body"})
+        if not got:
+            first = chunk[:1]
+        pieces.append(chunk)
+        got += len(chunk)
+        last = chunk[-1:]
+        if got - written >= _BATCH or got >= length:  # the kernel copies into the file's (warm) pages
+            written += _write_all(slab.fd, pieces, written)
+            pieces.clear()
+    return first, last
 
 
 def _write_all(fd: int, pieces: list[bytes], offset: int) -> int:

@@ -84,7 +84,7 @@ async def call(request: web.Request) -> web.StreamResponse:
             bodies.release_when_done(started, big)  # back to the pool once the call ended (removed if it never ran)
         assert started is not None
         return await reply(request, started)
-    body = query_body(request) if request.method == "GET" else await request.read()
+    body = query_body(request) if request.method == "GET" else await bodies.read_body(request, d.max_body)
     if not json_mode and body and (body[:1] != b"\x80" or body[-1:] != b"."):  # PROTO ... STOP
         raise SerializationError("the body is not a pickle", hint="send cloudpickle.dumps((args, kwargs)) or JSON")
     if json_mode and body:
@@ -164,7 +164,8 @@ async def respond(request: web.Request, call: Call) -> web.StreamResponse:
     stream (with a heartbeat frame every ``HEARTBEAT_SECONDS`` of silence)."""
     if call.json_mode:
         return await _respond_json(call, {h.CALL_ID: call.call_id, h.CALL_ATTEMPT: str(call.attempt)})
-    headers = {h.CALL_ID: call.call_id, h.CALL_ATTEMPT: str(call.attempt), "Content-Type": h.FRAMES}
+    headers = {h.CALL_ID: call.call_id, h.CALL_ATTEMPT: str(call.attempt), "Content-Type": h.FRAMES,
+               h.BODY_FOLLOWS: "1"}
     files = request.headers.get(h.ACCEPT_SHM) == "1" and _over_unix_socket(request)
     mine = request.headers.get(slabs.RESULT_HEADER) if files else None  # a result slab this client lent
     frames = call.frames

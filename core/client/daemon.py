@@ -4,6 +4,7 @@ over the transports of :mod:`tether.client.transport`. Its sync twin is :attr:`D
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,11 @@ from tether.protocol import frames as p
 from tether.protocol import headers as h
 from tether.specs import ServiceSpec
 
+FOLLOW_BODIES = os.environ.get("TETHER_BODY_FOLLOWS", "1") != "0"
+"""Whether a client sends big call bodies after the head to a daemon that takes them (``TETHER_BODY_FOLLOWS=0``:
+never, e.g. behind an HTTP proxy that is not byte-transparent)."""
+_FOLLOWS_KEY = h.BODY_FOLLOWS.lower()
+
 __all__ = ["AsyncClient", "DaemonClient"]
 
 
@@ -69,11 +75,14 @@ class DaemonClient:
             self._sync = given if hasattr(given, "send") else None
             self._async = given
             self._shm = False
+            self._may_follow = False
         else:
             tls = self.endpoint.startswith("https://")
             self._sync = syncwire.SyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
             self._async = wire.AsyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
             self._shm = bool(self.unix_socket and not tls and slabs.SHM_DIR)  # same host: big payloads via /dev/shm
+            self._may_follow = FOLLOW_BODIES
+        self._follow = False  # the daemon said it takes bodies that follow (see _learn)
         self.sync = SyncDaemonClient(self)
         """The same methods, blocking (see :class:`tether.client.syncclient.SyncDaemonClient`)."""
 
@@ -240,9 +249,11 @@ class DaemonClient:
             if resume is None:  # one request in one coroutine, no generator: the common case
                 verb, path, headers = self._route(name, method, call_id, caller, attach, expect)
                 body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
+                self._follow_if_big(body, headers)
                 try:
                     resp = await self._async.asend(verb, path, headers, body)
                     out.attempt = resp.headers.get(h.CALL_ATTEMPT.lower())
+                    self._learn(resp.headers)
                     try:
                         if resp.status >= 400:
                             out.failure = http_error(resp.status, await resp.aread())
@@ -290,8 +301,10 @@ class DaemonClient:
         resumed = False
         try:
             body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
+            self._follow_if_big(body, headers)
             resp = transport.send(verb, path, headers, body)
             out.attempt = resp.headers.get(h.CALL_ATTEMPT.lower())
+            self._learn(resp.headers)
             try:
                 if resp.status >= 400:
                     out.failure = http_error(resp.status, resp.read())
@@ -316,6 +329,17 @@ class DaemonClient:
             if not resumed:
                 self._settle(name, method, out)
         return out.outcome(call_id)
+
+    def _follow_if_big(self, body: bytes, headers: dict[str, str]) -> None:
+        """A big body goes after the head once the daemon said it takes bodies that follow
+        (:data:`~tether.protocol.headers.BODY_FOLLOWS`: received straight into its argument file)."""
+        if self._follow and len(body) >= slabs.SHM_THRESHOLD:
+            headers[h.BODY_FOLLOWS] = str(len(body))
+
+    def _learn(self, headers: dict[str, str]) -> None:
+        """Note from a call's response whether the daemon takes bodies that follow."""
+        if self._may_follow and not self._follow and headers.get(_FOLLOWS_KEY) == "1":
+            self._follow = True
 
     def _settle(self, name: str, method: str | None, out: Outcome) -> None:
         """After a call: its slabs back to the pool (or removed), and whether its target returns big results."""

@@ -31,6 +31,7 @@ from tether.client.transport import (
 )
 from tether.errors import AuthError
 from tether.protocol.frames import Frame
+from tether.protocol.headers import BODY_FOLLOWS
 from tether.protocol.shm import SHM_THRESHOLD, keep_freed_memory
 
 __all__ = ["BlockingResponse", "SyncTransport", "close_pools"]
@@ -189,8 +190,11 @@ class SyncTransport:
     def send(self, method: str, path: str, headers: dict[str, str], body: bytes = b"", *,
              timeout: float | None = None) -> BlockingResponse:
         """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its
-        head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``)."""
-        data = http11.encode_head(self.endpoint, method, path, headers, len(body))
+        head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``). With a
+        :data:`~tether.protocol.headers.BODY_FOLLOWS` header the head goes alone (``Content-Length: 0``) and
+        the body only after the daemon's ``100 Continue``; any other answer is the response (the body unsent)."""
+        follows = BODY_FOLLOWS in headers
+        data = http11.encode_head(self.endpoint, method, path, headers, 0 if follows else len(body))
         wait = timeout or self.read_timeout
         if len(body) >= SHM_THRESHOLD:
             keep_freed_memory()  # see BlockingResponse / Response
@@ -205,21 +209,19 @@ class SyncTransport:
                 conn = self._connect(min(self.connect_timeout, wait))
             try:
                 conn.sock.settimeout(wait)
-                if body and len(body) > 65536:
+                if follows:
+                    conn.sock.sendall(data)
+                    status, hdrs = _read_head(conn)
+                    if status == 100:
+                        conn.sock.sendall(body)
+                        status, hdrs = _read_head(conn)
+                elif body and len(body) > 65536:
                     conn.sock.sendall(data)
                     conn.sock.sendall(body)
+                    status, hdrs = _read_head(conn)
                 else:
                     conn.sock.sendall(data + body)
-                status_line = conn.file.readline(65536)
-                if not status_line:
-                    raise ConnectionResetError("the daemon closed the connection")
-                lines = [status_line]
-                while lines[-1] != b"\r\n":
-                    line = conn.file.readline(65536)
-                    if not line:
-                        raise ConnectionResetError("the daemon closed the connection mid-head")
-                    lines.append(line)
-                status, hdrs = http11.parse_status_and_headers(b"".join(lines))
+                    status, hdrs = _read_head(conn)
                 return BlockingResponse(status, hdrs, conn, self)
             except TimeoutError as exc:
                 conn.close()
@@ -239,6 +241,20 @@ class SyncTransport:
             pool = _pools.pop(self.key, [])
         for conn in pool:
             conn.close()
+
+
+def _read_head(conn: _Conn) -> tuple[int, dict[str, str]]:
+    """The status and headers of the next response head on ``conn``."""
+    status_line = conn.file.readline(65536)
+    if not status_line:
+        raise ConnectionResetError("the daemon closed the connection")
+    lines = [status_line]
+    while lines[-1] != b"\r\n":
+        line = conn.file.readline(65536)
+        if not line:
+            raise ConnectionResetError("the daemon closed the connection mid-head")
+        lines.append(line)
+    return http11.parse_status_and_headers(b"".join(lines))
 
 
 def close_pools() -> None:

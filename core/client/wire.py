@@ -28,6 +28,8 @@ from tether.client.transport import (
     unreachable,
 )
 from tether.protocol.frames import Frame
+from tether.protocol.headers import BODY_FOLLOWS
+from tether.protocol.receive import ReceiveInto
 from tether.protocol.shm import SHM_THRESHOLD, keep_freed_memory
 
 __all__ = ["AsyncTransport", "Response", "add_closer", "close_all", "close_pools"]
@@ -206,11 +208,14 @@ class AsyncTransport:
     async def asend(self, method: str, path: str, headers: dict[str, str], body: bytes = b"", *,
                     timeout: float | None = None) -> Response:
         """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its
-        head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``)."""
+        head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``). A request with a
+        :data:`~tether.protocol.headers.BODY_FOLLOWS` header sends its body only after the daemon's ``100
+        Continue`` (:meth:`tether.client.syncwire.SyncTransport.send`)."""
         pool = self._pool()
         loop = asyncio.get_running_loop()
         wait = timeout or self.read_timeout
-        data = http11.encode_head(self.endpoint, method, path, headers, len(body))
+        follows = BODY_FOLLOWS in headers
+        data = http11.encode_head(self.endpoint, method, path, headers, 0 if follows else len(body))
         if len(body) >= SHM_THRESHOLD:
             keep_freed_memory()  # see Response
         for attempt in (0, 1):
@@ -218,13 +223,18 @@ class AsyncTransport:
             conn = pool.pop() if reused else await self._connect(min(self.connect_timeout, wait))
             conn.arm(loop, wait)
             try:
-                if len(body) >= SHM_THRESHOLD:
+                if follows:
+                    conn.writer.write(data)
+                    status, hdrs = await _read_head(conn, loop)
+                    if status == 100:
+                        await _send_big(conn.writer, b"", body)
+                        status, hdrs = await _read_head(conn, loop)
+                elif len(body) >= SHM_THRESHOLD:
                     await _send_big(conn.writer, data, body)
+                    status, hdrs = await _read_head(conn, loop)
                 else:
                     conn.writer.writelines([data, body] if body else [data])
-                head = await conn.reader.readuntil(b"\r\n\r\n")
-                conn.last_read = loop.time()
-                status, hdrs = http11.parse_status_and_headers(head)
+                    status, hdrs = await _read_head(conn, loop)
                 return Response(status, hdrs, conn, self.endpoint, pool)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
                 conn.close()
@@ -244,58 +254,10 @@ class AsyncTransport:
 _SLICE = 1024 * 1024
 
 
-class _Into(asyncio.BufferedProtocol):
-    """Stands in for a connection's stream protocol while the rest of a big body of known length arrives: the
-    transport receives straight into the body's buffer (``recv_into``), where the stream reader would copy every
-    piece into its own buffer and then out again. Gives the connection back to ``orig`` once the body is whole;
-    a closed connection fails :attr:`done` and is passed on to ``orig`` (the stream sees it too)."""
-
-    def __init__(self, conn: _Conn, buf: bytearray, pos: int) -> None:
-        self.conn = conn
-        self.transport: asyncio.Transport = conn.writer.transport  # type: ignore[assignment]
-        self.orig = self.transport.get_protocol()
-        self.view = memoryview(buf)
-        self.pos = pos
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.view[self.pos:]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.pos += nbytes
-        self.conn.last_read = asyncio.get_running_loop().time()
-        if self.pos >= len(self.view):
-            self._give_back()
-            if not self.done.done():
-                self.done.set_result(None)
-
-    def _give_back(self) -> None:
-        if self.transport.get_protocol() is self:
-            self.transport.set_protocol(self.orig)
-
-    def _fail(self, exc: BaseException) -> None:
-        self._give_back()
-        if not self.done.done():
-            self.done.set_exception(exc)
-
-    def eof_received(self) -> bool | None:
-        self._fail(ConnectionResetError("the daemon closed the connection mid-response"))
-        return self.orig.eof_received()  # type: ignore[attr-defined,no-any-return]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionResetError("the connection closed mid-response"))
-        self.orig.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.orig.pause_writing()  # type: ignore[attr-defined]
-
-    def resume_writing(self) -> None:
-        self.orig.resume_writing()  # type: ignore[attr-defined]
-
-
 async def _read_into(conn: _Conn, n: int) -> bytearray:
     """The next ``n`` bytes of ``conn``, received into one buffer of their own: what the stream reader holds
-    already, then the rest by :class:`_Into` (one copy of each byte here; ``readexactly`` makes three)."""
+    already, then the rest by :class:`~tether.protocol.receive.ReceiveInto` (one copy of each byte here;
+    ``readexactly`` makes three)."""
     reader = conn.reader
     if reader.exception() is not None:
         raise reader.exception()  # type: ignore[misc]
@@ -308,24 +270,39 @@ async def _read_into(conn: _Conn, n: int) -> bytearray:
         return buf
     if reader.at_eof():
         raise asyncio.IncompleteReadError(bytes(buf[:k]), n)
-    into = _Into(conn, buf, k)
-    into.transport.set_protocol(into)
+    loop = asyncio.get_running_loop()
+
+    def on_read() -> None:
+        conn.last_read = loop.time()
+
+    transport: asyncio.Transport = conn.writer.transport  # type: ignore[assignment]
+    into = ReceiveInto(transport, memoryview(buf), k, on_read=on_read,
+                       closed="the daemon closed the connection mid-response")
+    into.start()
     if getattr(reader, "_paused", False):  # the reader had paused the transport (its buffer was full)
         reader._paused = False  # type: ignore[attr-defined]
-        into.transport.resume_reading()
+        transport.resume_reading()
     try:
         await into.done
     except BaseException:
-        into._give_back()
+        into.give_back()
         raise
     return buf
+
+
+async def _read_head(conn: _Conn, loop: asyncio.AbstractEventLoop) -> tuple[int, dict[str, str]]:
+    """The status and headers of the next response head on ``conn``."""
+    head = await conn.reader.readuntil(b"\r\n\r\n")
+    conn.last_read = loop.time()
+    return http11.parse_status_and_headers(head)
 
 
 async def _send_big(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> None:
     """``head`` then ``body`` in 1 MiB slices, each sent from the body itself once the last is out: not joined
     (``writelines`` joins into a copy) and never buffered whole in the transport (it copies what the socket does
     not take at once)."""
-    writer.write(head)
+    if head:
+        writer.write(head)
     view = memoryview(body)  # not released here: a TLS transport may still hold slices of it
     for off in range(0, len(view), _SLICE):
         await writer.drain()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "ACCEPT_SHM", "AUTHORIZATION", "CALLER", "CALL_ATTEMPT", "CALL_ID", "EXPECT", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
+    "ACCEPT_SHM", "AUTHORIZATION", "BODY_FOLLOWS", "CALLER", "CALL_ATTEMPT", "CALL_ID", "EXPECT", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
     "RESULT_SLAB", "SHM", "SHM_LENT", "bearer", "wants_async",
 ]
 
@@ -33,6 +33,13 @@ SHM_LENT = "X-Tether-Shm-Lent"
 """``<path>:<length>``: a lent slab holding the pickled arguments; it stays the client's."""
 RESULT_SLAB = "X-Tether-Result-Slab"
 """``<path>``: a lent slab a big result is pickled into; only this request may read it."""
+BODY_FOLLOWS = "X-Tether-Body-Follows"
+"""On a pickle call with ``Content-Length: 0``: ``<n>``, the pickled arguments follow the head as ``n`` raw bytes,
+sent once the daemon answers ``100 Continue`` (any other answer is final, and the client sends nothing more). The
+daemon receives them straight into the argument file its worker maps, past the HTTP parser, which would copy every
+piece it reads (``tether.daemon.bodies``). On a call's response: ``1``, this daemon takes bodies that follow. A
+client sends one only to a daemon that said so, over a connection that reaches the daemon itself (a tunnel, not an
+HTTP proxy)."""
 PREFER = "Prefer"
 RESPOND_ASYNC = "respond-async"
 """``Prefer: respond-async`` (RFC 7240) on a call = spawn it: the daemon answers ``202 {"call_id", "state", ...}``
