@@ -22,7 +22,7 @@ from tether.client.outcome import (
     rerun_error,
     unavailable,
 )
-from tether.client.payloads import dump_args, dumps_args, pickle_error
+from tether.client.payloads import Pieces, dump_args, dump_pieces, dumps_args, pickle_error
 from tether.client.syncclient import SyncDaemonClient
 from tether.client.transport import (
     RETRIES,
@@ -75,13 +75,14 @@ class DaemonClient:
             self._sync = given if hasattr(given, "send") else None
             self._async = given
             self._shm = False
-            self._may_follow = False
+            self._may_follow = self._may_pieces = False
         else:
             tls = self.endpoint.startswith("https://")
             self._sync = syncwire.SyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
             self._async = wire.AsyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
             self._shm = bool(self.unix_socket and not tls and slabs.SHM_DIR)  # same host: big payloads via /dev/shm
             self._may_follow = FOLLOW_BODIES
+            self._may_pieces = True  # the lean transports send a body of Pieces as it is
         self._follow = False  # the daemon said it takes bodies that follow (see _learn)
         self.sync = SyncDaemonClient(self)
         """The same methods, blocking (see :class:`tether.client.syncclient.SyncDaemonClient`)."""
@@ -330,7 +331,7 @@ class DaemonClient:
                 self._settle(name, method, out)
         return out.outcome(call_id)
 
-    def _follow_if_big(self, body: bytes, headers: dict[str, str]) -> None:
+    def _follow_if_big(self, body: bytes | Pieces, headers: dict[str, str]) -> None:
         """A big body goes after the head once the daemon said it takes bodies that follow
         (:data:`~tether.protocol.headers.BODY_FOLLOWS`: received straight into its argument file)."""
         if self._follow and len(body) >= slabs.SHM_THRESHOLD:
@@ -352,14 +353,17 @@ class DaemonClient:
             self._big_results.add((name, method))
 
     def _body(self, name: str, method: str | None, args: tuple[Any, ...], kwargs: dict[str, Any],
-              headers: dict[str, str], attach: bool, lend: bool) -> tuple[bytes, slabs.Lease | None]:
+              headers: dict[str, str], attach: bool, lend: bool) -> tuple[bytes | Pieces, slabs.Lease | None]:
         """The request body, and the slabs lent to the call (named in ``headers``): big arguments go in one
         (the body is then empty); with ``lend``, a result slab too if the target returned big results before."""
         if attach:
             return b"", None
-        big = self._shm and slabs.is_big(args, kwargs)
-        if not big and not (lend and self._shm and (name, method) in self._big_results):
+        big = slabs.is_big(args, kwargs)
+        if not (big and self._shm) and not (lend and self._shm and (name, method) in self._big_results):
+            if big and self._may_pieces:  # through the socket: sent from the pickler's pieces, not one copy
+                return dump_pieces(args, kwargs), None
             return dumps_args(args, kwargs), None
+        big = big and self._shm
         lease = slabs.Lease()
         try:
             if lend:

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from tether.protocol.frames import ITEM, RESULT, Frame, FrameDecoder, decode_frames
 
-__all__ = ["READ_SIZE", "BodyReader", "ChunkedDecoder", "body_length", "encode_head", "host_of",
-           "parse_status_and_headers"]
+__all__ = ["FRAME_HEAD", "PICKLED", "READ_SIZE", "BodyReader", "ChunkedDecoder", "body_length", "encode_head",
+           "host_of", "parse_status_and_headers"]
 
 READ_SIZE = 256 * 1024
 """How much a transport asks for at a time when the body's end is not known (chunked)."""
@@ -70,22 +70,24 @@ def body_length(headers: dict[str, str]) -> int | None:
 
 
 _BIG = 1024 * 1024
-_PICKLED = frozenset({RESULT, ITEM})
-_HEAD = struct.Struct("!BI")
+PICKLED = frozenset({RESULT, ITEM})
+"""The kinds of frame whose payload is a pickle."""
+FRAME_HEAD = struct.Struct("!BI")
+"""A frame's head: kind, payload length."""
 
 
 def _split_big(data: bytes | bytearray, out: list[Frame]) -> int:
     """:func:`tether.protocol.frames.decode_frames` for a big body: a pickled payload of 1 MiB or more is a view
     of ``data``, not a copy (100 MB: ~0.1 s less per call), the other frames' payloads are ``bytes``; returns the
     bytes the whole frames took."""
-    i, n, size = 0, len(data), _HEAD.size
+    i, n, size = 0, len(data), FRAME_HEAD.size
     view = memoryview(data)
     while n - i >= size:
-        kind, length = _HEAD.unpack_from(data, i)
+        kind, length = FRAME_HEAD.unpack_from(data, i)
         end = i + size + length
         if end > n:
             break
-        payload = view[i + size:end] if length >= _BIG and kind in _PICKLED else bytes(view[i + size:end])
+        payload = view[i + size:end] if length >= _BIG and kind in PICKLED else bytes(view[i + size:end])
         out.append(Frame(kind, payload))  # type: ignore[arg-type]  # a view, read like bytes (pickle.loads)
         i = end
     return i
@@ -202,6 +204,20 @@ class BodyReader:
         """The bytes fed so far."""
         parts, self._parts = self._parts, _NONE  # type: ignore[assignment]
         return parts[0] if len(parts) == 1 and isinstance(parts[0], (bytes, bytearray)) else b"".join(parts)
+
+    @property
+    def at_boundary(self) -> bool:
+        """Nothing of a frame read yet and no frame waiting: the next byte read starts a frame."""
+        return self._i == len(self._ready) and (self._frames is None or not self._frames.pending)
+
+    def skip_frame(self, frame: Frame, size: int) -> None:
+        """Count a frame of ``size`` bytes (its head included) as read: the transport reads its payload itself
+        (streamed); ``frame`` waits for :meth:`next_frame`. Only :attr:`at_boundary` of a ``Content-Length``
+        body."""
+        assert self.length is not None and self.at_boundary and size <= self.length
+        self.length -= size
+        self.done = not self.length
+        self._ready, self._i = [frame], 0
 
     @property
     def reusable(self) -> bool:

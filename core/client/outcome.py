@@ -103,6 +103,10 @@ class Outcome:
                 return False
             else:
                 return False
+        except Dropped:  # the link dropped while a streamed payload was read: this frame was not handled
+            self.seen -= 1
+            self.final = False
+            raise
         except Exception as exc:  # noqa: BLE001 - raised by outcome(), after the transport is done
             self.failure = exc
         self.done = True

@@ -10,7 +10,7 @@ import cloudpickle
 from tether.client import slabs
 from tether.errors import ClusterUnavailable, SerializationError
 
-__all__ = ["dump_args", "dumps_args", "load_file", "loads", "pickle_error", "unpickle_error"]
+__all__ = ["Pieces", "dump_args", "dump_pieces", "dumps_args", "load_file", "loads", "pickle_error", "unpickle_error"]
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
@@ -29,6 +29,41 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         return cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
         raise pickle_error(exc) from exc
+
+
+class Pieces:
+    """A pickle as the pickler wrote it to a file, not joined: small frames, and each big buffer of the arguments
+    by reference (the C pickler hands a big ``bytes`` or array buffer to ``write`` as it is). A transport sends the
+    pieces one after the other, so a 100 MB argument is sent from itself instead of being copied into a body
+    first. ``bytes(pieces)`` joins them (for a transport that needs one body)."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes | memoryview] = []
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        part = data if type(data) is bytes else memoryview(data).cast("B")  # a PickleBuffer has no len()
+        self.parts.append(part)
+        self.size += len(part)
+        return len(part)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def dump_pieces(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pieces:
+    """The call's arguments pickled into :class:`Pieces` (for big buffers among them: see :func:`dumps_args`)."""
+    out = Pieces()
+    try:
+        dump_args((args, kwargs), out)
+    except Exception as exc:
+        raise pickle_error(exc) from exc
+    return out
 
 
 def pickle_error(exc: Exception) -> SerializationError:
@@ -50,8 +85,17 @@ def unpickle_error(exc: Exception) -> SerializationError:
 
 
 def loads(body: bytes) -> Any:
+    """Unpickle a result or item: from bytes, or from a payload the transport streams (one with ``readinto``:
+    the big buffers in it are received straight into the objects they become, see
+    ``tether.client.syncwire``)."""
     try:
+        if hasattr(body, "readinto"):
+            value = pickle.load(body)  # type: ignore[arg-type]
+            body.finish()  # type: ignore[attr-defined]
+            return value
         return cloudpickle.loads(body)
+    except ClusterUnavailable:  # the link dropped mid-payload: not the payload's fault
+        raise
     except Exception as exc:
         raise unpickle_error(exc) from exc
 

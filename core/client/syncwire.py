@@ -15,9 +15,11 @@ import socket
 import ssl
 import threading
 from io import BufferedReader
+from typing import Any
 from urllib.parse import urlsplit
 
 from tether.client import http11
+from tether.client.payloads import Pieces
 from tether.client.transport import (
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
@@ -34,7 +36,7 @@ from tether.protocol.frames import Frame
 from tether.protocol.headers import BODY_FOLLOWS
 from tether.protocol.shm import SHM_THRESHOLD, keep_freed_memory
 
-__all__ = ["BlockingResponse", "SyncTransport", "close_pools"]
+__all__ = ["BlockingResponse", "StreamedPayload", "SyncTransport", "close_pools"]
 
 _MAX_IDLE = 64
 _pools: dict[tuple[str, str], list[_Conn]] = {}
@@ -57,15 +59,20 @@ class _Conn:
 
 class BlockingResponse:
     """A response of :class:`SyncTransport`: read it whole (:meth:`read`) or frame by frame (:meth:`next_frame`).
-    The connection goes back to the pool as soon as the body was read to its end."""
+    The connection goes back to the pool as soon as the body was read to its end.
 
-    __slots__ = ("_body", "_conn", "_transport", "headers", "status")
+    A big pickled frame of a ``Content-Length`` body comes as a :class:`StreamedPayload`: its bytes stay in the
+    socket until the unpickler reads them (``tether.client.payloads.loads``), so a big buffer in it is received
+    straight into the object it becomes instead of into a body first and copied out of it."""
+
+    __slots__ = ("_body", "_conn", "_streamed", "_transport", "headers", "status")
 
     def __init__(self, status: int, headers: dict[str, str], conn: _Conn, transport: SyncTransport) -> None:
         self.status = status
         self.headers = headers
         self._conn: _Conn | None = conn
         self._transport = transport
+        self._streamed: StreamedPayload | None = None
         self._body = http11.BodyReader(headers)
         if (self._body.length or 0) >= SHM_THRESHOLD:
             keep_freed_memory()  # a big payload over the socket: reuse freed pages for the next one
@@ -77,21 +84,57 @@ class BlockingResponse:
         conn, body = self._conn, self._body
         assert conn is not None
         try:
+            if framed and (body.length or 0) >= SHM_THRESHOLD and body.at_boundary and self._stream(conn):
+                return
             n = body.want()
             data = conn.file.read(n) if body.length is not None else conn.file.read1(n)
             if not data or (body.length is not None and len(data) != n):
                 raise ConnectionResetError("the daemon closed the connection mid-response")
             body.feed(data, framed)
-        except TimeoutError as exc:
-            self.close()
-            raise timed_out(self._transport.endpoint, conn.sock.gettimeout() or 0) from exc
         except (OSError, ValueError) as exc:
-            self.close()
-            raise dropped(self._transport.endpoint, exc) from exc
+            raise self._failed(exc) from exc
         except BaseException:
             self.close()
             raise
         if body.done:
+            self._finish()
+
+    def _stream(self, conn: _Conn) -> bool:
+        """At a frame's start: read its head; a big pickled frame waits for :meth:`next_frame` as a
+        :class:`StreamedPayload`, a small one (a log) is read whole and fed to the body; False when the frame
+        is bigger than the body (the ordinary way then says what is wrong)."""
+        body = self._body
+        head = conn.file.read(http11.FRAME_HEAD.size)
+        if len(head) != http11.FRAME_HEAD.size:
+            raise ConnectionResetError("the daemon closed the connection mid-response")
+        kind, size = http11.FRAME_HEAD.unpack(head)
+        assert body.length is not None
+        if len(head) + size > body.length:
+            body.feed(head, True)
+            return False
+        if kind in http11.PICKLED and size >= SHM_THRESHOLD:
+            self._streamed = StreamedPayload(self, conn, size)
+            body.skip_frame(Frame(kind, self._streamed), len(head) + size)  # type: ignore[arg-type]
+            return True
+        payload = conn.file.read(size)
+        if len(payload) != size:
+            raise ConnectionResetError("the daemon closed the connection mid-response")
+        body.feed(head + payload, True)
+        if body.done:
+            self._finish()
+        return True
+
+    def _failed(self, exc: OSError | ValueError) -> Dropped:
+        """Close the connection after a failure while reading; the typed error to raise for ``exc``."""
+        conn = self._conn
+        self.close()
+        if isinstance(exc, TimeoutError):
+            return timed_out(self._transport.endpoint, (conn.sock.gettimeout() or 0) if conn is not None else 0)
+        return dropped(self._transport.endpoint, exc)
+
+    def _streamed_done(self) -> None:
+        self._streamed = None
+        if self._body.done:
             self._finish()
 
     def read(self) -> bytes:
@@ -101,7 +144,10 @@ class BlockingResponse:
         return self._body.take()
 
     def next_frame(self) -> Frame | None:
-        """The body's next frame (heartbeats included), None at its end."""
+        """The body's next frame (heartbeats included), None at its end. A :class:`StreamedPayload` handed out
+        before is read to its end first (what its reader left of it is skipped)."""
+        if self._streamed is not None:
+            self._streamed.finish()
         body = self._body
         while (frame := body.next_frame()) is None and not body.done:
             self._more(True)
@@ -124,6 +170,71 @@ class BlockingResponse:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+class StreamedPayload:
+    """A big pickled frame's payload still in the socket: a file the unpickler reads (``read``, ``readinto``,
+    ``readline``), never past the payload's end. :meth:`finish` skips what is left of it; once it is read whole,
+    the response goes on (its connection back to the pool when the body ends there). A failure while reading
+    closes the connection and raises the transport's typed error (a dropped link, a timeout)."""
+
+    __slots__ = ("_conn", "_resp", "left", "size")
+
+    def __init__(self, resp: BlockingResponse, conn: _Conn, size: int) -> None:
+        self._resp = resp
+        self._conn = conn
+        self.size = size
+        self.left = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _took(self, n: int) -> None:
+        self.left -= n
+        if not self.left:
+            self._resp._streamed_done()
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        try:
+            data = self._conn.file.read(n)
+            if len(data) != n:
+                raise ConnectionResetError("the daemon closed the connection mid-result")
+        except (OSError, ValueError) as exc:
+            raise self._resp._failed(exc) from exc
+        self._took(n)
+        return data
+
+    def readinto(self, buf: Any) -> int:
+        with memoryview(buf) as whole, whole.cast("B") as flat:
+            n = min(len(flat), self.left)
+            got = 0
+            try:
+                while got < n:
+                    k = self._conn.file.readinto(flat[got:n])
+                    if not k:
+                        raise ConnectionResetError("the daemon closed the connection mid-result")
+                    got += k
+            except (OSError, ValueError) as exc:
+                raise self._resp._failed(exc) from exc
+        self._took(n)
+        return n
+
+    def readline(self, limit: int = -1) -> bytes:
+        limit = self.left if limit < 0 else min(limit, self.left)
+        try:
+            line = self._conn.file.readline(limit)
+            if not line:
+                raise ConnectionResetError("the daemon closed the connection mid-result")
+        except (OSError, ValueError) as exc:
+            raise self._resp._failed(exc) from exc
+        self._took(len(line))
+        return line
+
+    def finish(self) -> None:
+        """Skip the rest of the payload (nothing when it was read whole)."""
+        while self.left:
+            self.read(min(self.left, 1 << 20))
 
 
 class SyncTransport:
@@ -187,7 +298,7 @@ class SyncTransport:
                 raise fingerprint_mismatch(f"{self._host[0]}:{self._host[1]}", got, self._pin)
         return tls
 
-    def send(self, method: str, path: str, headers: dict[str, str], body: bytes = b"", *,
+    def send(self, method: str, path: str, headers: dict[str, str], body: bytes | Pieces = b"", *,
              timeout: float | None = None) -> BlockingResponse:
         """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its
         head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``). With a
@@ -213,14 +324,14 @@ class SyncTransport:
                     conn.sock.sendall(data)
                     status, hdrs = _read_head(conn)
                     if status == 100:
-                        conn.sock.sendall(body)
+                        _send_body(conn.sock, body)
                         status, hdrs = _read_head(conn)
                 elif body and len(body) > 65536:
                     conn.sock.sendall(data)
-                    conn.sock.sendall(body)
+                    _send_body(conn.sock, body)
                     status, hdrs = _read_head(conn)
                 else:
-                    conn.sock.sendall(data + body)
+                    conn.sock.sendall(data + bytes(body))
                     status, hdrs = _read_head(conn)
                 return BlockingResponse(status, hdrs, conn, self)
             except TimeoutError as exc:
@@ -241,6 +352,14 @@ class SyncTransport:
             pool = _pools.pop(self.key, [])
         for conn in pool:
             conn.close()
+
+
+def _send_body(sock: socket.socket, body: bytes | Pieces) -> None:
+    if isinstance(body, Pieces):
+        for part in body.parts:
+            sock.sendall(part)
+    else:
+        sock.sendall(body)
 
 
 def _read_head(conn: _Conn) -> tuple[int, dict[str, str]]:

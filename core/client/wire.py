@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
 from tether.client import http11
+from tether.client.payloads import Pieces
 from tether.client.transport import (
     CONNECT_TIMEOUT,
     READ_TIMEOUT,
@@ -205,7 +206,7 @@ class AsyncTransport:
                 raise fingerprint_mismatch(f"{host}:{port}", got, self._pin)
         return _Conn(reader, writer)
 
-    async def asend(self, method: str, path: str, headers: dict[str, str], body: bytes = b"", *,
+    async def asend(self, method: str, path: str, headers: dict[str, str], body: bytes | Pieces = b"", *,
                     timeout: float | None = None) -> Response:
         """Send one request on a pooled connection (a fresh one if the pooled one turns out dead) and read its
         head; ``timeout``: seconds without a byte from the daemon (default ``read_timeout``). A request with a
@@ -233,7 +234,7 @@ class AsyncTransport:
                     await _send_big(conn.writer, data, body)
                     status, hdrs = await _read_head(conn, loop)
                 else:
-                    conn.writer.writelines([data, body] if body else [data])
+                    conn.writer.writelines([data, bytes(body)] if body else [data])
                     status, hdrs = await _read_head(conn, loop)
                 return Response(status, hdrs, conn, self.endpoint, pool)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
@@ -297,16 +298,17 @@ async def _read_head(conn: _Conn, loop: asyncio.AbstractEventLoop) -> tuple[int,
     return http11.parse_status_and_headers(head)
 
 
-async def _send_big(writer: asyncio.StreamWriter, head: bytes, body: bytes) -> None:
-    """``head`` then ``body`` in 1 MiB slices, each sent from the body itself once the last is out: not joined
-    (``writelines`` joins into a copy) and never buffered whole in the transport (it copies what the socket does
-    not take at once)."""
+async def _send_big(writer: asyncio.StreamWriter, head: bytes, body: bytes | Pieces) -> None:
+    """``head`` then ``body`` (each of its pieces) in 1 MiB slices, each sent from the body itself once the last
+    is out: not joined (``writelines`` joins into a copy) and never buffered whole in the transport (it copies
+    what the socket does not take at once)."""
     if head:
         writer.write(head)
-    view = memoryview(body)  # not released here: a TLS transport may still hold slices of it
-    for off in range(0, len(view), _SLICE):
-        await writer.drain()
-        writer.write(view[off:off + _SLICE])
+    for part in body.parts if isinstance(body, Pieces) else (body,):
+        view = memoryview(part)  # not released here: a TLS transport may still hold slices of it
+        for off in range(0, len(view), _SLICE):
+            await writer.drain()
+            writer.write(view[off:off + _SLICE])
     await writer.drain()
 
 
