@@ -24,8 +24,6 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import cloudpickle
-
 __all__ = [
     "AuthError",
     "CallCancelled",
@@ -207,6 +205,7 @@ _BY_NAME: dict[str, type[TetherError]] = {
 
 def error_from_wire(body: dict[str, Any], *, status: int | None = None) -> BaseException:
     """Rebuild an error from its wire form; the original exception when it was shipped and can be unpickled."""
+    import cloudpickle  # here: off a fresh process's imports
     err = body.get("error", body) if isinstance(body, dict) else {}
     exc_b64 = err.get("exc")
     if exc_b64:

@@ -89,7 +89,7 @@ def validate_name(name: str, what: str = "name") -> str:
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, defer_build=True)  # built at first use, not import
 
 
 class EnvSpec(_Spec):

@@ -11,8 +11,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 from tether.specs import CodeRef
 
 __all__ = ["code_ref", "find_root", "tree_hash"]
@@ -70,6 +68,8 @@ def content_hash(root: Path) -> str:
 def _by_value(obj: Any, why: str) -> CodeRef:
     warnings.warn(f"{getattr(obj, '__qualname__', obj)!r} {why}; shipping it by value with cloudpickle "
                   "(move it into a module file to deploy it as code)", stacklevel=4)
+    import cloudpickle  # here: off a fresh process's imports
+
     module = inspect.getmodule(obj)
     if module is not None and module.__name__ != "__main__":
         cloudpickle.register_pickle_by_value(module)

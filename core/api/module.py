@@ -17,8 +17,6 @@ import functools
 import inspect
 from typing import Any
 
-import cloudpickle
-
 from tether.api.clusters import Cluster
 from tether.api.compat import placement
 from tether.api.envs import Env
@@ -34,6 +32,7 @@ STATE_KEYWORD = "__tether_state__"
 
 def _pickled_state(obj: Any) -> str:
     """The instance's ``__dict__`` as the worker's init arguments; an attribute that cannot travel is named."""
+    import cloudpickle  # here: off a fresh process's imports
     state = dict(vars(obj))
     try:
         return base64.b64encode(cloudpickle.dumps(((), {STATE_KEYWORD: state}))).decode()

@@ -18,8 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 from tether.api.calls import CallHandle
 from tether.api.clusters import Cluster, new_cluster
 from tether.api.codesync import code_ref, content_hash
@@ -485,6 +483,7 @@ class RemoteClass(_Service):
         self.cls = cls
 
     def __call__(self, *args: Any, name: str | None = None, **kwargs: Any) -> RemoteInstance:
+        import cloudpickle  # here: off a fresh process's imports
         if self.spec is None or self.cluster is None:
             raise ConfigError(f"class {self.name!r} is not deployed", hint="call tether.module(cls).to(cluster)")
         inst_name = name or f"{self.name}-{uuid.uuid4().hex[:8]}"

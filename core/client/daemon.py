@@ -9,8 +9,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
-
 from tether.client import routes, slabs, syncwire, wire
 from tether.client.loop import run_sync
 from tether.client.outcome import (
@@ -183,6 +181,12 @@ class DaemonClient:
         op = self.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller, expect=expect)
         call_id = op.headers[h.CALL_ID] if op.headers else ""
         try:
+            from tenacity import (  # here: off a fresh process's imports
+                AsyncRetrying,
+                retry_if_exception,
+                stop_after_attempt,
+                wait_exponential,
+            )
             async for attempt in AsyncRetrying(stop=stop_after_attempt(RETRIES), reraise=True,
                                                wait=wait_exponential(multiplier=0.1, max=2),
                                                retry=retry_if_exception(link_dropped)):
@@ -209,6 +213,12 @@ class DaemonClient:
         :data:`~tether.client.outcome.RERUN` frame then comes first, and every frame of the re-run after it.
         ``run``: the attempt the ``seen`` frames came from (None: whichever answers first).
         """
+        from tenacity import (  # here: off a fresh process's imports
+            AsyncRetrying,
+            retry_if_exception,
+            stop_after_attempt,
+            wait_exponential,
+        )
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(RETRIES), wait=wait_exponential(multiplier=0.1, max=2),
             retry=retry_if_exception(link_error), reraise=True,

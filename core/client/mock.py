@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import cloudpickle
-
 from tether.client.transport import dropped
 from tether.errors import TetherError
 from tether.protocol import frames as p
@@ -110,6 +108,7 @@ class MockResponse:
     @classmethod
     def result(cls, value: Any, *, logs: Iterable[dict[str, Any]] = (), items: Iterable[Any] = ()) -> MockResponse:
         """A call that logged ``logs``, yielded ``items`` and returned ``value``."""
+        import cloudpickle  # here: off a fresh process's imports
         out = [(p.LOG, json.dumps(e).encode()) for e in logs]
         out += [(p.ITEM, cloudpickle.dumps(i)) for i in items]
         return cls.frames([*out, (p.RESULT, cloudpickle.dumps(value))])
@@ -117,6 +116,7 @@ class MockResponse:
     @classmethod
     def raised(cls, exc: BaseException, *, logs: Iterable[dict[str, Any]] = ()) -> MockResponse:
         """A call whose remote code raised ``exc`` (rebuilt as itself on the client)."""
+        import cloudpickle  # here: off a fresh process's imports
         wire = exc.to_wire()["error"] if isinstance(exc, TetherError) else {
             "type": type(exc).__name__, "message": str(exc)}
         wire["exc"] = base64.b64encode(cloudpickle.dumps(exc)).decode()

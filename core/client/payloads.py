@@ -5,8 +5,6 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
-import cloudpickle
-
 from tether.client import slabs
 from tether.errors import ClusterUnavailable, SerializationError
 
@@ -25,6 +23,8 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """The call's arguments as a pickle (plain values take the C pickler)."""
     if _plain(args, kwargs):
         return pickle.dumps((args, kwargs), protocol=5)
+    import cloudpickle  # here: off a fresh process's imports
+
     try:
         return cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
@@ -76,6 +76,8 @@ def dump_args(obj: Any, file: Any) -> None:
     if _plain(*obj):
         pickle.dump(obj, file, protocol=5)
     else:
+        import cloudpickle  # see dumps_args
+
         cloudpickle.dump(obj, file, protocol=5)
 
 
@@ -87,13 +89,14 @@ def unpickle_error(exc: Exception) -> SerializationError:
 def loads(body: bytes) -> Any:
     """Unpickle a result or item: from bytes, or from a payload the transport streams (one with ``readinto``:
     the big buffers in it are received straight into the objects they become, see
-    ``tether.client.syncwire``)."""
+    ``tether.client.syncwire``). cloudpickle's output needs only :mod:`pickle` to load (it imports what it
+    refers to, cloudpickle's own helpers included, when a pickle names them)."""
     try:
         if hasattr(body, "readinto"):
             value = pickle.load(body)  # type: ignore[arg-type]
             body.finish()  # type: ignore[attr-defined]
             return value
-        return cloudpickle.loads(body)
+        return pickle.loads(body)
     except ClusterUnavailable:  # the link dropped mid-payload: not the payload's fault
         raise
     except Exception as exc:

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import cloudpickle
-
 from tether.client.outcome import http_error
 from tether.client.payloads import loads
 from tether.errors import ConfigError
@@ -142,6 +140,7 @@ def logs(call_id: str, since: int = 0) -> Op:
 
 def put_object(key: str, value: Any, env: str = "default") -> Op:
     """``PUT /objects/{key}?env=``: ``value`` cloudpickled into the env's worker."""
+    import cloudpickle  # here: off a fresh process's imports
     body = cloudpickle.dumps(value, protocol=5)
     return Op("PUT", f"/objects/{_seg(key)}?{urlencode({'env': env})}", body, h.PICKLE, timeout=None)
 

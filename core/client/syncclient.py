@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
-
 from tether.client import routes
 from tether.client.loop import iterate_sync, run_sync
 from tether.client.outcome import LogSink, default_log_sink, unavailable
@@ -111,6 +109,12 @@ class SyncDaemonClient:
         op = self._client.spawn_op(name, method, args, kwargs, call_id=call_id, caller=caller, expect=expect)
         call_id = op.headers[CALL_ID] if op.headers else ""
         try:
+            from tenacity import (  # here: off a fresh process's imports
+                Retrying,
+                retry_if_exception,
+                stop_after_attempt,
+                wait_exponential,
+            )
             for attempt in Retrying(stop=stop_after_attempt(RETRIES), wait=wait_exponential(multiplier=0.1, max=2),
                                     retry=retry_if_exception(link_dropped), reraise=True):
                 with attempt:

@@ -35,7 +35,7 @@ class RoutingPolicy(BaseModel):
     and ranks by price inside each cloud.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use, not import
 
     clouds: list[str] | None = Field(None, description="allowed clouds (None: every catalog cloud)")
     order: Literal["price", "preference"] = "price"

@@ -57,7 +57,7 @@ class Attempt(BaseModel):
 class Escalation(BaseModel):
     """Where to go when a call runs out of memory: an ordered ladder of instance types and the rules."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use, not import
 
     kind: Literal["escalation"] = "escalation"
     ladder: list[str] = Field(

@@ -44,7 +44,7 @@ def _now() -> datetime:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built at first use, not import
 
 
 class Version(_Model):
@@ -120,7 +120,7 @@ class CallRecord(_Model):
     ``outcome`` becomes ``error_type`` with outcome ``error`` (``oom`` / ``cancelled`` / ``timeout`` when it says so).
     """
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, defer_build=True)
 
     name: str = Field(
         validation_alias=AliasChoices("name", "service"),

@@ -13,8 +13,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-
 from tether.errors import TetherError
 from tether.logging import get_logger
 from tether.registry.models import CallRecord
@@ -117,14 +115,7 @@ class CallWriter:
                     return
                 continue
             try:
-                for attempt in Retrying(
-                    retry=retry_if_exception(_worth_retrying),
-                    stop=stop_after_attempt(5),
-                    wait=wait_random_exponential(multiplier=0.05, max=1),
-                    reraise=True,
-                ):
-                    with attempt:
-                        self._sink(batch)
+                self._write(batch)
                 self.written += len(batch)
             except Exception as exc:  # noqa: BLE001 - a lost usage record must never break a call
                 self.failed += len(batch)
@@ -133,6 +124,26 @@ class CallWriter:
                 with self._cond:
                     self._pending -= len(batch)
                     self._cond.notify_all()
+
+
+    def _write(self, batch: list[CallRecord]) -> None:
+        """Hand ``batch`` to the sink; a storage hiccup is retried, with backoff, up to five tries in all."""
+        try:
+            self._sink(batch)
+            return
+        except Exception as exc:  # noqa: BLE001 - decided below
+            if not _worth_retrying(exc):
+                raise
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+        for attempt in Retrying(
+            retry=retry_if_exception(_worth_retrying),
+            stop=stop_after_attempt(4),
+            wait=wait_random_exponential(multiplier=0.05, max=1),
+            reraise=True,
+        ):
+            with attempt:
+                self._sink(batch)
 
 
 def _resolved(record: CallRecord, resolve: Resolve | None) -> CallRecord:

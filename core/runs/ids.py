@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
-
 from tether.api.calls import call as attach
 from tether.api.clusters import Cluster
 from tether.errors import ConfigError, NotFound, TetherError
@@ -172,6 +170,7 @@ def args_digest(args: tuple | list = (), kwargs: Mapping[str, Any] | None = None
     buffers hashed in place). Arguments that cannot be pickled get a digest of their own every time (such a call
     is never mistaken for another; it cannot be sent anyway).
     """
+    import cloudpickle  # here: off a fresh process's imports
     h = hashlib.blake2b(digest_size=16)
     buffers: list[pickle.PickleBuffer] = []
     try:

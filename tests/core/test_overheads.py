@@ -3,7 +3,8 @@
 An orchestrator task is a new process each time. Loading by name from the local registry and calling a plain-HTTP
 (or TLS) daemon needs neither aiohttp (the lean transports speak HTTP/1.1 and TLS themselves), nor SQLAlchemy (the
 local registry file is read, and the call recorded, with stdlib ``sqlite3``: ``tether.registry.lean``), nor
-structlog (nothing is logged). Checked in a subprocess through ``sys.modules``; the times are in
+structlog (nothing is logged), nor cloudpickle (plain arguments take the C pickler, and cloudpickle's output loads
+with ``pickle``), nor tenacity (nothing is retried). Checked in a subprocess through ``sys.modules``; the times are in
 ``bench/overheads.py``.
 """
 
@@ -28,7 +29,7 @@ from tether.registry.names import Ref
 from tether.registry.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("aiohttp", "sqlalchemy", "structlog", "rich")
+HEAVY = ("aiohttp", "sqlalchemy", "structlog", "rich", "cloudpickle", "tenacity")
 
 PROGRAM = """
 import asyncio, json, sys
