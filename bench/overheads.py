@@ -4,7 +4,8 @@
    registry + first call to a running local daemon) beside ``python -c pass`` and the same call made in-process.
 2. big payloads over TCP (what a client on another host uses: no unix socket, no /dev/shm): 10 MB and 100 MB echo
    through tether's TCP endpoint, sync and async clients, plain and TLS, beside a raw Python socket echo (plain /
-   TLS) of the same bytes.
+   TLS) of the same bytes; and 10 MB one way only (up with a small result, down for a small argument) beside half
+   the raw echo.
 3. deploy cost as the daemon fills up: a deploy at the 1st vs the 1,000th service of one env, a deploy into the
    50th env, and memory (RSS) per env.
 
@@ -178,7 +179,30 @@ def tcp_echo(plain: Any, tls_cluster: Any, sizes: list[int], reps: int) -> list[
             s, a = _tput(size, sync_times), _tput(size, async_times)
             rows.append((f"TCP echo {size // MiB} MB, {label}, MiB/s (sync / async)",
                          f"{s:.0f} / {a:.0f} ({s / b:.2f}x / {a / b:.2f}x)", f"{b:.0f} (raw socket echo)"))
+            if label == "plain" and size == sizes[0]:
+                rows += _one_way(cluster, client, payload, reps, statistics.median(base))
     return rows
+
+
+def _one_way(cluster: Any, client: DaemonClient, payload: bytes, reps: int, raw_echo: float) -> list[Row]:
+    """Where an echo's time goes: the payload one way only (up, with a small result; down, for a small
+    argument), sync, beside half the raw echo's round trip of the same bytes."""
+    tether.function(svc.size_of).to(cluster, name="size_of")
+    tether.function(svc.make).to(cluster, name="make")
+    size = len(payload)
+
+    def up_call() -> None:
+        assert client.call_sync("size_of", None, (payload,), {}, call_id=os.urandom(8).hex()) == size
+
+    def down_call() -> None:
+        assert len(client.call_sync("make", None, (size,), {}, call_id=os.urandom(8).hex())) == size
+
+    up, down = _timed(up_call, reps), _timed(down_call, reps)
+    half = f"{raw_echo / 2 * 1000:.1f} (half the raw echo)"
+    return [(f"TCP {size // MiB} MB argument, small result, plain sync, median ms",
+             f"{statistics.median(up) * 1000:.1f}", half),
+            (f"TCP small argument, {size // MiB} MB result, plain sync, median ms",
+             f"{statistics.median(down) * 1000:.1f}", half)]
 
 
 def _timed(fn: Callable[[], None], reps: int) -> list[float]:
