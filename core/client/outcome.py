@@ -91,7 +91,7 @@ class Outcome:
                     return False
                 self.value = self.items if self.items is not None else loaded
             elif kind == p.RESULT:
-                self.big_payload = len(payload) >= slabs.THRESHOLD
+                self.big_payload = hasattr(payload, "readinto") or len(payload) >= slabs.THRESHOLD  # streamed: big
                 self.value = self.items if self.items is not None else loads(payload)
             elif kind == p.ERROR:
                 self.error = payload
