@@ -34,6 +34,9 @@ DAEMON_MAY_IMPORT = BASE | {"tether.protocol", "tether.escalation.oom", "tether.
 PROVIDERS_MAY_IMPORT = {"tether", "tether.runs", "tether.errors"}
 OPTIONAL_EXTRAS = {"sky", "uvloop", "airflow", "prefect", "dagster", "cryptography", "psycopg", "openlineage",
                    "ray", "distributed", "torch"}  # the last three: the distributed extra
+_CLOUDPICKLE = ("cloudpickle ~15 ms: a fresh process calling with plain values never pickles with it (cloudpickle's "
+                "output loads with pickle)")
+_TENACITY = "tenacity ~6 ms: only a retry needs it, and a fresh process's first call is not one"
 DEFERRED = {
     # (importing module, imported module): why it is imported only where it is used
     ("tether.registry", "tether.registry.store"): "SQLAlchemy: a call by name must not pay ~0.2 s of ORM import",
@@ -52,6 +55,17 @@ DEFERRED = {
     ("tether.api.secrets", "tether.registry.vault_client"): "the registry's vault (HTTP client or SQLAlchemy), only "
                                                              "for secrets kept in the registry",
     ("tether.registry.vault_client", "tether.registry.vault"): "SQLAlchemy, only for secrets in the local registry",
+    ("tether.errors", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.client.payloads", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.client.routes", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.client.mock", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.api.codesync", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.api.module", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.api.services", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.runs.ids", "cloudpickle"): _CLOUDPICKLE,
+    ("tether.client.daemon", "tenacity"): _TENACITY,
+    ("tether.client.syncclient", "tenacity"): _TENACITY,
+    ("tether.registry.usage", "tenacity"): _TENACITY,
 }
 
 
