@@ -156,19 +156,20 @@ def tcp_echo(plain: Any, tls_cluster: Any, sizes: list[int], reps: int) -> list[
     for label, cluster in (("plain", plain), ("TLS", tls_cluster)):
         tether.function(svc.echo).to(cluster, name="echo")
         h = cluster.handle
-        client = DaemonClient(h.endpoint, h.token, h.tls_fingerprint)  # no unix socket: TCP, as from another host
+        client = DaemonClient(h.endpoint, h.token, h.tls_fingerprint)  # no unix socket: TCP, as from another host;
+        # lend=True below: a call id only this caller knows, as a handle's call without an explicit id
         assert client.unix_socket is None
         for size in sizes:
             payload = os.urandom(size)
 
             def sync_call(p: bytes = payload, c: DaemonClient = client) -> None:
-                assert len(c.call_sync("echo", None, (p,), {}, call_id=os.urandom(8).hex())) == len(p)
+                assert len(c.call_sync("echo", None, (p,), {}, call_id=os.urandom(8).hex(), lend=True)) == len(p)
 
             async def async_calls(n: int, p: bytes = payload, c: DaemonClient = client) -> list[float]:
                 out = []
                 for _ in range(n + 1):
                     t = time.perf_counter()
-                    assert len(await c.call("echo", None, (p,), {}, call_id=os.urandom(8).hex())) == len(p)
+                    assert len(await c.call("echo", None, (p,), {}, call_id=os.urandom(8).hex(), lend=True)) == len(p)
                     out.append(time.perf_counter() - t)
                 return out[1:]
 
@@ -192,10 +193,10 @@ def _one_way(cluster: Any, client: DaemonClient, payload: bytes, reps: int, raw_
     size = len(payload)
 
     def up_call() -> None:
-        assert client.call_sync("size_of", None, (payload,), {}, call_id=os.urandom(8).hex()) == size
+        assert client.call_sync("size_of", None, (payload,), {}, call_id=os.urandom(8).hex(), lend=True) == size
 
     def down_call() -> None:
-        assert len(client.call_sync("make", None, (size,), {}, call_id=os.urandom(8).hex())) == size
+        assert len(client.call_sync("make", None, (size,), {}, call_id=os.urandom(8).hex(), lend=True)) == size
 
     up, down = _timed(up_call, reps), _timed(down_call, reps)
     half = f"{raw_echo / 2 * 1000:.1f} (half the raw echo)"

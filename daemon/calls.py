@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.daemon import protocol as p
-from tether.daemon import slabs
+from tether.daemon import result_pool, slabs
 from tether.daemon.journal import Journal, Replayed, kill_orphans
 from tether.daemon.tombstones import Tombstones
 from tether.errors import NotFound, TetherError, WorkerDied, error_from_wire
@@ -68,6 +68,9 @@ class Call:
     attempt: int = 1  # 2 and up: a re-run of a call lost in a daemon restart
     starter: str | None = None  # the token hash of who started it
     ended_as: str | None = None  # the state it ended in, when an error frame stands in for its gone result
+    pooled: str | None = None  # the daemon's file lent for its big result, while the result is kept in it
+    _pool_used: bool = False
+    _pool_release: bool = False
     _files: list[str] = field(default_factory=list)
     _pins: int = 0
     _released: bool = False
@@ -90,6 +93,10 @@ class Call:
 
     def add(self, kind: int, meta: dict[str, Any], body: bytes) -> None:
         """Record a frame from the worker and wake whoever waits for one."""
+        if self.pooled is not None and kind == p.RESULT and meta.get("_slab") == self.pooled:
+            meta = {**meta, "_pooled": True}  # journaled as not kept: see tether.daemon.result_pool
+            self._pool_used = True
+            self.nbytes += meta.get("_size", 0)
         self.frames.append((kind, meta, body))
         self.nbytes += len(body)
         if "_shm" in meta:
@@ -97,6 +104,11 @@ class Call:
             self.nbytes += meta.get("_size", 0)
         if kind in FINAL:
             self.finished = time.time()
+            if kind == p.RESULT and meta.get("_size", 0) >= p.SHM_THRESHOLD:
+                result_pool.note_big(self.service, self.method)
+            if self.pooled is not None and not self._pool_used:  # a small result, or an error: not needed
+                result_pool.POOL.give_back(self.pooled)
+                self.pooled = None
             if self.arg_file is not None:  # normally the worker took it; not if it died first
                 p.unlink_quietly(self.arg_file)
             if self.on_finish is not None:
@@ -126,14 +138,33 @@ class Call:
     def unpin(self) -> None:
         """That response is written (its client may still be reading a file it was given, see GRACE_SECONDS)."""
         self._pins -= 1
-        if self._released and not self._pins:
+        if self._pins:
+            return
+        if self._pool_release:
+            self.release_pooled()
+        if self._released:
             self._delete_files()
+
+    def release_pooled(self) -> None:
+        """The result's caller has it (or the call left the table): its lent file goes back to the pool, once no
+        response is being written from it; from then on the result is not kept."""
+        if self.pooled is None:
+            return
+        if self._pins:
+            self._pool_release = True
+            return
+        result_pool.POOL.give_back(self.pooled)
+        self.pooled = None
+        self._pool_release = False
 
     def release(self) -> None:
         """The call left the table: delete its files once no response is being written from them."""
         self._released = True
         if not self._pins:
+            self.release_pooled()
             self._delete_files()
+        else:
+            self._pool_release = True
 
     def _delete_files(self) -> None:
         if self._files:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
 from typing import Any
 
 from aiohttp import web
 
-from tether.daemon import bodies, slabs
+from tether.daemon import bodies, result_pool, slabs
 from tether.daemon import protocol as p
 from tether.daemon.auth import GRANT_KEY
 from tether.daemon.calls import FINAL, Call, frame_body, present
@@ -46,6 +47,7 @@ async def call(request: web.Request) -> web.StreamResponse:
         raise ConfigError(f"a spawned call (Prefer: {RESPOND_ASYNC}) lends no slab: its caller does not wait for "
                           "the worker to be done with it", hint="send the arguments in the body")
     reply = _spawned if spawn else respond
+    _take_back_received(request, d)
     arg_file = _claim_arg_file(request, shm, json_mode) if shm is not None else None
     existing = d.calls.attachable(call_id)  # a call lost in a daemon restart runs again
     grant = request.get(GRANT_KEY)
@@ -79,7 +81,8 @@ async def call(request: web.Request) -> web.StreamResponse:
     if not json_mode and (big := await bodies.receive_args(request, d.max_body)) is not None:  # TCP: a reused file
         started: Call | None = None
         try:
-            started = await d.start_call(call_id, name, method, b"", json_mode, None, {**lent, **big.lent()})
+            lent, pooled = _lend_result_file(request, name, method, json_mode, spawn, {**lent, **big.lent()})
+            started = await d.start_call(call_id, name, method, b"", json_mode, None, lent, pooled)
         finally:
             bodies.release_when_done(started, big)  # back to the pool once the call ended (removed if it never ran)
         assert started is not None
@@ -92,7 +95,36 @@ async def call(request: web.Request) -> web.StreamResponse:
             loads_json(body)
         except ValueError as exc:
             raise SerializationError(f"the body is neither cloudpickle ({h.PICKLE}) nor JSON: {exc}") from None
-    return await reply(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent))
+    lent, pooled = _lend_result_file(request, name, method, json_mode, spawn, lent)
+    return await reply(request, await d.start_call(call_id, name, method, body, json_mode, lent=lent, pooled=pooled))
+
+
+def _lend_result_file(request: web.Request, name: str, method: str | None, json_mode: bool, spawn: bool,
+                      lent: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A private call (``X-Tether-Private``) from a client not on this host, to a target that returned big results
+    before, gets one of the daemon's reusable result files (``tether.daemon.result_pool``)."""
+    if (json_mode or spawn or "_slab" in lent or request.headers.get(h.PRIVATE) != "1"
+            or not result_pool.wants(name, method) or _over_unix_socket(request)):
+        return lent, None
+    pooled = result_pool.POOL.take()
+    return ({**lent, "_slab": pooled}, pooled) if pooled is not None else (lent, None)
+
+
+def _take_back_received(request: web.Request, d: Any) -> None:
+    """The private calls whose results this caller received whole (``X-Tether-Received``): their files go back to
+    the pool. Only the principal that started a call can say so."""
+    ids = request.headers.get(h.RECEIVED)
+    if not ids:
+        return
+    grant = request.get(GRANT_KEY)
+    for call_id in ids.split(",")[:64]:
+        call = d.calls.calls.get(call_id.strip())
+        if call is None or call.pooled is None or not call.done:  # a running call's worker may be writing into it
+            continue
+        starter = d.starter_of(call.call_id)
+        if grant is not None and starter is not None and starter != grant.token_sha256:
+            continue
+        call.release_pooled()
 
 
 def query_body(request: web.Request) -> bytes:
@@ -217,6 +249,12 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
     kind, meta, body = present(call, kind, meta, body)  # a /dev/shm file gone: the call's result_gone error
     slab = meta.get("_slab") if meta else None
     if slab is not None:
+        if meta.get("_pooled") and slab == call.pooled:  # the daemon's file, still holding this result
+            if not os.path.exists(slab):
+                kind, meta, body = call.gone()
+                return _client_payload(call, kind, meta, body, files)
+            pooled = bodies.ShmBody(slab, meta["_size"])
+            return p.client_header(kind, len(pooled)), pooled
         if slab == mine:
             ref = {"kind": kind, "path": slab, "size": meta["_size"], "slab": True}
             return (p.client_frame(p.FILE, json.dumps(ref).encode()),)

@@ -39,7 +39,7 @@ RESULT_HEADER = RESULT_SLAB
 def not_kept_error(call_id: str | None = None) -> NotFound:
     """What anyone but the lender of a result slab gets for that result."""
     what = f"call {call_id}" if call_id else "this call"
-    return NotFound(f"the result of {what} was handed to its caller in shared memory and not kept",
+    return NotFound(f"the result of {what} was handed to its caller and not kept",
                     hint="to fetch a call's result again later, start it with .spawn() or an explicit call id")
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from tether.daemon import protocol as p
+from tether.daemon import result_pool
 from tether.daemon.auth import AccessPolicy, check_code_roots
 from tether.daemon.calls import Call, CallTable
 from tether.daemon.store import Manifest, discard
@@ -180,10 +181,14 @@ class Daemon:
         return {"name": spec.name, "env": spec.env.name, "methods": meta.get("methods", {}), "pid": worker.pid}
 
     async def start_call(self, call_id: str, name: str, method: str | None, body: bytes, json_mode: bool,
-                         arg_file: str | None = None, lent: dict[str, Any] | None = None) -> Call:
+                         arg_file: str | None = None, lent: dict[str, Any] | None = None,
+                         pooled: str | None = None) -> Call:
         """Send a call to its worker. Its arguments are ``body``, or the shared-memory file ``arg_file``, which
         the daemon owns: it is removed whatever happens; or the slab a client lent (``lent``: the ``_lent`` and
-        ``_slab`` CALL meta, see ``tether.daemon.slabs``)."""
+        ``_slab`` CALL meta, see ``tether.daemon.slabs``). ``pooled``: the daemon's own file lent as ``_slab``
+        for a private call's big result (``tether.daemon.result_pool``); back to the pool if the call does not
+        start."""
+        started = False
         try:
             worker = await self.worker_for(name)
             existing = self.calls.attachable(call_id)  # the same id arrived while this one waited: attach to it
@@ -194,7 +199,7 @@ class Daemon:
                 if arg_file is not None:
                     p.unlink_quietly(arg_file)
                 return existing
-            call = Call(call_id, name, method, json_mode, arg_file)
+            call = Call(call_id, name, method, json_mode, arg_file, pooled=pooled)
             meta: dict[str, Any] | bytes = self._call_meta(name, method, json_mode)
             if arg_file is not None or lent:
                 meta = {"name": name, "method": method, "mode": "json" if json_mode else "pickle", **(lent or {})}
@@ -204,6 +209,7 @@ class Daemon:
             self.calls.add(call)  # journaled before the worker sees it
             try:
                 call.worker_tag = worker.request(p.CALL, meta, body, call.add)
+                started = True
             except BaseException:
                 self.calls.discard(call)
                 raise
@@ -211,6 +217,9 @@ class Daemon:
             if arg_file is not None:
                 p.unlink_quietly(arg_file)
             raise
+        finally:
+            if pooled is not None and not started:
+                result_pool.POOL.give_back(pooled)
         cancelled_at = self._cancelled_early.pop(call_id, None)
         if cancelled_at is not None and time.monotonic() - cancelled_at < 60:  # its caller gave up on the way
             worker.cancel(call.worker_tag)

@@ -82,6 +82,7 @@ class DaemonClient:
             self._may_follow = FOLLOW_BODIES
             self._may_pieces = True  # the lean transports send a body of Pieces as it is
         self._follow = False  # the daemon said it takes bodies that follow (see _learn)
+        self._received: list[str] = []  # private calls whose big results arrived whole (X-Tether-Received)
         self.sync = SyncDaemonClient(self)
         """The same methods, blocking (see :class:`tether.client.syncclient.SyncDaemonClient`)."""
 
@@ -261,6 +262,7 @@ class DaemonClient:
                 verb, path, headers = self._route(name, method, call_id, caller, attach, expect)
                 body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
                 self._follow_if_big(body, headers)
+                private = self._private(headers, lend and not attach)
                 try:
                     resp = await self._async.asend(verb, path, headers, body)
                     out.attempt = resp.headers.get(h.CALL_ATTEMPT.lower())
@@ -276,6 +278,7 @@ class DaemonClient:
                                     break
                     finally:
                         resp.close()
+                    self._note_received(call_id, out, private)
                     return out.outcome(call_id)
                 except Dropped:
                     if out.done:
@@ -309,10 +312,11 @@ class DaemonClient:
                                       attach=attach))
         out = Outcome(on_log)
         verb, path, headers = self._route(name, method, call_id, caller, attach, expect)
-        resumed = False
+        resumed = private = False
         try:
             body, out.lease = self._body(name, method, args, kwargs, headers, attach, lend)
             self._follow_if_big(body, headers)
+            private = self._private(headers, lend and not attach)
             resp = transport.send(verb, path, headers, body)
             out.attempt = resp.headers.get(h.CALL_ATTEMPT.lower())
             self._learn(resp.headers)
@@ -339,6 +343,7 @@ class DaemonClient:
         finally:
             if not resumed:
                 self._settle(name, method, out)
+        self._note_received(call_id, out, private)
         return out.outcome(call_id)
 
     def _follow_if_big(self, body: bytes | Pieces, headers: dict[str, str]) -> None:
@@ -346,6 +351,26 @@ class DaemonClient:
         (:data:`~tether.protocol.headers.BODY_FOLLOWS`: received straight into its argument file)."""
         if self._follow and len(body) >= slabs.SHM_THRESHOLD:
             headers[h.BODY_FOLLOWS] = str(len(body))
+
+    def _private(self, headers: dict[str, str], private: bool) -> bool:
+        """Mark a call whose id only we know (``lend``) as private, so that the daemon may leave a big result in a
+        file it reuses once we say we have it; and say which earlier private results we have
+        (``X-Tether-Private`` / ``X-Tether-Received``, see ``tether.daemon.result_pool``). Not for same-host
+        calls (their big results come in slabs of our own)."""
+        if self._received:
+            done, self._received = self._received, []
+            headers[h.RECEIVED] = ",".join(done[-64:])
+        if private and self._may_pieces and not self._shm:
+            headers[h.PRIVATE] = "1"
+            return True
+        return False
+
+    def _note_received(self, call_id: str, out: Outcome, private: bool) -> None:
+        """A private call's big result arrived whole: the next call says so."""
+        if private and out.big_payload and out.failure is None:
+            if len(self._received) >= 256:
+                del self._received[:128]
+            self._received.append(call_id)
 
     def _learn(self, headers: dict[str, str]) -> None:
         """Note from a call's response whether the daemon takes bodies that follow."""

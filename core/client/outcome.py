@@ -54,7 +54,7 @@ class Outcome:
     items from :attr:`items` as they come (:meth:`take_items`).
     """
 
-    __slots__ = ("attempt", "big_result", "done", "error", "failure", "final", "items", "lease", "on_log", "seen",
+    __slots__ = ("attempt", "big_payload", "big_result", "done", "error", "failure", "final", "items", "lease", "on_log", "seen",
                  "value")
 
     def __init__(self, on_log: LogSink | None) -> None:
@@ -67,6 +67,7 @@ class Outcome:
         self.done = False
         self.final = False  # the call's RESULT or ERROR arrived: the worker is done with its slabs
         self.big_result = False  # the result came in a file the daemon owns (next time: lend a result slab)
+        self.big_payload = False  # the result came through the socket, 1 MiB or more
         self.lease: slabs.Lease | None = None
         self.attempt: str | None = None  # the run of the call id the frames came from (X-Tether-Call-Attempt)
 
@@ -90,6 +91,7 @@ class Outcome:
                     return False
                 self.value = self.items if self.items is not None else loaded
             elif kind == p.RESULT:
+                self.big_payload = hasattr(payload, "readinto") or len(payload) >= slabs.THRESHOLD  # streamed: big
                 self.value = self.items if self.items is not None else loads(payload)
             elif kind == p.ERROR:
                 self.error = payload

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
-    "ACCEPT_SHM", "AUTHORIZATION", "BODY_FOLLOWS", "CALLER", "CALL_ATTEMPT", "CALL_ID", "EXPECT", "FRAMES", "JSON", "PICKLE", "PREFER", "RESPOND_ASYNC",
+    "ACCEPT_SHM", "AUTHORIZATION", "BODY_FOLLOWS", "CALLER", "CALL_ATTEMPT", "CALL_ID", "EXPECT", "FRAMES", "JSON", "PICKLE", "PREFER", "PRIVATE", "RECEIVED", "RESPOND_ASYNC",
     "RESULT_SLAB", "SHM", "SHM_LENT", "bearer", "wants_async",
 ]
 
@@ -40,6 +40,12 @@ daemon receives them straight into the argument file its worker maps, past the H
 piece it reads (``tether.daemon.bodies``). On a call's response: ``1``, this daemon takes bodies that follow. A
 client sends one only to a daemon that said so, over a connection that reaches the daemon itself (a tunnel, not an
 HTTP proxy)."""
+PRIVATE = "X-Tether-Private"
+"""``1`` on a pickle call: only its caller knows its call id (nobody else attaches to it), so a big result may be
+left in a file the daemon reuses once the caller has it (``tether.daemon.result_pool``)."""
+RECEIVED = "X-Tether-Received"
+"""On a call: ``<call id>,<call id>…`` of private calls whose results this caller received whole; the daemon takes
+their files back (anyone attaching to those ids afterwards gets ``NotFound``: the result was not kept)."""
 PREFER = "Prefer"
 RESPOND_ASYNC = "respond-async"
 """``Prefer: respond-async`` (RFC 7240) on a call = spawn it: the daemon answers ``202 {"call_id", "state", ...}``
