@@ -160,11 +160,9 @@ class Call:
     def release(self) -> None:
         """The call left the table: delete its files once no response is being written from them."""
         self._released = True
+        self.release_pooled()  # at once, or once unpinned
         if not self._pins:
-            self.release_pooled()
             self._delete_files()
-        else:
-            self._pool_release = True
 
     def _delete_files(self) -> None:
         if self._files:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import atexit
 import os
 
-from tether.protocol.shm import SHM_DIR, shm_name, shm_share, unlink_quietly
+from tether.protocol.shm import SHM_DIR, new_shm_file, shm_share, unlink_quietly
 
 __all__ = ["POOL", "ResultPool", "note_big", "wants"]
 
@@ -41,13 +41,14 @@ class ResultPool:
         empty one when none is free (the worker grows it); None without ``/dev/shm``."""
         if SHM_DIR is None:
             return None
-        path = self.free.pop() if self.free else None
-        if path is None:
-            path = shm_name()
+        if self.free:
+            path = self.free.pop()
+        else:
             try:
-                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+                f, path = new_shm_file()  # private (0600), named for this process
             except OSError:
                 return None
+            f.close()
         self.lent.add(path)
         return path
 

@@ -118,7 +118,7 @@ def _take_back_received(request: web.Request, d: Any) -> None:
         return
     grant = request.get(GRANT_KEY)
     for call_id in ids.split(",")[:64]:
-        call = d.calls.calls.get(call_id.strip())
+        call = d.calls.get(call_id.strip())
         if call is None or call.pooled is None or not call.done:  # a running call's worker may be writing into it
             continue
         starter = d.starter_of(call.call_id)

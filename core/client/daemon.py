@@ -394,11 +394,10 @@ class DaemonClient:
         if attach:
             return b"", None
         big = slabs.is_big(args, kwargs)
-        if not (big and self._shm) and not (lend and self._shm and (name, method) in self._big_results):
-            if big and self._may_pieces:  # through the socket: sent from the pickler's pieces, not one copy
-                return dump_pieces(args, kwargs), None
+        if not self._shm:  # through the socket: big arguments sent from the pickler's pieces, not one copy
+            return (dump_pieces(args, kwargs) if big and self._may_pieces else dumps_args(args, kwargs)), None
+        if not big and not (lend and (name, method) in self._big_results):
             return dumps_args(args, kwargs), None
-        big = big and self._shm
         lease = slabs.Lease()
         try:
             if lend:

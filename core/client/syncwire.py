@@ -320,19 +320,16 @@ class SyncTransport:
                 conn = self._connect(min(self.connect_timeout, wait))
             try:
                 conn.sock.settimeout(wait)
-                if follows:
+                if follows or (body and len(body) > 65536):
                     conn.sock.sendall(data)
-                    status, hdrs = _read_head(conn)
-                    if status == 100:
-                        _send_body(conn.sock, body)
+                    if follows:  # the body only after the daemon's 100 Continue
                         status, hdrs = _read_head(conn)
-                elif body and len(body) > 65536:
-                    conn.sock.sendall(data)
+                        if status != 100:
+                            return BlockingResponse(status, hdrs, conn, self)
                     _send_body(conn.sock, body)
-                    status, hdrs = _read_head(conn)
                 else:
                     conn.sock.sendall(data + bytes(body))
-                    status, hdrs = _read_head(conn)
+                status, hdrs = _read_head(conn)
                 return BlockingResponse(status, hdrs, conn, self)
             except TimeoutError as exc:
                 conn.close()

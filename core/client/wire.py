@@ -227,15 +227,14 @@ class AsyncTransport:
                 if follows:
                     conn.writer.write(data)
                     status, hdrs = await _read_head(conn, loop)
-                    if status == 100:
-                        await _send_big(conn.writer, b"", body)
-                        status, hdrs = await _read_head(conn, loop)
+                    if status != 100:  # refused before the body: that is the answer
+                        return Response(status, hdrs, conn, self.endpoint, pool)
+                    await _send_big(conn.writer, b"", body)
                 elif len(body) >= SHM_THRESHOLD:
                     await _send_big(conn.writer, data, body)
-                    status, hdrs = await _read_head(conn, loop)
                 else:
                     conn.writer.writelines([data, bytes(body)] if body else [data])
-                    status, hdrs = await _read_head(conn, loop)
+                status, hdrs = await _read_head(conn, loop)
                 return Response(status, hdrs, conn, self.endpoint, pool)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
                 conn.close()
