@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import tether
-from tests.core import services as svc
+from tests.tcp_clusters import KINDS, echo_cluster
+from tests.tcp_clusters import tcp_client as tcp_client_of
 from tether.client import DaemonClient
 from tether.client.loop import run_sync
 from tether.errors import SerializationError
@@ -27,19 +27,14 @@ from tether.errors import SerializationError
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module", params=["plain", "tls"])
+@pytest.fixture(scope="module", params=KINDS)
 def tcp_client(request: pytest.FixtureRequest, module_home: Any) -> Iterator[DaemonClient]:
     """A client of a real local daemon that talks to it the way a client on another host does: over TCP."""
     kind = request.param
-    c = tether.cluster(name=f"big-{kind}", **({"server_connection_type": "tls"} if kind == "tls" else {})).up_if_not()
-    try:
-        tether.function(svc.echo).to(c, name="echo")
-        h = c.handle
-        client = DaemonClient(h.endpoint, h.token, h.tls_fingerprint)
-        assert client.unix_socket is None and h.endpoint.startswith("https://" if kind == "tls" else "http://")
+    with echo_cluster(f"big-{kind}", kind) as c:
+        client = tcp_client_of(c)
+        assert client.endpoint.startswith("https://" if kind == "tls" else "http://")
         yield client
-    finally:
-        c.teardown()
 
 
 def _payload(size: int) -> bytes:

@@ -21,9 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 
-import tether
-from tests.core import services as svc
-from tether.client import DaemonClient
+from tests.tcp_clusters import KINDS, echo_cluster, tcp_client
 from tether.client import daemon as client_daemon
 from tether.client.loop import run_sync
 from tether.daemon import bodies
@@ -39,22 +37,10 @@ pytestmark = pytest.mark.skipif(SHM_DIR is None, reason="needs a writable /dev/s
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module", params=["plain", "tls"])
+@pytest.fixture(scope="module", params=KINDS)
 def cluster(request: pytest.FixtureRequest, module_home: Any) -> Iterator[Any]:
-    kind = request.param
-    c = tether.cluster(name=f"follows-{kind}", **({"server_connection_type": "tls"} if kind == "tls" else {})).up_if_not()
-    try:
-        tether.function(svc.echo).to(c, name="echo")
+    with echo_cluster(f"follows-{request.param}", request.param) as c:
         yield c
-    finally:
-        c.teardown()
-
-
-def _tcp_client(c: Any) -> DaemonClient:
-    h = c.handle
-    client = DaemonClient(h.endpoint, h.token, h.tls_fingerprint)  # no unix socket: TCP, as from another host
-    assert client.unix_socket is None
-    return client
 
 
 class Raw:
@@ -121,7 +107,7 @@ def _settles(pid: int, before: set[str]) -> bool:
 
 
 def test_a_client_sends_big_bodies_after_the_head_once_the_daemon_said_it_takes_them(cluster: Any) -> None:
-    client = _tcp_client(cluster)
+    client = tcp_client(cluster)
     assert not client._follow
     small = client.call_sync("echo", None, (b"hi",), {}, call_id=os.urandom(8).hex())
     assert small == b"hi" and client._follow  # the call's response said so
@@ -174,7 +160,7 @@ def test_a_bad_announcement_is_refused_before_any_body_is_asked_for(cluster: Any
             assert error["details"]["reason"] == reason
     finally:
         raw.close()
-    assert _tcp_client(cluster).call_sync("echo", None, (b"still",), {}, call_id=os.urandom(8).hex()) == b"still"
+    assert tcp_client(cluster).call_sync("echo", None, (b"still",), {}, call_id=os.urandom(8).hex()) == b"still"
 
 
 def test_a_wrong_token_gets_its_401_without_being_asked_for_the_body(cluster: Any) -> None:
@@ -194,7 +180,7 @@ def test_a_wrong_token_gets_its_401_without_being_asked_for_the_body(cluster: An
 
 def test_a_body_that_is_no_pickle_or_ends_early_leaves_no_file_behind(cluster: Any) -> None:
     h = cluster.handle
-    client = _tcp_client(cluster)
+    client = tcp_client(cluster)
     pid = client.sync.daemon_status()["pid"]
     before = _files_of(pid)
     raw = Raw(h.endpoint)
@@ -219,11 +205,9 @@ def test_a_body_that_is_no_pickle_or_ends_early_leaves_no_file_behind(cluster: A
 
 def test_a_client_that_stops_sending_its_body_is_dropped(module_home: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TETHER_BODY_STALL_S", "1")  # read by the daemon this cluster starts
-    c = tether.cluster(name="follows-stall").up_if_not()
-    try:
-        tether.function(svc.echo).to(c, name="echo")
+    with echo_cluster("follows-stall", "plain") as c:
         h = c.handle
-        client = _tcp_client(c)
+        client = tcp_client(c)
         pid = client.sync.daemon_status()["pid"]
         before = _files_of(pid)
         raw = Raw(h.endpoint, timeout=20)
@@ -238,14 +222,12 @@ def test_a_client_that_stops_sending_its_body_is_dropped(module_home: Any, monke
             raw.close()
         assert _settles(pid, before)
         assert client.call_sync("echo", None, (b"still",), {}, call_id=os.urandom(8).hex()) == b"still"
-    finally:
-        c.teardown()
 
 
 def test_without_the_daemons_word_or_when_turned_off_the_body_goes_the_ordinary_way(
         cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[dict[str, str]] = []
-    client = _tcp_client(cluster)
+    client = tcp_client(cluster)
     transport = client._sync
     assert transport is not None
     real = transport.send
@@ -260,7 +242,7 @@ def test_without_the_daemons_word_or_when_turned_off_the_body_goes_the_ordinary_
     assert client.call_sync("echo", None, (payload,), {}, call_id=os.urandom(8).hex()) == payload
     assert [BODY_FOLLOWS in s for s in sent] == [False, True]
     monkeypatch.setattr(client_daemon, "FOLLOW_BODIES", False)
-    off = _tcp_client(cluster)
+    off = tcp_client(cluster)
     assert off.call_sync("echo", None, (b"a",), {}, call_id=os.urandom(8).hex()) == b"a"
     assert not off._follow  # it never sends one
 

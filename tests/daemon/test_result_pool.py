@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-import tether
-from tests.core import services as svc
+from tests.tcp_clusters import KINDS, echo_cluster, tcp_client
 from tether.client import DaemonClient
 from tether.client.loop import run_sync
 from tether.daemon import protocol as p
@@ -29,22 +28,10 @@ pytestmark = pytest.mark.skipif(SHM_DIR is None, reason="needs a writable /dev/s
 MB = 1024 * 1024
 
 
-@pytest.fixture(scope="module", params=["plain", "tls"])
+@pytest.fixture(scope="module", params=KINDS)
 def cluster(request: pytest.FixtureRequest, module_home: Any) -> Iterator[Any]:
-    kind = request.param
-    c = tether.cluster(name=f"pool-{kind}", **({"server_connection_type": "tls"} if kind == "tls" else {})).up_if_not()
-    try:
-        tether.function(svc.echo).to(c, name="echo")
+    with echo_cluster(f"pool-{request.param}", request.param) as c:
         yield c
-    finally:
-        c.teardown()
-
-
-def _client(c: Any) -> DaemonClient:
-    h = c.handle
-    client = DaemonClient(h.endpoint, h.token, h.tls_fingerprint)  # TCP, as from another host
-    assert client.unix_socket is None
-    return client
 
 
 def _daemon_files(pid: int) -> set[str]:
@@ -56,7 +43,7 @@ def _private(client: DaemonClient, payload: Any) -> Any:
 
 
 def test_private_big_results_come_back_intact_through_files_the_daemon_reuses(cluster: Any) -> None:
-    client = _client(cluster)
+    client = tcp_client(cluster)
     pid = client.sync.daemon_status()["pid"]
     payloads = [os.urandom(3 * MB + i) for i in range(8)]
     assert _private(client, payloads[0]) == payloads[0]  # the target returns big results: noted
@@ -74,7 +61,7 @@ def test_private_big_results_come_back_intact_through_files_the_daemon_reuses(cl
 
 
 def test_a_private_result_stays_attachable_until_its_caller_says_it_has_it(cluster: Any) -> None:
-    client, other = _client(cluster), _client(cluster)
+    client, other = tcp_client(cluster), tcp_client(cluster)
     warm = os.urandom(2 * MB)
     assert _private(client, warm) == warm
     payload = os.urandom(4 * MB)
@@ -87,7 +74,7 @@ def test_a_private_result_stays_attachable_until_its_caller_says_it_has_it(clust
 
 
 def test_a_call_with_an_id_of_its_own_keeps_its_result_for_anyone_holding_the_id(cluster: Any) -> None:
-    client, other = _client(cluster), _client(cluster)
+    client, other = tcp_client(cluster), tcp_client(cluster)
     payload = os.urandom(3 * MB)
     call_id = os.urandom(8).hex()
     for _ in range(2):
