@@ -59,17 +59,24 @@ def fresh_process(cluster: Any, reps: int) -> list[Row]:
     env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="tether-pyc-")
     call = [sys.executable, "-c", "import tether; tether.function(name='addsvc')(1, 2)"]
     _wall(call, env)  # fills the bytecode cache
-    fresh = [_wall(call, env) for _ in range(reps)]
-    bare = [_wall([sys.executable, "-c", "pass"], env) for _ in range(reps)]
-    imp = [_wall([sys.executable, "-c", "import tether"], env) for _ in range(reps)]
+    fresh: list[float] = []
+    bare: list[float] = []
+    imp: list[float] = []
+    floor: list[float] = []
+    for _ in range(reps):  # interleaved: this box's speed drifts by a third over a minute
+        fresh.append(_wall(call, env))
+        bare.append(_wall([sys.executable, "-c", "pass"], env))
+        imp.append(_wall([sys.executable, "-c", "import tether"], env))
+        floor.append(_wall([sys.executable, "-c", "import pydantic.main"], env))
     local = []
     for _ in range(max(reps, 20)):
         t = time.perf_counter()
         f(1, 2)
         local.append(time.perf_counter() - t)
     return [
-        ("fresh process: load 'addsvc' by name + first call, median s", median_s(fresh),
+        ("fresh process: load 'addsvc' by name + first call, median s", f"{median_s(fresh)} (min {min(fresh):.3f})",
          f"{median_s(bare)} (python -c pass)"),
+        ("fresh process: import pydantic alone, median s", median_s(floor), f"{median_s(bare)} (python -c pass)"),
         ("fresh process: import tether alone, median s", median_s(imp), f"{median_s(bare)} (python -c pass)"),
         ("the same call made in-process, median ms", f"{statistics.median(local) * 1000:.2f}", "-"),
     ]

@@ -64,6 +64,10 @@ DEFERRED = {
     ("tether.api.services", "cloudpickle"): _CLOUDPICKLE,
     ("tether.runs.ids", "cloudpickle"): _CLOUDPICKLE,
     ("tether.client.daemon", "tenacity"): _TENACITY,
+    ("tether.api.clusters", "tether.compute.routing"): "the router with its catalog and models (~10 ms), only for "
+                                                      "`.plan()`; bring-up plans inside the backend",
+    ("tether.api.services", "tether.api.distribute"): "the replica pool and the engines (~8 ms), only for "
+                                                       "`.distribute()`, which a fresh caller does not use",
     ("tether.client.syncclient", "tenacity"): _TENACITY,
     ("tether.registry.usage", "tenacity"): _TENACITY,
 }

@@ -19,7 +19,6 @@ from tether.api.records import save_resource
 from tether.client import AsyncClient
 from tether.compute import ClusterHandle, get_backend
 from tether.compute.nodes import Node
-from tether.compute.routing import plan
 from tether.compute.state import load_state, state_backend, write_private
 from tether.errors import AuthError, ClusterUnavailable, ConfigError, NotFound
 from tether.home import clusters_dir
@@ -186,6 +185,8 @@ class Cluster:
 
     def plan(self) -> Any:
         """The ranked candidates this cluster's spec would launch on, with reasons (launches nothing)."""
+        from tether.compute.routing import plan
+
         return plan(self.spec)
 
     @property

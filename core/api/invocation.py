@@ -34,10 +34,10 @@ from tether.api.records import record_call
 from tether.client import LogSink, routes
 from tether.client.loop import background_loop
 from tether.errors import AuthError, ClusterUnavailable, NotFound
-from tether.escalation import Attempt
 
 if TYPE_CHECKING:
     from tether.api.services import _Service
+    from tether.escalation import Attempt
 
 __all__ = ["Invocation", "new_call_id"]
 

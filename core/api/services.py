@@ -16,13 +16,13 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tether import escalation
 from tether.api.calls import CallHandle
 from tether.api.clusters import Cluster, new_cluster
 from tether.api.codesync import code_ref, content_hash
 from tether.api.compat import CALL_KEYWORDS, call_keywords, placement
-from tether.api.distribute import distribute
 from tether.api.envs import Env
 from tether.api.invocation import Invocation
 from tether.api.placement import code_root_on, place_env, resolve_env
@@ -32,9 +32,11 @@ from tether.api.sharing import json_call, refuses_pickle
 from tether.api.spellings import FunctionSpellings, InstanceSpellings, ServiceSpellings
 from tether.client import AsyncClient, LogSink, default_log_sink
 from tether.errors import AuthError, ConfigError
-from tether.escalation import Attempt, Escalation, Ladder, Step
 from tether.protocol.deployments import deployment_id
 from tether.specs import ServiceSpec, build
+
+if TYPE_CHECKING:  # the policy and its runner load on first use (tether.escalation is lazy)
+    from tether.escalation import Attempt, Escalation, Ladder, Step
 
 __all__ = ["Function", "RemoteClass", "RemoteInstance", "ServiceOptions", "service_from_config"]
 
@@ -121,7 +123,7 @@ class _Service(ServiceSpellings):
             "on_attempt": on_attempt, "replayable": replayable}.items() if v is not _UNCHANGED}
         fields: dict[str, Any] = {}
         if on_oom is not _UNCHANGED:
-            changes["on_oom"] = None if on_oom is None else Escalation.coerce(on_oom)
+            changes["on_oom"] = None if on_oom is None else escalation.Escalation.coerce(on_oom)
             fields["_placement"] = _Placement()
         return self._copy(options=replace(self.options, **changes), **fields)
 
@@ -236,7 +238,7 @@ class _Service(ServiceSpellings):
         place = self._placement
         with place.lock:
             start, cluster = place.index, place.cluster
-        return Ladder(self.options.on_oom, self.cluster, start=start, start_cluster=cluster,
+        return escalation.Ladder(self.options.on_oom, self.cluster, start=start, start_cluster=cluster,
                       on_attempt=self.options.on_attempt)
 
     def _on_rung(self, step: Step) -> _Service:
@@ -326,6 +328,8 @@ class _Service(ServiceSpellings):
     def distribute(self, kind: str, **options: Any) -> Any:
         """Hand this deployed service to ``"pool"``, ``"pytorch"``, ``"ray"`` or ``"dask"`` over the cluster's nodes
         (options: ``num_replicas``, ``replicas_per_node``; see :mod:`tether.api.distribute`)."""
+        from tether.api.distribute import distribute
+
         return distribute(self, kind, **options)
 
     def delete(self) -> None:
@@ -359,7 +363,7 @@ def service_from_config(config: dict[str, Any], *, version: int | None = None,
     svc.cluster = Cluster.from_config(config["cluster"])
     svc.env = Env(svc.spec.env)
     if config.get("on_oom"):
-        svc.options = replace(svc.options, on_oom=Escalation.model_validate(config["on_oom"]))
+        svc.options = replace(svc.options, on_oom=escalation.Escalation.model_validate(config["on_oom"]))
     if isinstance(svc, RemoteClass):
         svc.cls = None
     svc.loaded = True
@@ -386,7 +390,7 @@ class Function(FunctionSpellings, _Service):
         new: Function = self._copy(_placement=_Placement(), _verified=False)
         new._deploy(cluster, env, name, replace_env=replace_env)
         if on_oom is not None:
-            new.options = replace(new.options, on_oom=Escalation.coerce(on_oom))
+            new.options = replace(new.options, on_oom=escalation.Escalation.coerce(on_oom))
         return new
 
     @classmethod

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tether.errors import ConfigError
 
@@ -58,6 +58,8 @@ _GCP_GPU_ONLY_FAMILIES = ("a2-", "a3-", "a4-", "g2-", "g4-")
 
 class Offering(BaseModel):
     """One instance type in one region of one cloud, with its on-demand and spot price per hour."""
+
+    model_config = ConfigDict(defer_build=True)  # built at first use, not import
 
     cloud: str = Field(description="lower-case cloud name: aws, gcp, lambda")
     region: str

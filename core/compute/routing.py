@@ -64,6 +64,8 @@ class RoutingPolicy(BaseModel):
 class Request(BaseModel):
     """A parsed resource request."""
 
+    model_config = ConfigDict(defer_build=True)  # built at first use, not import
+
     accelerator: str | None = Field(None, description="GPU name; None for CPU-only requests")
     accelerator_count: float | None = None
     accelerator_count_min: bool = False
@@ -95,6 +97,8 @@ class Request(BaseModel):
 class Candidate(BaseModel):
     """One offering considered for the request, with why it was ranked where it is or skipped."""
 
+    model_config = ConfigDict(defer_build=True)  # built at first use, not import
+
     cloud: str
     region: str
     instance_type: str
@@ -124,6 +128,8 @@ class Candidate(BaseModel):
 class Attempt(BaseModel):
     """One launch attempt made while walking the plan."""
 
+    model_config = ConfigDict(defer_build=True)  # built at first use, not import
+
     candidate: str = Field(description="cloud/region/instance_type")
     outcome: Literal["ok", "capacity", "quota", "auth", "skipped"]
     message: str = ""
@@ -131,6 +137,8 @@ class Attempt(BaseModel):
 
 class Plan(BaseModel):
     """Ranked candidates (best first), the offerings that were skipped and why, and launch attempts so far."""
+
+    model_config = ConfigDict(defer_build=True)  # built at first use, not import
 
     request: str
     policy: RoutingPolicy

@@ -33,6 +33,8 @@ _INHERITED = ("provider", "regions", "exclude_regions", "use_spot", "autostop_mi
 class Attempt(BaseModel):
     """One try on one rung: where, how it ended, how long it took and what it cost (estimated)."""
 
+    model_config = ConfigDict(defer_build=True)  # built at first use, not import
+
     instance_type: str | None = Field(description="the rung; None for the embedded default cluster")
     outcome: Outcome
     seconds: float = Field(description="wall time on this rung: bring-up, deploy and call")

@@ -29,7 +29,11 @@ from tether.registry.names import Ref
 from tether.registry.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("aiohttp", "sqlalchemy", "structlog", "rich", "cloudpickle", "tenacity")
+HEAVY = ("aiohttp", "sqlalchemy", "structlog", "rich", "cloudpickle", "tenacity",
+         # tether's own modules that a plain call by name does not use: the router and its catalog, OOM
+         # escalation (policy and runner), the distributed engines
+         "tether.compute.routing", "tether.compute.catalog", "tether.escalation.policy", "tether.escalation.runner",
+         "tether.api.distribute")
 
 PROGRAM = """
 import asyncio, json, sys
