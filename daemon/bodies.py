@@ -286,46 +286,62 @@ async def _after(call: Call, slab: ArgSlab) -> None:
 
 class ShmBody:
     """A response body in a ``/dev/shm`` file: sent by ``sendfile`` over a plain socket, from a read-only mapping in
-    slices over TLS (see :meth:`send`)."""
+    slices over TLS (see :meth:`send`). ``view``: the file's bytes through a mapping the daemon keeps (a result pool
+    file, :mod:`tether.daemon.result_pool`), written to the socket as they are."""
 
-    __slots__ = ("path", "size")
+    __slots__ = ("path", "size", "view")
 
-    def __init__(self, path: str, size: int) -> None:
+    def __init__(self, path: str, size: int, view: memoryview | None = None) -> None:
         self.path = path
         self.size = size
+        self.view = view
 
     def __len__(self) -> int:
         return self.size
 
     async def send(self, request: web.Request, stream: web.StreamResponse) -> str:
-        """Write the file to ``stream`` (prepared, its headers sent); returns how: ``"sendfile"`` (a plain socket)
-        or ``"mapped"`` (TLS, or a transport without a socket)."""
+        """Write the file to ``stream`` (prepared, its headers sent); returns how: ``"sendfile"`` or ``"written"``
+        (a kept mapping) over a plain socket, ``"mapped"`` (TLS, or a transport without a socket)."""
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("the connection is gone")
         sock = transport.get_extra_info("socket")
-        with open(self.path, "rb", buffering=0) as f:
-            if transport.get_extra_info("sslcontext") is None and sock is not None:
-                while transport.get_write_buffer_size():  # what was written before goes first
-                    await asyncio.sleep(0.001)
-                await asyncio.get_running_loop().run_in_executor(None, _sendfile, sock.fileno(), f.fileno(),
-                                                                 self.size)
-                return "sendfile"
-            view = memoryview(mmap.mmap(f.fileno(), self.size, prot=mmap.PROT_READ))  # goes with its last slice
+        plain = transport.get_extra_info("sslcontext") is None and sock is not None
+        if plain:
+            while transport.get_write_buffer_size():  # what was written before goes first
+                await asyncio.sleep(0.001)
+        loop = asyncio.get_running_loop()
+        if self.view is not None:
+            if plain:
+                await loop.run_in_executor(None, _to_socket, sock.fileno(), self.view, None)
+                return "written"
+            view = self.view
+        else:
+            with open(self.path, "rb", buffering=0) as f:
+                if plain:
+                    await loop.run_in_executor(None, _to_socket, sock.fileno(), f.fileno(), self.size)
+                    return "sendfile"
+                view = memoryview(mmap.mmap(f.fileno(), self.size, prot=mmap.PROT_READ))  # goes with its last slice
         for off in range(0, self.size, _SLICE):
             await stream.write(view[off:off + _SLICE])
         return "mapped"
 
 
-def _sendfile(sock: int, fd: int, count: int) -> None:
-    """``count`` bytes of ``fd`` to the (non-blocking) socket ``sock`` by ``sendfile``, waiting in this thread for
-    room (the event loop's own writes to this socket wait for the response, and its reads go on)."""
+def _to_socket(sock: int, source: int | memoryview, count: int | None) -> None:
+    """All of ``source`` to the (non-blocking) socket ``sock``: ``count`` bytes of file descriptor ``source`` by
+    ``sendfile``, or a mapped view by ``write``, waiting in this thread for room (the event loop's own writes to
+    this socket wait for the response, and its reads go on)."""
     poll = select.poll()
     poll.register(sock, select.POLLOUT)
+    total = count if isinstance(source, int) else len(source)
+    assert total is not None
     offset = 0
-    while offset < count:
+    while offset < total:
         try:
-            sent = os.sendfile(sock, fd, offset, count - offset)
+            if isinstance(source, int):
+                sent = os.sendfile(sock, source, offset, total - offset)
+            else:
+                sent = os.write(sock, source[offset:])
         except BlockingIOError:
             sent = None
         if sent == 0:

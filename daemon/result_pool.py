@@ -12,7 +12,9 @@ mapped, so the next result is written into pages that are already there), and ta
 - at once when the call ended without using it (a small result, an error).
 
 A file goes back to the pool only while the pool holds fewer than ``keep`` files and ``max_bytes`` in all; else it
-is removed. Such a result is journaled as not kept (``_slab``, never ``_shm``), so a daemon restarted after a crash
+is removed. The daemon keeps a read-only mapping of each file too, and sends a result from it: a tmpfs file's
+``sendfile`` costs more than writing pages that are already mapped (measured: ~5.6 against ~4.6 ms for 10 MB
+over loopback). Such a result is journaled as not kept (``_slab``, never ``_shm``), so a daemon restarted after a crash
 never hands out a reused file as an old call's result. Only targets that returned a big result before get a file
 (:func:`wants`): a small call's path is unchanged.
 """
@@ -20,6 +22,7 @@ never hands out a reused file as an old call's result. Only targets that returne
 from __future__ import annotations
 
 import atexit
+import mmap
 import os
 
 from tether.protocol.shm import SHM_DIR, new_shm_file, shm_share, unlink_quietly
@@ -35,6 +38,7 @@ class ResultPool:
         self.max_bytes = shm_share(max_bytes)
         self.free: list[str] = []
         self.lent: set[str] = set()
+        self.maps: dict[str, mmap.mmap] = {}  # each file's read-only mapping, as long as the file is the pool's
 
     def take(self) -> str | None:
         """A file for one result (the most recently returned: the worker most likely still has it mapped); a new,
@@ -52,15 +56,39 @@ class ResultPool:
         self.lent.add(path)
         return path
 
+    def view(self, path: str, size: int) -> memoryview | None:
+        """The first ``size`` bytes of pool file ``path`` through the pool's mapping of it (mapped again when the
+        worker grew the file past it); None when it cannot be mapped (the caller sends the file another way)."""
+        if path not in self.lent and path not in self.free:
+            return None
+        kept = self.maps.get(path)
+        if kept is None or len(kept) < size:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            try:
+                length = os.fstat(fd).st_size
+                if length < size or not size:
+                    return None
+                kept = self.maps[path] = mmap.mmap(fd, length, prot=mmap.PROT_READ)
+            except (OSError, ValueError):
+                return None
+            finally:
+                os.close(fd)
+        return memoryview(kept)[:size]
+
     def give_back(self, path: str) -> None:
         """``path`` is free again: kept for the next result, or removed when the pool is full."""
         self.lent.discard(path)
         try:
             size = os.stat(path).st_size
         except OSError:
+            self.maps.pop(path, None)
             return  # removed behind our back (a sweep): nothing to keep
         held = sum(_size(p) for p in self.free)
         if len(self.free) >= self.keep or held + size > self.max_bytes:
+            self.maps.pop(path, None)  # unmapped with its last view (a send still under way keeps it)
             unlink_quietly(path)
         else:
             self.free.append(path)
@@ -71,6 +99,7 @@ class ResultPool:
             unlink_quietly(path)
         self.free.clear()
         self.lent.clear()
+        self.maps.clear()
 
 
 def _size(path: str) -> int:

@@ -253,7 +253,7 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
             if not os.path.exists(slab):
                 kind, meta, body = call.gone()
                 return _client_payload(call, kind, meta, body, files)
-            pooled = bodies.ShmBody(slab, meta["_size"])
+            pooled = bodies.ShmBody(slab, meta["_size"], result_pool.POOL.view(slab, meta["_size"]))
             return p.client_header(kind, len(pooled)), pooled
         if slab == mine:
             ref = {"kind": kind, "path": slab, "size": meta["_size"], "slab": True}

@@ -129,3 +129,30 @@ def test_a_call_that_ends_without_a_big_result_gives_its_file_back_at_once(monke
     call.add(p.RESULT, {}, b"\x80\x05K\x01.")  # a small result, in the frame itself
     assert call.pooled is None and pool.free == [path]
     pool.close()
+
+
+def test_the_pool_maps_each_file_once_and_follows_it_when_the_worker_grows_it() -> None:
+    pool = result_pool.ResultPool(keep=1)
+    path = pool.take()
+    assert path is not None
+    assert pool.view(path, 10) is None  # still empty: nothing to map (the result is sent another way)
+    with open(path, "r+b") as f:
+        f.write(b"a" * 4096)
+    first = pool.view(path, 4096)
+    assert first is not None and bytes(first) == b"a" * 4096
+    assert pool.view(path, 100) is not None and pool.maps[path] is pool.maps[path]  # the same mapping again
+    mapping = pool.maps[path]
+    with open(path, "r+b") as f:  # the next result is bigger: the worker grew the file
+        f.seek(0)
+        f.write(b"b" * 8192)
+    second = pool.view(path, 8192)
+    assert second is not None and bytes(second) == b"b" * 8192 and pool.maps[path] is not mapping
+    assert pool.view("/dev/shm/not-the-pools", 10) is None  # only the pool's own files
+    other = pool.take()
+    assert other is not None
+    pool.give_back(other)
+    pool.give_back(path)  # the pool is full (keep=1): removed, its mapping dropped
+    assert not os.path.exists(path) and path not in pool.maps
+    assert bytes(second[:3]) == b"bbb"  # a send still under way reads on from its own view
+    pool.close()
+    assert not pool.maps

@@ -1,6 +1,7 @@
 """How the daemon sends a big result in a ``/dev/shm`` file to a client that is not on this host
 (``tether.daemon.bodies.ShmBody``): by ``sendfile`` over a plain socket (the file's pages go to the socket; nothing
-passes through the daemon's memory), from a mapping in slices over TLS (the TLS layer must see the bytes). Real
+passes through the daemon's memory), from a mapping in slices over TLS (the TLS layer must see the bytes), and, for
+a result pool's file that the daemon keeps mapped, by writing that mapping to the plain socket. Real
 aiohttp servers on real sockets, on the daemon's own event loop (uvloop when installed, and the stdlib loop); the
 client checks every byte and the keep-alive connection serves the next request."""
 
@@ -17,6 +18,7 @@ from aiohttp import web
 
 from tether.daemon import bodies
 from tether.daemon.eventloop import run
+from tether.daemon.result_pool import ResultPool
 from tether.daemon.tls import server_context
 from tether.protocol.shm import SHM_DIR, new_shm_file, unlink_quietly
 from tether.protocol.tls import ensure_self_signed
@@ -27,7 +29,8 @@ MiB = 1024 * 1024
 HEAD = b"frame-header"
 
 
-async def _serve_twice(payload_path: str, size: int, tls: ssl.SSLContext | None) -> tuple[list[str], list[bytes]]:
+async def _serve_twice(payload_path: str, size: int, tls: ssl.SSLContext | None,
+                       kept: memoryview | None = None) -> tuple[list[str], list[bytes]]:
     how: list[str] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -35,7 +38,7 @@ async def _serve_twice(payload_path: str, size: int, tls: ssl.SSLContext | None)
         stream.content_length = len(HEAD) + size
         await stream.prepare(request)
         await stream.write(HEAD)
-        how.append(await bodies.ShmBody(payload_path, size).send(request, stream))
+        how.append(await bodies.ShmBody(payload_path, size, kept).send(request, stream))
         await stream.write_eof()
         return stream
 
@@ -93,5 +96,24 @@ def test_plain_tcp_sends_the_file_by_sendfile_and_tls_from_a_mapping(result_file
     assert got == [HEAD + data, HEAD + data]
     ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
     how, got = run(_serve_twice(path, len(data), server_context(tmp_path / "cert.pem", tmp_path / "key.pem")))
+    assert how == ["mapped", "mapped"]
+    assert got == [HEAD + data, HEAD + data]
+
+
+@pytest.mark.parametrize("loop", ["auto", "asyncio"])
+def test_a_pool_file_is_written_from_the_daemons_kept_mapping(result_file, tmp_path: Path, monkeypatch,
+                                                              loop: str) -> None:
+    monkeypatch.setenv("TETHER_LOOP", loop)
+    path, data = result_file
+    pool = ResultPool()
+    pool.lent.add(path)  # as if taken for a call
+    kept = pool.view(path, len(data))
+    assert kept is not None and bytes(kept[:64]) == data[:64]
+    how, got = run(_serve_twice(path, len(data), None, kept))
+    assert how == ["written", "written"]
+    assert got == [HEAD + data, HEAD + data]
+    ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
+    tls = server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    how, got = run(_serve_twice(path, len(data), tls, pool.view(path, len(data))))
     assert how == ["mapped", "mapped"]
     assert got == [HEAD + data, HEAD + data]
