@@ -99,6 +99,7 @@ class RawEcho:
         self.tls = tls
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.conn: socket.socket | None = None  # the client's kept connection
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -122,23 +123,24 @@ class RawEcho:
                 conn.sendall(data)
 
     def round_trips(self, payload: bytes, reps: int, client_tls: ssl.SSLContext | None) -> list[float]:
-        sock: socket.socket = socket.create_connection(("127.0.0.1", self.port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if client_tls is not None:
-            sock = client_tls.wrap_socket(sock, server_hostname="127.0.0.1")
+        """``reps`` timed echoes of ``payload`` on one kept connection (a first, untimed one warms a new one)."""
+        fresh = self.conn is None
+        if self.conn is None:
+            sock: socket.socket = socket.create_connection(("127.0.0.1", self.port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.conn = client_tls.wrap_socket(sock, server_hostname="127.0.0.1") if client_tls is not None else sock
         out = []
-        with sock:
-            for _ in range(reps + 1):
-                t = time.perf_counter()
-                sock.sendall(len(payload).to_bytes(8, "big"))
-                sock.sendall(payload)
-                head = bytearray(8)
-                _recv_exactly(sock, memoryview(head))
-                back = bytearray(int.from_bytes(head, "big"))
-                _recv_exactly(sock, memoryview(back))
-                out.append(time.perf_counter() - t)
-                assert len(back) == len(payload)
-        return out[1:]
+        for _ in range(reps + fresh):
+            t = time.perf_counter()
+            self.conn.sendall(len(payload).to_bytes(8, "big"))
+            self.conn.sendall(payload)
+            head = bytearray(8)
+            _recv_exactly(self.conn, memoryview(head))
+            back = bytearray(int.from_bytes(head, "big"))
+            _recv_exactly(self.conn, memoryview(back))
+            out.append(time.perf_counter() - t)
+            assert len(back) == len(payload)
+        return out[fresh:]
 
 
 def _tput(size: int, times: list[float]) -> float:
@@ -180,13 +182,21 @@ def tcp_echo(plain: Any, tls_cluster: Any, sizes: list[int], reps: int) -> list[
                     out.append(time.perf_counter() - t)
                 return out[1:]
 
-            sync_times = _timed(sync_call, reps)
-            async_times = run_sync(async_calls(reps))
-            base = raw[label].round_trips(payload, reps, client_tls if label == "TLS" else None)
+            sync_call()
+            run_sync(async_calls(1))
+            raw[label].round_trips(payload, 1, client_tls if label == "TLS" else None)
+            sync_times: list[float] = []
+            async_times: list[float] = []
+            base: list[float] = []
+            for _ in range(reps):  # interleaved: each tether call beside a raw echo made just before it
+                base += raw[label].round_trips(payload, 1, client_tls if label == "TLS" else None)
+                sync_times += _timed(sync_call, 1, warm=False)
+                async_times += run_sync(async_calls(1))
             b = _tput(size, base)
             s, a = _tput(size, sync_times), _tput(size, async_times)
             rows.append((f"TCP echo {size // MiB} MB, {label}, MiB/s (sync / async)",
-                         f"{s:.0f} / {a:.0f} ({s / b:.2f}x / {a / b:.2f}x)", f"{b:.0f} (raw socket echo)"))
+                         f"{s:.0f} / {a:.0f} ({_paired(base, sync_times)} / {_paired(base, async_times)})",
+                         f"{b:.0f} (raw socket echo)"))
             if label == "plain" and size == sizes[0]:
                 rows += _one_way(cluster, client, payload, reps, statistics.median(base))
     return rows
@@ -213,8 +223,14 @@ def _one_way(cluster: Any, client: DaemonClient, payload: bytes, reps: int, raw_
              f"{statistics.median(down) * 1000:.1f}", half)]
 
 
-def _timed(fn: Callable[[], None], reps: int) -> list[float]:
-    fn()
+def _paired(base: list[float], ours: list[float]) -> str:
+    """The median over interleaved pairs of raw time / tether time (this box's speed drifts between runs)."""
+    return f"{statistics.median(b / o for b, o in zip(base, ours, strict=True)):.2f}x"
+
+
+def _timed(fn: Callable[[], None], reps: int, warm: bool = True) -> list[float]:
+    if warm:
+        fn()
     out = []
     for _ in range(reps):
         t = time.perf_counter()

@@ -215,9 +215,7 @@ def test_a_client_that_stops_sending_its_body_is_dropped(module_home: Any, monke
             raw.sock.sendall(raw.head("/echo/call", h.token, {BODY_FOLLOWS: str(4 * MB)}))
             assert raw.read()[0] == 100
             raw.sock.sendall(b"\x80" + b"s" * MB)
-            t = time.monotonic()
-            assert raw.sock.recv(65536) == b""  # closed by the daemon, not by our timeout
-            assert time.monotonic() - t < 15
+            assert raw.sock.recv(65536) == b""  # closed by the daemon: our own 20 s timeout would raise instead
         finally:
             raw.close()
         assert _settles(pid, before)
