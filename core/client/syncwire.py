@@ -9,11 +9,13 @@ connections are shared by all threads of the process and dropped in a forked chi
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import os
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from io import BufferedReader
 from typing import Any
 from urllib.parse import urlsplit
@@ -194,40 +196,41 @@ class StreamedPayload:
         if not self.left:
             self._resp._streamed_done()
 
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A failed read closes the connection and raises the transport's typed error instead."""
+        try:
+            yield
+        except (OSError, ValueError) as exc:
+            raise self._resp._failed(exc) from exc
+
     def read(self, n: int = -1) -> bytes:
         n = self.left if n < 0 else min(n, self.left)
-        try:
+        with self._reading():
             data = self._conn.file.read(n)
             if len(data) != n:
                 raise ConnectionResetError("the daemon closed the connection mid-result")
-        except (OSError, ValueError) as exc:
-            raise self._resp._failed(exc) from exc
         self._took(n)
         return data
 
     def readinto(self, buf: Any) -> int:
-        with memoryview(buf) as whole, whole.cast("B") as flat:
+        with memoryview(buf) as whole, whole.cast("B") as flat, self._reading():
             n = min(len(flat), self.left)
             got = 0
-            try:
-                while got < n:
-                    k = self._conn.file.readinto(flat[got:n])
-                    if not k:
-                        raise ConnectionResetError("the daemon closed the connection mid-result")
-                    got += k
-            except (OSError, ValueError) as exc:
-                raise self._resp._failed(exc) from exc
+            while got < n:
+                k = self._conn.file.readinto(flat[got:n])
+                if not k:
+                    raise ConnectionResetError("the daemon closed the connection mid-result")
+                got += k
         self._took(n)
         return n
 
     def readline(self, limit: int = -1) -> bytes:
         limit = self.left if limit < 0 else min(limit, self.left)
-        try:
+        with self._reading():
             line = self._conn.file.readline(limit)
             if not line:
                 raise ConnectionResetError("the daemon closed the connection mid-result")
-        except (OSError, ValueError) as exc:
-            raise self._resp._failed(exc) from exc
         self._took(len(line))
         return line
 
