@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from tether.daemon.calls import Call, frame_body
+from tether.daemon.fills import Fill
 from tether.errors import PayloadTooLarge, SerializationError
 from tether.protocol.headers import BODY_FOLLOWS
 from tether.protocol.receive import ReceiveInto
@@ -289,12 +290,13 @@ class ShmBody:
     slices over TLS (see :meth:`send`). ``view``: the file's bytes through a mapping the daemon keeps (a result pool
     file, :mod:`tether.daemon.result_pool`), written to the socket as they are."""
 
-    __slots__ = ("path", "size", "view")
+    __slots__ = ("fill", "path", "size", "view")
 
-    def __init__(self, path: str, size: int, view: memoryview | None = None) -> None:
+    def __init__(self, path: str, size: int, view: memoryview | None = None, fill: Fill | None = None) -> None:
         self.path = path
         self.size = size
         self.view = view
+        self.fill = fill  # the worker is still writing it: each byte goes once written (tether.daemon.fills)
 
     def __len__(self) -> int:
         return self.size
@@ -311,9 +313,13 @@ class ShmBody:
             while transport.get_write_buffer_size():  # what was written before goes first
                 await asyncio.sleep(0.001)
         loop = asyncio.get_running_loop()
+        fill = self.fill if self.fill is not None and not self.fill.ended else None
+        if self.view is None and fill is not None:  # not mapped by the pool: the whole result first
+            await fill.until(self.size - 1)
+            fill = None
         if self.view is not None:
             if plain:
-                await loop.run_in_executor(None, _to_socket, sock.fileno(), self.view, None)
+                await loop.run_in_executor(None, _to_socket, sock.fileno(), self.view, None, fill)
                 return "written"
             view = self.view
         else:
@@ -323,25 +329,31 @@ class ShmBody:
                     return "sendfile"
                 view = memoryview(mmap.mmap(f.fileno(), self.size, prot=mmap.PROT_READ))  # goes with its last slice
         for off in range(0, self.size, _SLICE):
+            if fill is not None:
+                await fill.until(min(off + _SLICE, self.size) - 1)
             await stream.write(view[off:off + _SLICE])
         return "mapped"
 
 
-def _to_socket(sock: int, source: int | memoryview, count: int | None) -> None:
+def _to_socket(sock: int, source: int | memoryview, count: int | None, fill: Fill | None = None) -> None:
     """All of ``source`` to the (non-blocking) socket ``sock``: ``count`` bytes of file descriptor ``source`` by
-    ``sendfile``, or a mapped view by ``write``, waiting in this thread for room (the event loop's own writes to
-    this socket wait for the response, and its reads go on)."""
+    ``sendfile``, or a mapped view by ``write`` (each byte once ``fill`` says it is written), waiting in this
+    thread for room (the event loop's own writes to this socket wait for the response, and its reads go on)."""
     poll = select.poll()
     poll.register(sock, select.POLLOUT)
     total = count if isinstance(source, int) else len(source)
     assert total is not None
     offset = 0
+    written = total if fill is None else 0
     while offset < total:
+        if offset >= written:
+            assert fill is not None
+            written = fill.past(offset)
         try:
             if isinstance(source, int):
                 sent = os.sendfile(sock, source, offset, total - offset)
             else:
-                sent = os.write(sock, source[offset:])
+                sent = os.write(sock, source[offset:written])
         except BlockingIOError:
             sent = None
         if sent == 0:

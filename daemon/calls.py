@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tether.daemon import fills, result_pool, slabs
 from tether.daemon import protocol as p
-from tether.daemon import result_pool, slabs
 from tether.daemon.journal import Journal, Replayed, kill_orphans
 from tether.daemon.tombstones import Tombstones
 from tether.errors import NotFound, TetherError, WorkerDied, error_from_wire
@@ -69,6 +69,7 @@ class Call:
     starter: str | None = None  # the token hash of who started it
     ended_as: str | None = None  # the state it ended in, when an error frame stands in for its gone result
     pooled: str | None = None  # the daemon's file lent for its big result, while the result is kept in it
+    fill: Any = None  # its result still being written into that file (tether.daemon.fills.Fill)
     _pool_used: bool = False
     _pool_release: bool = False
     _files: list[str] = field(default_factory=list)
@@ -96,6 +97,8 @@ class Call:
         if self.pooled is not None and kind == p.RESULT and meta.get("_slab") == self.pooled:
             meta = {**meta, "_pooled": True}  # journaled as not kept: see tether.daemon.result_pool
             self._pool_used = True
+            if meta.get("_filling"):
+                self.fill = fills.FILLS.get(self.pooled)
             self.nbytes += meta.get("_size", 0)
         self.frames.append((kind, meta, body))
         self.nbytes += len(body)

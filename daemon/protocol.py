@@ -46,8 +46,8 @@ from tether.protocol.shm import (
 )
 
 __all__ = [
-    "CALL", "CANCEL", "CLIENT_HDR_SIZE", "DEPLOY", "ERROR", "FILE", "HEARTBEAT", "ITEM", "LOG", "OBJECT", "READY",
-    "RESULT", "SHM_DIR", "SHM_THRESHOLD", "SPARES", "FrameWriter", "SpareFiles", "Spill", "adopt_shm", "claim_shm", "client_frame",
+    "CALL", "CANCEL", "CLIENT_HDR_SIZE", "DEPLOY", "ERROR", "FILE", "HEARTBEAT", "ITEM", "LOG", "OBJECT", "PROGRESS",
+    "READY", "RESULT", "SHM_DIR", "SHM_THRESHOLD", "SPARES", "FrameWriter", "SpareFiles", "Spill", "adopt_shm", "claim_shm", "client_frame",
     "client_header", "encode_meta", "map_shm", "open_client_file", "parse_client_header", "read_frame", "read_shm",
     "shm_name", "spill", "split_client_frames", "sweep_stale_shm", "unlink_quietly", "write_frame",
 ]
@@ -59,6 +59,7 @@ CANCEL = ord("X")
 OBJECT = ord("O")
 # worker -> daemon (LOG, ITEM, RESULT, ERROR, HEARTBEAT and FILE are the client frames' kinds as well)
 READY = ord("Y")
+PROGRESS = ord("P")  # {"upto": n} or {"failed": true}: how far a result being written into a pool file got
 
 _WORKER_HDR = struct.Struct("!BIIQ")
 LINK_BUFFER = 64 * 1024 * 1024  # stream-reader buffer of a worker link: large bodies arrive without pause/resume

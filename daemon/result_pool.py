@@ -25,6 +25,7 @@ import atexit
 import mmap
 import os
 
+from tether.daemon import fills
 from tether.protocol.shm import SHM_DIR, new_shm_file, shm_share, unlink_quietly
 
 __all__ = ["POOL", "ResultPool", "note_big", "wants"]
@@ -79,7 +80,12 @@ class ResultPool:
         return memoryview(kept)[:size]
 
     def give_back(self, path: str) -> None:
-        """``path`` is free again: kept for the next result, or removed when the pool is full."""
+        """``path`` is free again: kept for the next result, or removed when the pool is full; once the worker
+        finished writing into it when it still is (:mod:`tether.daemon.fills`)."""
+        fill = fills.FILLS.get(path)
+        if fill is not None and not fill.ended:
+            fill.when_ended(lambda: self.give_back(path))
+            return
         self.lent.discard(path)
         try:
             size = os.stat(path).st_size

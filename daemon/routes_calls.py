@@ -22,6 +22,7 @@ from tether.errors import (
     ConfigError,
     NotFound,
     SerializationError,
+    WorkerDied,
 )
 from tether.protocol import headers as h
 from tether.protocol.headers import PREFER, RESPOND_ASYNC, wants_async
@@ -107,7 +108,8 @@ def _lend_result_file(request: web.Request, name: str, method: str | None, json_
             or not result_pool.wants(name, method) or _over_unix_socket(request)):
         return lent, None
     pooled = result_pool.POOL.take()
-    return ({**lent, "_slab": pooled}, pooled) if pooled is not None else (lent, None)
+    # _fill: the worker may answer before the file is written, and write it while the daemon sends it
+    return ({**lent, "_slab": pooled, "_fill": True}, pooled) if pooled is not None else (lent, None)
 
 
 def _take_back_received(request: web.Request, d: Any) -> None:
@@ -253,7 +255,10 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
             if not os.path.exists(slab):
                 kind, meta, body = call.gone()
                 return _client_payload(call, kind, meta, body, files)
-            pooled = bodies.ShmBody(slab, meta["_size"], result_pool.POOL.view(slab, meta["_size"]))
+            if call.fill is not None and call.fill.failed:  # the worker stopped before it wrote it all
+                kind, meta, body = p.ERROR, _unwritten(call), b""
+                return _client_payload(call, kind, meta, body, files)
+            pooled = bodies.ShmBody(slab, meta["_size"], result_pool.POOL.view(slab, meta["_size"]), call.fill)
             return p.client_header(kind, len(pooled)), pooled
         if slab == mine:
             ref = {"kind": kind, "path": slab, "size": meta["_size"], "slab": True}
@@ -277,6 +282,11 @@ def _client_payload(call: Call, kind: int, meta: dict[str, Any], body: bytes, fi
     if len(body) > 1024 * 1024:
         return p.client_header(kind, len(body)), body
     return (p.client_frame(kind, body),)
+
+
+def _unwritten(call: Call) -> dict[str, Any]:
+    return WorkerDied(f"the worker stopped before it finished writing the result of call {call.call_id}",
+                      hint="run the call again (with a new call id)").to_wire()
 
 
 async def _respond_json(call: Call, headers: dict[str, str]) -> web.Response:

@@ -32,7 +32,7 @@ from typing import Any
 
 import cloudpickle
 
-from tether.daemon import eventloop, liveness
+from tether.daemon import eventloop, fills, liveness
 from tether.daemon import protocol as p
 from tether.daemon.auth import ROOTS_ENV, check_imported
 from tether.daemon.memory import apply_memory_limit
@@ -41,6 +41,7 @@ from tether.errors import CallCancelled, ConfigError, NotFound, SerializationErr
 from tether.escalation.oom import classify_exception
 from tether.home import USER_UMASK_ENV
 from tether.protocol import reports
+from tether.protocol.pieces import Pieces
 
 CONFINED = bool(os.environ.get(ROOTS_ENV))  # read at start, before any deployed code runs
 Body = bytes | mmap.mmap | memoryview  # a call's arguments: in the frame, a mapped file, or a view of a lent slab
@@ -56,6 +57,7 @@ class _CallCtx:
     buffers: dict[str, str] = field(default_factory=dict)
     thread_id: int | None = None
     slab: str | None = None  # the result slab the caller lent (see tether.daemon.slabs)
+    fill: bool = False  # that slab is the daemon's pool file: the result may go while it is written
 
     def emit(self, payload: dict[str, Any]) -> None:
         """Send a log event; from a call's thread, wait until it is on the socket (it survives a kill right after)."""
@@ -240,6 +242,44 @@ class Worker:
             return _encode_result(value, json_mode)
         return _encode_result(value, json_mode, functools.partial(self._slab, ctx.slab, RESULT_HEADER))
 
+    def _send_result(self, ctx: _CallCtx, value: Any, json_mode: bool) -> None:
+        """A call's RESULT frame; a big pickle for the daemon's pool file goes while it is written."""
+        if ctx.fill and ctx.slab is not None and not json_mode and not _small(value) \
+                and self._send_filling(ctx, ctx.slab, value):
+            return
+        self.send(p.RESULT, ctx.tag, *self._encode(ctx, value, json_mode))
+
+    def _send_filling(self, ctx: _CallCtx, path: str, value: Any) -> bool:
+        """Pickle ``value`` into pieces (nothing copied yet), answer RESULT with its size, then copy it into the
+        pool file ``path`` reporting PROGRESS (see :mod:`tether.daemon.fills`); False: the file was refused."""
+        pieces = Pieces()
+        try:
+            cloudpickle.dump(value, pieces, protocol=5)
+        except Exception as exc:
+            raise _unserializable(value, exc) from exc
+        if pieces.size < p.SHM_THRESHOLD:
+            self.send(p.RESULT, ctx.tag, None, bytes(pieces))
+            return True
+        try:
+            slab = self._slab(path, RESULT_HEADER)
+            slab.reserve(pieces.size)
+            target = slab.view(pieces.size)
+        except (OSError, ConfigError, EOFError):
+            return False
+
+        def report(upto: int) -> None:
+            self.send(p.PROGRESS, ctx.tag, {"upto": upto})
+            self.link.flush()
+
+        with target:
+            self.send(p.RESULT, ctx.tag, {"_slab": path, "_size": pieces.size, "_filling": True})
+            self.link.flush()
+            try:
+                fills.write_reporting(target, pieces, report)
+            except Exception:  # noqa: BLE001 - the RESULT is out: the daemon cuts the answer
+                self.send(p.PROGRESS, ctx.tag, {"failed": True})
+        return True
+
     def _reply(self, tag: int, fn: Any, meta: dict[str, Any], body: bytes) -> None:
         try:
             out_meta, out_body = fn(meta, body)
@@ -341,7 +381,7 @@ class Worker:
         lock = self.locks.get(name)
         if lock is not None and not lock.acquire(blocking=False):
             return False
-        ctx = _CallCtx(tag, self, name, slab=meta.get("_slab"))
+        ctx = _CallCtx(tag, self, name, slab=meta.get("_slab"), fill=bool(meta.get("_fill")))
         token = _current.set(ctx)
         json_mode = meta.get("mode") == "json"
         try:
@@ -354,7 +394,7 @@ class Worker:
                 self.tasks[tag] = asyncio.ensure_future(self._finish(ctx, result, json_mode))
                 return True
             ctx.flush()
-            self.send(p.RESULT, tag, *self._encode(ctx, result, json_mode))
+            self._send_result(ctx, result, json_mode)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             ctx.flush()
             self.send(p.ERROR, tag, *_error_payload(exc))
@@ -372,7 +412,7 @@ class Worker:
             if inspect.isawaitable(result):
                 result = await result
             ctx.flush()
-            self.send(p.RESULT, ctx.tag, *self._encode(ctx, result, json_mode))
+            self._send_result(ctx, result, json_mode)
         except BaseException as exc:  # noqa: BLE001
             ctx.flush()
             self.send(p.ERROR, ctx.tag, *_error_payload(exc))
@@ -380,7 +420,7 @@ class Worker:
             self.tasks.pop(ctx.tag, None)
 
     async def _call(self, tag: int, meta: dict[str, Any], body: Body) -> None:
-        ctx = _CallCtx(tag, self, meta.get("name", ""), slab=meta.get("_slab"))
+        ctx = _CallCtx(tag, self, meta.get("name", ""), slab=meta.get("_slab"), fill=bool(meta.get("_fill")))
         self.ctxs[tag] = ctx
         _current.set(ctx)
         json_mode = meta.get("mode") == "json"
@@ -399,7 +439,7 @@ class Worker:
                 target = getattr(obj, method) if method else obj
                 result = await self._invoke(ctx, target, args, kwargs, json_mode)
             ctx.flush()
-            self.send(p.RESULT, tag, *self._encode(ctx, result, json_mode))
+            self._send_result(ctx, result, json_mode)
         except (asyncio.CancelledError, _ThreadCancelled):
             ctx.flush()
             self.send(p.ERROR, tag, *_error_payload(CallCancelled("the call was cancelled")))
@@ -564,8 +604,7 @@ def _encode_result(value: Any, json_mode: bool, open_slab: Any = None) -> tuple[
             return None, json.dumps(value).encode()
         except Exception as exc:
             raise _unserializable(value, exc) from exc
-    kind = type(value)
-    if kind in _SCALARS or (kind in (str, bytes) and len(value) < SMALL):  # the C pickler: the same bytes as
+    if _small(value):  # the C pickler: the same bytes as
         return None, pickle.dumps(value, protocol=5)  # cloudpickle's, ~8x less work than its Python subclass
     if open_slab is not None:
         into = ResultSpill(open_slab)
@@ -589,6 +628,11 @@ def _encode_result(value: Any, json_mode: bool, open_slab: Any = None) -> tuple[
         return None, cloudpickle.dumps(value, protocol=5)
     except Exception as exc:
         raise _unserializable(value, exc) from exc
+
+
+def _small(value: Any) -> bool:
+    kind = type(value)
+    return kind in _SCALARS or (kind in (str, bytes) and len(value) < SMALL)
 
 
 def _unserializable(value: Any, exc: Exception) -> SerializationError:

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from tether.daemon import liveness
+from tether.daemon import fills, liveness
 from tether.daemon import protocol as p
 from tether.daemon.journal import Journal
 from tether.daemon.memory import baseline_evidence, classify_exit
@@ -41,6 +41,7 @@ class WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.link: p.FrameWriter | None = None
         self.pending: dict[int, Sink] = {}
+        self.fills: dict[int, fills.Fill] = {}  # results it is still writing into pool files, by tag
         self.alive = False
         self.death: BaseException | None = None
         self.evidence: dict[str, Any] = {}
@@ -114,6 +115,11 @@ class WorkerProcess:
         try:
             while True:
                 kind, tag, meta, body = await p.read_frame(reader, keep_shm=_KEPT)
+                if kind == p.PROGRESS:
+                    self._progress(tag, meta)
+                    continue
+                if kind == p.RESULT and meta.get("_filling"):
+                    self._filling(tag, meta)
                 sink = self.pending.get(tag)
                 if "_shm" in meta:
                     kind, meta = _adopt(kind, meta, sink is not None)
@@ -137,6 +143,32 @@ class WorkerProcess:
         pending, self.pending = self.pending, {}
         for sink in pending.values():
             sink(p.ERROR, wire, b"")
+        for fill in list(self.fills.values()):  # results it had not finished writing
+            fill.fail()
+
+    def _filling(self, tag: int, meta: dict[str, Any]) -> None:
+        """A RESULT whose bytes the worker is still writing into a pool file (see :mod:`tether.daemon.fills`)."""
+        path, size = meta.get("_slab"), meta.get("_size")
+        if not isinstance(path, str) or not isinstance(size, int) or size <= 0:
+            meta.pop("_filling", None)
+            return
+        fill = self.fills[tag] = fills.FILLS[path] = fills.Fill(size)
+
+        def ended() -> None:
+            self.fills.pop(tag, None)
+            if fills.FILLS.get(path) is fill:
+                del fills.FILLS[path]
+
+        fill.when_ended(ended)
+
+    def _progress(self, tag: int, meta: dict[str, Any]) -> None:
+        fill = self.fills.get(tag)
+        if fill is None:
+            return
+        if meta.get("failed") or not isinstance(meta.get("upto"), int):
+            fill.fail()
+        else:
+            fill.advance(meta["upto"])
 
     def request(self, kind: int, meta: dict[str, Any] | bytes, body: bytes, sink: Sink) -> int:
         """Send a frame (``meta`` as a dict or pre-encoded JSON); ``sink(kind, meta, body)`` gets each answer,

@@ -7,6 +7,7 @@ from typing import Any
 
 from tether.client import slabs
 from tether.errors import ClusterUnavailable, SerializationError
+from tether.protocol.pieces import Pieces
 
 __all__ = ["Pieces", "dump_args", "dump_pieces", "dumps_args", "load_file", "loads", "pickle_error", "unpickle_error"]
 
@@ -29,31 +30,6 @@ def dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
         return cloudpickle.dumps((args, kwargs), protocol=5)
     except Exception as exc:
         raise pickle_error(exc) from exc
-
-
-class Pieces:
-    """A pickle as the pickler wrote it to a file, not joined: small frames, and each big buffer of the arguments
-    by reference (the C pickler hands a big ``bytes`` or array buffer to ``write`` as it is). A transport sends the
-    pieces one after the other, so a 100 MB argument is sent from itself instead of being copied into a body
-    first. ``bytes(pieces)`` joins them (for a transport that needs one body)."""
-
-    __slots__ = ("parts", "size")
-
-    def __init__(self) -> None:
-        self.parts: list[bytes | memoryview] = []
-        self.size = 0
-
-    def write(self, data: Any) -> int:
-        part = data if type(data) is bytes else memoryview(data).cast("B")  # a PickleBuffer has no len()
-        self.parts.append(part)
-        self.size += len(part)
-        return len(part)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __bytes__(self) -> bytes:
-        return b"".join(self.parts)
 
 
 def dump_pieces(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Pieces:
