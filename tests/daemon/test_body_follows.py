@@ -28,7 +28,7 @@ from tether.daemon import bodies
 from tether.daemon.eventloop import run
 from tether.daemon.tls import server_context
 from tether.protocol import frames
-from tether.protocol.headers import BODY_FOLLOWS, PICKLE
+from tether.protocol.headers import BODY_FOLLOWS, CALL_ID, PICKLE
 from tether.protocol.shm import SHM_DIR
 from tether.protocol.tls import ensure_self_signed
 
@@ -201,6 +201,23 @@ def test_a_body_that_is_no_pickle_or_ends_early_leaves_no_file_behind(cluster: A
         raw.close()
     assert _settles(pid, before)
     assert client.call_sync("echo", None, (b"still",), {}, call_id=os.urandom(8).hex()) == b"still"
+
+
+def test_a_call_whose_body_was_cut_short_runs_when_sent_again_with_its_id(cluster: Any) -> None:
+    """A body cut short leaves nothing of its call behind: its caller's retry with the same call id runs it."""
+    h = cluster.handle
+    client = tcp_client(cluster)
+    call_id = os.urandom(8).hex()
+    payload = os.urandom(3 * MB)
+    body = _pickled(payload)
+    raw = Raw(h.endpoint)
+    try:
+        raw.sock.sendall(raw.head("/echo/call", h.token, {BODY_FOLLOWS: str(len(body)), CALL_ID: call_id}))
+        assert raw.read()[0] == 100
+        raw.sock.sendall(body[:MB])  # a third of it, then the link drops
+    finally:
+        raw.close()
+    assert client.call_sync("echo", None, (payload,), {}, call_id=call_id) == payload
 
 
 def test_a_client_that_stops_sending_its_body_is_dropped(module_home: Any, monkeypatch: pytest.MonkeyPatch) -> None:
