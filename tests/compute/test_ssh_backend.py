@@ -78,7 +78,8 @@ def test_two_node_cluster_bootstraps_serves_calls_and_tears_down(netns_hosts, te
 
 def test_link_down_is_a_clear_error_and_up_if_not_recovers(netns_hosts, tether_home):
     hosts = netns_hosts
-    c = tether.cluster(name="flaky", host=hosts.addresses[:1], ssh_creds=hosts.ssh_creds).up_if_not()
+    creds = {**hosts.ssh_creds, "connect_timeout": 2}  # the user's own, shorter timeout: the test waits less
+    c = tether.cluster(name="flaky", host=hosts.addresses[:1], ssh_creds=creds).up_if_not()
     remote = tether.function(remote_fns.where).to(c)
     assert remote(2)["square"] == 4
     hosts.link_down(0)
