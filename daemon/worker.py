@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import concurrent.futures
 import contextlib
 import contextvars
 import ctypes
@@ -17,17 +16,13 @@ import importlib
 import inspect
 import json
 import logging
-import mmap
 import os
-import pickle
 import signal
 import socket
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cloudpickle
@@ -35,16 +30,23 @@ import cloudpickle
 from tether.daemon import eventloop, fills, liveness
 from tether.daemon import protocol as p
 from tether.daemon.auth import ROOTS_ENV, check_imported
+from tether.daemon.deployed_code import describe, from_root, purge_modules_under, purge_package
 from tether.daemon.memory import apply_memory_limit
-from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, ResultSpill, SlabCache, keep_freed_memory
-from tether.errors import CallCancelled, ConfigError, NotFound, SerializationError, TetherError
-from tether.escalation.oom import classify_exception
+from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, SlabCache, keep_freed_memory
+from tether.daemon.worker_codec import (
+    Body,
+    decode_args,
+    encode_result,
+    error_payload,
+    is_small,
+    unserializable,
+)
+from tether.errors import CallCancelled, ConfigError, NotFound, SerializationError
 from tether.home import USER_UMASK_ENV
 from tether.protocol import reports
 from tether.protocol.pieces import Pieces
 
 CONFINED = bool(os.environ.get(ROOTS_ENV))  # read at start, before any deployed code runs
-Body = bytes | mmap.mmap | memoryview  # a call's arguments: in the frame, a mapped file, or a view of a lent slab
 
 _current: contextvars.ContextVar[_CallCtx | None] = contextvars.ContextVar("tether_call", default=None)
 
@@ -209,10 +211,10 @@ class Worker:
                 path, length = meta.pop("_lent")
                 args = self._slab(path, ARGS_HEADER).view(length)
         except ConfigError as exc:
-            self.send(p.ERROR, tag, *_error_payload(exc))
+            self.send(p.ERROR, tag, *error_payload(exc))
             return
         except (OSError, EOFError, ValueError) as exc:
-            self.send(p.ERROR, tag, *_error_payload(SerializationError(
+            self.send(p.ERROR, tag, *error_payload(SerializationError(
                 f"the call's arguments could not be read: {exc}")))
             return
         if not self._call_inline(tag, meta, args):
@@ -239,12 +241,12 @@ class Worker:
     def _encode(self, ctx: _CallCtx, value: Any, json_mode: bool) -> tuple[dict[str, Any] | None, bytes]:
         """A call's RESULT frame: into the caller's result slab when it lent one and the pickle is big."""
         if ctx.slab is None or json_mode:
-            return _encode_result(value, json_mode)
-        return _encode_result(value, json_mode, functools.partial(self._slab, ctx.slab, RESULT_HEADER))
+            return encode_result(value, json_mode)
+        return encode_result(value, json_mode, functools.partial(self._slab, ctx.slab, RESULT_HEADER))
 
     def _send_result(self, ctx: _CallCtx, value: Any, json_mode: bool) -> None:
         """A call's RESULT frame; a big pickle for the daemon's pool file goes while it is written."""
-        if ctx.fill and ctx.slab is not None and not json_mode and not _small(value) \
+        if ctx.fill and ctx.slab is not None and not json_mode and not is_small(value) \
                 and self._send_filling(ctx, ctx.slab, value):
             return
         self.send(p.RESULT, ctx.tag, *self._encode(ctx, value, json_mode))
@@ -256,7 +258,7 @@ class Worker:
         try:
             cloudpickle.dump(value, pieces, protocol=5)
         except Exception as exc:
-            raise _unserializable(value, exc) from exc
+            raise unserializable(value, exc) from exc
         if pieces.size < p.SHM_THRESHOLD:
             self.send(p.RESULT, ctx.tag, None, bytes(pieces))
             return True
@@ -285,7 +287,7 @@ class Worker:
             out_meta, out_body = fn(meta, body)
             self.send(p.RESULT, tag, out_meta, out_body)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
-            self.send(p.ERROR, tag, *_error_payload(exc))
+            self.send(p.ERROR, tag, *error_payload(exc))
 
     # -- deploy and object store -------------------------------------------------------------------------------
     def _deploy(self, meta: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
@@ -306,7 +308,7 @@ class Worker:
         self.specs[spec["name"]] = spec
         if spec["kind"] == "instance":
             self.locks[spec["name"]] = threading.Lock()
-        return {"name": spec["name"], "methods": _describe(obj)}, b""
+        return {"name": spec["name"], "methods": describe(obj)}, b""
 
     def _import(self, code: dict[str, Any]) -> Any:
         root = code.get("root")
@@ -317,12 +319,12 @@ class Worker:
                 sys.path.insert(0, root)
             top = code["import_path"].split(".")[0]
             loaded = sys.modules.get(top)
-            if loaded is not None and not _from_root(loaded, root):  # same package name, another tree
-                _purge_package(top)
+            if loaded is not None and not from_root(loaded, root):  # same package name, another tree
+                purge_package(top)
             new_hash = code.get("code_hash") or ""
             old_hash = self.root_hashes.get(root)
             if old_hash is not None and old_hash != new_hash:
-                _purge_modules_under(root)
+                purge_modules_under(root)
             self.root_hashes[root] = new_hash
         module = importlib.import_module(code["import_path"])
         obj: Any = module
@@ -385,7 +387,7 @@ class Worker:
         token = _current.set(ctx)
         json_mode = meta.get("mode") == "json"
         try:
-            args, kwargs = _decode_args(body, json_mode)
+            args, kwargs = decode_args(body, json_mode)
             started = time.perf_counter()
             result = target(*args, **kwargs)
             self._note_duration(key, time.perf_counter() - started)
@@ -397,7 +399,7 @@ class Worker:
             self._send_result(ctx, result, json_mode)
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the caller
             ctx.flush()
-            self.send(p.ERROR, tag, *_error_payload(exc))
+            self.send(p.ERROR, tag, *error_payload(exc))
         finally:
             if lock is not None:
                 lock.release()
@@ -415,7 +417,7 @@ class Worker:
             self._send_result(ctx, result, json_mode)
         except BaseException as exc:  # noqa: BLE001
             ctx.flush()
-            self.send(p.ERROR, ctx.tag, *_error_payload(exc))
+            self.send(p.ERROR, ctx.tag, *error_payload(exc))
         finally:
             self.tasks.pop(ctx.tag, None)
 
@@ -425,7 +427,7 @@ class Worker:
         _current.set(ctx)
         json_mode = meta.get("mode") == "json"
         try:
-            args, kwargs = _decode_args(body, json_mode)
+            args, kwargs = decode_args(body, json_mode)
             name, method = meta["name"], meta.get("method")
             if name not in self.objects:
                 raise NotFound(f"no service {name!r} in this worker", details={"missing_service": name})
@@ -442,10 +444,10 @@ class Worker:
             self._send_result(ctx, result, json_mode)
         except (asyncio.CancelledError, _ThreadCancelled):
             ctx.flush()
-            self.send(p.ERROR, tag, *_error_payload(CallCancelled("the call was cancelled")))
+            self.send(p.ERROR, tag, *error_payload(CallCancelled("the call was cancelled")))
         except BaseException as exc:  # noqa: BLE001
             ctx.flush()
-            self.send(p.ERROR, tag, *_error_payload(exc))
+            self.send(p.ERROR, tag, *error_payload(exc))
         finally:
             self.tasks.pop(tag, None)
             self.ctxs.pop(tag, None)
@@ -455,7 +457,7 @@ class Worker:
             return await target(*args, **kwargs)
         if inspect.isasyncgenfunction(target):
             async for item in target(*args, **kwargs):
-                self.send(p.ITEM, ctx.tag, *_encode_result(item, json_mode))
+                self.send(p.ITEM, ctx.tag, *encode_result(item, json_mode))
             return None
 
         lock = self.locks.get(ctx.name)
@@ -496,180 +498,13 @@ async def _drain_sync_generator(worker: Worker, ctx: _CallCtx, out: Any, json_mo
 def _send_items(worker: Worker, ctx: _CallCtx, items: Any, json_mode: bool) -> None:
     """Send each item of a sync generator to the caller as it is produced (from a call's thread)."""
     for item in items:
-        worker.send_threadsafe(p.ITEM, ctx.tag, *_encode_result(item, json_mode))
+        worker.send_threadsafe(p.ITEM, ctx.tag, *encode_result(item, json_mode))
 
 
-_SCALARS = frozenset({int, float, bool, type(None)})
-SMALL = 64 * 1024  # a str or bytes result shorter than this never needs a shared-memory file
 _MAPPED = (p.CALL,)  # kinds whose large bodies are mapped, not read
 FAST_SECONDS = 0.002  # a sync call this quick may run inline on the worker's loop ...
 FAST_STREAK = 8  # ... once this many calls in a row were that quick; one slow call sends it back to threads
 SWEEP_SECONDS = 5.0  # how often a worker holding slab mappings looks for slabs their clients removed
-
-
-def _describe(obj: Any) -> dict[str, str]:
-    """Kinds of the callables an object offers: sync, async, gen, agen."""
-
-    def kind(fn: Any) -> str:
-        if inspect.isasyncgenfunction(fn):
-            return "agen"
-        if inspect.iscoroutinefunction(fn):
-            return "async"
-        if inspect.isgeneratorfunction(fn):
-            return "gen"
-        return "sync"
-
-    if inspect.isroutine(obj):
-        return {"__call__": kind(obj)}
-    target = obj if inspect.isclass(obj) else type(obj)
-    out = {}
-    for name, member in inspect.getmembers(target):
-        if callable(member) and not name.startswith("_"):
-            out[name] = kind(member)
-    return out
-
-
-def _from_root(module: Any, root: str) -> bool:
-    prefix = str(Path(root).resolve()) + os.sep
-    paths = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or [])]
-    return any(p and str(Path(p).resolve()).startswith(prefix) for p in paths)
-
-
-def _purge_package(top: str) -> None:
-    for name in list(sys.modules):
-        if name == top or name.startswith(top + "."):
-            sys.modules.pop(name, None)
-    importlib.invalidate_caches()
-
-
-def _own_module(name: str) -> bool:
-    """tether's own modules (the worker's state, e.g. the report emitter, lives in them): never purged, also when a
-    code root contains tether's source (an editable install under the project)."""
-    return name == "tether" or name.startswith("tether.")
-
-
-def _purge_modules_under(root: str) -> None:
-    """Forget every module loaded from ``root`` (files and namespace packages), so the next import re-reads it."""
-    prefix = str(Path(root).resolve()) + os.sep
-
-    def under(path: str | None) -> bool:
-        return bool(path) and str(Path(path).resolve()).startswith(prefix)  # type: ignore[arg-type]
-
-    doomed = {name for name, module in list(sys.modules.items())
-              if not _own_module(name) and (under(getattr(module, "__file__", None))
-                                            or any(under(p) for p in (getattr(module, "__path__", None) or [])))}
-    for name in list(sys.modules):
-        if name in doomed or any(name.startswith(d + ".") for d in doomed):
-            sys.modules.pop(name, None)
-    importlib.invalidate_caches()
-
-
-def _decode_args(body: Body, json_mode: bool) -> tuple[list, dict]:
-    """The call's (args, kwargs) from its pickle or JSON body (a mapped file is unmapped once read)."""
-    try:
-        if json_mode:
-            data = json.loads(bytes(body)) if body else {}
-            if not isinstance(data, dict):
-                raise ValueError("the JSON body must be an object")
-            args, kwargs = data.get("args", []), data.get("kwargs", {})
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise ValueError("'args' must be a list and 'kwargs' an object")
-            return args, kwargs
-        if not body:
-            return [], {}
-        args, kwargs = cloudpickle.loads(body)
-        return list(args), dict(kwargs)
-    except Exception as exc:
-        raise SerializationError(
-            f"could not decode the call's arguments: {exc}", hint="send cloudpickled (args, kwargs) or JSON"
-        ) from exc
-    finally:
-        if isinstance(body, mmap.mmap):  # unmapping frees the (unlinked) file's pages: ~1 ms per 10 MB, off the loop
-            _unmapper().submit(body.close)
-        elif isinstance(body, memoryview):  # a view of a lent slab: the mapping stays for the next call
-            body.release()
-
-
-@functools.cache
-def _unmapper() -> concurrent.futures.ThreadPoolExecutor:
-    """One thread that closes mapped argument files (not the call threads' pool: it may be busy for long)."""
-    return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tether-unmap")
-
-
-def _encode_result(value: Any, json_mode: bool, open_slab: Any = None) -> tuple[dict[str, Any] | None, bytes]:
-    """The meta and body of a RESULT/ITEM frame; a large pickle is written straight to a shared-memory file:
-    the caller's lent result slab (``open_slab()`` returns it), else a new file."""
-    if json_mode:
-        try:
-            return None, json.dumps(value).encode()
-        except Exception as exc:
-            raise _unserializable(value, exc) from exc
-    if _small(value):  # the C pickler: the same bytes as
-        return None, pickle.dumps(value, protocol=5)  # cloudpickle's, ~8x less work than its Python subclass
-    if open_slab is not None:
-        into = ResultSpill(open_slab)
-        try:
-            cloudpickle.dump(value, into, protocol=5)
-            return into.finish()
-        except (OSError, ConfigError, EOFError):  # the slab is gone or refused: a file of our own, below
-            pass
-        except Exception as exc:
-            raise _unserializable(value, exc) from exc
-    out = p.Spill()
-    try:
-        cloudpickle.dump(value, out, protocol=5)
-        return out.finish()
-    except OSError:  # /dev/shm full: pickle in memory, the bytes go over the socket
-        out.abort()
-    except Exception as exc:
-        out.abort()
-        raise _unserializable(value, exc) from exc
-    try:
-        return None, cloudpickle.dumps(value, protocol=5)
-    except Exception as exc:
-        raise _unserializable(value, exc) from exc
-
-
-def _small(value: Any) -> bool:
-    kind = type(value)
-    return kind in _SCALARS or (kind in (str, bytes) and len(value) < SMALL)
-
-
-def _unserializable(value: Any, exc: Exception) -> SerializationError:
-    return SerializationError(
-        f"the result of type {type(value).__name__} could not be serialized: {exc}",
-        hint="return picklable values (or JSON values when calling with JSON)",
-    )
-
-
-def _classify(exc: BaseException) -> BaseException:
-    oom = classify_exception(exc)
-    return oom if oom is not None else exc
-
-
-def _error_payload(exc: BaseException) -> tuple[dict[str, Any], bytes]:
-    """JSON wire error (with the remote traceback) and, when possible, the pickled exception."""
-    tb = "".join(traceback.format_exception(exc))
-    classified = _classify(exc)
-    if isinstance(classified, TetherError):
-        wire = classified.to_wire()
-        wire["error"]["details"].setdefault("traceback", tb)
-        wire["error"]["details"].setdefault("remote_type", type(exc).__name__)
-        return wire, b""
-    wire = {
-        "error": {
-            "type": "RemoteError",
-            "message": f"{type(exc).__name__}: {exc}",
-            "hint": "the remote code raised; see the remote traceback",
-            "retryable": False,
-            "details": {"remote_type": f"{type(exc).__module__}.{type(exc).__qualname__}", "traceback": tb},
-        }
-    }
-    try:
-        body = cloudpickle.dumps(exc, protocol=5)
-    except Exception:  # noqa: BLE001 - the type cannot travel; the client raises RemoteError
-        body = b""
-    return wire, body
 
 
 async def _main(fd: int) -> None:
