@@ -7,7 +7,6 @@ before a byte of the body is asked for, and the daemon keeps serving."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import pickle
@@ -21,16 +20,15 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp import web
 
+from tests.daemon.aiohttp_sites import self_signed, serve_while
 from tests.tcp_clusters import KINDS, echo_cluster, tcp_client
 from tether.client import daemon as client_daemon
 from tether.client.loop import run_sync
 from tether.daemon import bodies
 from tether.daemon.eventloop import run
-from tether.daemon.tls import server_context
 from tether.protocol import frames
 from tether.protocol.headers import BODY_FOLLOWS, CALL_ID, PICKLE
 from tether.protocol.shm import SHM_DIR
-from tether.protocol.tls import ensure_self_signed
 
 pytestmark = pytest.mark.skipif(SHM_DIR is None, reason="needs a writable /dev/shm")
 
@@ -273,15 +271,7 @@ async def _serve(tls: ssl.SSLContext | None, sizes: list[int]) -> list[bytes]:
 
     app = web.Application()
     app.router.add_post("/b", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        answers = await asyncio.get_running_loop().run_in_executor(None, _send_all, port, tls is not None, sizes)
-    finally:
-        await runner.cleanup()
+    answers = await serve_while(app, tls, lambda port: _send_all(port, tls is not None, sizes))
     assert answers == [str(n).encode() for n in sizes]
     return got
 
@@ -306,10 +296,7 @@ def test_a_body_that_follows_arrives_whole_on_either_event_loop(loop: str, tls: 
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if loop == "asyncio":
         monkeypatch.setenv("TETHER_LOOP", "asyncio")
-    context = None
-    if tls:
-        ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
-        context = server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context = self_signed(tmp_path) if tls else None
     sizes = [3 * MB + 5, 1, 9 * MB]
     got = run(_serve(context, sizes))
     assert [len(b) for b in got] == sizes

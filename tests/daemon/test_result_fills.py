@@ -19,16 +19,15 @@ import cloudpickle
 import pytest
 from aiohttp import web
 
+from tests.daemon.aiohttp_sites import self_signed, serve_while
 from tether.daemon import bodies, fills, result_pool
 from tether.daemon import protocol as p
 from tether.daemon.calls import Call
 from tether.daemon.routes_calls import _client_payload
-from tether.daemon.tls import server_context
 from tether.daemon.workers import WorkerProcess
 from tether.errors import WorkerDied, error_from_wire
 from tether.protocol.pieces import Pieces
 from tether.protocol.shm import SHM_DIR
-from tether.protocol.tls import ensure_self_signed
 from tether.specs import EnvSpec
 
 pytestmark = pytest.mark.skipif(SHM_DIR is None, reason="needs a writable /dev/shm")
@@ -159,18 +158,7 @@ async def _serve(path: str, data: bytes, tls: ssl.SSLContext | None, fail_after:
     app = web.Application()
     app.router.add_get("/r", handler)
     app.router.add_get("/o", ordinary)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        loop = asyncio.get_running_loop()
-        got = await loop.run_in_executor(None, _get, port, tls is not None, "/r")
-        after = await loop.run_in_executor(None, _get, port, tls is not None, "/o")
-    finally:
-        await runner.cleanup()
-    return got, after
+    return await serve_while(app, tls, lambda port: (_get(port, tls is not None, "/r"), _get(port, tls is not None, "/o")))
 
 
 def _get(port: int, tls: bool, path: str) -> bytes:
@@ -205,10 +193,7 @@ def pool_file() -> Any:
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_a_result_sent_while_the_worker_writes_it_arrives_whole(pool_file: str, tmp_path: Path, tls: bool) -> None:
     data = os.urandom(6 * MiB + 7)
-    context = None
-    if tls:
-        ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
-        context = server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context = self_signed(tmp_path) if tls else None
     got, after = asyncio.run(_serve(pool_file, data, context, None))
     assert got == data and after == b"still serving"
 
@@ -217,10 +202,7 @@ def test_a_result_sent_while_the_worker_writes_it_arrives_whole(pool_file: str, 
 def test_a_worker_that_stops_midway_cuts_the_answer_and_the_server_serves_on(pool_file: str, tmp_path: Path,
                                                                               tls: bool) -> None:
     data = os.urandom(6 * MiB + 7)
-    context = None
-    if tls:
-        ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
-        context = server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context = self_signed(tmp_path) if tls else None
     got, after = asyncio.run(_serve(pool_file, data, context, fail_after=2))
     assert len(got) < len(data) and data.startswith(got)  # cut short, and never a byte that was not written
     assert after == b"still serving"

@@ -7,7 +7,6 @@ client checks every byte and the keep-alive connection serves the next request."
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import ssl
@@ -16,12 +15,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.daemon.aiohttp_sites import self_signed, serve_while
 from tether.daemon import bodies
 from tether.daemon.eventloop import run
 from tether.daemon.result_pool import ResultPool
-from tether.daemon.tls import server_context
 from tether.protocol.shm import SHM_DIR, new_shm_file, unlink_quietly
-from tether.protocol.tls import ensure_self_signed
 
 pytestmark = pytest.mark.skipif(SHM_DIR is None, reason="needs a writable /dev/shm")
 
@@ -44,15 +42,7 @@ async def _serve_twice(payload_path: str, size: int, tls: ssl.SSLContext | None,
 
     app = web.Application()
     app.router.add_get("/r", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        got = await asyncio.get_running_loop().run_in_executor(None, _get_twice, port, tls is not None)
-    finally:
-        await runner.cleanup()
+    got = await serve_while(app, tls, lambda port: _get_twice(port, tls is not None))
     return how, got
 
 
@@ -94,8 +84,7 @@ def test_plain_tcp_sends_the_file_by_sendfile_and_tls_from_a_mapping(result_file
     how, got = run(_serve_twice(path, len(data), None))
     assert how == ["sendfile", "sendfile"]
     assert got == [HEAD + data, HEAD + data]
-    ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
-    how, got = run(_serve_twice(path, len(data), server_context(tmp_path / "cert.pem", tmp_path / "key.pem")))
+    how, got = run(_serve_twice(path, len(data), self_signed(tmp_path)))
     assert how == ["mapped", "mapped"]
     assert got == [HEAD + data, HEAD + data]
 
@@ -112,8 +101,7 @@ def test_a_pool_file_is_written_from_the_daemons_kept_mapping(result_file, tmp_p
     how, got = run(_serve_twice(path, len(data), None, kept))
     assert how == ["written", "written"]
     assert got == [HEAD + data, HEAD + data]
-    ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem")
-    tls = server_context(tmp_path / "cert.pem", tmp_path / "key.pem")
+    tls = self_signed(tmp_path)
     how, got = run(_serve_twice(path, len(data), tls, pool.view(path, len(data))))
     assert how == ["mapped", "mapped"]
     assert got == [HEAD + data, HEAD + data]
