@@ -3,9 +3,10 @@
 An orchestrator task is a new process that loads a service by name, calls it and records the call. Importing
 SQLAlchemy for that costs ~0.2 s, more than the call. :class:`LocalStore` reads a version (``get``) and writes call
 records (``record_calls``) of the local SQLite file with ``sqlite3`` (the same tables and the same answers as
-:class:`tether.registry.store.Store`), and hands everything else — saves, history, tags, sharing, listings, and
-every error path (a missing name, version or tag, a file without the tables) — to a ``Store`` it opens on first
-need. The fork gate (:data:`FORK_GATE`) is here too: both kinds of connection hold it.
+:class:`tether.registry.store.Store`, a missing name's NotFound included: ``tether.cluster(name=X)`` of a cluster
+brought up but never saved asks for X first), and hands everything else — saves, history, tags, sharing,
+listings, and the rarer error paths (a missing version or tag, a file without the tables) — to a ``Store`` it
+opens on first need. The fork gate (:data:`FORK_GATE`) is here too: both kinds of connection hold it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
-from tether.registry.names import Ref
+from tether.registry.names import Ref, not_found
 
 if TYPE_CHECKING:
     from tether.registry.store import Store
@@ -195,8 +196,9 @@ class LocalStore:
         with self._connect(write=False) as conn:
             svc = conn.execute("SELECT id, namespace, name FROM tether_services WHERE namespace = ? AND name = ?",
                                (ref.namespace, ref.name)).fetchone()
-            if svc is None:
-                raise _Missing
+            if svc is None:  # as Store._service says it (every name is readable to the local file's user)
+                names = [f"{ns}/{n}" for ns, n in conn.execute("SELECT namespace, name FROM tether_services")]
+                raise not_found("registry entry", ref.full, names)
             service_id = svc[0]
             if ref.version is not None:
                 number = ref.version

@@ -71,11 +71,14 @@ def test_a_cluster_name_finds_the_cluster_brought_up_here_whatever_its_backend(t
     save_state("lab", {"backend": "ssh", "spec": ssh_spec.model_dump(mode="json"), "hosts": ["10.9.9.9"],
                        "token": "t0k3n", "remote_port": 32300})
     before = state_path("lab").read_bytes()
-    found = tether.cluster(name="lab")
-    assert found.spec.backend == "ssh" and found.spec.host == ["10.9.9.9"]
-    with pytest.raises(tether.ConfigError, match="already a ssh cluster"):
-        tether.cluster(name="lab", backend="local").up()
-    assert state_path("lab").read_bytes() == before, "the ssh cluster's state (its token) is untouched"
+    try:
+        found = tether.cluster(name="lab")
+        assert found.spec.backend == "ssh" and found.spec.host == ["10.9.9.9"]
+        with pytest.raises(tether.ConfigError, match="already a ssh cluster"):
+            tether.cluster(name="lab", backend="local").up()
+        assert state_path("lab").read_bytes() == before, "the ssh cluster's state (its token) is untouched"
+    finally:  # no such host: the home's teardown would wait its ssh timeout out to stop it
+        state_path("lab").unlink()
 
 
 def test_local_state_is_written_privately_and_names_its_backend(tether_home: Path) -> None:

@@ -109,6 +109,35 @@ def test_what_the_reader_cannot_answer_the_store_does(tmp_path: Path, monkeypatc
         open_registry(db=db).get(name)
 
 
+def test_a_missing_name_is_answered_by_the_reader_as_by_the_store(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tether.cluster(name=X)`` of a cluster brought up but never saved asks the registry for X first: the
+    reader says NotFound itself (the same message, hint and close matches as the store), without the ORM."""
+    monkeypatch.setenv("TETHER_USER", "alice")
+    db = tmp_path / "r.db"
+    _saved(db)
+    reg = open_registry(db=db)
+    with pytest.raises(NotFound) as lean:
+        reg.get("alice/embedd")
+    assert isinstance(reg.backend, LocalStore) and reg.backend._full is None
+    with pytest.raises(NotFound) as orm:
+        open_registry(db=f"sqlite:///{db}").get("alice/embedd")
+    assert (str(lean.value), lean.value.hint, lean.value.details) == (str(orm.value), orm.value.hint,
+                                                                      orm.value.details)
+    assert lean.value.details["suggestions"] == ["alice/embed"]
+
+
+def test_a_cluster_brought_up_here_loads_by_name_without_the_orm(local_cluster, module_home: Path) -> None:
+    program = ("import sys, tether; c = tether.cluster(name=sys.argv[1]); "
+               "print(c.status(), 'sqlalchemy' in sys.modules)")
+    env = {**os.environ, "TETHER_HOME": str(module_home)}
+    env.pop("TETHER_REGISTRY_URL", None)
+    out = subprocess.run([sys.executable, "-c", program, local_cluster.name], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["up", "False"]
+
+
 def test_a_registry_file_not_made_yet_is_made_by_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TETHER_USER", "alice")
     db = tmp_path / "new" / "r.db"
