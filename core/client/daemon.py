@@ -11,6 +11,7 @@ from typing import Any
 
 from tether.client import routes, slabs, syncwire, wire
 from tether.client.loop import run_sync
+from tether.client.offloop import OffLoopPayload
 from tether.client.outcome import (
     RERUN,
     LogSink,
@@ -271,8 +272,10 @@ class DaemonClient:
                         if resp.status >= 400:
                             out.failure = http_error(resp.status, await resp.aread())
                         else:
-                            while (frame := await resp.anext_frame()) is not None:
-                                if out.feed(*frame):
+                            while (frame := await resp.anext_frame(off_loop=True)) is not None:
+                                # a big result of a plain connection is unpickled off the loop, from the socket
+                                if (await frame.payload.feed(out.feed, frame.kind)
+                                        if isinstance(frame.payload, OffLoopPayload) else out.feed(*frame)):
                                     if out.final:  # the body ends after a call's last frame: read that end,
                                         await resp.anext_frame()  # and the connection is reused
                                     break

@@ -167,7 +167,7 @@ class _Answer:
     async def aread(self) -> bytes:
         return self.read()
 
-    async def anext_frame(self) -> Frame | None:
+    async def anext_frame(self, off_loop: bool = False) -> Frame | None:  # (frames come whole here)
         return self.next_frame()
 
     def close(self) -> None:

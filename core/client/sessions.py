@@ -109,7 +109,7 @@ class AiohttpResponse:
             self.close()
             _reraise(exc, self._endpoint)
 
-    async def anext_frame(self) -> Frame | None:
+    async def anext_frame(self, off_loop: bool = False) -> Frame | None:  # (frames come whole here)
         while self._i == len(self._frames):
             try:
                 data = await self._resp.content.readany()

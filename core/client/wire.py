@@ -15,7 +15,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from urllib.parse import urlsplit
 
-from tether.client import http11
+from tether.client import http11, offloop
 from tether.client.payloads import Pieces
 from tether.client.transport import (
     CONNECT_TIMEOUT,
@@ -96,11 +96,15 @@ class Response:
         if self._body.done:
             self._finish()
 
-    async def _more(self, framed: bool) -> None:
-        """Read the next piece of the body into :attr:`_body` (every failure closes the connection)."""
+    async def _more(self, framed: bool, off_loop: bool = False) -> None:
+        """Read the next piece of the body into :attr:`_body` (every failure closes the connection).
+        ``off_loop``: a big pickled frame is handed out as an :class:`~tether.client.offloop.OffLoopPayload`."""
         conn, body = self._conn, self._body
         assert conn is not None
         try:
+            if (off_loop and framed and (body.length or 0) >= SHM_THRESHOLD and body.at_boundary
+                    and offloop.plain(conn.writer.transport) and await self._stream(conn)):
+                return
             n = body.want()
             if body.length is not None and n >= SHM_THRESHOLD:  # a big body of known length, whole
                 data: bytes | bytearray = await _read_into(conn, n)
@@ -125,12 +129,51 @@ class Response:
             await self._more(False)
         return self._body.take()
 
-    async def anext_frame(self) -> Frame | None:
-        """The body's next frame (heartbeats included), None at its end."""
+    async def anext_frame(self, off_loop: bool = False) -> Frame | None:
+        """The body's next frame (heartbeats included), None at its end. ``off_loop``: a big pickled frame of a
+        plain connection comes as an :class:`~tether.client.offloop.OffLoopPayload`, still in the socket: the
+        caller hands it on with its ``feed`` before it asks for the next frame."""
         body = self._body
         while (frame := body.next_frame()) is None and not body.done:
-            await self._more(True)
+            await self._more(True, off_loop)
         return frame
+
+    async def _stream(self, conn: _Conn) -> bool:
+        """At a frame's start: read its head; a big pickled frame waits for :meth:`anext_frame` as an
+        :class:`~tether.client.offloop.OffLoopPayload`, a small one is read whole and fed to the body; False when
+        the frame is bigger than the body (the ordinary way then says what is wrong)."""
+        body = self._body
+        head = await conn.reader.readexactly(http11.FRAME_HEAD.size)
+        kind, size = http11.FRAME_HEAD.unpack(head)
+        assert body.length is not None
+        if len(head) + size > body.length:
+            body.feed(head, True)
+            return False
+        if kind in http11.PICKLED and size >= SHM_THRESHOLD:
+            loop = asyncio.get_running_loop()
+
+            def on_io() -> None:  # (in the worker thread) the read deadline's bookkeeping
+                conn.last_read = loop.time()
+
+            payload = offloop.OffLoopPayload(
+                conn.reader, conn.writer.transport, size, conn.timeout,  # type: ignore[arg-type]
+                on_io=on_io, on_done=self._streamed_done,
+                failed=lambda exc: timed_out(self._endpoint, conn.timeout) if isinstance(exc, TimeoutError)
+                else dropped(self._endpoint, exc))
+            body.skip_frame(Frame(kind, payload), len(head) + size)  # type: ignore[arg-type]
+            return True
+        body.feed(head + await conn.reader.readexactly(size), True)
+        if body.done:
+            self._finish()
+        return True
+
+    def _streamed_done(self, whole: bool) -> None:
+        """An off-loop payload was handed on: the response goes on, or its connection closes when the payload
+        was not read whole (the next byte on it is mid-payload)."""
+        if not whole:
+            self.close()
+        elif self._body.done:
+            self._finish()
 
     def _finish(self) -> None:
         """The body is read: the connection back to the pool (or closed when it cannot carry another request)."""
@@ -229,9 +272,9 @@ class AsyncTransport:
                     status, hdrs = await _read_head(conn, loop)
                     if status != 100:  # refused before the body: that is the answer
                         return Response(status, hdrs, conn, self.endpoint, pool)
-                    await _send_big(conn.writer, b"", body)
+                    await self._send_body(conn, b"", body)
                 elif len(body) >= SHM_THRESHOLD:
-                    await _send_big(conn.writer, data, body)
+                    await self._send_body(conn, data, body)
                 else:
                     conn.writer.writelines([data, bytes(body)] if body else [data])
                 status, hdrs = await _read_head(conn, loop)
@@ -245,6 +288,22 @@ class AsyncTransport:
                 conn.close()
                 raise
         raise Dropped("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _send_body(self, conn: _Conn, head: bytes, body: bytes | Pieces) -> None:
+        """A big body after ``head``: from a worker thread on a plain connection (no copy of it, see
+        :mod:`tether.client.offloop`), in slices through the transport over TLS."""
+        if not offloop.plain(conn.writer.transport):
+            await _send_big(conn.writer, head, body)
+            return
+        if head:
+            conn.writer.write(head)
+        loop = asyncio.get_running_loop()
+
+        def on_io() -> None:  # (in the worker thread) a send that moves is not a silent daemon
+            conn.last_read = loop.time()
+
+        await offloop.send_off_loop(conn.writer, body.parts if isinstance(body, Pieces) else (body,),
+                                    conn.timeout, on_io)
 
     async def aclose(self) -> None:
         for conn in (_pools.get(asyncio.get_running_loop()) or {}).pop(self._key, []):

@@ -1,0 +1,216 @@
+"""Big plain bodies of the asyncio transport moved off the event loop (``tether.client.offloop``): a big body is
+sent from a worker thread straight from the caller's buffers, and a big pickled result frame is unpickled in a
+worker thread straight from the socket. Scripted servers on real sockets: every byte arrives, the connection
+carries the next request, a payload cut short or stalled is a dropped link (not an unpickling error), a bad one an
+unpickling error that closes the connection, and a cancelled call stops its thread and leaves no descriptor open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from tests.client.servers import read_request, response, serve
+from tether.client import Dropped
+from tether.client.offloop import OffLoopPayload
+from tether.client.payloads import dump_pieces, loads
+from tether.client.wire import AsyncTransport
+from tether.errors import SerializationError
+from tether.protocol.frames import client_frame
+
+MB = 1024 * 1024
+R, L = ord("R"), ord("L")
+
+
+def _answers(payloads: list[bytes], seen: list[int]) -> Any:
+    """Answers the n-th request (on any connection) with a log frame, then a RESULT frame of ``payloads[n]``."""
+    left = iter(payloads)
+
+    def script(conn: socket.socket, n: int) -> None:
+        seen.append(n)
+        while read_request(conn):
+            body = client_frame(L, b'{"text": "x"}') + client_frame(R, next(left))
+            conn.sendall(response(200, body))
+    return script
+
+
+async def _frames(t: AsyncTransport, took: list[type] | None = None, reader: Any = None) -> list[tuple[int, Any]]:
+    resp = await t.asend("POST", "/x/call", {})
+    try:
+        out = []
+        while (frame := await resp.anext_frame(off_loop=True)) is not None:
+            kind, payload = frame
+            if took is not None:
+                took.append(type(payload))
+            if isinstance(payload, OffLoopPayload):
+                out.append((kind, await payload.feed(reader or (lambda _, p: loads(p)), kind)))
+            else:
+                out.append((kind, loads(payload) if kind == R else payload))
+        return out
+    finally:
+        resp.close()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _fds() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # (the listing's own descriptor is gone by now)
+            out.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return sorted(out)
+
+
+def test_big_results_are_unpickled_off_the_loop_and_the_connection_is_reused() -> None:
+    values = [os.urandom(5 * MB), {"a": os.urandom(2 * MB), "b": list(range(1000))}, b"small"]
+    seen: list[int] = []
+    took: list[type] = []
+    with serve(_answers([pickle.dumps(v, protocol=5) for v in values], seen)) as endpoint:
+        async def go() -> list[list[tuple[int, Any]]]:
+            t = AsyncTransport(endpoint)
+            return [await _frames(t, took) for _ in values]
+
+        got = asyncio.run(go())
+    assert [frames[1][1] for frames in got] == values
+    assert all(frames[0] == (L, b'{"text": "x"}') for frames in got)
+    assert took.count(OffLoopPayload) == 2  # the two big results; the small one came whole
+    assert seen == [0]  # one connection carried all three
+
+
+def test_a_payload_not_read_whole_closes_its_connection_and_the_next_request_gets_another() -> None:
+    big = pickle.dumps(os.urandom(3 * MB), protocol=5)
+    seen: list[int] = []
+    with serve(_answers([big, pickle.dumps(b"next")], seen)) as endpoint:
+        async def go() -> Any:
+            t = AsyncTransport(endpoint)
+            got = await _frames(t, reader=lambda _, p: p.read(10))  # reads 10 bytes of it, then stops
+            assert got[1] == (R, big[:10])
+            return (await _frames(t))[1][1]
+
+        assert asyncio.run(go()) == b"next"
+    assert seen == [0, 1]
+
+
+def test_a_big_result_cut_short_is_a_dropped_link() -> None:
+    payload = pickle.dumps(os.urandom(4 * MB), protocol=5)
+
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        whole = response(200, client_frame(R, payload))
+        conn.sendall(whole[: len(whole) // 2])  # then the connection closes
+
+    with serve(script) as endpoint, pytest.raises(Dropped):
+        asyncio.run(_frames(AsyncTransport(endpoint)))
+
+
+def test_a_bad_big_pickle_is_an_unpickling_error_and_its_connection_is_not_reused() -> None:
+    bad = b"\x80\x05" + b"\xff" * (2 * MB)  # no opcode 0xff: the unpickler stops at once
+    seen: list[int] = []
+    with serve(_answers([bad, pickle.dumps(b"after")], seen)) as endpoint:
+        async def go() -> Any:
+            t = AsyncTransport(endpoint)
+            with pytest.raises(SerializationError, match="could not unpickle"):
+                await _frames(t)
+            return (await _frames(t))[1][1]
+
+        assert asyncio.run(go()) == b"after"
+    assert seen == [0, 1]  # the connection with a payload half read was closed; a new one served the next
+
+
+def _stalls_mid_result(release: threading.Event) -> Any:
+    payload = pickle.dumps(os.urandom(4 * MB), protocol=5)
+
+    def script(conn: socket.socket, n: int) -> None:
+        read_request(conn)
+        whole = response(200, client_frame(R, payload))
+        conn.sendall(whole[: len(whole) // 2])
+        release.wait(30)  # the rest never comes while the test runs
+    return script
+
+
+def test_a_stalled_big_result_times_out_as_a_dropped_link() -> None:
+    release = threading.Event()
+    with serve(_stalls_mid_result(release)) as endpoint:
+        try:
+            with pytest.raises(Dropped, match="no answer"):
+                asyncio.run(_frames(AsyncTransport(endpoint, read_timeout=0.5)))
+        finally:
+            release.set()
+
+
+def test_a_call_cancelled_mid_result_stops_its_thread_and_leaves_no_descriptor() -> None:
+    release = threading.Event()
+    with serve(_stalls_mid_result(release)) as endpoint:
+        async def go() -> None:
+            t = AsyncTransport(endpoint)
+            before = _open_fds()
+            task = asyncio.ensure_future(_frames(t))
+            await asyncio.sleep(0.3)  # the thread is waiting for the rest of the payload
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):  # the thread wakes, and its descriptors close with it
+                if _open_fds() <= before + 1:  # + the server's end of the connection, held by its script
+                    break
+                await asyncio.sleep(0.02)
+            assert _open_fds() <= before + 1, _fds()
+
+        try:
+            asyncio.run(go())
+        finally:
+            release.set()
+
+
+def test_a_big_body_is_sent_whole_from_the_callers_buffers() -> None:
+    big, other = os.urandom(3 * MB), bytearray(os.urandom(2 * MB))
+    pieces = dump_pieces((big,), {"x": other})
+    bodies: list[bytes] = []
+
+    def script(conn: socket.socket, n: int) -> None:
+        while request := read_request(conn):
+            bodies.append(request.partition(b"\r\n\r\n")[2])
+            conn.sendall(response(200, b""))
+
+    with serve(script) as endpoint:
+        async def go() -> None:
+            t = AsyncTransport(endpoint)
+            (await t.asend("POST", "/x", {}, pieces)).close()
+            (await t.asend("POST", "/x", {}, bytes(pieces))).close()
+
+        asyncio.run(go())
+    assert bodies == [bytes(pieces)] * 2
+
+
+def test_a_send_cancelled_while_the_peer_reads_nothing_stops_its_thread() -> None:
+    release = threading.Event()
+
+    def script(conn: socket.socket, n: int) -> None:
+        release.wait(30)  # reads nothing: the socket's buffers fill and the send waits
+
+    with serve(script) as endpoint:
+        async def go() -> None:
+            t = AsyncTransport(endpoint)
+            before = _open_fds()
+            task = asyncio.ensure_future(t.asend("POST", "/x", {}, os.urandom(64 * MB)))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            for _ in range(100):
+                if _open_fds() <= before + 1:  # + the server's end of the connection, held by its script
+                    break
+                await asyncio.sleep(0.02)
+            assert _open_fds() <= before + 1, _fds()
+
+        try:
+            asyncio.run(go())
+        finally:
+            release.set()
