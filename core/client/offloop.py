@@ -152,7 +152,8 @@ class OffLoopPayload:
         transport.pause_reading()
         buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]  # what the reader holds already
         k = min(len(buffered), self.left)
-        self._held = memoryview(bytes(buffered[:k]))
+        with memoryview(buffered) as view:
+            self._held = memoryview(bytes(view[:k]))  # one copy (a bytearray slice would be one more)
         del buffered[:k]
         self._sock = OffLoopSocket(transport, self._timeout, self._on_io)
         try:
