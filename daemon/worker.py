@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import contextvars
 import ctypes
 import functools
 import importlib
 import inspect
-import json
 import logging
 import os
 import signal
@@ -22,7 +20,6 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import cloudpickle
@@ -30,6 +27,7 @@ import cloudpickle
 from tether.daemon import eventloop, fills, liveness
 from tether.daemon import protocol as p
 from tether.daemon.auth import ROOTS_ENV, check_imported
+from tether.daemon.call_output import CallCtx, Router, TetherLogForwarder, current, emit_report
 from tether.daemon.deployed_code import describe, from_root, purge_modules_under, purge_package
 from tether.daemon.memory import apply_memory_limit
 from tether.daemon.slabs import ARGS_HEADER, RESULT_HEADER, SlabCache, keep_freed_memory
@@ -47,92 +45,6 @@ from tether.protocol import reports
 from tether.protocol.pieces import Pieces
 
 CONFINED = bool(os.environ.get(ROOTS_ENV))  # read at start, before any deployed code runs
-
-_current: contextvars.ContextVar[_CallCtx | None] = contextvars.ContextVar("tether_call", default=None)
-
-
-@dataclass
-class _CallCtx:
-    tag: int
-    worker: Worker
-    name: str = ""
-    buffers: dict[str, str] = field(default_factory=dict)
-    thread_id: int | None = None
-    slab: str | None = None  # the result slab the caller lent (see tether.daemon.slabs)
-    fill: bool = False  # that slab is the daemon's pool file: the result may go while it is written
-
-    def emit(self, payload: dict[str, Any]) -> None:
-        """Send a log event; from a call's thread, wait until it is on the socket (it survives a kill right after)."""
-        self.worker.send_threadsafe(p.LOG, self.tag, None, json.dumps(payload).encode(), wait=True)
-
-    def write(self, stream: str, text: str) -> None:
-        buf = self.buffers.get(stream, "") + text
-        cut = max(buf.rfind("\n"), buf.rfind("\r"))  # "\r": progress bars redraw in place
-        if cut >= 0:
-            self.emit({"stream": stream, "text": buf[: cut + 1]})
-            buf = buf[cut + 1 :]
-        self.buffers[stream] = buf
-
-    def flush(self) -> None:
-        for stream, buf in self.buffers.items():
-            if buf:
-                self.emit({"stream": stream, "text": buf})
-        self.buffers.clear()
-
-
-class _Router:
-    """Replaces sys.stdout/err: text written during a call goes to that call's caller, the rest to the log."""
-
-    def __init__(self, original: Any, stream: str) -> None:
-        self._original = original
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        ctx = _current.get()
-        if ctx is None:
-            return self._original.write(text)
-        ctx.write(self._stream, text)
-        return len(text)
-
-    def flush(self) -> None:
-        self._original.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._original, name)
-
-
-class _LogForwarder(logging.Handler):
-    """Sends log records emitted during a call to its caller."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        ctx = _current.get()
-        if ctx is None:
-            return
-        try:
-            msg = record.getMessage()
-        except Exception:  # noqa: BLE001
-            msg = str(record.msg)
-        ctx.emit({"level": record.levelno, "name": record.name, "msg": msg})
-
-
-class TetherLogForwarder(_LogForwarder):
-    """The forwarder on the worker's root logger. Public and with a formatter, so libraries that configure logging
-    when imported and keep a root logger that has user handlers (Prefect's ``setup_logging`` does) leave it, and
-    its level, alone: their records still reach the caller."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.setFormatter(logging.Formatter("%(message)s"))
-
-
-def _emit_report(event: dict[str, Any]) -> bool:
-    """``tether.report()`` inside a call: the report event goes to the call's caller like a log event."""
-    ctx = _current.get()
-    if ctx is None:
-        return False
-    ctx.emit(event)
-    return True
-
 
 class _ThreadCancelled(BaseException):
     """Raised asynchronously inside a thread running a cancelled sync call."""
@@ -152,7 +64,7 @@ class Worker:
         self.locks: dict[str, threading.Lock] = {}
         self.fast: dict[tuple[str, str], int] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
-        self.ctxs: dict[int, _CallCtx] = {}
+        self.ctxs: dict[int, CallCtx] = {}
         limit = int(os.environ.get("TETHER_MEMORY_LIMIT") or 0)
         self.slabs = SlabCache(max_bytes=limit // 4 if limit else None)  # the clients' lent slabs, mapped once
         self._sweeping = False
@@ -238,20 +150,20 @@ class Worker:
         if len(self.slabs):
             self._sweep_later()
 
-    def _encode(self, ctx: _CallCtx, value: Any, json_mode: bool) -> tuple[dict[str, Any] | None, bytes]:
+    def _encode(self, ctx: CallCtx, value: Any, json_mode: bool) -> tuple[dict[str, Any] | None, bytes]:
         """A call's RESULT frame: into the caller's result slab when it lent one and the pickle is big."""
         if ctx.slab is None or json_mode:
             return encode_result(value, json_mode)
         return encode_result(value, json_mode, functools.partial(self._slab, ctx.slab, RESULT_HEADER))
 
-    def _send_result(self, ctx: _CallCtx, value: Any, json_mode: bool) -> None:
+    def _send_result(self, ctx: CallCtx, value: Any, json_mode: bool) -> None:
         """A call's RESULT frame; a big pickle for the daemon's pool file goes while it is written."""
         if ctx.fill and ctx.slab is not None and not json_mode and not is_small(value) \
                 and self._send_filling(ctx, ctx.slab, value):
             return
         self.send(p.RESULT, ctx.tag, *self._encode(ctx, value, json_mode))
 
-    def _send_filling(self, ctx: _CallCtx, path: str, value: Any) -> bool:
+    def _send_filling(self, ctx: CallCtx, path: str, value: Any) -> bool:
         """Pickle ``value`` into pieces (nothing copied yet), answer RESULT with its size, then copy it into the
         pool file ``path`` reporting PROGRESS (see :mod:`tether.daemon.fills`); False: the file was refused."""
         pieces = Pieces()
@@ -383,8 +295,8 @@ class Worker:
         lock = self.locks.get(name)
         if lock is not None and not lock.acquire(blocking=False):
             return False
-        ctx = _CallCtx(tag, self, name, slab=meta.get("_slab"), fill=bool(meta.get("_fill")))
-        token = _current.set(ctx)
+        ctx = CallCtx(tag, self, name, slab=meta.get("_slab"), fill=bool(meta.get("_fill")))
+        token = current.set(ctx)
         json_mode = meta.get("mode") == "json"
         try:
             args, kwargs = decode_args(body, json_mode)
@@ -403,12 +315,12 @@ class Worker:
         finally:
             if lock is not None:
                 lock.release()
-            _current.reset(token)
+            current.reset(token)
         return True
 
-    async def _finish(self, ctx: _CallCtx, result: Any, json_mode: bool) -> None:
+    async def _finish(self, ctx: CallCtx, result: Any, json_mode: bool) -> None:
         """Stream a returned generator or await a returned awaitable, then send the result."""
-        _current.set(ctx)
+        current.set(ctx)
         try:
             result = await _drain_sync_generator(self, ctx, result, json_mode)
             if inspect.isawaitable(result):
@@ -422,9 +334,9 @@ class Worker:
             self.tasks.pop(ctx.tag, None)
 
     async def _call(self, tag: int, meta: dict[str, Any], body: Body) -> None:
-        ctx = _CallCtx(tag, self, meta.get("name", ""), slab=meta.get("_slab"), fill=bool(meta.get("_fill")))
+        ctx = CallCtx(tag, self, meta.get("name", ""), slab=meta.get("_slab"), fill=bool(meta.get("_fill")))
         self.ctxs[tag] = ctx
-        _current.set(ctx)
+        current.set(ctx)
         json_mode = meta.get("mode") == "json"
         try:
             args, kwargs = decode_args(body, json_mode)
@@ -452,7 +364,7 @@ class Worker:
             self.tasks.pop(tag, None)
             self.ctxs.pop(tag, None)
 
-    async def _invoke(self, ctx: _CallCtx, target: Any, args: list, kwargs: dict, json_mode: bool) -> Any:
+    async def _invoke(self, ctx: CallCtx, target: Any, args: list, kwargs: dict, json_mode: bool) -> Any:
         if inspect.iscoroutinefunction(target):
             return await target(*args, **kwargs)
         if inspect.isasyncgenfunction(target):
@@ -486,7 +398,7 @@ class Worker:
         return result
 
 
-async def _drain_sync_generator(worker: Worker, ctx: _CallCtx, out: Any, json_mode: bool) -> Any:
+async def _drain_sync_generator(worker: Worker, ctx: CallCtx, out: Any, json_mode: bool) -> Any:
     """A sync function that returned a generator: stream its items (in a thread: it may be slow)."""
     if not inspect.isgenerator(out):
         return out
@@ -495,7 +407,7 @@ async def _drain_sync_generator(worker: Worker, ctx: _CallCtx, out: Any, json_mo
     return None
 
 
-def _send_items(worker: Worker, ctx: _CallCtx, items: Any, json_mode: bool) -> None:
+def _send_items(worker: Worker, ctx: CallCtx, items: Any, json_mode: bool) -> None:
     """Send each item of a sync generator to the caller as it is produced (from a call's thread)."""
     for item in items:
         worker.send_threadsafe(p.ITEM, ctx.tag, *encode_result(item, json_mode))
@@ -547,13 +459,13 @@ def main() -> None:
     if limit:
         apply_memory_limit(int(limit))
     keep_freed_memory(int(limit) if limit else None)
-    sys.stdout = _Router(sys.stdout, "stdout")  # type: ignore[assignment]
-    sys.stderr = _Router(sys.stderr, "stderr")  # type: ignore[assignment]
+    sys.stdout = Router(sys.stdout, "stdout")  # type: ignore[assignment]
+    sys.stderr = Router(sys.stderr, "stderr")  # type: ignore[assignment]
     root = logging.getLogger()
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     root.addHandler(TetherLogForwarder())
-    reports.set_emitter(_emit_report)
+    reports.set_emitter(emit_report)
     if len(sys.argv) > 2:  # the daemon's liveness pings, answered by a thread (see tether.daemon.liveness)
         liveness.answer_pings(int(sys.argv[2]))
     eventloop.run(_main(int(sys.argv[1])))
