@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 
 from tether.protocol.pieces import Pieces
@@ -32,7 +31,7 @@ STALL_S = 60.0  # a fill that moves no further for this long is failed (a stuck 
 class Fill:
     """How far the worker got writing one result of ``size`` bytes; waited on by the thread that sends it."""
 
-    __slots__ = ("_cond", "_loop", "_on_end", "failed", "size", "upto")
+    __slots__ = ("_cond", "_loop", "_on_end", "_waiters", "failed", "size", "upto")
 
     def __init__(self, size: int) -> None:
         """Made on the daemon's event loop, where its end callbacks run."""
@@ -42,6 +41,7 @@ class Fill:
         self._cond = threading.Condition()
         self._loop = asyncio.get_running_loop()
         self._on_end: list[Callable[[], None]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (offset, future) of :meth:`until` calls
 
     @property
     def ended(self) -> bool:
@@ -56,6 +56,8 @@ class Fill:
             self._cond.notify_all()
         if self.ended:
             self._end()
+        else:
+            self._wake()  # (PROGRESS frames arrive on the event loop)
 
     def fail(self) -> None:
         with self._cond:
@@ -80,9 +82,22 @@ class Fill:
         if not on_loop:  # a sending thread that gave up on a stalled worker
             self._loop.call_soon_threadsafe(self._end)
             return
+        self._wake()
         todo, self._on_end = self._on_end, []
         for fn in todo:
             fn()
+
+    def _wake(self) -> None:
+        """Resolve the :meth:`until` calls whose bytes are written (all of them once the fill failed); on the loop."""
+        waiting: list[tuple[int, asyncio.Future[None]]] = []
+        for offset, fut in self._waiters:
+            if fut.done():
+                continue
+            if self.failed or self.upto > offset:
+                fut.set_result(None)
+            else:
+                waiting.append((offset, fut))
+        self._waiters = waiting
 
     def past(self, offset: int, stall: float = STALL_S) -> int:
         """How many bytes are written, once more than ``offset`` are (blocks; from a sending thread).
@@ -98,12 +113,13 @@ class Fill:
 
     async def until(self, offset: int, stall: float = STALL_S) -> None:
         """Wait (on the event loop) until more than ``offset`` bytes are written; as :meth:`past` otherwise."""
-        deadline = time.monotonic() + stall
-        while not self.failed and self.upto <= offset:
-            if time.monotonic() > deadline:
+        if not self.failed and self.upto <= offset:
+            fut = self._loop.create_future()
+            self._waiters.append((offset, fut))
+            try:
+                await asyncio.wait_for(fut, stall)
+            except TimeoutError:
                 self.fail()
-                break
-            await asyncio.sleep(0.0005)
         if self.failed:
             raise ConnectionResetError("the worker did not finish writing the result")
 

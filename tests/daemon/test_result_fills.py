@@ -85,6 +85,40 @@ def test_a_failed_or_stalled_fill_cuts_the_answer_and_its_callbacks_run_on_the_l
     assert where == [True]
 
 
+def test_the_loop_side_wait_wakes_on_progress_on_a_failure_from_a_thread_and_gives_up_after_a_stall() -> None:
+    """``Fill.until`` (the TLS send's wait, on the event loop): a wait for bytes already written returns at once,
+    one for later bytes when they are reported, a failure in a sending thread wakes every wait with the cut, and a
+    fill that reports nothing gives up after the stall."""
+    async def go() -> tuple[list[str], bool, Any]:
+        fill, stalled, failing = fills.Fill(3 * MiB), fills.Fill(MiB), fills.Fill(MiB)
+        order: list[str] = []
+
+        async def wait(offset: int) -> None:
+            await fill.until(offset)
+            order.append(f"past {offset}")
+
+        early, late = asyncio.ensure_future(wait(MiB - 1)), asyncio.ensure_future(wait(2 * MiB))
+        await asyncio.sleep(0.05)
+        waited = not early.done() and not late.done()
+        fill.advance(MiB)
+        await asyncio.sleep(0.01)
+        order.append("advanced")
+        fill.advance(3 * MiB)
+        await asyncio.gather(early, late)
+        await fill.until(0)  # written already: at once
+        cut = asyncio.ensure_future(failing.until(0))
+        await asyncio.sleep(0.01)
+        await asyncio.to_thread(failing.fail)  # a sending thread gave up on this one
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(cut, 5)
+        with pytest.raises(ConnectionResetError):
+            await stalled.until(0, stall=0.1)
+        return order, waited, stalled.failed
+
+    order, waited, stalled_failed = asyncio.run(go())
+    assert waited and order == ["past 1048575", "advanced", "past 2097152"] and stalled_failed
+
+
 def test_a_pool_file_goes_back_only_once_its_fill_ended(monkeypatch: pytest.MonkeyPatch) -> None:
     pool = result_pool.ResultPool()
 
