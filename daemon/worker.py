@@ -37,6 +37,7 @@ from tether.daemon.worker_codec import (
     encode_result,
     error_payload,
     is_small,
+    spill_pieces,
     unserializable,
 )
 from tether.errors import CallCancelled, ConfigError, NotFound, SerializationError
@@ -158,14 +159,15 @@ class Worker:
 
     def _send_result(self, ctx: CallCtx, value: Any, json_mode: bool) -> None:
         """A call's RESULT frame; a big pickle for the daemon's pool file goes while it is written."""
-        if ctx.fill and ctx.slab is not None and not json_mode and not is_small(value) \
-                and self._send_filling(ctx, ctx.slab, value):
+        if ctx.fill and ctx.slab is not None and not json_mode and not is_small(value):
+            self._send_filling(ctx, ctx.slab, value)
             return
         self.send(p.RESULT, ctx.tag, *self._encode(ctx, value, json_mode))
 
-    def _send_filling(self, ctx: CallCtx, path: str, value: Any) -> bool:
+    def _send_filling(self, ctx: CallCtx, path: str, value: Any) -> None:
         """Pickle ``value`` into pieces (nothing copied yet), answer RESULT with its size, then copy it into the
-        pool file ``path`` reporting PROGRESS (see :mod:`tether.daemon.fills`); False: the file was refused."""
+        pool file ``path`` reporting PROGRESS (see :mod:`tether.daemon.fills`). A refused file: the pieces go as
+        :func:`~tether.daemon.worker_codec.spill_pieces` sends them."""
         pieces = Pieces()
         try:
             cloudpickle.dump(value, pieces, protocol=5)
@@ -173,13 +175,14 @@ class Worker:
             raise unserializable(value, exc) from exc
         if pieces.size < p.SHM_THRESHOLD:
             self.send(p.RESULT, ctx.tag, None, bytes(pieces))
-            return True
+            return
         try:
             slab = self._slab(path, RESULT_HEADER)
             slab.reserve(pieces.size)
             target = slab.view(pieces.size)
-        except (OSError, ConfigError, EOFError):
-            return False
+        except (OSError, ConfigError, EOFError):  # the pool file is gone or refused: a file of our own
+            self.send(p.RESULT, ctx.tag, *spill_pieces(pieces))
+            return
 
         def report(upto: int) -> None:
             self.send(p.PROGRESS, ctx.tag, {"upto": upto})
@@ -192,7 +195,6 @@ class Worker:
                 fills.write_reporting(target, pieces, report)
             except Exception:  # noqa: BLE001 - the RESULT is out: the daemon cuts the answer
                 self.send(p.PROGRESS, ctx.tag, {"failed": True})
-        return True
 
     def _reply(self, tag: int, fn: Any, meta: dict[str, Any], body: bytes) -> None:
         try:

@@ -18,8 +18,9 @@ from tether.daemon import protocol as p
 from tether.daemon.slabs import ResultSpill
 from tether.errors import ConfigError, SerializationError, TetherError
 from tether.escalation.oom import classify_exception
+from tether.protocol.pieces import Pieces
 
-__all__ = ["SMALL", "Body", "decode_args", "encode_result", "error_payload", "is_small", "unmapper",
+__all__ = ["SMALL", "Body", "decode_args", "encode_result", "error_payload", "is_small", "spill_pieces", "unmapper",
            "unserializable"]
 
 Body = bytes | mmap.mmap | memoryview  # a call's arguments: in the frame, a mapped file, or a view of a lent slab
@@ -57,6 +58,19 @@ def decode_args(body: Body, json_mode: bool) -> tuple[list, dict]:
 def unmapper() -> concurrent.futures.ThreadPoolExecutor:
     """One thread that closes mapped argument files (not the call threads' pool: it may be busy for long)."""
     return concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tether-unmap")
+
+
+def spill_pieces(pieces: Pieces) -> tuple[dict[str, Any] | None, bytes]:
+    """A result already pickled into ``pieces``, as :func:`encode_result`'s last two ways send it: a
+    shared-memory file of our own, else (``/dev/shm`` full) the bytes over the socket. Nothing is pickled again."""
+    out = p.Spill()
+    try:
+        for part in pieces.parts:
+            out.write(part)
+        return out.finish()
+    except OSError:
+        out.abort()
+        return None, bytes(pieces)
 
 
 def encode_result(value: Any, json_mode: bool, open_slab: Any = None) -> tuple[dict[str, Any] | None, bytes]:

@@ -6,6 +6,7 @@ ended. Real threads, a real aiohttp server on real sockets, plain and TLS."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -151,6 +152,50 @@ def test_the_worker_copies_every_piece_and_reports_about_every_step() -> None:
     assert reports == sorted(reports) and reports[-1] == pieces.size
     assert all(b - a <= 2 * fills.STEP for a, b in zip([0, *reports], reports, strict=False))
     assert len(reports) >= pieces.size // (2 * fills.STEP)
+
+
+class Counted:
+    """A big value that counts how often it is pickled."""
+
+    pickled = 0
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce__(self) -> Any:
+        Counted.pickled += 1
+        return (Counted, (self.data,))
+
+
+def test_a_refused_pool_file_sends_the_result_pickled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the daemon's pool file cannot take the result (gone, or ``/dev/shm`` refused the growth), the pieces
+    already pickled go as a file of the worker's own (or inline), and the value is not pickled again."""
+    from types import SimpleNamespace
+
+    from tether.daemon import worker as worker_mod
+    from tether.daemon.call_output import CallCtx
+
+    sent: list[tuple[int, int, Any, bytes]] = []
+
+    def refuse(path: str, header: str) -> Any:
+        raise OSError(28, "No space left on device")
+
+    fake = SimpleNamespace(send=lambda kind, tag, meta=None, body=b"": sent.append((kind, tag, meta, body)),
+                           _slab=refuse)
+    fake._encode = functools.partial(worker_mod.Worker._encode, fake)
+    fake._send_filling = functools.partial(worker_mod.Worker._send_filling, fake)
+    ctx = CallCtx(7, fake, "echo", slab="/dev/shm/tether-pool-x", fill=True)  # type: ignore[arg-type]
+    value = Counted(os.urandom(3 * MiB))
+    Counted.pickled = 0
+    worker_mod.Worker._send_result(fake, ctx, value, False)  # type: ignore[arg-type]
+    assert Counted.pickled == 1
+    [(kind, tag, meta, body)] = sent
+    assert (kind, tag) == (ord("R"), 7)
+    if meta is not None:  # a file of the worker's own (the daemon sends it and removes it)
+        with open(meta["_shm"], "rb") as f:
+            body = f.read()
+        os.unlink(meta["_shm"])
+    assert cloudpickle.loads(body).data == value.data
 
 
 # -- sending while the worker writes: a real server --------------------------------------------------------------
