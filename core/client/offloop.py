@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +43,7 @@ class OffLoopSocket:
         self.timeout = timeout
         self.on_io = on_io
         self.stopped = False
+        self.closed = False
 
     def wait(self, event: int) -> None:
         """Block until the socket is ready for ``event`` (POLLIN / POLLOUT); TimeoutError after the timeout,
@@ -83,27 +85,48 @@ class OffLoopSocket:
     def stop(self) -> None:
         """Wake the thread (from the loop's thread); it raises ConnectionAbortedError."""
         self.stopped = True
-        os.write(self._wake_w, b"x")
+        if not self.closed:
+            os.write(self._wake_w, b"x")
 
     def close(self) -> None:
+        """Close the duplicate and the wake pipe (once; on the loop's thread, once the thread is out)."""
+        if self.closed:
+            return
+        self.closed = True
         for fd in (self.fd, self._wake_r, self._wake_w):
             os.close(fd)
 
 
 async def run_off_loop(sock: OffLoopSocket, fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a worker thread; a cancelled await stops the thread (its I/O raises) and the socket
-    duplicate is closed only once the thread is out of it."""
+    """``fn(*args)`` in a thread of its own; a cancelled await stops the thread (its I/O raises). The socket
+    duplicate is closed on the loop once the thread is out of it (so a late :meth:`OffLoopSocket.stop` never
+    writes to a closed descriptor). A daemon thread, not the loop's executor: a transfer in progress never holds
+    up the interpreter's exit, and never waits for an executor slot that other work holds."""
     loop = asyncio.get_running_loop()
-    fut = loop.run_in_executor(None, fn, *args)
+    done: asyncio.Future[Any] = loop.create_future()
 
-    def ended(f: asyncio.Future[Any]) -> None:
+    def settle(result: Any, exc: BaseException | None) -> None:  # on the loop
         sock.close()
-        if not f.cancelled():
-            f.exception()  # retrieved: after a cancel, nobody awaits it (the error is the cancelled call's)
+        if done.done():  # the await was cancelled: nobody wants the outcome
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
 
-    fut.add_done_callback(ended)
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (fn(*args), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting call
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: nobody will stop this socket any more
+            sock.close()
+
+    threading.Thread(target=run, name="tether-offloop", daemon=True).start()
     try:
-        return await asyncio.shield(fut)
+        return await done
     except asyncio.CancelledError:
         sock.stop()
         raise
@@ -155,7 +178,11 @@ class OffLoopPayload:
         with memoryview(buffered) as view:
             self._held = memoryview(bytes(view[:k]))  # one copy (a bytearray slice would be one more)
         del buffered[:k]
-        self._sock = OffLoopSocket(transport, self._timeout, self._on_io)
+        try:
+            self._sock = OffLoopSocket(transport, self._timeout, self._on_io)
+        except OSError as exc:  # the connection closed under us: no descriptor left to duplicate
+            self._on_done(False)
+            raise self._failed(exc) from exc
         try:
             return await run_off_loop(self._sock, fn, kind, self)
         finally:

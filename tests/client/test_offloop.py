@@ -214,3 +214,33 @@ def test_a_send_cancelled_while_the_peer_reads_nothing_stops_its_thread() -> Non
             asyncio.run(go())
         finally:
             release.set()
+
+
+EXITS = """
+import asyncio, sys, threading, time
+from tests.client.servers import serve
+from tests.client.test_offloop import _frames, _stalls_mid_result
+from tether.client.wire import AsyncTransport
+
+server = serve(_stalls_mid_result(threading.Event()))  # (kept: a dropped one stops serving)
+endpoint = server.__enter__()
+loop = asyncio.new_event_loop()
+threading.Thread(target=loop.run_forever, daemon=True).start()  # as the sync facade's background loop
+asyncio.run_coroutine_threadsafe(_frames(AsyncTransport(endpoint, read_timeout=600)), loop)
+time.sleep(0.5)  # the transfer's thread waits for bytes that never come
+print(sorted(t.name for t in threading.enumerate() if t.name.startswith("tether")), flush=True)
+"""
+
+
+def test_a_transfer_in_progress_does_not_hold_up_the_interpreters_exit() -> None:
+    """The off-loop thread is a daemon thread: a process that ends while a big result is still arriving exits
+    at once instead of waiting for the transfer (here: a stalled one, with a 600 s read timeout)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", EXITS], cwd=root, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(root)})  # (a held-up exit would take 600 s)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['tether-offloop']", out.stdout  # the transfer was under way at the exit
