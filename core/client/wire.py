@@ -82,7 +82,7 @@ class Response:
     """A response of :class:`AsyncTransport`: read it whole (:meth:`aread`) or frame by frame
     (:meth:`anext_frame`). The connection goes back to the pool as soon as the body was read to its end."""
 
-    __slots__ = ("_body", "_conn", "_endpoint", "_pool", "headers", "status")
+    __slots__ = ("_body", "_conn", "_endpoint", "_pending", "_pool", "headers", "status")
 
     def __init__(self, status: int, headers: dict[str, str], conn: _Conn, endpoint: str, pool: list[_Conn]) -> None:
         self.status = status
@@ -91,6 +91,7 @@ class Response:
         self._endpoint = endpoint
         self._pool = pool
         self._body = http11.BodyReader(headers)
+        self._pending: offloop.OffLoopPayload | None = None  # handed out by anext_frame, not fed yet
         if (self._body.length or 0) >= SHM_THRESHOLD:
             keep_freed_memory()  # a big payload over the socket: reuse freed pages for the next one
         if self._body.done:
@@ -133,6 +134,9 @@ class Response:
         """The body's next frame (heartbeats included), None at its end. ``off_loop``: a big pickled frame of a
         plain connection comes as an :class:`~tether.client.offloop.OffLoopPayload`, still in the socket: the
         caller hands it on with its ``feed`` before it asks for the next frame."""
+        if self._pending is not None:  # its bytes are still in the socket, before the next frame's
+            self.close()
+            raise RuntimeError("an off-loop payload was not fed before the next frame was asked for")
         body = self._body
         while (frame := body.next_frame()) is None and not body.done:
             await self._more(True, off_loop)
@@ -161,6 +165,7 @@ class Response:
                 failed=lambda exc: timed_out(self._endpoint, conn.timeout) if isinstance(exc, TimeoutError)
                 else dropped(self._endpoint, exc))
             body.skip_frame(Frame(kind, payload), len(head) + size)  # type: ignore[arg-type]
+            self._pending = payload
             return True
         body.feed(head + await conn.reader.readexactly(size), True)
         if body.done:
@@ -170,6 +175,7 @@ class Response:
     def _streamed_done(self, whole: bool) -> None:
         """An off-loop payload was handed on: the response goes on, or its connection closes when the payload
         was not read whole (the next byte on it is mid-payload)."""
+        self._pending = None
         if not whole:
             self.close()
         elif self._body.done:

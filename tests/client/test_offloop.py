@@ -99,6 +99,24 @@ def test_a_payload_not_read_whole_closes_its_connection_and_the_next_request_get
     assert seen == [0, 1]
 
 
+def test_asking_for_the_next_frame_before_feeding_a_payload_is_refused_and_closes_the_connection() -> None:
+    big = pickle.dumps(os.urandom(3 * MB), protocol=5)
+    seen: list[int] = []
+    with serve(_answers([big, pickle.dumps(b"next")], seen)) as endpoint:
+        async def go() -> Any:
+            t = AsyncTransport(endpoint)
+            resp = await t.asend("POST", "/x/call", {})
+            assert (await resp.anext_frame(off_loop=True)).kind == L  # type: ignore[union-attr]
+            frame = await resp.anext_frame(off_loop=True)
+            assert frame is not None and isinstance(frame.payload, OffLoopPayload)
+            with pytest.raises(RuntimeError, match="not fed"):
+                await resp.anext_frame(off_loop=True)  # its bytes would be read as the next frame's head
+            return (await _frames(t))[1][1]
+
+        assert asyncio.run(go()) == b"next"
+    assert seen == [0, 1]  # the connection was closed, not reused
+
+
 def test_a_big_result_cut_short_is_a_dropped_link() -> None:
     payload = pickle.dumps(os.urandom(4 * MB), protocol=5)
 
