@@ -3,11 +3,12 @@ caller's objects.
 
 An asyncio transport copies what the socket does not take at once into its own buffer, and a stream reader hands
 each read on as a new ``bytes``. For a call body or result of megabytes that is one to two extra copies of it, and
-a loop wakeup per read. Here a worker thread does the I/O itself on a duplicate of the connection's descriptor:
+a loop wakeup per read. Here a thread of the transfer's own (a daemon thread: :func:`run_off_loop`) does the I/O
+itself on a duplicate of the connection's descriptor:
 
 - :func:`send_off_loop` sends the body's pieces with ``os.write`` while the transport, its buffer empty, writes
   nothing (the request's head is out: the caller drained it);
-- :class:`OffLoopPayload` is the file a big pickled result frame's unpickler reads in a worker thread (``read``,
+- :class:`OffLoopPayload` is the file a big pickled result frame's unpickler reads in that thread (``read``,
   ``readinto``, ``readline``): what the stream reader held already, then ``recv_into`` straight into the objects
   the pickle becomes, while the transport's reading is paused. It never reads past the frame's end, and it gives
   the connection's reads back to the transport when done.
@@ -34,7 +35,7 @@ def plain(transport: asyncio.BaseTransport) -> bool:
 
 
 class OffLoopSocket:
-    """A duplicate of a transport's socket descriptor for one worker thread, with a wake pipe to stop it."""
+    """A duplicate of a transport's socket descriptor for one transfer's thread, with a wake pipe to stop it."""
 
     def __init__(self, transport: asyncio.BaseTransport, timeout: float,
                  on_io: Callable[[], None] | None = None) -> None:
@@ -134,7 +135,7 @@ async def run_off_loop(sock: OffLoopSocket, fn: Callable[..., Any], *args: Any) 
 
 async def send_off_loop(writer: asyncio.StreamWriter, parts: Sequence[Any], timeout: float,
                         on_io: Callable[[], None] | None = None) -> None:
-    """Send ``parts`` on ``writer``'s plain connection from a worker thread (see the module's text)."""
+    """Send ``parts`` on ``writer``'s plain connection from the transfer's thread (see the module's text)."""
     await writer.drain()
     if writer.transport.get_write_buffer_size():  # pragma: no cover - drain leaves at most the low-water mark
         for part in parts:
@@ -146,7 +147,7 @@ async def send_off_loop(writer: asyncio.StreamWriter, parts: Sequence[Any], time
 
 
 class OffLoopPayload:
-    """A big pickled frame's payload: a file its unpickler reads in a worker thread (see the module's text).
+    """A big pickled frame's payload: a file its unpickler reads in the transfer's thread (see the module's text).
 
     :meth:`feed` runs ``fn(kind, self)`` there (``tether.client.outcome.Outcome.feed``, which unpickles it and
     calls :meth:`finish`); the connection's reads are the transport's again when it returns.
@@ -170,7 +171,7 @@ class OffLoopPayload:
         return self.size
 
     async def feed(self, fn: Callable[[int, Any], Any], kind: int) -> Any:
-        """``fn(kind, self)`` in a worker thread, the socket's reads its own meanwhile."""
+        """``fn(kind, self)`` in the transfer's thread, the socket's reads its own meanwhile."""
         transport = self._transport
         transport.pause_reading()
         buffered: bytearray = self._reader._buffer  # type: ignore[attr-defined]  # what the reader holds already
@@ -193,7 +194,7 @@ class OffLoopPayload:
                 transport.resume_reading()
             self._on_done(whole)  # not whole: the connection is closed (its next byte is mid-payload)
 
-    # -- the file the unpickler reads (in the worker thread) ------------------------------------------------------
+    # -- the file the unpickler reads (in the transfer's thread) ------------------------------------------------------
     def readinto(self, buf: Any) -> int:
         with memoryview(buf) as whole, whole.cast("B") as flat:
             n = min(len(flat), self.left)

@@ -156,7 +156,7 @@ class Response:
         if kind in http11.PICKLED and size >= SHM_THRESHOLD:
             loop = asyncio.get_running_loop()
 
-            def on_io() -> None:  # (in the worker thread) the read deadline's bookkeeping
+            def on_io() -> None:  # (in the transfer's thread) the read deadline's bookkeeping
                 conn.last_read = loop.time()
 
             payload = offloop.OffLoopPayload(
@@ -296,7 +296,7 @@ class AsyncTransport:
         raise Dropped("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _send_body(self, conn: _Conn, head: bytes, body: bytes | Pieces) -> None:
-        """A big body after ``head``: from a worker thread on a plain connection (no copy of it, see
+        """A big body after ``head``: from the transfer's thread on a plain connection (no copy of it, see
         :mod:`tether.client.offloop`), in slices through the transport over TLS."""
         if not offloop.plain(conn.writer.transport):
             await _send_big(conn.writer, head, body)
@@ -305,7 +305,7 @@ class AsyncTransport:
             conn.writer.write(head)
         loop = asyncio.get_running_loop()
 
-        def on_io() -> None:  # (in the worker thread) a send that moves is not a silent daemon
+        def on_io() -> None:  # (in the transfer's thread) a send that moves is not a silent daemon
             conn.last_read = loop.time()
 
         await offloop.send_off_loop(conn.writer, body.parts if isinstance(body, Pieces) else (body,),
