@@ -210,6 +210,19 @@ class BodyReader:
         """Nothing of a frame read yet and no frame waiting: the next byte read starts a frame."""
         return self._i == len(self._ready) and (self._frames is None or not self._frames.pending)
 
+    def streamed_head(self, head: bytes, threshold: int) -> tuple[int, int, bool] | None:
+        """A transport streaming a ``Content-Length`` body read ``head`` (:data:`FRAME_HEAD`) :attr:`at_boundary`:
+        the frame's kind and payload size, and whether it is a pickled frame of at least ``threshold`` bytes that
+        the transport hands out still in the socket (then :meth:`skip_frame`; else it reads the payload and
+        feeds ``head`` + payload). None when the frame is bigger than the body: ``head`` is fed, and the
+        ordinary way then says what is wrong."""
+        kind, size = FRAME_HEAD.unpack(head)
+        assert self.length is not None
+        if len(head) + size > self.length:
+            self.feed(head, True)
+            return None
+        return kind, size, kind in PICKLED and size >= threshold
+
     def skip_frame(self, frame: Frame, size: int) -> None:
         """Count a frame of ``size`` bytes (its head included) as read: the transport reads its payload itself
         (streamed); ``frame`` waits for :meth:`next_frame`. Only :attr:`at_boundary` of a ``Content-Length``

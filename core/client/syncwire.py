@@ -109,12 +109,10 @@ class BlockingResponse:
         head = conn.file.read(http11.FRAME_HEAD.size)
         if len(head) != http11.FRAME_HEAD.size:
             raise ConnectionResetError("the daemon closed the connection mid-response")
-        kind, size = http11.FRAME_HEAD.unpack(head)
-        assert body.length is not None
-        if len(head) + size > body.length:
-            body.feed(head, True)
+        if (frame := body.streamed_head(head, SHM_THRESHOLD)) is None:
             return False
-        if kind in http11.PICKLED and size >= SHM_THRESHOLD:
+        kind, size, streamed = frame
+        if streamed:
             self._streamed = StreamedPayload(self, conn, size)
             body.skip_frame(Frame(kind, self._streamed), len(head) + size)  # type: ignore[arg-type]
             return True

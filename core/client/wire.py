@@ -148,12 +148,10 @@ class Response:
         the frame is bigger than the body (the ordinary way then says what is wrong)."""
         body = self._body
         head = await conn.reader.readexactly(http11.FRAME_HEAD.size)
-        kind, size = http11.FRAME_HEAD.unpack(head)
-        assert body.length is not None
-        if len(head) + size > body.length:
-            body.feed(head, True)
+        if (frame := body.streamed_head(head, SHM_THRESHOLD)) is None:
             return False
-        if kind in http11.PICKLED and size >= SHM_THRESHOLD:
+        kind, size, streamed = frame
+        if streamed:
             loop = asyncio.get_running_loop()
 
             def on_io() -> None:  # (in the transfer's thread) the read deadline's bookkeeping

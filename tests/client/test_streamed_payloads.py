@@ -114,8 +114,10 @@ def test_a_bad_big_pickle_is_an_unpickling_error_and_its_connection_is_not_reuse
 
 
 def test_pieces_are_sent_whole_by_both_transports() -> None:
-    big = os.urandom(3 * MB)
-    pieces = dump_pieces((big,), {})
+    """A big body goes whole from the caller's buffers: the sync transport's ``sendall``, the async one's
+    off-loop thread (``tether.client.offloop``), as pieces or as one ``bytes``."""
+    big, other = os.urandom(3 * MB), bytearray(os.urandom(2 * MB))
+    pieces = dump_pieces((big,), {"x": other})
     bodies: list[bytes] = []
 
     def script(conn: socket.socket, n: int) -> None:
@@ -127,10 +129,12 @@ def test_pieces_are_sent_whole_by_both_transports() -> None:
         SyncTransport(endpoint).send("POST", "/x", {}, pieces).close()
 
         async def go() -> None:
-            (await AsyncTransport(endpoint).asend("POST", "/x", {}, pieces)).close()
+            t = AsyncTransport(endpoint)
+            (await t.asend("POST", "/x", {}, pieces)).close()
+            (await t.asend("POST", "/x", {}, bytes(pieces))).close()
 
         asyncio.run(go())
-    assert bodies == [bytes(pieces)] * 2
+    assert bodies == [bytes(pieces)] * 3
     assert isinstance(pieces, Pieces)
 
 
