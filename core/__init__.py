@@ -37,9 +37,10 @@ if _typing.TYPE_CHECKING:
     from tether.api.envs import Env, env
     from tether.api.factories import kubernetes_cluster, ondemand_cluster
     from tether.api.images import Image
-    from tether.api.loading import cluster, function, load, module
+    from tether.api.loading import cluster, module
     from tether.api.module import Module
     from tether.api.report import report
+    from tether.api.saved import function, load
     from tether.api.secrets import Secret, secret
     from tether.api.services import Function, RemoteClass, RemoteInstance
     from tether.compute.routing import RoutingPolicy
@@ -95,8 +96,8 @@ _LAZY = {
     "Escalation": "tether.escalation",
     "Image": "tether.api.images", "Secret": "tether.api.secrets", "secret": "tether.api.secrets",
     "Function": "tether.api.services", "Module": "tether.api.module", "RemoteClass": "tether.api.services",
-    "RemoteInstance": "tether.api.services", "function": "tether.api.loading", "module": "tether.api.loading",
-    "load": "tether.api.loading", "report": "tether.api.report",
+    "RemoteInstance": "tether.api.services", "function": "tether.api.saved", "module": "tether.api.loading",
+    "load": "tether.api.saved", "report": "tether.api.report",
     "RoutingPolicy": "tether.compute.routing",
     "kubernetes_cluster": "tether.api.factories", "ondemand_cluster": "tether.api.factories",
 }

@@ -36,6 +36,7 @@ OPTIONAL_EXTRAS = {"sky", "uvloop", "airflow", "prefect", "dagster", "cryptograp
                    "ray", "distributed", "torch"}  # the last three: the distributed extra
 _CLOUDPICKLE = ("cloudpickle ~15 ms: a fresh process calling with plain values never pickles with it (cloudpickle's "
                 "output loads with pickle)")
+_PYDANTIC = "pydantic"
 _TENACITY = "tenacity ~6 ms: only a retry needs it, and a fresh process's first call is not one"
 DEFERRED = {
     # (importing module, imported module): why it is imported only where it is used
@@ -70,6 +71,20 @@ DEFERRED = {
                                                        "`.distribute()`, which a fresh caller does not use",
     ("tether.client.syncclient", "tenacity"): _TENACITY,
     ("tether.registry.usage", "tenacity"): _TENACITY,
+    # pydantic (~0.1 s to import, more to build models): a fresh process that loads a saved function by name and
+    # calls it once builds no model (tether.api.saved); these modules are on that path and import them on use
+    ("tether.api.saved", "tether.api.loading"): _PYDANTIC + ": the full handles, for what a plain saved function's "
+                                                "call does not need (tether.api.saved)",
+    ("tether.api.compat", "tether.api.envs"): _PYDANTIC + ": only an env Runhouse's spellings make needs them",
+    ("tether.api.calls", "tether.api.clusters"): _PYDANTIC + ": only re-attaching with no cluster makes one",
+    ("tether.api.records", "tether.api.codesync"): _PYDANTIC + ": only a save freezes code (CodeRef)",
+    ("tether.api.records", "tether.registry.models"): _PYDANTIC + ": only a call with lineage edges records a model",
+    ("tether.registry", "tether.registry.models"): _PYDANTIC + ": the record models, on first use",
+    ("tether.registry", "tether.registry.configs"): _PYDANTIC + ": register_validator, on first use",
+    ("tether.registry.client", "tether.registry.configs"): _PYDANTIC + ": only a save checks a config",
+    ("tether.registry.client", "tether.registry.models"): _PYDANTIC + ": only a lineage query makes an Artifact",
+    ("tether.registry.lean", "tether.registry.models"): _PYDANTIC + ": get() builds a Version, get_saved() none",
+    ("tether.registry.plain", "tether.registry.models"): _PYDANTIC + ": only a sink that needs models makes them",
 }
 
 

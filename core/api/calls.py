@@ -7,13 +7,15 @@ import concurrent.futures
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tether.api.clusters import Cluster, new_cluster
 from tether.client import AsyncClient, LogSink, default_log_sink
 from tether.client.loop import background_loop
 from tether.errors import CallTimeout, ClusterUnavailable, NotFound
 from tether.protocol.states import CallState
+
+if TYPE_CHECKING:
+    from tether.api.clusters import Cluster
 
 __all__ = ["CallHandle", "call"]
 
@@ -109,5 +111,11 @@ class CallHandle:
 
 def call(call_id: str, cluster: Cluster | None = None, *, on_log: LogSink | None = default_log_sink) -> CallHandle:
     """Re-attach to a call by id, from any process (default cluster: the local one)."""
-    c = (cluster or new_cluster()).connected()
+    if cluster is None:
+        from tether.api.clusters import (
+            new_cluster,  # cluster models: only re-attaching with no cluster needs them
+        )
+
+        cluster = new_cluster()
+    c = cluster.connected()
     return CallHandle(c.client, call_id, on_log=on_log)

@@ -7,10 +7,12 @@ Code written for Runhouse runs with ``import tether as rh``; each spelling here 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tether.api.envs import Env
 from tether.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tether.api.envs import Env
 
 __all__ = ["CALL_KEYWORDS", "call_keywords", "cluster_fields", "placement", "process_env", "quiet", "resource_name"]
 
@@ -88,6 +90,8 @@ def cluster_fields(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _reqs_env(reqs: list[str]) -> Env:
     """Runhouse's ``env=["numpy", ...]``: an env named after its requirements (an env name means one spec)."""
+    from tether.api.envs import Env  # the env models: a name's spelling (resource_name) needs none
+
     if not reqs:
         return Env.from_config({"name": "default"})
     digest = hashlib.sha256("\n".join(sorted(map(str, reqs))).encode()).hexdigest()[:8]
@@ -116,6 +120,8 @@ def process_env(name: str, env_vars: dict[str, str] | None = None, compute: dict
     """Runhouse's ``cluster.ensure_process_created(name, env_vars=...)``: the env (one worker process) of that
     name, to pass as ``process=``; the daemon starts it at the first deploy into it. Placement by resources or
     node (``compute=``) is refused: a tether env runs on the cluster's head."""
+    from tether.api.envs import Env  # as in _reqs_env
+
     if compute:
         raise ConfigError(f"compute={compute!r}: tether places an env's worker on the head node",
                           hint="size the cluster instead (instance_type=...), or leave compute out",

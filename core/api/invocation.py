@@ -91,7 +91,7 @@ class Invocation:
 
     def _record(self, started: float, outcome: str) -> None:
         svc = self.service
-        if svc.spec is not None and svc.spec.version is not None:
+        if svc.saved_version is not None:
             record_call(svc, call_id=self.call_id, method=self.method, seconds=time.perf_counter() - started,
                         outcome=outcome, edges=self.edges)
 

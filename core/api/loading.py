@@ -13,13 +13,14 @@ from tether.api.clusters import Cluster, new_cluster
 from tether.api.compat import resource_name
 from tether.api.envs import Env
 from tether.api.module import Module
+from tether.api.saved import reader_of
 from tether.api.services import Function, service_from_config
 from tether.compute.state import saved_spec
 from tether.errors import AuthError, ConfigError, NotFound
 from tether.home import tether_home
 from tether.registry import get_registry
 
-__all__ = ["cluster", "from_config", "function", "load", "module", "try_load"]
+__all__ = ["cluster", "from_config", "from_record", "function", "load", "module", "try_load"]
 
 log = logging.getLogger("tether.load")
 
@@ -101,7 +102,7 @@ def load(name: str, *, trust: bool = False) -> Any:
     name = resource_name(name)
     registry = get_registry()
     record = registry.get(name)
-    reader = _reader(registry)
+    reader = reader_of(registry)
     own = reader is not None and record.saved_by == reader
     if not own and not trust and (fields := _code_on_load(record.config)):
         raise AuthError(
@@ -110,6 +111,12 @@ def load(name: str, *, trust: bool = False) -> Any:
             hint=f"review it (tether.registry.get({name!r}).config), then tether.load({name!r}, trust=True)",
             details={"name": record.name, "version": record.version, "saved_by": record.saved_by,
                      "fields": fields})
+    return from_record(name, record, reader=reader, own=own)
+
+
+def from_record(name: str, record: Any, *, reader: str | None, own: bool) -> Any:
+    """The resource of a registry ``record`` (a ``Version``, or the plain ``SavedVersion``) loaded as ``name``,
+    past the trust check: bound to ``reader``'s own state, named for a pinned version."""
     resource = from_config(record.config, getattr(record, "version", None), loaded=True, own=own)
     if not own:
         _own_snapshot(resource)
@@ -130,18 +137,11 @@ def try_load(name: str, kind: str) -> Any:
         return None
     if record.config.get("kind") != kind:
         return None
-    reader = _reader(get_registry())
+    reader = reader_of(get_registry())
     resource = from_config(record.config, getattr(record, "version", None), loaded=True,
                            own=reader is not None and record.saved_by == reader)
     _show_writer(resource, record, reader)
     return resource
-
-
-def _reader(registry: Any) -> str | None:
-    try:
-        return str(registry.user)
-    except Exception:  # noqa: BLE001 - who reads is for the warning only; never fail a load over it
-        return None
 
 
 def cluster(name: str | None = None, *, instance_type: str | None = None, provider: str | list[str] | None = None,

@@ -7,13 +7,14 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tether.api.codesync import python_files
 from tether.api.lineage import Edges
 from tether.home import open_private, private_dir, tether_home
-from tether.registry import CallRecord, get_registry
-from tether.registry.models import Artifact
+from tether.registry import PlainCall, get_registry
+
+if TYPE_CHECKING:
+    from tether.registry.models import CallRecord
 
 __all__ = ["record_call", "save_resource", "snapshot_code"]
 
@@ -25,6 +26,8 @@ def save_resource(name: str, config: dict[str, Any], *, code_hash: str | None = 
 
 def snapshot_code(root: Path, code_hash: str) -> Path:
     """A content-addressed copy of the Python files under ``root`` in ``$TETHER_HOME/code/`` (kept per version)."""
+    from tether.api.codesync import python_files  # with the code models: only a save freezes code
+
     dest = private_dir(tether_home() / "code") / code_hash[:24]
     if dest.is_dir():
         return dest
@@ -49,24 +52,30 @@ def record_call(service: Any, *, call_id: str, method: str | None, seconds: floa
                 edges: Edges | None = None) -> None:
     """Record one call of a saved service (non-blocking: the registry batches writes), with the cluster it ran on
     and the lineage ``edges`` its code declared. Its duration is the remote call's own (its daemon's start to
-    finish, asked on the writer's thread); ``seconds`` (the caller's wait) only when the daemon no longer knows."""
-    handle = service.cluster._handle if service.cluster is not None else None
-    record = CallRecord(
-        service=service.registry_name or service.name, version=service.spec.version, call_id=call_id, method=method, seconds=seconds,
-        outcome=outcome, run_id=service.caller or os.environ.get("TETHER_RUN_ID"),
+    finish, asked on the writer's thread); ``seconds`` (the caller's wait) only when the daemon no longer knows.
+    A call that declared no lineage is recorded as a :class:`~tether.registry.PlainCall` (no pydantic model)."""
+    cluster = service.cluster
+    handle = cluster._handle if cluster is not None else None
+    fields: dict[str, Any] = dict(
+        name=service.registry_name or service.name, version=service.saved_version, call_id=call_id, method=method,
+        duration_s=seconds, outcome=outcome, run_id=service.caller or os.environ.get("TETHER_RUN_ID"),
         instance_type=getattr(handle, "instance_type", None),
-        cluster=getattr(service.cluster, "name", None) if service.cluster is not None else None,
-        inputs=[Artifact(uri=u, version=v) for u, v in edges.inputs] if edges is not None else [],
-        outputs=[Artifact(uri=u, version=v) for u, v in edges.outputs] if edges is not None else [],
-    )
-    client = service.client_on(service.cluster) if handle is not None else None
+        cluster=getattr(cluster, "name", None) if cluster is not None else None)
+    record: CallRecord | PlainCall = PlainCall.of(**fields)
+    if edges is not None and (edges.inputs or edges.outputs) or not record.valid():
+        from tether.registry.models import Artifact, CallRecord  # lineage edges are models (validated URIs)
+
+        record = CallRecord(**fields,
+                            inputs=[Artifact(uri=u, version=v) for u, v in edges.inputs] if edges is not None else [],
+                            outputs=[Artifact(uri=u, version=v) for u, v in edges.outputs] if edges is not None else [])
+    client = service.client_on(cluster) if handle is not None else None
     get_registry().record_call(record, _remote_duration(client, call_id) if client is not None else None)
 
 
-def _remote_duration(client: Any, call_id: str) -> Callable[[CallRecord], CallRecord]:
+def _remote_duration(client: Any, call_id: str) -> Callable[[Any], Any]:
     """Completes a record with the call's duration as its daemon measured it (``GET /calls/{id}?wait=0``)."""
 
-    def resolve(record: CallRecord) -> CallRecord:
+    def resolve(record: Any) -> Any:  # a CallRecord or a PlainCall: both have model_copy
         summary = client.sync.status(call_id)
         started, finished = summary.get("started"), summary.get("finished")
         if not isinstance(started, int | float) or not isinstance(finished, int | float):

@@ -14,7 +14,7 @@ import inspect
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,12 +25,13 @@ from tether.api.codesync import code_ref, content_hash
 from tether.api.compat import CALL_KEYWORDS, call_keywords, placement
 from tether.api.envs import Env
 from tether.api.invocation import Invocation
+from tether.api.options import ServiceOptions
 from tether.api.placement import code_root_on, place_env, resolve_env
 from tether.api.records import save_resource, snapshot_code
 from tether.api.secrets import deliver_for_deploy
 from tether.api.sharing import json_call, refuses_pickle
 from tether.api.spellings import FunctionSpellings, InstanceSpellings, ServiceSpellings
-from tether.client import AsyncClient, LogSink, default_log_sink
+from tether.client import AsyncClient, LogSink
 from tether.errors import AuthError, ConfigError
 from tether.protocol.deployments import deployment_id
 from tether.specs import ServiceSpec, build
@@ -41,25 +42,6 @@ if TYPE_CHECKING:  # the policy and its runner load on first use (tether.escalat
 __all__ = ["Function", "RemoteClass", "RemoteInstance", "ServiceOptions", "service_from_config"]
 
 _UNCHANGED: Any = object()
-
-
-@dataclass(frozen=True)
-class ServiceOptions:
-    """How a handle's calls are made (see :meth:`_Service.with_options`)."""
-
-    caller: str | None = None
-    """Who calls (an orchestrator run id), for lineage and usage records."""
-    on_oom: Escalation | None = None
-    """Escalate to the next rung of this ladder when a call runs out of memory."""
-    cancel_on_interrupt: bool = True
-    """Cancel the remote call when the caller is interrupted while it waits (Ctrl-C, a timeout, a kill)."""
-    on_log: LogSink | None = default_log_sink
-    """Where remote ``print``/``logging`` output goes (default: re-emitted locally)."""
-    on_attempt: Callable[[Attempt], Any] | None = None
-    """Called with every escalation attempt (rung, outcome, time, cost)."""
-    replayable: bool = False
-    """A re-run of a stream yields the same items: a stream whose call was lost in a daemon restart and re-run
-    skips the items it already gave (without it, that stream raises ``WorkerDied`` naming them)."""
 
 
 class _Placement:
@@ -140,6 +122,11 @@ class _Service(ServiceSpellings):
         """The deployment this handle's calls expect (``v3``, ``h:<code hash>``): the daemon answers them only
         from that code, and the handle redeploys it when the name holds other code (a teammate's ad-hoc deploy)."""
         return deployment_id(self.spec)
+
+    @property
+    def saved_version(self) -> int | None:
+        """The registry version this handle stands for (its calls are recorded under it); None: not saved."""
+        return self.spec.version if self.spec is not None else None
 
     @property
     def current_cluster(self) -> Cluster | None:

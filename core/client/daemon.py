@@ -7,7 +7,7 @@ import contextlib
 import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.client import routes, slabs, syncwire, wire
 from tether.client.loop import run_sync
@@ -36,7 +36,9 @@ from tether.client.transport import (
 )
 from tether.protocol import frames as p
 from tether.protocol import headers as h
-from tether.specs import ServiceSpec
+
+if TYPE_CHECKING:
+    from tether.specs import ServiceSpec
 
 FOLLOW_BODIES = os.environ.get("TETHER_BODY_FOLLOWS", "1") != "0"
 """Whether a client sends big call bodies after the head to a daemon that takes them (``TETHER_BODY_FOLLOWS=0``:

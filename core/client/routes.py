@@ -7,14 +7,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from tether.client.outcome import http_error
 from tether.client.payloads import loads
 from tether.errors import ConfigError
 from tether.protocol import headers as h
-from tether.specs import ServiceSpec
+
+if TYPE_CHECKING:
+    from tether.specs import ServiceSpec
 
 __all__ = [
     "UNSET", "Op", "cancel", "daemon_status", "delete_env", "delete_object", "deploy", "envs", "get_object", "health", "keys",
@@ -104,7 +106,7 @@ def services() -> Op:
 def deploy(spec: ServiceSpec | dict[str, Any], *, replace_env: bool = False) -> Op:
     """``POST /deploy``: ``{"name", "env", "methods", "pid"}``. An env of the same name with another spec is a
     ``ConfigError`` unless ``replace_env`` (the env then restarts with this spec once its running calls end)."""
-    data = spec.model_dump(mode="json") if isinstance(spec, ServiceSpec) else spec
+    data = spec if isinstance(spec, dict) else spec.model_dump(mode="json")
     path = "/deploy?replace_env=1" if replace_env else "/deploy"
     return Op("POST", path, json.dumps(data).encode(), h.JSON, timeout=None)
 

@@ -16,10 +16,10 @@ from tether.client.loop import iterate_sync, run_sync
 from tether.client.outcome import LogSink, default_log_sink, unavailable
 from tether.client.transport import RETRIES, Dropped, link_dropped
 from tether.protocol.headers import CALL_ID
-from tether.specs import ServiceSpec
 
 if TYPE_CHECKING:
     from tether.client.daemon import DaemonClient
+    from tether.specs import ServiceSpec
 
 __all__ = ["SyncDaemonClient"]
 

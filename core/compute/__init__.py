@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
-from tether.compute.base import Backend, ClusterHandle, ClusterStatus
 from tether.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tether.compute.base import Backend, ClusterHandle, ClusterStatus
 
 __all__ = ["BACKENDS", "Backend", "ClusterHandle", "ClusterStatus", "get_backend"]
 
@@ -25,4 +28,12 @@ def get_backend(name: str) -> Backend:
     except KeyError:
         raise ConfigError(f"unknown compute backend {name!r}", hint=f"use one of {sorted(BACKENDS)}") from None
     module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)()  # type: ignore[no-any-return]
+
+
+def __getattr__(name: str) -> Any:
+    """``Backend``, ``ClusterHandle``, ``ClusterStatus`` from :mod:`tether.compute.base` on first use: its models
+    are not what a package's plain helpers (``tether.compute.state``, ``.daemons``) need."""
+    if name in ("Backend", "ClusterHandle", "ClusterStatus"):
+        return getattr(importlib.import_module("tether.compute.base"), name)
+    raise AttributeError(f"module 'tether.compute' has no attribute {name!r}")

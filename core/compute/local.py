@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
+from tether.compute.daemons import is_daemon, local_address, pid_alive
 from tether.compute.setup import LocalRunner, apply_image, image_hash, local_image_env
 from tether.compute.state import claim_name, load_state, state_path, write_private
-from tether.compute.tunnel import pid_alive
 from tether.errors import ClusterUnavailable
 from tether.home import clusters_dir, file_lock, open_private, private_dir
 from tether.protocol.tls import ensure_self_signed
@@ -28,20 +28,6 @@ from tether.protocol.tokens import hash_token, new_token
 from tether.specs import ClusterSpec
 
 START_TIMEOUT = 60.0
-
-
-def _is_daemon(pid: int | None, state_dir: Path) -> bool:
-    """``pid`` is this cluster's daemon: alive and running ``tether.daemon`` on ``state_dir``. A pid in a state file
-    may name another process after a reboot, and a daemon that is exiting (its sockets already closed, not yet a
-    zombie) has no command line left: neither is up, and neither may be signalled."""
-    if not pid or not pid_alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except OSError:
-        return False
-    return b"tether.daemon" in argv and os.fsencode(state_dir) in argv
 
 
 def _healthy(endpoint: str) -> bool:
@@ -62,15 +48,12 @@ class LocalBackend:
 
     def handle(self, spec: ClusterSpec) -> ClusterHandle | None:
         """The running daemon's handle, or None."""
-        state = self._read(spec)
-        if not state or not _is_daemon(state.get("pid"), self._paths(spec)[1]):
+        where = local_address(self._read(spec), self._paths(spec)[1])
+        if where is None:
             return None
-        scheme = "https" if state.get("tls_fingerprint") else "http"
-        endpoint = f"{scheme}://127.0.0.1:{state['port']}"
-        return ClusterHandle(endpoint=endpoint, token=state.get("token"), hosts=["127.0.0.1"],
+        return ClusterHandle(endpoint=where.endpoint, token=where.token, hosts=["127.0.0.1"],
                              instance_type=spec.instance_type or "local", cloud="local", price_per_hour=0.0,
-                             pid=state["pid"], tls_fingerprint=state.get("tls_fingerprint"),
-                             unix_socket=state.get("unix_socket"))
+                             pid=where.pid, tls_fingerprint=where.tls_fingerprint, unix_socket=where.unix_socket)
 
     def up(self, spec: ClusterSpec) -> ClusterHandle:
         state_file, state_dir = self._paths(spec)
@@ -152,7 +135,7 @@ class LocalBackend:
 
     def _kill(self, pid: int | None, state_dir: Path, timeout: float = 10.0) -> None:
         """Stop the daemon ``pid`` if it is this cluster's (never a process that took its pid over)."""
-        if not _is_daemon(pid, state_dir):
+        if not is_daemon(pid, state_dir):
             return
         assert pid is not None
         with contextlib.suppress(ProcessLookupError):

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tether.compute.bootstrap import SSHTarget, step_error
+from tether.compute.daemons import CHILDREN as _CHILDREN
+from tether.compute.daemons import pid_alive
 
-__all__ = ["Tunnel", "close_tunnel", "open_tunnel", "tunnel_alive"]
-
-#: tunnels opened by this process, kept so their exit status is reaped (no zombies mistaken for live ssh).
-_CHILDREN: dict[int, subprocess.Popen] = {}
+__all__ = ["Tunnel", "close_tunnel", "open_tunnel", "pid_alive", "tunnel_alive"]
 
 
 @dataclass
@@ -50,25 +49,6 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True when ``pid`` runs and is not a zombie."""
-    if not pid:
-        return False
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return False
-        return True
-    return state != "Z"
 
 
 def tunnel_alive(pid: int | None, local_port: int | None) -> bool:

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-from tether.specs import ServiceSpec
+from typing import TYPE_CHECKING
 
-__all__ = ["deployment_id"]
+if TYPE_CHECKING:
+    from tether.specs import ServiceSpec
+
+__all__ = ["deployment_id", "expected"]
 
 
 def deployment_id(spec: ServiceSpec | None) -> str | None:
     """``v<version>`` for a saved version, ``h:<code hash>`` for an ad-hoc deploy of code from a tree; None when
     nothing identifies it (code by value, instances: their state is what they are)."""
-    if spec is None or spec.kind == "instance":
+    if spec is None:
         return None
-    if spec.version is not None:
-        return f"v{spec.version}"
-    return f"h:{spec.code.code_hash}" if spec.code.code_hash else None
+    return expected(spec.kind, spec.version, spec.code.code_hash)
+
+
+def expected(kind: str, version: int | None, code_hash: str | None) -> str | None:
+    """:func:`deployment_id` of a spec given as its fields (a saved config read without building its model)."""
+    if kind == "instance":
+        return None
+    if version is not None:
+        return f"v{version}"
+    return f"h:{code_hash}" if code_hash else None

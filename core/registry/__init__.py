@@ -11,20 +11,32 @@ import builtins
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.home import tether_home
 from tether.registry.client import Registry
-from tether.registry.configs import register_validator
 from tether.registry.lean import LocalStore
-from tether.registry.models import ACCESS_LEVELS, KINDS, CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, current_user, parse_ref
+from tether.registry.plain import PlainCall
+
+if TYPE_CHECKING:
+    from tether.registry.configs import register_validator
+    from tether.registry.models import (
+        ACCESS_LEVELS,
+        KINDS,
+        CallRecord,
+        Grant,
+        ServiceEntry,
+        UsageRow,
+        Version,
+    )
 
 __all__ = [
     "ACCESS_LEVELS",
     "KINDS",
     "CallRecord",
     "Grant",
+    "PlainCall",
     "Ref",
     "Registry",
     "ServiceEntry",
@@ -117,7 +129,7 @@ def share(name: str, principal: str, access_level: str = "read") -> Grant:
     return get_registry().share(name, principal, access_level)
 
 
-def record_call(record: CallRecord) -> None:
+def record_call(record: CallRecord | PlainCall) -> None:
     """Queue a call record (never blocks the call)."""
     get_registry().record_call(record)
 
@@ -143,3 +155,20 @@ def _list(namespace: str | None = None) -> builtins.list[ServiceEntry]:
 
 
 list = _list  # noqa: A001 - ``tether.registry.list()`` is the documented name
+
+
+_MODELS = {"ACCESS_LEVELS", "KINDS", "CallRecord", "Grant", "ServiceEntry", "UsageRow", "Version"}
+
+
+def __getattr__(name: str) -> Any:
+    """The record models (:mod:`tether.registry.models`) and ``register_validator`` on first use: pydantic is
+    not what loading a saved service and calling it once needs."""
+    if name in _MODELS:
+        import tether.registry.models as models
+
+        return getattr(models, name)
+    if name == "register_validator":
+        from tether.registry.configs import register_validator
+
+        return register_validator
+    raise AttributeError(f"module 'tether.registry' has no attribute {name!r}")

@@ -5,23 +5,25 @@ from __future__ import annotations
 import builtins
 import os
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tether.errors import ConfigError
-from tether.registry import configs
-from tether.registry.models import (
-    Artifact,
-    CallRecord,
-    Grant,
-    LineageCall,
-    LineageGraph,
-    ServiceEntry,
-    UsageRow,
-    Version,
-)
 from tether.registry.names import Ref, current_user, parse_ref
 from tether.registry.openlineage import emitter_from_env
+from tether.registry.plain import PlainCall, as_records
 from tether.registry.usage import CallWriter, Resolve
+
+if TYPE_CHECKING:
+    from tether.registry.models import (
+        Artifact,
+        CallRecord,
+        Grant,
+        LineageCall,
+        LineageGraph,
+        ServiceEntry,
+        UsageRow,
+        Version,
+    )
 
 __all__ = ["RegistryBackend", "Registry"]
 
@@ -37,7 +39,7 @@ class RegistryBackend(Protocol):
     def share(self, ref: Ref, to: str, level: str, *, by: str) -> Grant: ...
     def grants(self, ref: Ref) -> builtins.list[Grant]: ...
     def unshare(self, ref: Ref, to: str, *, by: str) -> int: ...
-    def record_calls(self, records: builtins.list[CallRecord]) -> int: ...
+    def record_calls(self, records: builtins.list[CallRecord]) -> int: ...  # PlainCall too where plain_calls is True
     def usage(self, ref: Ref) -> builtins.list[UsageRow]: ...
     def calls(self, ref: Ref, *, limit: int = 100) -> builtins.list[CallRecord]: ...
     def list(self, namespace: str | None = None) -> builtins.list[ServiceEntry]: ...
@@ -93,7 +95,9 @@ class Registry:
 
     def save(self, name: str, config: dict[str, Any], *, code_hash: str | None = None) -> Version:
         """Record a new immutable version of ``name``; a corrupt or foreign config raises ConfigError, saves nothing."""
-        configs.check_config(config)  # client-side too: registered validators run here, not on the server
+        from tether.registry.configs import check_config  # the config models: a load-and-call never saves
+
+        check_config(config)  # client-side too: registered validators run here, not on the server
         return self.backend.save(
             self.ref(name, allow_selector=False), config, by=self.user, code_hash=code_hash
         )
@@ -140,12 +144,12 @@ class Registry:
         """Who has access to ``name`` (and to its namespace)."""
         return self.backend.grants(self.ref(name, allow_selector=False))
 
-    def record_call(self, record: CallRecord, resolve: Resolve | None = None) -> None:
+    def record_call(self, record: CallRecord | PlainCall, resolve: Resolve | None = None) -> None:
         """Queue a call record for the background writer: no I/O here, never raises for storage trouble.
         ``resolve`` completes it on the writer's thread (see :class:`tether.registry.usage.CallWriter`)."""
         self._writer.put(record, resolve)
 
-    def _write_calls(self, batch: builtins.list[CallRecord]) -> int:
+    def _write_calls(self, batch: builtins.list[CallRecord | PlainCall]) -> int:
         """The writer's sink: resolve names and callers (off the caller's thread), then store."""
         resolved = []
         for record in batch:
@@ -156,10 +160,11 @@ class Registry:
             resolved.append(record.model_copy(update={"name": full, "caller": record.caller or self.user}))
         if not resolved:
             return 0
-        stored = self.backend.record_calls(resolved)
+        stored = self.backend.record_calls(resolved if getattr(self.backend, "plain_calls", False)
+                                           else as_records(resolved))
         exporter = emitter_from_env()  # OpenLineage run events when TETHER_OPENLINEAGE says where
         if exporter is not None:
-            exporter.emit(resolved)
+            exporter.emit(as_records(resolved))
         return stored
 
     def flush(self, timeout: float | None = 30.0) -> bool:
@@ -185,6 +190,8 @@ class Registry:
         ``graph.producers_of(uri)`` are the calls that wrote it; each call's ``inputs`` lead further up. Flushes
         first."""
         self.flush()
+        from tether.registry.models import Artifact
+
         return self.backend.lineage(Artifact(uri=uri, version=version), depth=depth)  # type: ignore[arg-type]
 
     def dependents(self, name: str, *, depth: int = 20) -> LineageGraph:

@@ -18,17 +18,19 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
 from tether.registry.names import Ref, not_found
+from tether.registry.plain import PlainCall, as_records
 
 if TYPE_CHECKING:
+    from tether.registry.models import CallRecord, Grant, ServiceEntry, UsageRow, Version
     from tether.registry.store import Store
 
-__all__ = ["FORK_GATE", "ForkGate", "LocalStore", "sqlite_url"]
+__all__ = ["FORK_GATE", "ForkGate", "LocalStore", "SavedVersion", "sqlite_url"]
 
 
 class ForkGate:
@@ -102,8 +104,10 @@ _KNOWN_FIELDS = frozenset({"name", "version", "call_id", "method", "caller", "ru
                            "error_type", "instance_type", "started_at", "cluster", "inputs", "outputs"})
 
 
-def _known(record: CallRecord) -> bool:
+def _known(record: CallRecord | PlainCall) -> bool:
     """Whether ``record`` says nothing beyond :data:`_KNOWN_FIELDS` (every other field at its default)."""
+    if isinstance(record, PlainCall):
+        return record.valid()  # its fields are those; outside the model's bounds, the store's validation says so
     fields = type(record).model_fields
     return all(getattr(record, f) == fields[f].get_default(call_default_factory=True)
                for f in fields if f not in _KNOWN_FIELDS)
@@ -119,6 +123,23 @@ def _edges(record: Any) -> list[tuple[str, str, str, str, str]]:
     return list(out.values())
 
 
+@dataclass(frozen=True)
+class SavedVersion:
+    """A saved version as the file holds it: :class:`~tether.registry.models.Version`'s fields, without the model
+    (``saved_at`` in seconds since the epoch)."""
+
+    name: str
+    version: int
+    kind: str
+    config: dict[str, Any]
+    code_hash: str | None
+    import_path: str | None
+    saved_by: str
+    saved_at: float
+    tags: list[str]
+    copied_from: int | None
+
+
 class _Missing(Exception):
     """The lean reader cannot answer (no such file, table, name, version or tag): the full store answers."""
 
@@ -126,7 +147,10 @@ class _Missing(Exception):
 class LocalStore:
     """A :class:`tether.registry.client.RegistryBackend` over one local SQLite file: ``get`` and
     ``record_calls`` in ``sqlite3``, the rest through a :class:`tether.registry.store.Store` made on first need.
-    Principals are not checked (the local file is trusted, as ``Store`` with ``principal=None``)."""
+    Principals are not checked (the local file is trusted, as ``Store`` with ``principal=None``).
+    ``record_calls`` takes :class:`~tether.registry.plain.PlainCall` records as well (``plain_calls``)."""
+
+    plain_calls = True
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
@@ -187,12 +211,20 @@ class LocalStore:
         """The version ``ref`` names (a number, a tag, or the latest), as ``Store.get``."""
         if principal is None:
             try:
-                return self._get(ref)
+                saved = self.get_saved(ref)
             except _Missing:
                 pass
+            else:
+                from tether.registry.models import Version  # pydantic: a caller of get_saved never builds it
+
+                return Version(name=saved.name, version=saved.version, kind=saved.kind, config=saved.config,
+                               code_hash=saved.code_hash, import_path=saved.import_path, saved_by=saved.saved_by,
+                               saved_at=_ts(saved.saved_at), tags=saved.tags, copied_from=saved.copied_from)
         return self.store().get(ref, principal=principal)
 
-    def _get(self, ref: Ref) -> Version:
+    def get_saved(self, ref: Ref) -> SavedVersion:
+        """:meth:`get` without the model (principals unchecked, as ``get``'s). Raises ``_Missing`` where only the
+        full store can answer (see :meth:`saved`); a missing name is NotFound, as ``Store.get`` says it."""
         with self._connect(write=False) as conn:
             svc = conn.execute("SELECT id, namespace, name FROM tether_services WHERE namespace = ? AND name = ?",
                                (ref.namespace, ref.name)).fetchone()
@@ -219,11 +251,19 @@ class LocalStore:
             tags = [r[0] for r in conn.execute(
                 "SELECT tag FROM tether_tags WHERE service_id = ? AND version = ? ORDER BY tag", (service_id, number))]
         version, kind, config, code_hash, import_path, saved_by, saved_at, copied_from = row
-        return Version(name=f"{svc[1]}/{svc[2]}", version=version, kind=kind, config=json.loads(config),
-                       code_hash=code_hash, import_path=import_path, saved_by=saved_by, saved_at=_ts(saved_at),
-                       tags=tags, copied_from=copied_from)
+        return SavedVersion(name=f"{svc[1]}/{svc[2]}", version=version, kind=kind, config=json.loads(config),
+                            code_hash=code_hash, import_path=import_path, saved_by=saved_by, saved_at=saved_at,
+                            tags=tags, copied_from=copied_from)
 
-    def record_calls(self, records: Iterable[CallRecord], *, principal: str | None = None) -> int:
+    def saved(self, ref: Ref) -> SavedVersion | None:
+        """:meth:`get_saved`, or None where only the full store can answer (a missing version or tag, a file
+        without the tables, the ORM already loaded): the caller then asks :meth:`get`."""
+        try:
+            return self.get_saved(ref)
+        except _Missing:
+            return None
+
+    def record_calls(self, records: Iterable[CallRecord | PlainCall], *, principal: str | None = None) -> int:
         """Store call records; a (service, call id) already stored counts once (as ``Store.record_calls``)."""
         records = builtins.list(records)
         if not records:
@@ -252,7 +292,7 @@ class LocalStore:
                     return stored
             except _Missing:  # a file made before those tables: the store adds them (create_all) and writes
                 pass
-        return self.store().record_calls(records, principal=principal)
+        return self.store().record_calls(as_records(records), principal=principal)
 
     # -- the rest of RegistryBackend, typed (each opens the full store) ------------------------------------------
     def save(self, ref: Ref, config: dict[str, Any], *, by: str, code_hash: str | None = None) -> Version:

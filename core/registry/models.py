@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from tether.registry.plain import MAX_INT, OUTCOMES, call_outcome
+
 __all__ = [
     "ACCESS_LEVELS",
     "KINDS",
@@ -35,8 +37,6 @@ def level_at_least(have: str | None, need: str) -> bool:
     return have is not None and ACCESS_LEVELS.index(have) >= ACCESS_LEVELS.index(need)
 
 
-#: versions are stored as 32-bit integers
-MAX_INT = 2**31 - 1
 
 
 def _now() -> datetime:
@@ -110,7 +110,6 @@ class Artifact(_Model):
         return f"{self.uri}@{self.version}" if self.version else self.uri
 
 
-_OUTCOMES = {"OutOfMemory": "oom", "CallCancelled": "cancelled", "CallTimeout": "timeout"}
 
 
 class CallRecord(_Model):
@@ -157,8 +156,8 @@ class CallRecord(_Model):
     def _outcome_from_exception_name(cls, data: Any) -> Any:
         if isinstance(data, dict):
             outcome = data.get("outcome")
-            if isinstance(outcome, str) and outcome not in ("ok", "error", "cancelled", "oom", "timeout"):
-                data = {**data, "outcome": _OUTCOMES.get(outcome, "error")}
+            if isinstance(outcome, str) and outcome not in OUTCOMES:
+                data = {**data, "outcome": call_outcome(outcome)[0]}
                 data.setdefault("error_type", outcome)
         return data
 

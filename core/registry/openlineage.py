@@ -25,12 +25,14 @@ import threading
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether._version import __version__
 from tether.errors import ConfigError
 from tether.logging import get_logger
-from tether.registry.models import Artifact, CallRecord
+
+if TYPE_CHECKING:
+    from tether.registry.models import Artifact, CallRecord
 
 __all__ = ["Emitter", "emitter_from_env", "transport_config"]
 

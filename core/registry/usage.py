@@ -11,16 +11,20 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tether.errors import TetherError
 from tether.logging import get_logger
-from tether.registry.models import CallRecord
+
+if TYPE_CHECKING:
+    from tether.registry.models import CallRecord
+    from tether.registry.plain import PlainCall
 
 __all__ = ["CallWriter", "Resolve"]
 
-Resolve = Callable[[CallRecord], CallRecord]
-"""Completes a queued record on the writer's thread (e.g. its remote duration); the record as queued on failure."""
+Resolve = Callable[["CallRecord | PlainCall"], "CallRecord | PlainCall"]
+"""Completes a queued record on the writer's thread (e.g. its remote duration), giving back the same kind (a
+``CallRecord``, or a ``PlainCall``); the record as queued on failure."""
 
 log = get_logger("tether.registry.usage")
 _WRITERS: weakref.WeakSet[CallWriter] = weakref.WeakSet()
@@ -40,7 +44,7 @@ class CallWriter:
 
     def __init__(
         self,
-        sink: Callable[[list[CallRecord]], Any],
+        sink: Callable[[list[CallRecord | PlainCall]], Any],
         *,
         batch_size: int = 200,
         interval: float = 0.2,
@@ -50,7 +54,7 @@ class CallWriter:
         self._batch_size = batch_size
         self._interval = interval
         self._max_queue = max_queue
-        self._queue: deque[tuple[CallRecord, Resolve | None]] = deque()
+        self._queue: deque[tuple[CallRecord | PlainCall, Resolve | None]] = deque()
         self._cond = threading.Condition()
         self._pending = 0  # queued + in flight
         self._thread: threading.Thread | None = None
@@ -61,7 +65,7 @@ class CallWriter:
         self.failed = 0
         _WRITERS.add(self)
 
-    def put(self, record: CallRecord, resolve: Resolve | None = None) -> None:
+    def put(self, record: CallRecord | PlainCall, resolve: Resolve | None = None) -> None:
         """Queue one record; never blocks on I/O and never raises for a full queue. ``resolve`` completes it on
         the writer's thread before it is written."""
         with self._cond:
@@ -98,11 +102,11 @@ class CallWriter:
             self._closed = True
             self._cond.notify_all()
 
-    def _take(self) -> list[CallRecord]:
+    def _take(self) -> list[CallRecord | PlainCall]:
         with self._cond:
             if not self._queue and not self._closed:
                 self._cond.wait(self._interval)
-            taken: list[tuple[CallRecord, Resolve | None]] = []
+            taken: list[tuple[CallRecord | PlainCall, Resolve | None]] = []
             while self._queue and len(taken) < self._batch_size:
                 taken.append(self._queue.popleft())
         return [_resolved(record, resolve) for record, resolve in taken]
@@ -126,7 +130,7 @@ class CallWriter:
                     self._cond.notify_all()
 
 
-    def _write(self, batch: list[CallRecord]) -> None:
+    def _write(self, batch: list[CallRecord | PlainCall]) -> None:
         """Hand ``batch`` to the sink; a storage hiccup is retried, with backoff, up to five tries in all."""
         try:
             self._sink(batch)
@@ -146,7 +150,7 @@ class CallWriter:
                 self._sink(batch)
 
 
-def _resolved(record: CallRecord, resolve: Resolve | None) -> CallRecord:
+def _resolved(record: CallRecord | PlainCall, resolve: Resolve | None) -> CallRecord | PlainCall:
     if resolve is None:
         return record
     try:
