@@ -1,7 +1,8 @@
 """What every orchestrator task and every remote cluster pays, each figure beside a baseline measured in the same run.
 
 1. fresh process: ``python -c "import tether; tether.function(name='addsvc')(1, 2)"`` (load by name from the local
-   registry + first call to a running local daemon) beside ``python -c pass`` and the same call made in-process.
+   registry + first call to a running local daemon: a ``tether.api.saved.SavedFunction``, no models built) beside
+   ``python -c pass``, the same load and call through the full handle, and the same call made in-process.
 2. big payloads over TCP (what a client on another host uses: no unix socket, no /dev/shm): 10 MB and 100 MB echo
    through tether's TCP endpoint, sync and async clients, plain and TLS, beside a raw Python socket echo (plain /
    TLS) of the same bytes; and 10 MB one way only (up with a small result, down for a small argument) beside half
@@ -58,13 +59,18 @@ def fresh_process(cluster: Any, reps: int) -> list[Row]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed package: its bytecode cached (not in the checkout)
     env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="tether-pyc-")
     call = [sys.executable, "-c", "import tether; tether.function(name='addsvc')(1, 2)"]
+    # the same load and call through the full handle (its cluster, env and spec models), as before tether.api.saved
+    full_call = [sys.executable, "-c", "from tether.api.loading import function; function(name='addsvc')(1, 2)"]
     _wall(call, env)  # fills the bytecode cache
+    _wall(full_call, env)
     fresh: list[float] = []
+    full: list[float] = []
     bare: list[float] = []
     imp: list[float] = []
     floor: list[float] = []
     for _ in range(reps):  # interleaved: this box's speed drifts by a third over a minute
         fresh.append(_wall(call, env))
+        full.append(_wall(full_call, env))
         bare.append(_wall([sys.executable, "-c", "pass"], env))
         imp.append(_wall([sys.executable, "-c", "import tether"], env))
         floor.append(_wall([sys.executable, "-c", "import pydantic.main"], env))
@@ -76,6 +82,8 @@ def fresh_process(cluster: Any, reps: int) -> list[Row]:
     return [
         ("fresh process: load 'addsvc' by name + first call, median s", f"{median_s(fresh)} (min {min(fresh):.3f})",
          f"{median_s(bare)} (python -c pass)"),
+        ("fresh process: the same through the full handle (models built), median s",
+         f"{median_s(full)} (min {min(full):.3f})", f"{median_s(bare)} (python -c pass)"),
         ("fresh process: import pydantic alone, median s", median_s(floor), f"{median_s(bare)} (python -c pass)"),
         ("fresh process: import tether alone, median s", median_s(imp), f"{median_s(bare)} (python -c pass)"),
         ("the same call made in-process, median ms", f"{statistics.median(local) * 1000:.2f}", "-"),
