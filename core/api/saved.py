@@ -20,14 +20,15 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tether.api.compat import CALL_KEYWORDS, resource_name
 from tether.api.invocation import Invocation
 from tether.api.options import ServiceOptions
 from tether.api.sharing import refuses_pickle
-from tether.client import AsyncClient
-from tether.compute.daemons import local_address
+from tether.client import AsyncClient, routes
+from tether.compute.daemons import ANSWER_TIMEOUT, local_address
 from tether.compute.state import load_state, state_backend
 from tether.errors import AuthError
 from tether.home import clusters_dir
@@ -193,9 +194,10 @@ class PlainService:
         if self._full is not None:
             return self._full._ensure_deployed()
         if not self._verified:
-            try:
-                running = {r["name"]: r.get("version") for r in self._client.sync.services()}
-            except Exception:  # noqa: BLE001 - whatever it is, the full handle's bring-up deals with it
+            try:  # in the time the full handle's bring-up gives a daemon to answer its health probe
+                answer = self._client.sync.send(replace(routes.services(), timeout=ANSWER_TIMEOUT))
+                running = {r["name"]: r.get("version") for r in answer}
+            except Exception:  # noqa: BLE001 - hung, gone, refused: the full handle's bring-up deals with it
                 return self.full()._ensure_deployed()
             if running.get(self.spec_name, -1) != self.saved_version:
                 return self.full()._ensure_deployed()

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHILDREN", "LocalAddress", "is_daemon", "local_address", "pid_alive"]
+__all__ = ["ANSWER_TIMEOUT", "CHILDREN", "LocalAddress", "is_daemon", "local_address", "pid_alive"]
+
+#: how long a local daemon that runs may take to answer before it counts as hung (and is replaced at ``up``)
+ANSWER_TIMEOUT = 2.0
 
 #: processes this process started (tunnels), kept so their exit status is reaped (no zombies mistaken for live)
 CHILDREN: dict[int, subprocess.Popen[bytes]] = {}

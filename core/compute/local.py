@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from tether.client.health import probe_health
 from tether.compute.base import ClusterHandle, ClusterStatus
-from tether.compute.daemons import is_daemon, local_address, pid_alive
+from tether.compute.daemons import ANSWER_TIMEOUT, is_daemon, local_address, pid_alive
 from tether.compute.setup import LocalRunner, apply_image, image_hash, local_image_env
 from tether.compute.state import claim_name, load_state, state_path, write_private
 from tether.errors import ClusterUnavailable
@@ -32,7 +32,7 @@ START_TIMEOUT = 60.0
 
 def _healthy(endpoint: str) -> bool:
     # /health carries no secret; the client pins the certificate on every request that does
-    return probe_health(endpoint, timeout=2) is not None
+    return probe_health(endpoint, timeout=ANSWER_TIMEOUT) is not None
 
 
 class LocalBackend:

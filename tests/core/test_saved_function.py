@@ -14,9 +14,11 @@ import json
 import math
 import os
 import pickle
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from tests.core import services as svc
 from tests.core.test_invocation import _Interrupt, _wait_no_running
 from tether.api.saved import SavedFunction
 from tether.api.services import Function
+from tether.client import AsyncClient
 from tether.registry.models import CallRecord
 from tether.registry.plain import PlainCall
 
@@ -142,6 +145,30 @@ def test_ctrl_c_in_a_plain_call_cancels_the_remote_call(local_cluster: object, m
         f(30, str(marker))
     assert type(f) is SavedFunction and f._plain._full is None  # cancelled through the plain client
     assert _wait_no_running(local_cluster) == []
+
+
+def test_a_daemon_that_does_not_answer_is_left_to_the_full_handle(saved_add: Function) -> None:
+    """A daemon alive but hung (its pid runs, nothing answers): the plain check gives it the full handle's health
+    probe time, not the transport's 60 s read timeout, then hands over (the full bring-up replaces such a daemon)."""
+    f = tether.function(name="plainadd")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        plain = f._plain
+        plain._client = AsyncClient(f"http://127.0.0.1:{silent.getsockname()[1]}", "t")
+        handed: list[bool] = []
+
+        class Full:
+            def _ensure_deployed(self) -> str:
+                handed.append(True)
+                return "full"
+
+        plain.full = lambda: Full()  # type: ignore[method-assign]
+        done: list[object] = []
+        worker = threading.Thread(target=lambda: done.append(plain._ensure_deployed()), daemon=True)
+        worker.start()
+        worker.join(30)  # a liveness bound (the transport's read timeout is 60 s), not a measurement
+    assert done == ["full"] and handed == [True]
 
 
 def test_a_pinned_version_runs_under_its_own_name(saved_add: Function) -> None:
