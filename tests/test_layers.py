@@ -37,6 +37,7 @@ OPTIONAL_EXTRAS = {"sky", "uvloop", "airflow", "prefect", "dagster", "cryptograp
 _CLOUDPICKLE = ("cloudpickle ~15 ms: a fresh process calling with plain values never pickles with it (cloudpickle's "
                 "output loads with pickle)")
 _PYDANTIC = "pydantic"
+_ASYNCIO = "asyncio"
 _TENACITY = "tenacity ~6 ms: only a retry needs it, and a fresh process's first call is not one"
 DEFERRED = {
     # (importing module, imported module): why it is imported only where it is used
@@ -71,6 +72,16 @@ DEFERRED = {
                                                        "`.distribute()`, which a fresh caller does not use",
     ("tether.client.syncclient", "tenacity"): _TENACITY,
     ("tether.registry.usage", "tenacity"): _TENACITY,
+    # asyncio (~20 ms with what it pulls): a plain sync call (the blocking transport) needs no event loop; the async
+    # side (transport, background loop, off-loop transfers) is imported at its first use
+    ("tether.api.invocation", "asyncio"): _ASYNCIO + ": the async and streaming calls' own",
+    ("tether.api.invocation", "tether.client.loop"): _ASYNCIO + ": a sync stream runs on the background loop",
+    ("tether.api.calls", "tether.client.loop"): _ASYNCIO + ": only re-attaching waits on the background loop",
+    ("tether.client", "tether.client.wire"): _ASYNCIO + ": close_all, on first use",
+    ("tether.client.daemon", "tether.client.wire"): _ASYNCIO + ": the async transport, made at the first async request",
+    ("tether.client.daemon", "tether.client.offloop"): _ASYNCIO + ": off-loop transfers of async calls",
+    ("tether.client.daemon", "tether.client.loop"): _ASYNCIO + ": a sync call resumed on the async path",
+    ("tether.client.syncclient", "tether.client.loop"): _ASYNCIO + ": a transport with no sync side, and streams",
     # pydantic (~0.1 s to import, more to build models): a fresh process that loads a saved function by name and
     # calls it once builds no model (tether.api.saved); these modules are on that path and import them on use
     ("tether.api.saved", "tether.api.loading"): _PYDANTIC + ": the full handles, for what a plain saved function's "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import time
@@ -10,7 +9,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tether.client import AsyncClient, LogSink, default_log_sink
-from tether.client.loop import background_loop
 from tether.errors import CallTimeout, ClusterUnavailable, NotFound
 from tether.protocol.states import CallState
 
@@ -46,8 +44,9 @@ class CallHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the result (raises the remote error, or ``CallTimeout`` after ``timeout`` seconds)."""
         if self._future is None:
-            coro = self.client.attach(self.call_id, on_log=self._on_log)
-            self._future = asyncio.run_coroutine_threadsafe(coro, background_loop())
+            from tether.client.loop import run_threadsafe  # the background loop (asyncio): only to re-attach
+
+            self._future = run_threadsafe(self.client.attach(self.call_id, on_log=self._on_log))
         try:
             value = self._future.result(timeout)
         except concurrent.futures.TimeoutError:

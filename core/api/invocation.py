@@ -18,7 +18,6 @@ Sync, async, streaming and spawned calls all go through it, so they recover the 
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import os
@@ -32,7 +31,6 @@ from tether.api.lineage import Edges
 from tether.api.logsinks import ambient_sink
 from tether.api.records import record_call
 from tether.client import LogSink, routes
-from tether.client.loop import background_loop
 from tether.errors import AuthError, ClusterUnavailable, NotFound
 
 if TYPE_CHECKING:
@@ -135,6 +133,8 @@ class Invocation:
             self.service.client_on(cluster).sync.send(replace(routes.cancel(self.call_id), timeout=CANCEL_TIMEOUT))
 
     async def cancel_quietly_async(self) -> None:
+        import asyncio  # in an async caller's own loop (already imported there); a sync call needs none
+
         cluster = self.service.cluster
         if cluster is None or cluster._handle is None:
             return
@@ -165,6 +165,8 @@ class Invocation:
 
     async def run_async(self) -> Any:
         """:meth:`run_sync` for an async caller (bring-up, redeploys and escalation run in a thread)."""
+        import asyncio  # in an async caller's own loop (already imported there); a sync call needs none
+
         if self.service.options.on_oom is not None:
             return await asyncio.to_thread(self._escalate, lambda inv: inv.run_sync_once())
         svc = self.service
@@ -184,6 +186,8 @@ class Invocation:
     async def stream_async(self) -> AsyncGenerator[Any, None]:
         """A remote generator's items as they come. Recovery and escalation apply until the first item arrives;
         closing the iterator early cancels the remote generator (unless ``cancel_on_interrupt=False``)."""
+        import asyncio  # in an async caller's own loop (already imported there); a sync call needs none
+
         policy = self.service.options.on_oom
         if policy is None:
             async with contextlib.aclosing(self._stream_once()) as once:
@@ -214,6 +218,8 @@ class Invocation:
             return
 
     async def _stream_once(self) -> AsyncGenerator[Any, None]:
+        import asyncio  # in an async caller's own loop (already imported there); a sync call needs none
+
         svc = self.service
         cluster = await asyncio.to_thread(svc._ensure_deployed) if svc._needs_preparing() else svc.cluster
         assert cluster is not None
@@ -237,6 +243,10 @@ class Invocation:
     def stream_sync(self) -> Iterator[Any]:
         """:meth:`stream_async` for a sync caller (the stream runs on the background loop). Closing this
         iterator early, or an interrupt while it waits, closes the stream there at once (and so cancels it)."""
+        import asyncio  # the background loop's; a plain sync call needs none
+
+        from tether.client.loop import background_loop
+
         loop = background_loop()
         items = self.stream_async()
         try:
@@ -320,6 +330,8 @@ class Invocation:
 
 async def _close(items: AsyncGenerator[Any, None]) -> None:
     """Close an async generator once it is not running (an interrupted step may still be finishing)."""
+    import asyncio  # in the loop that runs the stream
+
     while getattr(items, "ag_running", False):
         await asyncio.sleep(0.005)
     await items.aclose()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tether.client import routes, slabs, syncwire, wire
-from tether.client.loop import run_sync
-from tether.client.offloop import OffLoopPayload
+from tether.client import routes, slabs, syncwire
 from tether.client.outcome import (
     RERUN,
     LogSink,
@@ -71,16 +70,17 @@ class DaemonClient:
         self._big_results: set[tuple[str, str | None]] = set()  # targets that returned a big result (see call())
         given = self.transport if self.transport is not None else mounted(self.endpoint)
         self._sync: SyncTransport | None
-        self._async: AsyncTransport
+        self._streams: AsyncTransport | None  # made at the first async request (see _async)
+        self._streams_lock = threading.Lock()
         if given is not None:
             self._sync = given if hasattr(given, "send") else None
-            self._async = given
+            self._streams = given
             self._shm = False
             self._may_follow = self._may_pieces = False
         else:
             tls = self.endpoint.startswith("https://")
             self._sync = syncwire.SyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
-            self._async = wire.AsyncTransport(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
+            self._streams = None
             self._shm = bool(self.unix_socket and not tls and slabs.SHM_DIR)  # same host: big payloads via /dev/shm
             self._may_follow = FOLLOW_BODIES
             self._may_pieces = True  # the lean transports send a body of Pieces as it is
@@ -88,6 +88,20 @@ class DaemonClient:
         self._received: list[str] = []  # private calls whose big results arrived whole (X-Tether-Received)
         self.sync = SyncDaemonClient(self)
         """The same methods, blocking (see :class:`tether.client.syncclient.SyncDaemonClient`)."""
+
+    @property
+    def _async(self) -> AsyncTransport:
+        """The async side's transport: asyncio streams (``tether.client.wire``), made at first use, so a process
+        that only makes sync calls never imports asyncio."""
+        streams = self._streams
+        if streams is None:
+            with self._streams_lock:
+                if self._streams is None:
+                    from tether.client.wire import AsyncTransport as Streams  # asyncio, for async calls only
+
+                    self._streams = Streams(self.endpoint, self.unix_socket, tls_fingerprint=self.tls_fingerprint)
+                streams = self._streams
+        return streams
 
     # -- routes ----------------------------------------------------------------------------------------------------
     async def send(self, op: routes.Op) -> Any:
@@ -274,6 +288,8 @@ class DaemonClient:
                         if resp.status >= 400:
                             out.failure = http_error(resp.status, await resp.aread())
                         else:
+                            from tether.client.offloop import OffLoopPayload  # loaded with the async side
+
                             while (frame := await resp.anext_frame(off_loop=True)) is not None:
                                 # a big result of a plain connection is unpickled off the loop, from the socket
                                 if (await frame.payload.feed(out.feed, frame.kind)
@@ -313,7 +329,7 @@ class DaemonClient:
         link resumes on the async path's retries."""
         transport = self._sync
         if transport is None:
-            return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller, expect=expect,
+            return _run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller, expect=expect,
                                       attach=attach))
         out = Outcome(on_log)
         verb, path, headers = self._route(name, method, call_id, caller, attach, expect)
@@ -343,7 +359,7 @@ class DaemonClient:
             if out.done:  # the outcome arrived before the link dropped
                 return out.outcome(call_id)
             resumed = True  # the async path settles the call
-            return run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller, expect=expect,
+            return _run_sync(self.call(name, method, args, kwargs, call_id=call_id, on_log=on_log, caller=caller, expect=expect,
                                       attach=attach, resume=out))
         finally:
             if not resumed:
@@ -459,3 +475,11 @@ class DaemonClient:
 
 AsyncClient = DaemonClient
 """The name the client had before it had a sync twin (still used throughout)."""
+
+
+def _run_sync(coro: Any) -> Any:
+    """``tether.client.loop.run_sync``: the background event loop, for the rare sync call that needs the async
+    path (a transport with no sync side, a dropped link resumed)."""
+    from tether.client.loop import run_sync  # asyncio: most sync calls never need it
+
+    return run_sync(coro)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -37,6 +38,11 @@ def background_loop() -> asyncio.AbstractEventLoop:
             _loop = loop
             atexit.register(_shutdown, loop)
     return _loop
+
+
+def run_threadsafe(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start ``coro`` on the background loop; its future, for a sync caller to wait on."""
+    return asyncio.run_coroutine_threadsafe(coro, background_loop())
 
 
 def _shutdown(loop: asyncio.AbstractEventLoop) -> None:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from tether.client import routes
-from tether.client.loop import iterate_sync, run_sync
 from tether.client.outcome import LogSink, default_log_sink, unavailable
 from tether.client.transport import RETRIES, Dropped, link_dropped
 from tether.protocol.headers import CALL_ID
@@ -37,6 +36,8 @@ class SyncDaemonClient:
         client = self._client
         transport = client._sync
         if transport is None:
+            from tether.client.loop import run_sync  # asyncio, for a transport with no sync side only
+
             return run_sync(client.send(op))
         resp = transport.send(op.method, op.path, op.request_headers(client._headers), op.body, timeout=op.timeout)
         try:
@@ -132,5 +133,7 @@ class SyncDaemonClient:
                call_id: str, on_log: LogSink | None = default_log_sink, caller: str | None = None, expect: str | None = None
                ) -> Iterator[Any]:
         """A remote generator's items as they come (the stream runs on the background loop)."""
+        from tether.client.loop import iterate_sync  # a stream runs on the background loop (asyncio)
+
         return iterate_sync(self._client.stream(name, method, args, kwargs, call_id=call_id, on_log=on_log,
                                                 caller=caller, expect=expect))

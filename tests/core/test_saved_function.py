@@ -43,7 +43,8 @@ f = tether.function(name=sys.argv[1])
 result = f(1, 2)
 plain = type(f).__name__
 tether.registry.flush()  # the call record is written (by the background writer) before we look
-print(json.dumps({"result": result, "type": plain, "pydantic": sorted(m for m in sys.modules if m.startswith("pydantic"))}))
+print(json.dumps({"result": result, "type": plain, "pydantic": sorted(m for m in sys.modules if m.startswith("pydantic")),
+                  "asyncio": "asyncio" in sys.modules}))
 """
 
 
@@ -75,9 +76,10 @@ def saved_add(local_cluster: object, monkeypatch: pytest.MonkeyPatch) -> Functio
     return f
 
 
-def test_a_fresh_process_loads_and_calls_without_pydantic(saved_add: Function, module_home: Path) -> None:
+def test_a_fresh_process_loads_and_calls_without_pydantic_or_asyncio(saved_add: Function, module_home: Path) -> None:
     before = len(_calls(module_home, f"{tether.registry.get_registry().namespace}/plainadd"))
-    assert _fresh(module_home, "plainadd") == {"result": 3, "type": "SavedFunction", "pydantic": []}
+    # nor asyncio: a sync call takes the blocking transport, and the async side loads at its first use
+    assert _fresh(module_home, "plainadd") == {"result": 3, "type": "SavedFunction", "pydantic": [], "asyncio": False}
     rows = _calls(module_home, f"{tether.registry.get_registry().namespace}/plainadd")
     assert len(rows) == before + 1
 
