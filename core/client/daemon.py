@@ -46,6 +46,8 @@ _FOLLOWS_KEY = h.BODY_FOLLOWS.lower()
 
 __all__ = ["AsyncClient", "DaemonClient"]
 
+_STREAMS_LOCK = threading.Lock()  # one for every client (a client is pickled with a cluster: it holds no lock)
+
 
 
 @dataclass
@@ -71,7 +73,6 @@ class DaemonClient:
         given = self.transport if self.transport is not None else mounted(self.endpoint)
         self._sync: SyncTransport | None
         self._streams: AsyncTransport | None  # made at the first async request (see _async)
-        self._streams_lock = threading.Lock()
         if given is not None:
             self._sync = given if hasattr(given, "send") else None
             self._streams = given
@@ -95,7 +96,7 @@ class DaemonClient:
         that only makes sync calls never imports asyncio."""
         streams = self._streams
         if streams is None:
-            with self._streams_lock:
+            with _STREAMS_LOCK:
                 if self._streams is None:
                     from tether.client.wire import AsyncTransport as Streams  # asyncio, for async calls only
 

@@ -213,3 +213,18 @@ def test_the_public_api_runs_against_a_mounted_mock_without_a_daemon(daemon: Fak
         assert add(1, 2) == 3
     assert "adding\n" in capsys.readouterr().out  # the remote log, re-emitted here
     assert ("POST", "/deploy") in [(r.method, r.route) for r in transport.requests]
+
+
+def test_a_client_pickles_with_its_cluster_and_makes_its_async_side_when_first_asked():
+    """A Prefect runner carries its cluster, client and all, to a flow run's process (cloudpickle): the client
+    holds no lock; its asyncio transport is made at the first async request, on either side of the trip."""
+    import pickle
+
+    fresh = DaemonClient(f"http://127.0.0.1:{free_port()}", "t")
+    assert fresh._streams is None  # a sync caller's client: no asyncio transport yet
+    copy = cloudpickle.loads(cloudpickle.dumps(fresh))
+    again = pickle.loads(pickle.dumps(copy))
+    for each in (fresh, again):
+        with pytest.raises(Unreachable):
+            asyncio.run(each.health(timeout=1))
+        assert each._streams is not None
