@@ -1,5 +1,7 @@
 """Making API objects by name: ``tether.load``, and ``tether.cluster`` / ``function`` / ``module`` that load a saved
-resource when given only a name. The API's one edge to the registry for reading."""
+resource when given only a name. The API's one edge to the registry for reading. (``tether.function`` and
+``tether.load`` ask :mod:`tether.api.saved` first: your own plain saved function is called without these handles'
+models, and built here, from the same record, when anything more is asked of it.)"""
 
 from __future__ import annotations
 
