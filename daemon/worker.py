@@ -20,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import cloudpickle
@@ -131,7 +132,7 @@ class Worker:
                 f"the call's arguments could not be read: {exc}")))
             return
         if not self._call_inline(tag, meta, args):
-            self.tasks[tag] = asyncio.ensure_future(self._call(tag, meta, args))
+            self._start(tag, self._call(tag, meta, args))
 
     def _slab(self, path: str, header: str) -> Any:
         """A client's lent slab, mapped once (see ``SlabCache``; raises ``ConfigError`` for a refused file)."""
@@ -271,6 +272,21 @@ class Worker:
     def _note_duration(self, key: tuple[str, str], seconds: float) -> None:
         self.fast[key] = self.fast.get(key, 0) + 1 if seconds < FAST_SECONDS else 0
 
+    def _start(self, tag: int, call: Coroutine[Any, Any, None]) -> None:
+        """Run a call's coroutine as a task (``_cancel`` cancels it)."""
+        task = self.tasks[tag] = asyncio.ensure_future(call)
+        task.add_done_callback(functools.partial(self._ended_unstarted, tag))
+
+    def _ended_unstarted(self, tag: int, task: asyncio.Future[None]) -> None:
+        """A call's task cancelled before it ran a step (its CANCEL came in the same read as the call, to a busy
+        worker) never entered the call's own handler, which answers a cancelled call: answer it here."""
+        if not task.cancelled():
+            return  # it ran: its handler answered (a cancel it caught ends it normally)
+        self.tasks.pop(tag, None)
+        self.ctxs.pop(tag, None)
+        with contextlib.suppress(Exception):  # the link may be gone (the worker is stopping)
+            self.send(p.ERROR, tag, *error_payload(CallCancelled("the call was cancelled")))
+
     def _cancel(self, tag: int) -> None:
         ctx = self.ctxs.get(tag)
         if ctx is not None and ctx.thread_id is not None:
@@ -307,7 +323,7 @@ class Worker:
             self._note_duration(key, time.perf_counter() - started)
             if inspect.isgenerator(result) or inspect.isawaitable(result):  # finish it on the general path
                 self.fast[key] = 0
-                self.tasks[tag] = asyncio.ensure_future(self._finish(ctx, result, json_mode))
+                self._start(tag, self._finish(ctx, result, json_mode))
                 return True
             ctx.flush()
             self._send_result(ctx, result, json_mode)

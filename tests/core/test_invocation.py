@@ -249,3 +249,24 @@ def test_a_handle_outlives_a_daemon_another_process_restarted(cluster: tether.Cl
     assert fn(2, 3) == 5
     assert cluster.token == other.token
     assert asyncio.run(fn.remote_async(3, 4)) == 7
+
+
+def test_a_cancel_that_reaches_the_worker_with_its_call_ends_the_call(cluster: tether.Cluster,
+                                                                      tmp_path: Path) -> None:
+    """A busy (here: stopped) worker reads the call and its cancel together. The call's task is cancelled before
+    it ran a step, so the call's own handler never ran: the call still ends, cancelled, instead of hanging."""
+    fn = tether.function(svc.log_wait_count).to(cluster, env=tether.env(name="cancel-race"), name="race")
+    pid = next(w["pid"] for w in cluster.daemon_status()["workers"] if w["env"] == "cancel-race")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        handle = fn.spawn(str(tmp_path))
+        handle.cancel()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    with pytest.raises(tether.CallCancelled):
+        handle.result(timeout=20)  # hung forever before: no answer ever came for the call
+    assert not (tmp_path / "runs").exists()  # it never ran
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "release").touch()
+    assert fn(str(again)) == 1  # the env serves on
