@@ -94,7 +94,7 @@ DEFERRED = {
     ("tether.registry", "tether.registry.configs"): _PYDANTIC + ": register_validator, on first use",
     ("tether.registry.client", "tether.registry.configs"): _PYDANTIC + ": only a save checks a config",
     ("tether.registry.client", "tether.registry.models"): _PYDANTIC + ": only a lineage query makes an Artifact",
-    ("tether.registry.lean", "tether.registry.models"): _PYDANTIC + ": get() builds a Version, get_saved() none",
+    ("tether.registry.lean", "tether.registry.models"): _PYDANTIC + ": get() builds a Version, saved() none",
     ("tether.registry.plain", "tether.registry.models"): _PYDANTIC + ": only a sink that needs models makes them",
 }
 

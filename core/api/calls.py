@@ -111,9 +111,8 @@ class CallHandle:
 def call(call_id: str, cluster: Cluster | None = None, *, on_log: LogSink | None = default_log_sink) -> CallHandle:
     """Re-attach to a call by id, from any process (default cluster: the local one)."""
     if cluster is None:
-        from tether.api.clusters import (
-            new_cluster,  # cluster models: only re-attaching with no cluster needs them
-        )
+        # the cluster models: only re-attaching with no cluster given needs them
+        from tether.api.clusters import new_cluster
 
         cluster = new_cluster()
     c = cluster.connected()

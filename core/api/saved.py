@@ -171,8 +171,7 @@ class PlainService:
             if self._full is None:
                 from tether.api.loading import from_record  # the full handles and their models
 
-                self._full = from_record(self.loaded_as, self.record, reader=self.record.saved_by,
-                                                 own=True)
+                self._full = from_record(self.loaded_as, self.record, reader=self.record.saved_by, own=True)
             return self._full
 
     # -- what an Invocation asks ----------------------------------------------------------------------------

@@ -211,20 +211,20 @@ class LocalStore:
         """The version ``ref`` names (a number, a tag, or the latest), as ``Store.get``."""
         if principal is None:
             try:
-                saved = self.get_saved(ref)
+                saved = self._get_saved(ref)
             except _Missing:
                 pass
             else:
-                from tether.registry.models import Version  # pydantic: a caller of get_saved never builds it
+                from tether.registry.models import Version  # pydantic: a caller of saved() never builds it
 
                 return Version(name=saved.name, version=saved.version, kind=saved.kind, config=saved.config,
                                code_hash=saved.code_hash, import_path=saved.import_path, saved_by=saved.saved_by,
                                saved_at=_ts(saved.saved_at), tags=saved.tags, copied_from=saved.copied_from)
         return self.store().get(ref, principal=principal)
 
-    def get_saved(self, ref: Ref) -> SavedVersion:
+    def _get_saved(self, ref: Ref) -> SavedVersion:
         """:meth:`get` without the model (principals unchecked, as ``get``'s). Raises ``_Missing`` where only the
-        full store can answer (see :meth:`saved`); a missing name is NotFound, as ``Store.get`` says it."""
+        full store can answer; a missing name is NotFound, as ``Store.get`` says it."""
         with self._connect(write=False) as conn:
             svc = conn.execute("SELECT id, namespace, name FROM tether_services WHERE namespace = ? AND name = ?",
                                (ref.namespace, ref.name)).fetchone()
@@ -256,10 +256,10 @@ class LocalStore:
                             tags=tags, copied_from=copied_from)
 
     def saved(self, ref: Ref) -> SavedVersion | None:
-        """:meth:`get_saved`, or None where only the full store can answer (a missing version or tag, a file
-        without the tables, the ORM already loaded): the caller then asks :meth:`get`."""
+        """:meth:`get` without the model, or None where only the full store can answer (a missing version or tag,
+        a file without the tables, the ORM already loaded): the caller then asks :meth:`get`."""
         try:
-            return self.get_saved(ref)
+            return self._get_saved(ref)
         except _Missing:
             return None
 

@@ -37,8 +37,6 @@ def level_at_least(have: str | None, need: str) -> bool:
     return have is not None and ACCESS_LEVELS.index(have) >= ACCESS_LEVELS.index(need)
 
 
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -108,8 +106,6 @@ class Artifact(_Model):
 
     def __str__(self) -> str:
         return f"{self.uri}@{self.version}" if self.version else self.uri
-
-
 
 
 class CallRecord(_Model):
