@@ -32,7 +32,7 @@ from tether.compute.daemons import ANSWER_TIMEOUT, local_address
 from tether.compute.state import load_state, state_backend
 from tether.errors import AuthError
 from tether.home import clusters_dir
-from tether.protocol.deployments import expected
+from tether.protocol.deployments import expected, runs_version
 from tether.registry import get_registry
 from tether.registry.lean import LocalStore, SavedVersion
 
@@ -195,10 +195,10 @@ class PlainService:
         if not self._verified:
             try:  # in the time the full handle's bring-up gives a daemon to answer its health probe
                 answer = self._client.sync.send(replace(routes.services(), timeout=ANSWER_TIMEOUT))
-                running = {r["name"]: r.get("version") for r in answer}
+                current = runs_version(answer, self.spec_name, self.saved_version)
             except Exception:  # noqa: BLE001 - hung, gone, refused: the full handle's bring-up deals with it
                 return self.full()._ensure_deployed()
-            if running.get(self.spec_name, -1) != self.saved_version:
+            if not current:
                 return self.full()._ensure_deployed()
             self._verified = True
         return self._cluster

@@ -33,7 +33,7 @@ from tether.api.sharing import json_call, refuses_pickle
 from tether.api.spellings import FunctionSpellings, InstanceSpellings, ServiceSpellings
 from tether.client import AsyncClient, LogSink
 from tether.errors import AuthError, ConfigError
-from tether.protocol.deployments import deployment_id
+from tether.protocol.deployments import deployment_id, runs_version
 from tether.specs import ServiceSpec, build
 
 if TYPE_CHECKING:  # the policy and its runner load on first use (tether.escalation is lazy)
@@ -195,8 +195,7 @@ class _Service(ServiceSpellings):
     def _deploy_saved_version(self) -> None:
         """A service loaded from the registry: make the daemon run exactly the loaded version (once)."""
         assert self.spec is not None and self.cluster is not None
-        running = {r["name"]: r.get("version") for r in self.client_on(self.cluster).sync.services()}
-        if running.get(self.spec.name, -1) != self.spec.version:
+        if not runs_version(self.client_on(self.cluster).sync.services(), self.spec.name, self.spec.version):
             self._redeploy_spec()
         self._verified = True
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tether.specs import ServiceSpec
 
-__all__ = ["deployment_id", "expected"]
+__all__ = ["deployment_id", "expected", "runs_version"]
 
 
 def deployment_id(spec: ServiceSpec | None) -> str | None:
@@ -25,3 +25,9 @@ def expected(kind: str, version: int | None, code_hash: str | None) -> str | Non
     if version is not None:
         return f"v{version}"
     return f"h:{code_hash}" if code_hash else None
+
+
+def runs_version(services: list[dict[str, Any]], name: str, version: int | None) -> bool:
+    """Whether a daemon's service list (``GET /status``) holds ``name`` at exactly ``version``."""
+    running = {r["name"]: r.get("version") for r in services}
+    return running.get(name, -1) == version
